@@ -1,0 +1,28 @@
+//! Database migrations for sudevwa (sea-orm-migration).
+//!
+//! Two groups of tables, every row of both keyed by instance so thousands of
+//! instances share one database and one pool:
+//! - application tables (`m20261123_000001_app_tables`): instances, API tokens,
+//!   webhook outbox and deliveries, message log;
+//! - whatsapp-rust session storage (`m20261123_000002_whatsapp_store`): the
+//!   tables behind our implementation of whatsapp-rust's `Backend` traits.
+//!
+//! Migrations run at server start and through `sudevwa migrate`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_app_tables;
+mod m20261123_000002_whatsapp_store;
+
+/// The ordered list of every migration.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_app_tables::Migration),
+            Box::new(m20261123_000002_whatsapp_store::Migration),
+        ]
+    }
+}

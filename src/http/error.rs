@@ -1,0 +1,73 @@
+//! The one error shape of the API and the rejection handler that produces it.
+//!
+//! Every failure, including warp's own rejections (unknown route, wrong method, body
+//! too large, bad JSON), leaves as
+//! `{"success": false, "message": ..., "error": {"code": ..., "details": ...}}`.
+//! Internal causes are logged by whoever produced them and never put in a response.
+
+use serde_json::json;
+use std::convert::Infallible;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+/// An API error: status, stable code and a message safe to show to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: String,
+}
+
+impl ApiError {
+    /// A new error; `details` defaults to the message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            status,
+            code,
+            details: message.clone(),
+            message,
+        }
+    }
+
+    /// The JSON reply for this error.
+    pub fn into_response(self) -> warp::reply::Response {
+        let body = json!({
+            "success": false,
+            "message": self.message,
+            "error": {"code": self.code, "details": self.details},
+        });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+/// Turns any rejection into the JSON error envelope.
+pub async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let e = if let Some(api) = err.find::<ApiError>() {
+        api.clone()
+    } else if err.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "Route not found")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed")
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Request body too large")
+    } else if err.find::<warp::filters::body::BodyDeserializeError>().is_some() {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Request body is not valid JSON for this route")
+    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Unsupported content type")
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Content-Length required")
+    } else if err.find::<warp::reject::MissingHeader>().is_some()
+        || err.find::<warp::reject::InvalidHeader>().is_some()
+        || err.find::<warp::reject::InvalidQuery>().is_some()
+    {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Malformed request")
+    } else {
+        tracing::error!(rejection = ?err, "unhandled rejection");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal server error")
+    };
+    Ok(e.into_response())
+}

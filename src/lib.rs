@@ -1,0 +1,16 @@
+//! sudevwa: a self-hosted server that runs many WhatsApp accounts ("instances") and
+//! exposes them through REST, WebSockets and signed webhooks.
+//!
+//! Layout:
+//! - [`config`]: embedded defaults → file → environment, validated at start.
+//! - [`store`]: the database pool and migrations ([`store::db`]) and whatsapp-rust's
+//!   session storage on sea-orm ([`store::wa`]), every row keyed by instance.
+//! - [`http`]: warp routes and the one JSON error envelope.
+//! - [`server`]: start-up, serving, graceful shutdown.
+//!
+//! The instance actors live in the `actors` crate; the migrations in `migration`.
+
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;

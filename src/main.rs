@@ -1,0 +1,102 @@
+//! The `sudevwa` binary: `sudevwa [serve]`, `sudevwa migrate`, `--config PATH`.
+//!
+//! Any start-up failure prints one line (`sudevwa: ...`) on stderr and exits non-zero:
+//! 2 for configuration errors, 1 for everything else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use sudevwa::config::{Config, Sources};
+
+const USAGE: &str = "usage: sudevwa [serve|migrate] [--config PATH]
+
+  serve     run the server (default)
+  migrate   apply database migrations and exit
+  --config  config file (default ./config.toml if present; env SUDEVWA_CONFIG)";
+
+enum Command {
+    Serve,
+    Migrate,
+}
+
+fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+    let mut cmd = None;
+    let mut config = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "serve" if cmd.is_none() => cmd = Some(Command::Serve),
+            "migrate" if cmd.is_none() => cmd = Some(Command::Migrate),
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?));
+            }
+            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((cmd.unwrap_or(Command::Serve), config))
+}
+
+fn main() -> ExitCode {
+    let (cmd, config_path) = match parse_args() {
+        Ok(v) => v,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sudevwa: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(&Sources::from_process(config_path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sudevwa: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log.filter);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sudevwa: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cmd {
+            Command::Serve => sudevwa::server::run(config, sudevwa::server::shutdown_signal())
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Migrate => async {
+                let db = sudevwa::store::db::open(&config.database).await?;
+                db.close().await.map_err(sudevwa::store::db::DbError::Connect)?;
+                println!("migrations applied");
+                Ok::<(), sudevwa::store::db::DbError>(())
+            }
+            .await
+            .map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sudevwa: {}", e.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only the machine-readable start line.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

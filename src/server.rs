@@ -1,0 +1,82 @@
+//! Running the server: open the database, bind, serve until Ctrl-C or SIGTERM.
+//!
+//! The listening address is printed on stdout (`listening on http://ADDR`) once the
+//! socket is bound, so scripts and tests can use port 0 and read the real port.
+
+use crate::config::Config;
+use crate::store::db;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests
+/// and closes the database pool.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let db = db::open(&config.database).await?;
+    let listener = TcpListener::bind(config.server.addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.server.addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.addr,
+        source,
+    })?;
+    println!("listening on http://{local}");
+    tracing::info!(%local, db = ?config.database.kind, "sudevwa started");
+
+    warp::serve(crate::http::routes())
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+
+    tracing::info!("shutting down");
+    if let Err(e) = db.close().await {
+        tracing::warn!(error = %e, "closing the database pool failed");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

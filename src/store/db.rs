@@ -1,0 +1,66 @@
+//! Opening the database: one pool shared by every instance, migrated before use.
+//!
+//! SQLite files (and their directory) are created on first start; SQLite runs in WAL
+//! mode with a busy timeout so the server's writers and readers do not trip over each
+//! other. PostgreSQL is used as given.
+
+use crate::config::{DatabaseConfig, DbKind};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+/// Why the database could not be opened or migrated (the cause, for the operator's log).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create the SQLite directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(sea_orm::DbErr),
+    #[error("database migration failed: {0}")]
+    Migrate(sea_orm::DbErr),
+}
+
+/// Connects to the configured database (creating a SQLite file if needed). Does not migrate.
+pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
+    if let Some(path) = &cfg.sqlite_path {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let mut opts = ConnectOptions::new(cfg.url.clone());
+    opts.max_connections(cfg.max_connections)
+        .acquire_timeout(cfg.acquire_timeout)
+        // Statements are logged by sqlx at debug level with their parameters; keep
+        // them out of the logs entirely so no key material or body is ever printed.
+        .sqlx_logging(false);
+    if cfg.kind == DbKind::Sqlite {
+        // Per-connection settings, applied to every pooled connection: WAL so readers
+        // never block the writer, a busy timeout instead of immediate SQLITE_BUSY.
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    }
+    let db = Database::connect(opts).await.map_err(DbError::Connect)?;
+    Ok(db)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
+    Migrator::up(db, None).await.map_err(DbError::Migrate)
+}
+
+/// Connects and migrates: what the server does at start.
+pub async fn open(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
+    let db = connect(cfg).await?;
+    migrate(&db).await?;
+    Ok(db)
+}

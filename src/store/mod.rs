@@ -1,0 +1,5 @@
+//! Persistence: the database connection, the application tables, and
+//! whatsapp-rust's session storage on sea-orm (`wa`).
+
+pub mod db;
+pub mod wa;

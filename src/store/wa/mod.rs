@@ -1,0 +1,1 @@
+//! whatsapp-rust session storage on sea-orm (being written).

@@ -1,0 +1,1 @@
+//! Mock WhatsApp network.
