@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine as on a developer's:
+#   1. makes sure PostgreSQL's server binaries are installed (Debian's packages),
+#   2. starts a throw-away PostgreSQL as a non-root user, in a temp dir, on a free
+#      loopback port (trust auth, fsync off: it is disposable),
+#   3. checks that the production build does not carry the certificate-check skip,
+#   4. runs every test of the workspace with SUDEVWA_TEST_POSTGRES_URL pointing at it,
+#   5. stops PostgreSQL and removes its files, whatever happened.
+# PostgreSQL tests never skip: without the variable they fail.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '== %s\n' "$*" >&2; }
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+PG_BIN=$(pg_bin || true)
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+  log "installing PostgreSQL from Debian's packages"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  # No default cluster: we start our own, and a stray server on 5432 helps nobody.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  PG_BIN=$(pg_bin)
+fi
+
+# PostgreSQL refuses to run as root: use the 'postgres' account (created by the package)
+# when we are root, ourselves otherwise.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+PGTMP=$(mktemp -d /tmp/sudevwa-pg.XXXXXX)
+[ "$(id -u)" -eq 0 ] && chown postgres "$PGTMP"
+cleanup() {
+  as_pg "$PG_BIN/pg_ctl" -D "$PGTMP/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PGTMP"
+}
+trap cleanup EXIT
+
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log "starting PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT"
+as_pg "$PG_BIN/initdb" -D "$PGTMP/data" -U postgres --auth=trust -E UTF8 >"$PGTMP/initdb.log" 2>&1 \
+  || { cat "$PGTMP/initdb.log" >&2; exit 1; }
+as_pg "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 \
+  -o "-p $PGPORT -k $PGTMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  start >/dev/null || { cat "$PGTMP/server.log" >&2; exit 1; }
+export SUDEVWA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+
+log "checking that the production build has no certificate-check skip"
+if cargo tree -q -p sudevwa -e features -i wacore-noise | grep -q danger-skip; then
+  echo "FAIL: the default sudevwa build enables danger-skip-cert-chain-verify" >&2
+  exit 1
+fi
+
+log "running the tests"
+cargo test --workspace --no-fail-fast "$@"
