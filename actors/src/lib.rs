@@ -1,1 +1,18 @@
-//! Actors: the instance supervisor and one actor per WhatsApp number (see DESIGN.md).
+//! Actors: the instance supervisor and one actor per WhatsApp number (DESIGN.md).
+//!
+//! - [`status`]: the lifecycle words used on every surface.
+//! - [`backoff`]: jittered exponential backoff and the restart-intensity window.
+//! - [`supervisor`]: `InstanceSupervisor`, one_for_one restarts, parking as crashed.
+//!
+//! This crate never depends on warp or the database: storage and event sinks reach it
+//! through small traits.
+
+pub mod backoff;
+pub mod status;
+pub mod supervisor;
+
+pub use status::InstanceStatus;
+pub use supervisor::{
+    actor_name, ChildState, InstanceFactory, InstanceSupervisor, RestartPolicy, SupervisorArgs, SupervisorError,
+    SupervisorEvent, SupervisorMsg,
+};
