@@ -6,11 +6,13 @@
 //! - [`store`]: the database pool and migrations ([`store::db`]) and whatsapp-rust's
 //!   session storage on sea-orm ([`store::wa`]), every row keyed by instance.
 //! - [`http`]: warp routes and the one JSON error envelope.
+//! - [`net`]: SSRF-safe fetching of user-given URLs (media URLs, webhooks).
 //! - [`server`]: start-up, serving, graceful shutdown.
 //!
 //! The instance actors live in the `actors` crate; the migrations in `migration`.
 
 pub mod config;
 pub mod http;
+pub mod net;
 pub mod server;
 pub mod store;
