@@ -7,6 +7,8 @@
 //!   session storage on sea-orm ([`store::wa`]), every row keyed by instance.
 //! - [`http`]: warp routes and the one JSON error envelope.
 //! - [`net`]: SSRF-safe fetching of user-given URLs (media URLs, webhooks).
+//! - [`runtime`]: the instance supervisor on this database, start-up recovery with
+//!   admission control, shutdown.
 //! - [`server`]: start-up, serving, graceful shutdown.
 //!
 //! The instance actors live in the `actors` crate; the migrations in `migration`.
@@ -14,5 +16,6 @@
 pub mod config;
 pub mod http;
 pub mod net;
+pub mod runtime;
 pub mod server;
 pub mod store;

@@ -3,12 +3,16 @@
 //! - [`status`]: the lifecycle words used on every surface.
 //! - [`backoff`]: jittered exponential backoff and the restart-intensity window.
 //! - [`lifecycle`]: the state machine, `(status, event) → (status, actions)`.
+//! - [`events`]: lifecycle notices and `incoming_message` payloads.
+//! - [`instance`]: `InstanceActor`, the owner of one whatsapp-rust client.
 //! - [`supervisor`]: `InstanceSupervisor`, one_for_one restarts, parking as crashed.
 //!
 //! This crate never depends on warp or the database: storage and event sinks reach it
 //! through small traits.
 
 pub mod backoff;
+pub mod events;
+pub mod instance;
 pub mod lifecycle;
 pub mod status;
 pub mod supervisor;

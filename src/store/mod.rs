@@ -2,4 +2,5 @@
 //! whatsapp-rust's session storage on sea-orm (`wa`).
 
 pub mod db;
+pub mod instances;
 pub mod wa;

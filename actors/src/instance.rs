@@ -1,0 +1,945 @@
+//! `InstanceActor`: one actor per WhatsApp number; the only owner of its whatsapp-rust
+//! client.
+//!
+//! The client's callbacks do no work: they forward each event into this actor's
+//! mailbox tagged with the client's generation, so events of a client we already
+//! replaced are recognised and dropped. Every status change goes through
+//! [`lifecycle::transition`], whose actions this actor carries out; requests are
+//! answered with values (`Result<_, InstanceError>`), never by failing the actor.
+//!
+//! Reconnects use whatsapp-rust's own policy (Fibonacci 1 s, 1 s, 2 s, 3 s, … with
+//! ±10 % jitter, capped at 15 min), which it already stops after terminal events; this
+//! actor maps what happens to the status words and stops the client itself after
+//! temporary bans and outdated-client failures.
+
+use crate::events::{rfc3339, IncomingMessage, IncomingSink, LifecycleNotice, MediaInfo};
+use crate::lifecycle::{self, Action, LifecycleError, LifecycleEvent};
+use crate::status::InstanceStatus;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use whatsapp_rust::bot::{Bot, BotHandle};
+use whatsapp_rust::wacore::store::traits::Backend;
+use whatsapp_rust::wacore::types::events::Event;
+use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::{Client, Jid};
+
+/// How instances reach WhatsApp: the same code runs against the real service and the
+/// mock network.
+#[derive(Clone)]
+pub struct WaOptions {
+    /// `None`: the real service. Tests: `ws://127.0.0.1:PORT/ws/chat`.
+    pub socket_url: Option<String>,
+    /// Fixed client version (skips the version lookup on the web; tests always set it).
+    pub version: Option<(u32, u32, u32)>,
+    /// Push name used until the phone provides one.
+    pub push_name: String,
+    /// HTTP client for media (tests inject one that reaches the mock's media host).
+    pub http: Option<Arc<dyn whatsapp_rust::http::HttpClient>>,
+    /// Send plain "delivered" receipts even before presence is set.
+    pub force_active_receipts: bool,
+}
+
+/// Timing of one instance.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceTiming {
+    /// How long a QR flow may wait for a scan (SUDEVWA: 3 minutes).
+    pub qr_timeout: Duration,
+    /// Interval of the "available" presence heartbeat while online.
+    pub presence_interval: Duration,
+    /// Deadline for calls into whatsapp-rust (send, check, ...).
+    pub request_timeout: Duration,
+}
+
+impl Default for InstanceTiming {
+    fn default() -> Self {
+        Self {
+            qr_timeout: Duration::from_secs(180),
+            presence_interval: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the actor persists about itself, after every transition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceRecord {
+    pub status: InstanceStatus,
+    pub reason: Option<String>,
+    pub phone: Option<String>,
+    pub jid: Option<String>,
+    pub lid: Option<String>,
+    pub push_name: Option<String>,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+}
+
+/// Storage the actor needs: whatsapp-rust's backend for this instance, wiping it, and
+/// saving the instance row.
+#[async_trait]
+pub trait InstanceStore: Send + Sync + 'static {
+    /// whatsapp-rust storage scoped to `instance_id`.
+    fn backend(&self, instance_id: &str) -> Arc<dyn Backend>;
+    /// Deletes every whatsapp-rust row of `instance_id` (logout).
+    async fn wipe_session(&self, instance_id: &str) -> Result<(), String>;
+    /// Saves the instance's state.
+    async fn save(&self, instance_id: &str, record: &InstanceRecord) -> Result<(), String>;
+}
+
+/// Everything instance actors share.
+pub struct InstanceEnv {
+    pub options: WaOptions,
+    pub timing: InstanceTiming,
+    pub store: Arc<dyn InstanceStore>,
+    /// Global lifecycle broadcast (bounded; slow receivers lag).
+    pub lifecycle: broadcast::Sender<LifecycleNotice>,
+    /// Durable destination of incoming messages.
+    pub sink: Arc<dyn IncomingSink>,
+    /// Capacity of each instance's listener broadcast.
+    pub listener_capacity: usize,
+}
+
+/// Start-up arguments of one actor.
+pub struct InstanceArgs {
+    pub instance_id: String,
+    /// Name in the phone's "Linked devices".
+    pub device_name: String,
+    /// The status stored before this start (restart recovery).
+    pub stored_status: InstanceStatus,
+    pub env: Arc<InstanceEnv>,
+}
+
+/// A domain error, with the API code it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstanceError {
+    #[error("instance is not connected")]
+    NotConnected,
+    #[error("instance is not logged in")]
+    NotLoggedIn,
+    #[error("invalid phone number")]
+    InvalidPhone,
+    #[error("phone number is not registered on WhatsApp")]
+    PhoneNotRegistered,
+    #[error("could not verify the phone number")]
+    VerificationFailed,
+    #[error("invalid group JID")]
+    InvalidGroupJid,
+    #[error("message could not be sent")]
+    SendFailed,
+    #[error("media upload failed")]
+    UploadFailed,
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("instance storage failed")]
+    Storage,
+}
+
+impl InstanceError {
+    /// The API.md error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "NOT_CONNECTED",
+            Self::NotLoggedIn => "NOT_LOGGED_IN",
+            Self::InvalidPhone => "INVALID_PHONE",
+            Self::PhoneNotRegistered => "PHONE_NOT_REGISTERED",
+            Self::VerificationFailed => "VERIFICATION_FAILED",
+            Self::InvalidGroupJid => "INVALID_GROUP_JID",
+            Self::SendFailed => "SEND_FAILED",
+            Self::UploadFailed => "UPLOAD_FAILED",
+            Self::Lifecycle(LifecycleError::QrInProgress) => "QR_IN_PROGRESS",
+            Self::Lifecycle(LifecycleError::AlreadyConnected) => "ALREADY_CONNECTED",
+            Self::Lifecycle(LifecycleError::NoQrSession) => "NO_QR_SESSION",
+            Self::Storage => "INTERNAL_ERROR",
+        }
+    }
+}
+
+/// A QR code currently on offer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QrCode {
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A snapshot for `GET /api/status/:id`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceSnapshot {
+    pub instance_id: String,
+    pub status: InstanceStatus,
+    pub is_connected: bool,
+    pub phone: Option<String>,
+    pub jid: Option<String>,
+    pub lid: Option<String>,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub qr: Option<QrCode>,
+}
+
+/// A sent message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sent {
+    pub message_id: String,
+    pub timestamp: i64,
+    pub to: String,
+}
+
+/// One number-check answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NumberCheck {
+    pub phone: String,
+    pub is_registered: bool,
+    pub jid: Option<String>,
+}
+
+/// Kind of media to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+}
+
+/// Media to send.
+#[derive(Debug, Clone)]
+pub struct OutgoingMedia {
+    pub kind: MediaKind,
+    pub bytes: Vec<u8>,
+    pub mimetype: String,
+    pub file_name: Option<String>,
+    pub caption: Option<String>,
+}
+
+/// Test-only faults, to exercise supervision with a real actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic inside `handle`.
+    Panic,
+}
+
+/// Messages of [`InstanceActor`].
+pub enum InstanceMsg {
+    /// Start (or join) a QR login; replies with the current code if one is on offer.
+    StartQr(RpcReplyPort<Result<Option<QrCode>, InstanceError>>),
+    /// Cancel the running QR login.
+    CancelQr(RpcReplyPort<Result<(), InstanceError>>),
+    /// Current status.
+    Status(RpcReplyPort<InstanceSnapshot>),
+    /// Send a text to a phone number (digits) or a JID.
+    SendText {
+        to: String,
+        text: String,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Send media to a phone number or a JID.
+    SendMedia {
+        to: String,
+        media: OutgoingMedia,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Check which numbers are on WhatsApp.
+    CheckNumbers {
+        phones: Vec<String>,
+        reply: RpcReplyPort<Result<Vec<NumberCheck>, InstanceError>>,
+    },
+    /// Unlink on WhatsApp and wipe the keys; the instance stays.
+    Logout(RpcReplyPort<Result<(), InstanceError>>),
+    /// A receiver of this instance's incoming messages.
+    Subscribe(RpcReplyPort<broadcast::Receiver<IncomingMessage>>),
+    /// Stop the client cleanly (process shutdown).
+    Shutdown(RpcReplyPort<()>),
+    /// Test-only fault hook.
+    Fault(Fault),
+    /// Internal: an event from client generation `.0`.
+    Wa(u64, Arc<Event>),
+    /// Internal: the QR window of generation `.0` ended.
+    QrDeadline(u64),
+    /// Internal: presence heartbeat tick.
+    Heartbeat,
+}
+
+/// The actor's behaviour.
+pub struct InstanceActor;
+
+/// The actor's state.
+pub struct InstanceState {
+    id: String,
+    device_name: String,
+    env: Arc<InstanceEnv>,
+    status: InstanceStatus,
+    reason: Option<String>,
+    /// The running client and its task, if any.
+    bot: Option<BotHandle>,
+    client: Option<Arc<Client>>,
+    /// Incremented for every client started; events carry it.
+    generation: u64,
+    qr: Option<QrCode>,
+    heartbeat: Option<JoinHandle<()>>,
+    /// Live listeners (bounded; lagging receivers lose old messages, never memory).
+    listeners: broadcast::Sender<IncomingMessage>,
+    phone: Option<String>,
+    jid: Option<String>,
+    lid: Option<String>,
+    push_name: Option<String>,
+    connected_at: Option<DateTime<Utc>>,
+    disconnected_at: Option<DateTime<Utc>>,
+}
+
+impl Actor for InstanceActor {
+    type Msg = InstanceMsg;
+    type State = InstanceState;
+    type Arguments = InstanceArgs;
+
+    async fn pre_start(&self, myself: ActorRef<InstanceMsg>, args: InstanceArgs) -> Result<InstanceState, ActorProcessingErr> {
+        let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
+        let mut state = InstanceState {
+            id: args.instance_id,
+            device_name: args.device_name,
+            env: args.env,
+            status: args.stored_status,
+            reason: None,
+            bot: None,
+            client: None,
+            generation: 0,
+            qr: None,
+            heartbeat: None,
+            listeners,
+            phone: None,
+            jid: None,
+            lid: None,
+            push_name: None,
+            connected_at: None,
+            disconnected_at: None,
+        };
+        // Restore: a paired session reconnects, a QR wait becomes "ready for a new QR".
+        let backend = state.env.store.backend(&state.id);
+        let paired = match backend.load().await {
+            Ok(Some(device)) => {
+                state.phone = device.pn.as_ref().map(|j| j.user.to_string());
+                state.jid = device.pn.as_ref().map(|j| j.to_non_ad().to_string());
+                state.lid = device.lid.as_ref().map(|j| j.to_non_ad().to_string());
+                device.pn.is_some()
+            }
+            Ok(None) => false,
+            Err(e) => return Err(format!("loading the session failed: {e}").into()),
+        };
+        state.apply(&myself, LifecycleEvent::Restored { paired }).await;
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<InstanceMsg>, state: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+        state.stop_heartbeat();
+        state.stop_client().await;
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<InstanceMsg>, msg: InstanceMsg, state: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            InstanceMsg::StartQr(reply) => {
+                let r = match lifecycle::transition(state.status, LifecycleEvent::QrRequested) {
+                    Ok(_) => {
+                        state.apply(&myself, LifecycleEvent::QrRequested).await;
+                        Ok(state.qr.clone())
+                    }
+                    // Joining a running flow is not an error for the caller who just wants the code.
+                    Err(LifecycleError::QrInProgress) => Ok(state.qr.clone()),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            InstanceMsg::CancelQr(reply) => {
+                let r = match lifecycle::transition(state.status, LifecycleEvent::QrCancelled) {
+                    Ok(_) => {
+                        state.apply(&myself, LifecycleEvent::QrCancelled).await;
+                        state.notify(LifecycleNotice::QrCancelled {
+                            instance_id: state.id.clone(),
+                            status: "cancelled",
+                            message: "QR login cancelled".into(),
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            InstanceMsg::Status(reply) => {
+                let _ = reply.send(state.snapshot());
+            }
+            InstanceMsg::SendText { to, text, reply } => {
+                let r = state.send_text(&to, text).await;
+                let _ = reply.send(r);
+            }
+            InstanceMsg::SendMedia { to, media, reply } => {
+                let r = state.send_media(&to, media).await;
+                let _ = reply.send(r);
+            }
+            InstanceMsg::CheckNumbers { phones, reply } => {
+                let r = state.check_numbers(&phones).await;
+                let _ = reply.send(r);
+            }
+            InstanceMsg::Logout(reply) => {
+                state.apply(&myself, LifecycleEvent::LogoutRequested).await;
+                let _ = reply.send(Ok(()));
+            }
+            InstanceMsg::Subscribe(reply) => {
+                let _ = reply.send(state.listeners.subscribe());
+            }
+            InstanceMsg::Shutdown(reply) => {
+                state.apply(&myself, LifecycleEvent::Shutdown).await;
+                state.stop_client().await;
+                let _ = reply.send(());
+            }
+            InstanceMsg::Fault(Fault::Panic) => panic!("fault injected into instance {}", state.id),
+            InstanceMsg::Wa(generation, event) => {
+                if generation == state.generation {
+                    state.on_event(&myself, &event).await;
+                }
+            }
+            InstanceMsg::QrDeadline(generation) => {
+                if generation == state.generation && state.status == InstanceStatus::QrPending {
+                    state.apply(&myself, LifecycleEvent::QrTimedOut).await;
+                    state.notify(LifecycleNotice::QrTimeout {
+                        instance_id: state.id.clone(),
+                        status: "timeout",
+                    });
+                }
+            }
+            InstanceMsg::Heartbeat => {
+                if let (Some(client), InstanceStatus::Online) = (&state.client, state.status) {
+                    if let Err(e) = client.presence().set_available().await {
+                        tracing::debug!(instance_id = %state.id, error = %e, "presence heartbeat failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InstanceState {
+    /// Runs one lifecycle event: transition, actions, persistence, notice.
+    async fn apply(&mut self, myself: &ActorRef<InstanceMsg>, event: LifecycleEvent) {
+        let Ok(tr) = lifecycle::transition(self.status, event) else { return };
+        let before = self.status;
+        for action in &tr.actions {
+            self.run(myself, *action).await;
+        }
+        self.status = tr.status;
+        match tr.status {
+            InstanceStatus::Online if before != InstanceStatus::Online => {
+                self.connected_at = Some(Utc::now());
+                self.reason = None;
+            }
+            s if before == InstanceStatus::Online && s != InstanceStatus::Online => {
+                self.disconnected_at = Some(Utc::now());
+            }
+            _ => {}
+        }
+        if before != tr.status {
+            tracing::info!(instance_id = %self.id, from = %before, to = %tr.status, ?event, "status changed");
+            self.persist().await;
+            self.notify(LifecycleNotice::InstanceStatusChanged {
+                instance_id: self.id.clone(),
+                phone_number: self.phone.clone(),
+                status: tr.status.as_str().to_string(),
+                is_connected: tr.status.is_connected(),
+                connected_at: self.connected_at.map(rfc3339),
+                disconnected_at: self.disconnected_at.map(rfc3339),
+            });
+        }
+    }
+
+    async fn run(&mut self, myself: &ActorRef<InstanceMsg>, action: Action) {
+        match action {
+            Action::StartQrFlow => {
+                self.qr = None;
+                self.start_client(myself).await;
+                let generation = self.generation;
+                myself.send_after(self.env.timing.qr_timeout, move || InstanceMsg::QrDeadline(generation));
+            }
+            Action::StopQrFlow => {
+                self.qr = None;
+                self.stop_client().await;
+            }
+            Action::Connect => self.start_client(myself).await,
+            // whatsapp-rust reconnects by itself with jittered Fibonacci backoff.
+            Action::ScheduleReconnect => {}
+            Action::StartHeartbeat => {
+                self.stop_heartbeat();
+                let me = myself.clone();
+                let period = self.env.timing.presence_interval;
+                self.heartbeat = Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    loop {
+                        tick.tick().await; // the first tick is immediate: "available" at once
+                        if me.cast(InstanceMsg::Heartbeat).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Action::StopHeartbeat => self.stop_heartbeat(),
+            Action::UnlinkOnWhatsapp => {
+                if let Some(client) = &self.client {
+                    // logout() sends remove-companion-device and disconnects.
+                    let _ = tokio::time::timeout(self.env.timing.request_timeout, client.logout()).await;
+                }
+            }
+            Action::Disconnect => self.stop_client().await,
+            Action::WipeStore => {
+                self.stop_client().await;
+                self.qr = None;
+                self.phone = None;
+                self.jid = None;
+                self.lid = None;
+                if let Err(e) = self.env.store.wipe_session(&self.id).await {
+                    tracing::error!(instance_id = %self.id, error = %e, "wiping the session failed");
+                    self.error("STORAGE_FAILED", "wiping the session failed");
+                }
+            }
+        }
+    }
+
+    /// Starts a fresh client (stopping any previous one); its events carry a new generation.
+    async fn start_client(&mut self, myself: &ActorRef<InstanceMsg>) {
+        self.stop_client().await;
+        self.generation += 1;
+        let generation = self.generation;
+        let me = myself.clone();
+        let opts = &self.env.options;
+        let mut transport = whatsapp_rust::transport::TokioWebSocketTransportFactory::new();
+        if let Some(url) = &opts.socket_url {
+            transport = transport.with_url(url.clone());
+        }
+        let builder = Bot::builder()
+            .with_backend_arc(self.env.store.backend(&self.id))
+            .with_transport_factory(transport)
+            .with_push_name(opts.push_name.clone())
+            .with_device_props(whatsapp_rust::wacore::store::DevicePropsOverride::new().with_os(self.device_name.clone()))
+            .skip_history_sync()
+            .on_event(move |event, _client| {
+                let me = me.clone();
+                async move {
+                    // The actor may be gone (stopping); then the event has no one to inform.
+                    let _ = me.cast(InstanceMsg::Wa(generation, event));
+                }
+            });
+        let builder = match opts.version {
+            Some(v) => builder.with_version(v),
+            None => builder,
+        };
+        let built = match &opts.http {
+            Some(http) => builder.with_http_client(SharedHttp(http.clone())).build().await,
+            None => builder.build().await,
+        };
+        match built {
+            Ok(bot) => {
+                let client = bot.client();
+                if opts.force_active_receipts {
+                    client.set_force_active_delivery_receipts(true);
+                }
+                self.client = Some(client);
+                self.bot = Some(bot.spawn());
+            }
+            Err(e) => {
+                tracing::error!(instance_id = %self.id, error = %e, "building the WhatsApp client failed");
+                self.error("CLIENT_FAILED", "the WhatsApp client could not be started");
+            }
+        }
+    }
+
+    async fn stop_client(&mut self) {
+        self.client = None;
+        if let Some(bot) = self.bot.take() {
+            // Bounded: a wedged client must not wedge the actor.
+            let client = bot.client();
+            if tokio::time::timeout(Duration::from_secs(10), bot.shutdown()).await.is_err() {
+                tracing::warn!(instance_id = %self.id, "client did not stop in time");
+                client.disconnect().await;
+            }
+        }
+    }
+
+    fn stop_heartbeat(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+
+    async fn on_event(&mut self, myself: &ActorRef<InstanceMsg>, event: &Event) {
+        match event {
+            Event::PairingQrCode(qr) => {
+                let expires_at = Utc::now() + chrono::Duration::from_std(qr.timeout).unwrap_or_default();
+                self.qr = Some(QrCode {
+                    code: qr.code.clone(),
+                    expires_at,
+                });
+                self.notify(LifecycleNotice::QrGenerated {
+                    instance_id: self.id.clone(),
+                    phone_number: None,
+                    qr_data: qr.code.clone(),
+                    expires_at: rfc3339(expires_at),
+                });
+            }
+            Event::PairingQrCodesExhausted(_) => {
+                // The client ran out of refs before our own timeout: start a new one
+                // for fresh codes while the window is open.
+                if self.status == InstanceStatus::QrPending {
+                    let generation = self.generation;
+                    self.start_client(myself).await;
+                    // Keep the original deadline: forward it to the new generation.
+                    let _ = generation;
+                }
+            }
+            Event::PairSuccess(p) => {
+                self.qr = None;
+                self.phone = Some(p.id.user.to_string());
+                self.jid = Some(p.id.to_non_ad().to_string());
+                self.lid = Some(p.lid.to_non_ad().to_string());
+                self.notify(LifecycleNotice::QrSuccess {
+                    instance_id: self.id.clone(),
+                    status: "connected",
+                });
+            }
+            Event::Connected(_) => {
+                if let Some(client) = &self.client {
+                    let device = client.persistence_manager().get_device_snapshot();
+                    if let Some(pn) = &device.pn {
+                        self.phone = Some(pn.user.to_string());
+                        self.jid = Some(pn.to_non_ad().to_string());
+                    }
+                    if let Some(lid) = &device.lid {
+                        self.lid = Some(lid.to_non_ad().to_string());
+                    }
+                    if !device.push_name.is_empty() {
+                        self.push_name = Some(device.push_name.clone());
+                    }
+                }
+                self.qr = None;
+                self.apply(myself, LifecycleEvent::Connected).await;
+            }
+            Event::Disconnected(_) => self.apply(myself, LifecycleEvent::Disconnected).await,
+            Event::LoggedOut(l) => {
+                self.reason = Some(format!("logged out: {:?}", l.reason));
+                self.apply(myself, LifecycleEvent::LoggedOutByPhone).await;
+            }
+            Event::StreamReplaced(_) => {
+                self.reason = Some("stream replaced by another client".into());
+                self.apply(myself, LifecycleEvent::StreamReplaced).await;
+            }
+            Event::TemporaryBan(b) => {
+                self.reason = Some(format!("temporary ban: {:?}", b.code));
+                self.apply(myself, LifecycleEvent::TempBanned).await;
+            }
+            Event::ClientOutdated(_) => {
+                self.reason = Some("client version refused".into());
+                self.apply(myself, LifecycleEvent::ClientOutdated).await;
+            }
+            Event::Messages(batch) => {
+                for m in batch.messages.iter() {
+                    let msg = self.incoming(&m.message, &m.info);
+                    // Durable first: the webhook outbox, then live listeners.
+                    if let Err(e) = self.env.sink.record(&msg).await {
+                        tracing::error!(instance_id = %self.id, error = %e, "recording an incoming message failed");
+                        self.error("SINK_FAILED", "an incoming message could not be recorded");
+                    }
+                    let _ = self.listeners.send(msg);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn incoming(&self, m: &wa::Message, info: &whatsapp_rust::wacore::types::message::MessageInfo) -> IncomingMessage {
+        let src = &info.source;
+        let (kind, text, media) = describe(m);
+        let sender = src.sender.to_non_ad();
+        let alt = src.sender_alt.as_ref().map(|j| j.to_non_ad());
+        let (from_phone, from_lid) = match (sender.is_pn(), sender.is_lid()) {
+            (true, _) => (Some(sender.user.to_string()), alt.filter(|a| a.is_lid()).map(|a| a.to_string())),
+            (_, true) => (alt.filter(|a| a.is_pn()).map(|a| a.user.to_string()), Some(sender.to_string())),
+            _ => (None, None),
+        };
+        IncomingMessage {
+            instance_id: self.id.clone(),
+            from: sender.to_string(),
+            from_me: src.is_from_me,
+            message: text,
+            timestamp: info.timestamp.timestamp(),
+            is_group: src.is_group,
+            message_id: info.id.to_string(),
+            push_name: info.push_name.clone(),
+            chat: src.chat.to_non_ad().to_string(),
+            from_phone,
+            from_lid,
+            kind: kind.to_string(),
+            media,
+        }
+    }
+
+    fn logged_in_client(&self) -> Result<Arc<Client>, InstanceError> {
+        let client = self.client.clone().ok_or(InstanceError::NotConnected)?;
+        if !client.is_connected() {
+            return Err(InstanceError::NotConnected);
+        }
+        if !client.is_logged_in() || self.status != InstanceStatus::Online {
+            return Err(InstanceError::NotLoggedIn);
+        }
+        Ok(client)
+    }
+
+    /// Resolves `to` (digits or a JID) and, for phone numbers, checks it is on WhatsApp.
+    async fn recipient(&self, client: &Arc<Client>, to: &str) -> Result<Jid, InstanceError> {
+        if to.contains('@') {
+            let jid: Jid = to.parse().map_err(|_| InstanceError::InvalidGroupJid)?;
+            return Ok(jid);
+        }
+        if to.len() < 10 || !to.chars().all(|c| c.is_ascii_digit()) {
+            return Err(InstanceError::InvalidPhone);
+        }
+        let jid = Jid::pn(to);
+        let res = tokio::time::timeout(self.env.timing.request_timeout, client.contacts().is_on_whatsapp(&[jid.clone()]))
+            .await
+            .map_err(|_| InstanceError::VerificationFailed)?
+            .map_err(|_| InstanceError::VerificationFailed)?;
+        match res.first() {
+            Some(r) if r.is_registered => Ok(r.jid.to_non_ad()),
+            _ => Err(InstanceError::PhoneNotRegistered),
+        }
+    }
+
+    async fn send(&self, client: &Arc<Client>, to: Jid, message: wa::Message) -> Result<Sent, InstanceError> {
+        let r = tokio::time::timeout(self.env.timing.request_timeout, client.send_message(to, message))
+            .await
+            .map_err(|_| InstanceError::SendFailed)?
+            .map_err(|e| {
+                tracing::warn!(instance_id = %self.id, error = %e, "send failed");
+                InstanceError::SendFailed
+            })?;
+        Ok(Sent {
+            message_id: r.message_id,
+            timestamp: Utc::now().timestamp(),
+            to: r.to.to_string(),
+        })
+    }
+
+    async fn send_text(&self, to: &str, text: String) -> Result<Sent, InstanceError> {
+        let client = self.logged_in_client()?;
+        let jid = self.recipient(&client, to).await?;
+        let message = wa::Message {
+            conversation: Some(text),
+            ..Default::default()
+        };
+        self.send(&client, jid, message).await
+    }
+
+    async fn send_media(&self, to: &str, media: OutgoingMedia) -> Result<Sent, InstanceError> {
+        use whatsapp_rust::download::MediaType;
+        let client = self.logged_in_client()?;
+        let jid = self.recipient(&client, to).await?;
+        let media_type = match media.kind {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+        };
+        let up = tokio::time::timeout(
+            self.env.timing.request_timeout * 4,
+            client.upload(media.bytes, media_type, Default::default()),
+        )
+        .await
+        .map_err(|_| InstanceError::UploadFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "upload failed");
+            InstanceError::UploadFailed
+        })?;
+        let message = media_message(&media.kind, up, media.mimetype, media.caption, media.file_name);
+        self.send(&client, jid, message).await
+    }
+
+    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
+        let client = self.logged_in_client()?;
+        if phones.iter().any(|p| p.len() < 10 || !p.chars().all(|c| c.is_ascii_digit())) {
+            return Err(InstanceError::InvalidPhone);
+        }
+        let jids: Vec<Jid> = phones.iter().map(|p| Jid::pn(p.as_str())).collect();
+        let res = tokio::time::timeout(self.env.timing.request_timeout, client.contacts().is_on_whatsapp(&jids))
+            .await
+            .map_err(|_| InstanceError::VerificationFailed)?
+            .map_err(|_| InstanceError::VerificationFailed)?;
+        Ok(phones
+            .iter()
+            .map(|p| {
+                let hit = res.iter().find(|r| r.jid.user.as_str() == p.as_str());
+                NumberCheck {
+                    phone: p.clone(),
+                    is_registered: hit.is_some_and(|r| r.is_registered),
+                    jid: hit.filter(|r| r.is_registered).map(|r| r.jid.to_non_ad().to_string()),
+                }
+            })
+            .collect())
+    }
+
+    fn snapshot(&self) -> InstanceSnapshot {
+        InstanceSnapshot {
+            instance_id: self.id.clone(),
+            status: self.status,
+            is_connected: self.status.is_connected() && self.client.as_ref().is_some_and(|c| c.is_connected()),
+            phone: self.phone.clone(),
+            jid: self.jid.clone(),
+            lid: self.lid.clone(),
+            connected_at: self.connected_at,
+            qr: self.qr.clone(),
+        }
+    }
+
+    async fn persist(&self) {
+        let record = InstanceRecord {
+            status: self.status,
+            reason: self.reason.clone(),
+            phone: self.phone.clone(),
+            jid: self.jid.clone(),
+            lid: self.lid.clone(),
+            push_name: self.push_name.clone(),
+            connected_at: self.connected_at,
+            disconnected_at: self.disconnected_at,
+        };
+        if let Err(e) = self.env.store.save(&self.id, &record).await {
+            tracing::error!(instance_id = %self.id, error = %e, "saving the instance failed");
+        }
+    }
+
+    fn notify(&self, notice: LifecycleNotice) {
+        // No receiver is fine: nobody is watching /ws.
+        let _ = self.env.lifecycle.send(notice);
+    }
+
+    fn error(&self, code: &str, message: &str) {
+        self.notify(LifecycleNotice::InstanceError {
+            instance_id: self.id.clone(),
+            code: code.to_string(),
+            message: message.to_string(),
+        });
+    }
+}
+
+/// The message type, its text (or caption) and media metadata.
+fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
+    let opt = |s: &Option<String>| s.clone().unwrap_or_default();
+    if let Some(t) = &m.conversation {
+        return ("text", t.clone(), None);
+    }
+    if let Some(x) = m.extended_text_message.as_option() {
+        return ("text", opt(&x.text), None);
+    }
+    if let Some(x) = m.image_message.as_option() {
+        let media = MediaInfo {
+            mimetype: opt(&x.mimetype),
+            size: x.file_length.unwrap_or(0),
+            file_name: None,
+        };
+        return ("image", opt(&x.caption), Some(media));
+    }
+    if let Some(x) = m.video_message.as_option() {
+        let media = MediaInfo {
+            mimetype: opt(&x.mimetype),
+            size: x.file_length.unwrap_or(0),
+            file_name: None,
+        };
+        return ("video", opt(&x.caption), Some(media));
+    }
+    if let Some(x) = m.audio_message.as_option() {
+        let media = MediaInfo {
+            mimetype: opt(&x.mimetype),
+            size: x.file_length.unwrap_or(0),
+            file_name: None,
+        };
+        return ("audio", String::new(), Some(media));
+    }
+    if let Some(x) = m.document_message.as_option() {
+        let media = MediaInfo {
+            mimetype: opt(&x.mimetype),
+            size: x.file_length.unwrap_or(0),
+            file_name: x.file_name.clone(),
+        };
+        return ("document", opt(&x.caption), Some(media));
+    }
+    if let Some(x) = m.sticker_message.as_option() {
+        let media = MediaInfo {
+            mimetype: opt(&x.mimetype),
+            size: x.file_length.unwrap_or(0),
+            file_name: None,
+        };
+        return ("sticker", String::new(), Some(media));
+    }
+    ("other", String::new(), None)
+}
+
+fn media_message(
+    kind: &MediaKind,
+    up: whatsapp_rust::upload::UploadResponse,
+    mimetype: String,
+    caption: Option<String>,
+    file_name: Option<String>,
+) -> wa::Message {
+    use wa::message::{AudioMessage, DocumentMessage, ImageMessage, VideoMessage};
+    macro_rules! fill {
+        ($t:ident) => {
+            $t {
+                url: Some(up.url.clone()),
+                direct_path: Some(up.direct_path.clone()),
+                media_key: Some(up.media_key.to_vec()),
+                file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                file_sha256: Some(up.file_sha256.to_vec()),
+                file_length: Some(up.file_length),
+                mimetype: Some(mimetype.clone()),
+                media_key_timestamp: Some(up.media_key_timestamp),
+                ..Default::default()
+            }
+        };
+    }
+    let mut m = wa::Message::default();
+    match kind {
+        MediaKind::Image => {
+            let mut x = fill!(ImageMessage);
+            x.caption = caption;
+            m.image_message = x.into();
+        }
+        MediaKind::Video => {
+            let mut x = fill!(VideoMessage);
+            x.caption = caption;
+            x.streaming_sidecar = up.streaming_sidecar.clone();
+            m.video_message = x.into();
+        }
+        MediaKind::Audio => {
+            let mut x = fill!(AudioMessage);
+            x.streaming_sidecar = up.streaming_sidecar.clone();
+            m.audio_message = x.into();
+        }
+        MediaKind::Document => {
+            let mut x = fill!(DocumentMessage);
+            x.caption = caption;
+            x.file_name = file_name;
+            m.document_message = x.into();
+        }
+    }
+    m
+}
+
+/// Lets a shared `Arc<dyn HttpClient>` be handed to the bot builder, which wants a value.
+struct SharedHttp(Arc<dyn whatsapp_rust::http::HttpClient>);
+
+#[async_trait]
+impl whatsapp_rust::http::HttpClient for SharedHttp {
+    async fn execute(
+        &self,
+        request: whatsapp_rust::http::HttpRequest,
+    ) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+        self.0.execute(request).await
+    }
+}

@@ -1,0 +1,207 @@
+//! The instance runtime: the supervisor, the factory that builds instance actors on
+//! this database, start-up recovery with admission control, and shutdown.
+//!
+//! Handlers reach instances only through [`InstanceRuntime::actor`] (a registry lookup
+//! by `instance:<id>`) and messages with timeouts; nothing here caches an actor ref.
+
+use crate::store::instances::{DbInstanceStore, Instances};
+use actors::events::{IncomingSink, LifecycleNotice};
+use actors::instance::{InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions};
+use actors::{
+    actor_name, InstanceFactory, InstanceStatus, InstanceSupervisor, RestartPolicy, SupervisorArgs, SupervisorEvent,
+    SupervisorMsg,
+};
+use async_trait::async_trait;
+use ractor::{call_t, Actor, ActorCell, ActorRef, SpawnErr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Limits on how fast stored instances reconnect at start-up, so a thousand instances
+/// do not stampede WhatsApp (or the database) at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Instances connecting at the same time.
+    pub max_concurrent: usize,
+    /// New connects started per second.
+    pub per_second: u32,
+    /// How long one connect may hold its slot before the next one is let in anyway.
+    pub slot_timeout: Duration,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 8,
+            per_second: 4,
+            slot_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds instance actors on the database.
+struct Factory {
+    env: Arc<InstanceEnv>,
+    instances: Instances,
+}
+
+#[async_trait]
+impl InstanceFactory for Factory {
+    async fn spawn(&self, instance_id: &str, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let row = self
+            .instances
+            .get(instance_id)
+            .await
+            .map_err(|e| SpawnErr::StartupFailed(format!("loading instance: {e}").into()))?
+            .ok_or_else(|| SpawnErr::StartupFailed("no such instance".into()))?;
+        let stored_status = row.status.parse().unwrap_or(InstanceStatus::Disconnected);
+        let args = InstanceArgs {
+            instance_id: instance_id.to_string(),
+            device_name: row.device_name,
+            stored_status,
+            env: self.env.clone(),
+        };
+        let (r, _) = Actor::spawn_linked(Some(actor_name(instance_id)), InstanceActor, args, supervisor).await?;
+        Ok(r.get_cell())
+    }
+}
+
+/// The running instances of this process.
+#[derive(Clone)]
+pub struct InstanceRuntime {
+    supervisor: ActorRef<SupervisorMsg>,
+    instances: Instances,
+    env: Arc<InstanceEnv>,
+    supervisor_events: broadcast::Sender<SupervisorEvent>,
+}
+
+/// How to build the runtime.
+pub struct RuntimeConfig {
+    pub options: WaOptions,
+    pub timing: InstanceTiming,
+    pub restart: RestartPolicy,
+    pub sink: Arc<dyn IncomingSink>,
+    pub listener_capacity: usize,
+    pub lifecycle_capacity: usize,
+}
+
+impl InstanceRuntime {
+    /// Starts the supervisor (no instances yet; see [`InstanceRuntime::restore`]).
+    pub async fn start(instances: Instances, cfg: RuntimeConfig) -> Result<Self, SpawnErr> {
+        let (lifecycle, _) = broadcast::channel(cfg.lifecycle_capacity.max(1));
+        let env = Arc::new(InstanceEnv {
+            options: cfg.options,
+            timing: cfg.timing,
+            store: Arc::new(DbInstanceStore::new(instances.clone())),
+            lifecycle,
+            sink: cfg.sink,
+            listener_capacity: cfg.listener_capacity,
+        });
+        let (supervisor_events, _) = broadcast::channel(256);
+        let supervisor = InstanceSupervisor::spawn(SupervisorArgs {
+            factory: Arc::new(Factory {
+                env: env.clone(),
+                instances: instances.clone(),
+            }),
+            policy: cfg.restart,
+            events: supervisor_events.clone(),
+        })
+        .await?;
+        Ok(Self {
+            supervisor,
+            instances,
+            env,
+            supervisor_events,
+        })
+    }
+
+    /// Lifecycle notices of every instance (for `/ws`).
+    pub fn lifecycle(&self) -> broadcast::Receiver<LifecycleNotice> {
+        self.env.lifecycle.subscribe()
+    }
+
+    /// Supervision events (restarts, crashes).
+    pub fn supervisor_events(&self) -> broadcast::Receiver<SupervisorEvent> {
+        self.supervisor_events.subscribe()
+    }
+
+    /// The instance rows.
+    pub fn instances(&self) -> &Instances {
+        &self.instances
+    }
+
+    /// The live actor of an instance, found by registry name.
+    pub fn actor(&self, instance_id: &str) -> Option<ActorRef<InstanceMsg>> {
+        ractor::registry::where_is(actor_name(instance_id)).map(ActorRef::from)
+    }
+
+    /// Starts (or finds) the actor of an existing instance.
+    pub async fn ensure_started(&self, instance_id: &str) -> Result<ActorRef<InstanceMsg>, String> {
+        if let Some(a) = self.actor(instance_id) {
+            return Ok(a);
+        }
+        let id = instance_id.to_string();
+        call_t!(self.supervisor, |reply| SupervisorMsg::Start { instance_id: id, reply }, 30_000)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.actor(instance_id).ok_or_else(|| "instance actor is not running".to_string())
+    }
+
+    /// Stops an instance's actor for good (before deletion).
+    pub async fn stop(&self, instance_id: &str) -> Result<(), String> {
+        let id = instance_id.to_string();
+        call_t!(self.supervisor, |reply| SupervisorMsg::Stop { instance_id: id, reply }, 60_000)
+            .map_err(|e| e.to_string())?
+            .or(Ok(()))
+    }
+
+    /// Brings every stored instance back: paired ones reconnect, QR-waiting ones become
+    /// ready for a new QR. Connects are admitted at most `max_concurrent` at a time and
+    /// `per_second` per second, with jitter; a slot frees when the instance reaches a
+    /// settled state or after `slot_timeout`.
+    pub async fn restore(&self, admission: Admission) -> Result<usize, String> {
+        let rows = self.instances.list().await.map_err(|e| e.to_string())?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(admission.max_concurrent.max(1)));
+        let gap = Duration::from_secs_f64(1.0 / f64::from(admission.per_second.max(1)));
+        let mut started = 0;
+        for row in rows {
+            let status: InstanceStatus = row.status.parse().unwrap_or(InstanceStatus::Disconnected);
+            if status == InstanceStatus::Crashed {
+                continue; // parked until an operator resumes it
+            }
+            let permit = slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            // Jitter spreads the connects inside each second.
+            tokio::time::sleep(gap.mul_f64(0.5 + actors::backoff::random_unit())).await;
+            match self.ensure_started(&row.id).await {
+                Ok(actor) => {
+                    started += 1;
+                    let timeout = admission.slot_timeout;
+                    tokio::spawn(async move {
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        while tokio::time::Instant::now() < deadline {
+                            match call_t!(actor, InstanceMsg::Status, 5_000) {
+                                Ok(s) if s.status != InstanceStatus::Reconnecting => break,
+                                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                                Err(_) => break,
+                            }
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::error!(instance_id = %row.id, error = %e, "restoring instance failed"),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Stops every actor cleanly (clients disconnect and flush), then the supervisor.
+    pub async fn shutdown(&self) {
+        let rows = self.instances.list().await.unwrap_or_default();
+        for row in rows {
+            if let Some(actor) = self.actor(&row.id) {
+                let _ = call_t!(actor, InstanceMsg::Shutdown, 15_000);
+            }
+        }
+        self.supervisor.stop(Some("shutdown".into()));
+    }
+}

@@ -1,0 +1,168 @@
+//! The `instances` table: create, find, list, delete, and the actors' [`InstanceStore`]
+//! (whatsapp-rust storage per instance, session wipe, status persistence).
+//!
+//! Invariant: deleting an instance removes its whatsapp-rust rows first and the
+//! instance row last, so a crash midway leaves an instance that can be deleted again.
+
+use super::wa::WaStore;
+use actors::instance::{InstanceRecord, InstanceStore};
+use actors::InstanceStatus;
+use async_trait::async_trait;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder};
+use std::sync::Arc;
+
+/// The `instances` row.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// One WhatsApp number managed by this server.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "instances")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub phone: Option<String>,
+        pub jid: Option<String>,
+        pub lid: Option<String>,
+        pub push_name: Option<String>,
+        pub status: String,
+        pub reason: Option<String>,
+        pub device_name: String,
+        pub webhook_url: Option<String>,
+        pub webhook_secret: Option<String>,
+        /// Unix milliseconds.
+        pub created_at: i64,
+        pub updated_at: i64,
+        pub connected_at: Option<i64>,
+        pub disconnected_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub use entity::Model as Instance;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Instance rows over the shared pool.
+#[derive(Clone, Debug)]
+pub struct Instances {
+    db: DatabaseConnection,
+}
+
+impl Instances {
+    /// Over an already migrated database.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The pool (for stores that share it).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Creates an instance with status `created`.
+    pub async fn create(&self, id: &str, device_name: &str) -> Result<Instance, DbErr> {
+        let now = now_ms();
+        entity::ActiveModel {
+            id: Set(id.to_string()),
+            phone: Set(None),
+            jid: Set(None),
+            lid: Set(None),
+            push_name: Set(None),
+            status: Set(InstanceStatus::Created.as_str().to_string()),
+            reason: Set(None),
+            device_name: Set(device_name.to_string()),
+            webhook_url: Set(None),
+            webhook_secret: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            connected_at: Set(None),
+            disconnected_at: Set(None),
+        }
+        .insert(&self.db)
+        .await
+    }
+
+    /// One instance.
+    pub async fn get(&self, id: &str) -> Result<Option<Instance>, DbErr> {
+        entity::Entity::find_by_id(id.to_string()).one(&self.db).await
+    }
+
+    /// Every instance, oldest first.
+    pub async fn list(&self) -> Result<Vec<Instance>, DbErr> {
+        entity::Entity::find()
+            .order_by_asc(entity::Column::CreatedAt)
+            .order_by_asc(entity::Column::Id)
+            .all(&self.db)
+            .await
+    }
+
+    /// Deletes the instance and every row that belongs to it.
+    pub async fn delete(&self, id: &str) -> Result<bool, DbErr> {
+        WaStore::new(self.db.clone(), id)
+            .wipe()
+            .await
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+        let r = entity::Entity::delete_by_id(id.to_string()).exec(&self.db).await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Writes what an actor reports about itself.
+    pub async fn save_record(&self, id: &str, rec: &InstanceRecord) -> Result<(), DbErr> {
+        let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
+        entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(rec.status.as_str()))
+            .col_expr(entity::Column::Reason, Expr::value(rec.reason.clone()))
+            .col_expr(entity::Column::Phone, Expr::value(rec.phone.clone()))
+            .col_expr(entity::Column::Jid, Expr::value(rec.jid.clone()))
+            .col_expr(entity::Column::Lid, Expr::value(rec.lid.clone()))
+            .col_expr(entity::Column::PushName, Expr::value(rec.push_name.clone()))
+            .col_expr(entity::Column::ConnectedAt, Expr::value(ms(rec.connected_at)))
+            .col_expr(entity::Column::DisconnectedAt, Expr::value(ms(rec.disconnected_at)))
+            .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The actors' view of storage, on this database.
+#[derive(Clone, Debug)]
+pub struct DbInstanceStore {
+    instances: Instances,
+}
+
+impl DbInstanceStore {
+    pub fn new(instances: Instances) -> Self {
+        Self { instances }
+    }
+}
+
+#[async_trait]
+impl InstanceStore for DbInstanceStore {
+    fn backend(&self, instance_id: &str) -> Arc<dyn whatsapp_rust::wacore::store::traits::Backend> {
+        Arc::new(WaStore::new(self.instances.db().clone(), instance_id))
+    }
+
+    async fn wipe_session(&self, instance_id: &str) -> Result<(), String> {
+        WaStore::new(self.instances.db().clone(), instance_id)
+            .wipe()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn save(&self, instance_id: &str, record: &InstanceRecord) -> Result<(), String> {
+        self.instances
+            .save_record(instance_id, record)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
