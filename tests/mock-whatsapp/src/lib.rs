@@ -1,1 +1,559 @@
-//! Mock WhatsApp network.
+//! A mock WhatsApp network that speaks the real protocol (Noise over WebSocket, binary
+//! nodes, QR pairing by a mock phone, prekeys, 1:1 routing with acks, receipts and
+//! offline queues, media) to the real, unmodified whatsapp-rust 0.7 client, on
+//! loopback only. Tests and the server's sandbox mode embed it; `cargo run -p
+//! mock-whatsapp` runs it alone.
+//!
+//! Layout: [`noise`] (handshake responder, transport ciphers), `conn` (one client
+//! connection: pairing, login, post-login queries), `routing` (usync, bundles,
+//! messages, receipts), `registry` (accounts, devices, queues), this file (the HTTP
+//! front: WebSocket, admin API, media endpoints, and the Rust API).
+//!
+//! Clients must be built with whatsapp-rust's `danger-skip-cert-chain-verify` feature
+//! (the mock cannot sign with WhatsApp's root key) and, for media, with
+//! [`MockHttpClient`], because whatsapp-rust hard-codes `https://` media URLs.
+
+#![forbid(unsafe_code)]
+
+mod conn;
+pub mod noise;
+mod registry;
+mod routing;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use registry::{Outbound, PendingSign, Registry};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use warp::Filter;
+use whatsapp_rust::buffa::Message as _;
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::wacore_binary::Node;
+use whatsapp_rust::waproto::whatsapp as wa;
+
+/// State shared by every connection and the admin API.
+#[derive(Clone)]
+pub(crate) struct Shared(Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub identity: noise::ServerIdentity,
+    pub registry: Mutex<Registry>,
+    pub next_conn: AtomicU64,
+    /// Delay added before every outbound frame (fault injection), in ms.
+    pub frame_delay: Arc<AtomicU64>,
+    /// Uploaded media by direct path.
+    pub media: Mutex<HashMap<String, Vec<u8>>>,
+    pub addr: Mutex<Option<SocketAddr>>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Shared {
+    pub(crate) fn media_conn_node(&self) -> Node {
+        let host = self.addr.lock().expect("addr lock").map(|a| a.to_string()).unwrap_or_default();
+        NodeBuilder::new("media_conn")
+            .attr("auth", "mock-media-auth")
+            .attr("ttl", "3600")
+            .attr("auth_ttl", "21600")
+            .attr("max_buckets", "12")
+            .children([NodeBuilder::new("host").attr("hostname", host).build()])
+            .build()
+    }
+}
+
+/// Why a scan failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("QR string is malformed")]
+    Malformed,
+    #[error("no device is showing this QR code")]
+    UnknownRef,
+    #[error("a phone number is needed (digits, at least 8)")]
+    NeedPhone,
+}
+
+/// A running mock network.
+pub struct MockNetwork {
+    shared: Shared,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// One account as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AccountInfo {
+    pub phone: String,
+    pub lid: String,
+    pub push_name: String,
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// One companion device as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: u32,
+    pub connected: bool,
+    pub offline_queue: usize,
+    pub delivered: u64,
+    pub prekeys_left: usize,
+}
+
+impl MockNetwork {
+    /// Starts on 127.0.0.1 with an OS-chosen port.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr`, which must be a loopback address.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the mock network only listens on loopback",
+            ));
+        }
+        let shared = Shared(Arc::new(Inner {
+            identity: noise::ServerIdentity::generate(),
+            registry: Mutex::new(Registry::default()),
+            next_conn: AtomicU64::new(1),
+            frame_delay: Arc::new(AtomicU64::new(0)),
+            media: Mutex::new(HashMap::new()),
+            addr: Mutex::new(None),
+        }));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        *shared.addr.lock().expect("addr lock") = Some(addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let routes = routes(shared.clone());
+        tokio::spawn(async move {
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run()
+                .await;
+        });
+        Ok(Self {
+            shared,
+            addr,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// `ws://127.0.0.1:PORT/ws/chat`, for `TokioWebSocketTransportFactory::with_url`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws/chat", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, the admin API's base.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// An HTTP client for whatsapp-rust that reaches this network's media host.
+    pub fn http_client(&self) -> MockHttpClient {
+        MockHttpClient::new(self.addr)
+    }
+
+    /// The mock phone of `phone` scans `qr`. Without a phone number, a device whose
+    /// push name matches an existing account joins that account.
+    pub fn scan_qr(&self, qr: &str, phone: Option<&str>) -> Result<(), ScanError> {
+        scan(&self.shared, qr, phone)
+    }
+
+    /// Creates (or finds) an account without any device, e.g. a number that is "on
+    /// WhatsApp" only through its phone.
+    pub fn add_account(&self, phone: &str, push_name: &str) {
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        reg.account_mut(phone, Some(push_name));
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> Vec<AccountInfo> {
+        accounts(&self.shared)
+    }
+
+    /// The phone removes a companion device: it is told it is logged out.
+    pub fn unlink(&self, phone: &str, device: u32) -> bool {
+        unlink(&self.shared, phone, device)
+    }
+
+    /// Drops the sockets of `phone`'s devices, or of every device.
+    pub fn drop_connections(&self, phone: Option<&str>) -> usize {
+        drop_connections(&self.shared, phone)
+    }
+
+    /// Replaces the stream of a device (as if another client took over).
+    pub fn replace_stream(&self, phone: &str, device: u32) -> bool {
+        send_to_device(&self.shared, phone, device, conflict("replaced"))
+    }
+
+    /// Refuses logins (failure 503) for `for_`.
+    pub fn refuse_logins(&self, for_: std::time::Duration) {
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        reg.faults.refuse_logins_until = Some(std::time::Instant::now() + for_);
+    }
+
+    /// Delays every outbound frame by `ms`.
+    pub fn delay_frames(&self, ms: u64) {
+        self.shared.frame_delay.store(ms, Ordering::Relaxed);
+    }
+
+    /// Stops serving.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for MockNetwork {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn conflict(kind: &str) -> Node {
+    NodeBuilder::new("stream:error")
+        .children([NodeBuilder::new("conflict").attr("type", kind.to_string()).build()])
+        .build()
+}
+
+fn send_to_device(shared: &Shared, phone: &str, device: u32, node: Node) -> bool {
+    let reg = shared.registry.lock().expect("registry lock");
+    let Some(conn) = reg
+        .accounts
+        .get(phone)
+        .and_then(|a| a.devices.get(&device))
+        .and_then(|d| d.conn.clone())
+    else {
+        return false;
+    };
+    conn.tx.try_send(Outbound::Node(node)).is_ok() && conn.tx.try_send(Outbound::Close).is_ok()
+}
+
+fn unlink(shared: &Shared, phone: &str, device: u32) -> bool {
+    let conn = {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let Some(acc) = reg.accounts.get_mut(phone) else { return false };
+        let Some(d) = acc.devices.remove(&device) else { return false };
+        d.conn
+    };
+    if let Some(c) = conn {
+        let _ = c.tx.try_send(Outbound::Node(conflict("device_removed")));
+        let _ = c.tx.try_send(Outbound::Close);
+    }
+    true
+}
+
+fn drop_connections(shared: &Shared, phone: Option<&str>) -> usize {
+    let conns: Vec<_> = {
+        let reg = shared.registry.lock().expect("registry lock");
+        reg.accounts
+            .values()
+            .filter(|a| phone.is_none_or(|p| a.phone == p))
+            .flat_map(|a| a.devices.values().filter_map(|d| d.conn.clone()))
+            .collect()
+    };
+    for c in &conns {
+        let _ = c.tx.try_send(Outbound::Close);
+    }
+    conns.len()
+}
+
+fn accounts(shared: &Shared) -> Vec<AccountInfo> {
+    let reg = shared.registry.lock().expect("registry lock");
+    let mut v: Vec<AccountInfo> = reg
+        .accounts
+        .values()
+        .map(|a| AccountInfo {
+            phone: a.phone.clone(),
+            lid: a.lid.clone(),
+            push_name: a.push_name.clone(),
+            devices: a
+                .devices
+                .values()
+                .map(|d| DeviceInfo {
+                    id: d.id,
+                    connected: d.conn.is_some(),
+                    offline_queue: d.offline.len(),
+                    delivered: d.delivered,
+                    prekeys_left: d.keys.prekeys.len(),
+                })
+                .collect(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.phone.cmp(&b.phone));
+    v
+}
+
+/// The mock phone's half of pairing (PROTOCOL.md §2.4).
+fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError> {
+    let parts: Vec<&str> = qr.trim().split(',').collect();
+    if parts.len() < 4 {
+        return Err(ScanError::Malformed);
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| ScanError::Malformed);
+    let (qr_ref, identity_pub, adv_secret) = (parts[0], b64(parts[2])?, b64(parts[3])?);
+    let mut reg = shared.registry.lock().expect("registry lock");
+    let pending = reg.pending.get(qr_ref).cloned().ok_or(ScanError::UnknownRef)?;
+    let phone = match phone {
+        Some(p) if p.len() >= 8 && p.chars().all(|c| c.is_ascii_digit()) => p.to_string(),
+        Some(_) => return Err(ScanError::NeedPhone),
+        None => {
+            let name = pending.push_name.clone().unwrap_or_default();
+            reg.accounts
+                .values()
+                .find(|a| !name.is_empty() && a.push_name == name)
+                .map(|a| a.phone.clone())
+                .ok_or(ScanError::NeedPhone)?
+        }
+    };
+    // This device's refs are used up.
+    reg.pending.retain(|_, p| p.conn.id != pending.conn.id);
+    let acc = reg.account_mut(&phone, pending.push_name.as_deref());
+    let device_id = acc.next_device;
+    acc.next_device += 1;
+    let key_index = device_id;
+    let details = wa::ADVDeviceIdentity {
+        raw_id: Some(acc.raw_id),
+        timestamp: Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ),
+        key_index: Some(key_index),
+        account_type: Some(wa::ADVEncryptionType::E2EE),
+        device_type: Some(wa::ADVEncryptionType::E2EE),
+    }
+    .encode_to_vec();
+    let mut to_sign = vec![6u8, 0];
+    to_sign.extend_from_slice(&details);
+    to_sign.extend_from_slice(&identity_pub);
+    let account_signature = acc
+        .account_key
+        .calculate_signature(&to_sign, &mut rand::rng())
+        .map_err(|_| ScanError::Malformed)?;
+    let signed = wa::ADVSignedDeviceIdentity {
+        details: Some(details),
+        account_signature_key: Some(acc.account_key.public_key.public_key_bytes().to_vec()),
+        account_signature: Some(account_signature.to_vec()),
+        device_signature: None,
+    }
+    .encode_to_vec();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&adv_secret).map_err(|_| ScanError::Malformed)?;
+    mac.update(&signed);
+    let container = wa::ADVSignedDeviceIdentityHMAC {
+        details: Some(signed),
+        hmac: Some(mac.finalize().into_bytes().to_vec()),
+        account_type: Some(wa::ADVEncryptionType::E2EE),
+    }
+    .encode_to_vec();
+    let lid = acc.lid.clone();
+    let push_name = acc.push_name.clone();
+    let iq_id = format!("ps{}x{}", pending.conn.id, device_id);
+    reg.signing.insert(
+        iq_id.clone(),
+        PendingSign {
+            phone: phone.clone(),
+            device_id,
+            key_index,
+            noise_pub: pending.noise_pub,
+            keys: pending.keys.clone(),
+        },
+    );
+    drop(reg);
+    let node = NodeBuilder::new("iq")
+        .attr("from", "s.whatsapp.net")
+        .attr("type", "set")
+        .attr("id", iq_id)
+        .attr("xmlns", "md")
+        .attr(
+            "t",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .to_string(),
+        )
+        .children([NodeBuilder::new("pair-success")
+            .children([
+                NodeBuilder::new("device-identity").bytes(container).build(),
+                NodeBuilder::new("platform").attr("name", "android").build(),
+                NodeBuilder::new("device")
+                    .attr("jid", format!("{phone}:{device_id}@s.whatsapp.net"))
+                    .attr("lid", format!("{lid}:{device_id}@lid"))
+                    .build(),
+                NodeBuilder::new("biz").attr("name", push_name).build(),
+            ])
+            .build()])
+        .build();
+    let _ = pending.conn.tx.try_send(Outbound::Node(node));
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ScanBody {
+    qr: String,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeviceRef {
+    phone: String,
+    device: u32,
+}
+
+#[derive(Deserialize)]
+struct DropBody {
+    phone: Option<String>,
+}
+
+fn reply(status: u16, body: serde_json::Value) -> warp::reply::Response {
+    use warp::Reply as _;
+    let code = warp::http::StatusCode::from_u16(status).unwrap_or(warp::http::StatusCode::OK);
+    warp::reply::with_status(warp::reply::json(&body), code).into_response()
+}
+
+fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    use warp::Reply as _;
+    let with = {
+        let s = shared.clone();
+        warp::any().map(move || s.clone())
+    };
+    let ws = warp::path!("ws" / "chat")
+        .and(warp::ws())
+        .and(with.clone())
+        .map(|ws: warp::ws::Ws, s: Shared| {
+            ws.max_message_size(64 << 20)
+                .on_upgrade(move |socket| conn::serve(s, socket))
+                .into_response()
+        });
+    let scan_qr = warp::path!("admin" / "mock-phone" / "scan-qr")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::bytes())
+        .and(with.clone())
+        .map(|ct: Option<String>, body: bytes::Bytes, s: Shared| {
+            let text = String::from_utf8_lossy(&body).to_string();
+            let (qr, phone) = if ct.as_deref().is_some_and(|c| c.starts_with("application/json")) {
+                match serde_json::from_str::<ScanBody>(&text) {
+                    Ok(b) => (b.qr, b.phone),
+                    Err(_) => return reply(400, json!({"error": "invalid JSON"})),
+                }
+            } else {
+                (text, None)
+            };
+            match scan(&s, &qr, phone.as_deref()) {
+                Ok(()) => reply(200, json!({"ok": true})),
+                Err(e) => reply(400, json!({"error": e.to_string()})),
+            }
+        });
+    let list = warp::path!("admin" / "accounts")
+        .and(warp::get())
+        .and(with.clone())
+        .map(|s: Shared| reply(200, json!(accounts(&s))));
+    let unlink_r = warp::path!("admin" / "unlink")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: DeviceRef, s: Shared| reply(200, json!({"unlinked": unlink(&s, &b.phone, b.device)})));
+    let drop_r = warp::path!("admin" / "faults" / "drop")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: DropBody, s: Shared| reply(200, json!({"dropped": drop_connections(&s, b.phone.as_deref())})));
+    let upload = warp::path("mms")
+        .and(warp::path::param::<String>())
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::body::content_length_limit(200 << 20))
+        .and(warp::body::bytes())
+        .and(with.clone())
+        .map(|kind: String, token: String, q: HashMap<String, String>, body: bytes::Bytes, s: Shared| {
+            if q.contains_key("resume") {
+                return reply(404, json!({"resume": "not found"}));
+            }
+            let path = format!("/v/t62/{kind}/{token}");
+            let url = format!("https://{}{path}", s.addr.lock().expect("addr lock").map(|a| a.to_string()).unwrap_or_default());
+            s.media.lock().expect("media lock").insert(path.clone(), body.to_vec());
+            reply(200, json!({"url": url, "direct_path": path}))
+        });
+    let download = warp::path!("v" / "t62" / String / String)
+        .and(warp::get())
+        .and(with.clone())
+        .map(|kind: String, token: String, s: Shared| {
+            let path = format!("/v/t62/{kind}/{token}");
+            match s.media.lock().expect("media lock").get(&path) {
+                Some(b) => warp::reply::with_header(b.clone(), "content-type", "application/octet-stream").into_response(),
+                None => reply(404, json!({"error": "no such media"})),
+            }
+        });
+    ws.or(scan_qr)
+        .unify()
+        .or(list)
+        .unify()
+        .or(unlink_r)
+        .unify()
+        .or(drop_r)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(download)
+        .unify()
+        .recover(|_r: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(reply(404, json!({"error": "not found"}))) })
+        .unify()
+}
+
+/// whatsapp-rust's ureq HTTP client, with `https://` rewritten to `http://` for this
+/// network's own host (and nothing else).
+#[derive(Clone)]
+pub struct MockHttpClient {
+    host: String,
+    inner: Arc<whatsapp_rust::http::UreqHttpClient>,
+}
+
+impl MockHttpClient {
+    /// For the mock at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.to_string(),
+            inner: Arc::new(whatsapp_rust::http::UreqHttpClient::new()),
+        }
+    }
+}
+
+#[whatsapp_rust::async_trait]
+impl whatsapp_rust::http::HttpClient for MockHttpClient {
+    async fn execute(&self, mut request: whatsapp_rust::http::HttpRequest) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+        let prefix = format!("https://{}/", self.host);
+        if let Some(rest) = request.url.strip_prefix(&prefix) {
+            request.url = format!("http://{}/{rest}", self.host);
+        }
+        self.inner.execute(request).await
+    }
+}

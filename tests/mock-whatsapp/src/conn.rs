@@ -1,0 +1,432 @@
+//! One client connection: handshake, then the stanza loop — pairing, login, the
+//! post-login queries, device lists, prekey bundles, message and receipt routing,
+//! media connection, logout.
+//!
+//! Outbound stanzas go through a bounded queue to a writer task that owns the write
+//! cipher; the reader owns the read cipher, so the two counters never race.
+
+use crate::noise::Responder;
+use crate::registry::{ConnHandle, DeviceKeys, Outbound, PendingRegistration};
+use crate::Shared;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use warp::ws::{Message as WsMessage, WebSocket};
+use whatsapp_rust::wacore::framing::{encode_frame, FrameDecoder};
+use whatsapp_rust::wacore_binary::builder::NodeBuilder;
+use whatsapp_rust::wacore_binary::consts::WA_CONN_HEADER;
+use whatsapp_rust::wacore_binary::{marshal, util, Node, NodeContent};
+
+pub(crate) const SERVER: &str = "s.whatsapp.net";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Attribute as a string (JID-valued attributes are rendered).
+pub(crate) fn attr(n: &Node, k: &str) -> Option<String> {
+    n.attrs.get(k).map(|v| v.to_string())
+}
+
+fn bytes_of(n: &Node) -> Vec<u8> {
+    match &n.content {
+        Some(NodeContent::Bytes(b)) => b.clone(),
+        Some(NodeContent::String(s)) => s.as_bytes().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+fn child_bytes(n: &Node, tag: &str) -> Vec<u8> {
+    n.get_optional_child(tag).map(bytes_of).unwrap_or_default()
+}
+
+pub(crate) fn iq_result(id: &str, children: Vec<Node>) -> Node {
+    let b = NodeBuilder::new("iq")
+        .attr("from", SERVER)
+        .attr("type", "result")
+        .attr("id", id.to_string());
+    if children.is_empty() {
+        b.build()
+    } else {
+        b.children(children).build()
+    }
+}
+
+/// Serves one WebSocket until it closes.
+pub async fn serve(shared: Shared, ws: WebSocket) {
+    let (mut sink, mut stream) = ws.split();
+    let mut decoder = FrameDecoder::new();
+    let mut first = true;
+
+    // --- handshake ---
+    let next_frame = |decoder: &mut FrameDecoder| decoder.decode_frame().map(|b| b.to_vec());
+    let hello = loop {
+        if let Some(f) = next_frame(&mut decoder) {
+            break f;
+        }
+        let Some(Ok(msg)) = stream.next().await else { return };
+        let mut data = msg.as_bytes();
+        if first {
+            first = false;
+            if data.len() < 4 || data[..4] != WA_CONN_HEADER {
+                return;
+            }
+            data = &data[4..];
+        }
+        decoder.feed(data);
+    };
+    let (responder, server_hello) = match Responder::hello(&shared.identity, &hello) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad client hello");
+            return;
+        }
+    };
+    let Ok(frame) = encode_frame(&server_hello, None) else { return };
+    if sink.send(WsMessage::binary(frame)).await.is_err() {
+        return;
+    }
+    let finish = loop {
+        if let Some(f) = next_frame(&mut decoder) {
+            break f;
+        }
+        let Some(Ok(msg)) = stream.next().await else { return };
+        decoder.feed(msg.as_bytes());
+    };
+    let (client_static, payload, transport) = match responder.finish(&finish) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad client finish");
+            return;
+        }
+    };
+    let (mut reader, mut writer) = transport.split();
+
+    // --- writer ---
+    let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let handle = ConnHandle { id: conn_id, tx: tx.clone() };
+    let delay = shared.frame_delay.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Outbound::Node(node) => {
+                    let ms = delay.load(Ordering::Relaxed);
+                    if ms > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    let Ok(plain) = marshal::marshal(&node) else { continue };
+                    let Ok(enc) = writer.encrypt(&plain) else { break };
+                    let Ok(frame) = encode_frame(&enc, None) else { break };
+                    if sink.send(WsMessage::binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Close => {
+                    let _ = sink.close().await;
+                    break;
+                }
+            }
+        }
+    });
+
+    let mut session = Session {
+        shared: shared.clone(),
+        conn: handle,
+        me: None,
+    };
+    if let Some(reg) = payload.device_pairing_data.as_option() {
+        let keys = DeviceKeys {
+            registration_id: reg.e_regid.clone().unwrap_or_default(),
+            identity: reg.e_ident.clone().unwrap_or_default(),
+            signed_prekey_id: reg.e_skey_id.clone().unwrap_or_default(),
+            signed_prekey: reg.e_skey_val.clone().unwrap_or_default(),
+            signed_prekey_sig: reg.e_skey_sig.clone().unwrap_or_default(),
+            prekeys: Default::default(),
+        };
+        session.offer_pairing(client_static, keys, payload.push_name.clone()).await;
+    } else if let (Some(user), Some(device)) = (payload.username, payload.device) {
+        session.login(user.to_string(), device, client_static).await;
+    } else {
+        session.send(Node::new("failure", Default::default(), None)).await;
+        session.close().await;
+    }
+
+    // --- reader ---
+    'outer: while let Some(Ok(msg)) = stream.next().await {
+        if msg.is_close() {
+            break;
+        }
+        decoder.feed(msg.as_bytes());
+        while let Some(frame) = decoder.decode_frame() {
+            let Ok(plain) = reader.decrypt(&frame) else { break 'outer };
+            let Ok(unpacked) = util::unpack(&plain) else { continue };
+            let Ok(node) = marshal::unmarshal_ref(&unpacked) else { continue };
+            let node = node.to_owned();
+            session.handle(node).await;
+        }
+    }
+    session.disconnected();
+    drop(tx);
+    writer_task.abort();
+}
+
+/// Per-connection state.
+pub(crate) struct Session {
+    shared: Shared,
+    conn: ConnHandle,
+    /// (phone, device id) once logged in.
+    me: Option<(String, u32)>,
+}
+
+impl Session {
+    async fn send(&self, node: Node) {
+        let _ = self.conn.tx.send(Outbound::Node(node)).await;
+    }
+
+    async fn close(&self) {
+        let _ = self.conn.tx.send(Outbound::Close).await;
+    }
+
+    fn disconnected(&self) {
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        reg.pending.retain(|_, p| p.conn.id != self.conn.id);
+        if let Some((phone, dev)) = &self.me {
+            if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+                if d.conn.as_ref().is_some_and(|c| c.id == self.conn.id) {
+                    d.conn = None;
+                }
+            }
+        }
+    }
+
+    async fn offer_pairing(&self, noise_pub: [u8; 32], keys: DeviceKeys, push_name: Option<String>) {
+        let refs: Vec<String> = (0..6)
+            .map(|i| format!("2@mock{}x{}x{:016x}", self.conn.id, i, rand::random::<u64>()))
+            .collect();
+        {
+            let mut reg = self.shared.registry.lock().expect("registry lock");
+            for r in &refs {
+                reg.pending.insert(
+                    r.clone(),
+                    PendingRegistration {
+                        conn: self.conn.clone(),
+                        noise_pub,
+                        keys: keys.clone(),
+                        push_name: push_name.clone(),
+                    },
+                );
+            }
+        }
+        let children = refs
+            .iter()
+            .map(|r| NodeBuilder::new("ref").bytes(r.as_bytes().to_vec()).build())
+            .collect::<Vec<_>>();
+        let iq = NodeBuilder::new("iq")
+            .attr("from", SERVER)
+            .attr("type", "set")
+            .attr("id", format!("pd{}", self.conn.id))
+            .attr("xmlns", "md")
+            .children([NodeBuilder::new("pair-device").children(children).build()])
+            .build();
+        self.send(iq).await;
+    }
+
+    async fn login(&mut self, phone: String, device: u32, noise_pub: [u8; 32]) {
+        let (lid, queued, refused) = {
+            let mut reg = self.shared.registry.lock().expect("registry lock");
+            let refused = reg
+                .faults
+                .refuse_logins_until
+                .is_some_and(|t| t > std::time::Instant::now());
+            match reg.accounts.get_mut(&phone) {
+                Some(acc) if !refused => {
+                    let lid = acc.lid.clone();
+                    match acc.devices.get_mut(&device) {
+                        Some(d) if d.noise_pub == noise_pub => {
+                            if let Some(old) = d.conn.replace(self.conn.clone()) {
+                                if old.id != self.conn.id {
+                                    let _ = old.tx.try_send(Outbound::Close);
+                                }
+                            }
+                            let queued: Vec<Node> = d.offline.drain(..).collect();
+                            d.delivered += queued.iter().filter(|n| n.tag == "message").count() as u64;
+                            (Some(lid), queued, false)
+                        }
+                        _ => (None, Vec::new(), false),
+                    }
+                }
+                _ => (None, Vec::new(), refused),
+            }
+        };
+        if refused {
+            let f = NodeBuilder::new("failure").attr("reason", "503").build();
+            self.send(f).await;
+            self.close().await;
+            return;
+        }
+        let Some(lid) = lid else {
+            let f = NodeBuilder::new("failure").attr("reason", "401").build();
+            self.send(f).await;
+            self.close().await;
+            return;
+        };
+        self.me = Some((phone, device));
+        let success = NodeBuilder::new("success")
+            .attr("t", now().to_string())
+            .attr("lid", format!("{lid}:{device}@lid"))
+            .build();
+        self.send(success).await;
+        let count = queued.len();
+        for mut n in queued {
+            n.attrs.insert("offline", "1");
+            self.send(n).await;
+        }
+        let ib = NodeBuilder::new("ib")
+            .attr("from", SERVER)
+            .children([NodeBuilder::new("offline").attr("count", count.to_string()).build()])
+            .build();
+        self.send(ib).await;
+    }
+
+    async fn handle(&mut self, node: Node) {
+        match node.tag.as_ref() {
+            "iq" => self.iq(node).await,
+            "message" => crate::routing::route_message(&self.shared, self.me.as_ref(), &self.conn, node).await,
+            "receipt" => crate::routing::route_receipt(&self.shared, self.me.as_ref(), node).await,
+            "presence" | "chatstate" => crate::routing::route_presence(&self.shared, self.me.as_ref(), node).await,
+            _ => {}
+        }
+    }
+
+    async fn iq(&mut self, node: Node) {
+        let id = attr(&node, "id").unwrap_or_default();
+        let typ = attr(&node, "type").unwrap_or_default();
+        if typ == "result" || typ == "error" {
+            if let Some(sign) = node.get_optional_child("pair-device-sign") {
+                self.finish_pairing(&id, sign).await;
+            }
+            return;
+        }
+        let xmlns = attr(&node, "xmlns").unwrap_or_default();
+        let reply = match xmlns.as_str() {
+            "encrypt" if node.get_optional_child("registration").is_some() => {
+                self.store_prekeys(&node);
+                iq_result(&id, vec![])
+            }
+            "encrypt" if node.get_optional_child("rotate").is_some() => {
+                self.rotate_skey(&node);
+                iq_result(&id, vec![])
+            }
+            "encrypt" if node.get_optional_child("key").is_some() => {
+                let list = crate::routing::prekey_bundles(&self.shared, node.get_optional_child("key"));
+                iq_result(&id, vec![list])
+            }
+            "abt" => iq_result(&id, vec![NodeBuilder::new("props").attr("protocol", "1").build()]),
+            "privacy" if node.get_optional_child("privacy").is_some() => {
+                iq_result(&id, vec![NodeBuilder::new("privacy").build()])
+            }
+            "usync" => match crate::routing::usync(&self.shared, &node) {
+                Some(u) => iq_result(&id, vec![u]),
+                None => iq_result(&id, vec![]),
+            },
+            "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
+            "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
+            "w:g2" => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
+            "md" if node.get_optional_child("remove-companion-device").is_some() => {
+                if let Some((phone, dev)) = &self.me {
+                    let mut reg = self.shared.registry.lock().expect("registry lock");
+                    if let Some(acc) = reg.accounts.get_mut(phone) {
+                        acc.devices.remove(dev);
+                    }
+                }
+                iq_result(&id, vec![])
+            }
+            _ => iq_result(&id, vec![]),
+        };
+        self.send(reply).await;
+    }
+
+    fn store_prekeys(&self, node: &Node) {
+        let Some((phone, dev)) = &self.me else { return };
+        let mut keys = DeviceKeys {
+            registration_id: child_bytes(node, "registration"),
+            identity: child_bytes(node, "identity"),
+            ..Default::default()
+        };
+        if let Some(skey) = node.get_optional_child("skey") {
+            keys.signed_prekey_id = child_bytes(skey, "id");
+            keys.signed_prekey = child_bytes(skey, "value");
+            keys.signed_prekey_sig = child_bytes(skey, "signature");
+        }
+        if let Some(list) = node.get_optional_child("list") {
+            for k in list.get_children_by_tag("key") {
+                keys.prekeys.push_back((child_bytes(k, "id"), child_bytes(k, "value")));
+            }
+        }
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+            d.keys = keys;
+        }
+    }
+
+    fn rotate_skey(&self, node: &Node) {
+        let Some((phone, dev)) = &self.me else { return };
+        let Some(skey) = node.get_optional_child("rotate").and_then(|r| r.get_optional_child("skey")) else { return };
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+            d.keys.signed_prekey_id = child_bytes(skey, "id");
+            d.keys.signed_prekey = child_bytes(skey, "value");
+            d.keys.signed_prekey_sig = child_bytes(skey, "signature");
+        }
+    }
+
+    async fn finish_pairing(&self, id: &str, sign: &Node) {
+        let done = {
+            let mut reg = self.shared.registry.lock().expect("registry lock");
+            let Some(p) = reg.signing.remove(id) else { return };
+            let identity = sign.get_optional_child("device-identity").map(bytes_of);
+            let acc = reg.account_mut(&p.phone, None);
+            acc.devices.insert(
+                p.device_id,
+                crate::registry::Device {
+                    id: p.device_id,
+                    noise_pub: p.noise_pub,
+                    key_index: p.key_index,
+                    keys: p.keys,
+                    device_identity: identity,
+                    conn: None,
+                    offline: Default::default(),
+                    delivered: 0,
+                },
+            );
+            true
+        };
+        if done {
+            let err = NodeBuilder::new("stream:error").attr("code", "515").build();
+            self.send(err).await;
+            self.close().await;
+        }
+    }
+}
+
+/// Every requested collection, synced at version 0 with nothing in it.
+fn app_state_reply(node: &Node) -> Node {
+    let cols = node
+        .get_optional_child("sync")
+        .map(|s| {
+            s.get_children_by_tag("collection")
+                .map(|c| {
+                    NodeBuilder::new("collection")
+                        .attr("name", attr(c, "name").unwrap_or_default())
+                        .attr("version", "0")
+                        .build()
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    NodeBuilder::new("sync").children(cols).build()
+}
