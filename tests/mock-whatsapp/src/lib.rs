@@ -4,7 +4,7 @@
 //! loopback only. Tests and the server's sandbox mode embed it; `cargo run -p
 //! mock-whatsapp` runs it alone.
 //!
-//! Layout: [`noise`] (handshake responder, transport ciphers), `conn` (one client
+//! Layout: [`contact`] (simulated contacts: real clients driven from Rust), [`noise`] (handshake responder, transport ciphers), `conn` (one client
 //! connection: pairing, login, post-login queries), `routing` (usync, bundles,
 //! messages, receipts), `registry` (accounts, devices, queues), this file (the HTTP
 //! front: WebSocket, admin API, media endpoints, and the Rust API).
@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+pub mod contact;
 pub mod noise;
 mod registry;
 mod routing;

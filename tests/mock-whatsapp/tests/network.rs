@@ -1,150 +1,94 @@
 //! The real whatsapp-rust client against the mock network: QR pairing by the mock
-//! phone, login, text both ways with receipts, restart from the persisted store,
-//! number checks, logout and unlink, dropped sockets. Every wait has a deadline.
+//! phone, login, text both ways with receipts, media round trips, restart from the
+//! persisted store, number checks, logout and unlink, dropped sockets, IK fallback.
+//! Every wait has a deadline; nothing sleeps for a fixed time.
 
+use mock_whatsapp::contact::Contact;
 use mock_whatsapp::MockNetwork;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use whatsapp_rust::bot::{Bot, BotHandle};
-use whatsapp_rust::transport::TokioWebSocketTransportFactory;
-use whatsapp_rust::wacore::store::traits::Backend;
-use whatsapp_rust::wacore::store::InMemoryBackend;
+use whatsapp_rust::download::MediaType;
 use whatsapp_rust::wacore::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
-use whatsapp_rust::{Client, Jid};
+use whatsapp_rust::Jid;
 
-const DEADLINE: Duration = Duration::from_secs(40);
-
-struct TestClient {
-    client: Arc<Client>,
-    _handle: BotHandle,
-    events: mpsc::Receiver<Arc<Event>>,
-    /// Events already received but not yet asked for (waits never drop events).
-    backlog: Vec<Arc<Event>>,
-    backend: Arc<dyn Backend>,
-}
-
-async fn client(net: &MockNetwork, name: &str, backend: Option<Arc<dyn Backend>>) -> TestClient {
-    let backend = backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new()));
-    let (tx, rx) = mpsc::channel(4096);
-    let bot = Bot::builder()
-        .with_backend_arc(backend.clone())
-        .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(net.ws_url()))
-        .with_http_client(net.http_client())
-        .with_version((2, 3000, 0))
-        .with_push_name(name)
-        .skip_history_sync()
-        .on_event(move |ev, _c| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.try_send(ev);
-            }
-        })
-        .build()
-        .await
-        .expect("bot builds");
-    let client = bot.client();
-    client.set_force_active_delivery_receipts(true);
-    let handle = bot.spawn();
-    TestClient {
-        client,
-        _handle: handle,
-        events: rx,
-        backlog: Vec::new(),
-        backend,
-    }
-}
-
-impl TestClient {
-    /// Waits for the first event `pick` accepts.
-    async fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-        if let Some(i) = self.backlog.iter().position(|e| pick(e).is_some()) {
-            let ev = self.backlog.remove(i);
-            if let Some(v) = pick(&ev) {
-                return v;
-            }
-        }
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let ev = tokio::time::timeout_at(until, self.events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-                .unwrap_or_else(|| panic!("event stream ended waiting for {what}"));
-            if let Some(v) = pick(&ev) {
-                return v;
-            }
-            self.backlog.push(ev);
-        }
-    }
-
-    async fn qr(&mut self) -> String {
-        self.wait("a QR code", |e| match e {
-            Event::PairingQrCode(q) => Some(q.code.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn connected(&mut self) {
-        self.wait("Connected", |e| matches!(e, Event::Connected(_)).then_some(())).await
-    }
-
-    async fn text(&mut self) -> (String, String) {
-        self.wait("a text message", |e| match e {
-            Event::Messages(batch) => batch.messages.iter().find_map(|m| {
-                m.message
-                    .conversation
-                    .clone()
-                    .map(|t| (m.info.source.sender.user.to_string(), t))
-            }),
-            _ => None,
-        })
-        .await
-    }
-}
-
-async fn paired(net: &MockNetwork, name: &str, phone: &str) -> TestClient {
-    let mut c = client(net, name, None).await;
-    let qr = c.qr().await;
-    net.scan_qr(&qr, Some(phone)).expect("scan");
-    c.connected().await;
-    c
-}
-
-fn text(s: &str) -> wa::Message {
-    wa::Message {
-        conversation: Some(s.to_string()),
-        ..Default::default()
-    }
+async fn contact(net: &MockNetwork, name: &str, phone: &str) -> Contact {
+    net.add_contact(phone, name).await.expect("pairs and connects")
 }
 
 #[tokio::test]
 async fn two_clients_pair_and_exchange_text_with_receipts() {
     let net = MockNetwork::start().await.unwrap();
-    let mut a = paired(&net, "Alice", "15550000001").await;
-    let mut b = paired(&net, "Bob", "15550000002").await;
+    let mut a = contact(&net, "Alice", "15550000001").await;
+    let mut b = contact(&net, "Bob", "15550000002").await;
     let accounts = net.accounts();
     assert_eq!(accounts.len(), 2);
     assert!(accounts.iter().all(|a| a.devices.len() == 1 && a.devices[0].connected));
+    assert!(accounts.iter().all(|a| a.devices[0].prekeys_left > 0), "prekeys were uploaded");
 
-    let sent = a.client.send_message(Jid::pn("15550000002"), text("hello bob")).await.expect("send");
-    assert_eq!(b.text().await, ("15550000001".to_string(), "hello bob".to_string()));
-    let id = sent.message_id.clone();
+    let id = a.send_text("15550000002", "hello bob").await.expect("send");
+    let got = b.next_text().await.unwrap();
+    assert_eq!((got.from.as_str(), got.text.as_str(), got.message_id.as_str()), ("15550000001", "hello bob", id.as_str()));
     a.wait("delivery receipt", |e| match e {
         Event::Receipt(r) if r.message_ids.iter().any(|m| *m == id) => Some(()),
         _ => None,
     })
-    .await;
+    .await
+    .unwrap();
 
-    b.client.send_message(Jid::pn("15550000001"), text("hi alice")).await.expect("reply");
-    assert_eq!(a.text().await, ("15550000002".to_string(), "hi alice".to_string()));
+    b.send_text("15550000001", "hi alice").await.expect("reply");
+    let got = a.next_text().await.unwrap();
+    assert_eq!((got.from.as_str(), got.text.as_str()), ("15550000002", "hi alice"));
+}
+
+#[tokio::test]
+async fn image_and_document_round_trip_byte_exact() {
+    let net = MockNetwork::start().await.unwrap();
+    let a = contact(&net, "Alice", "15550000051").await;
+    let mut b = contact(&net, "Bob", "15550000052").await;
+    for (kind, len) in [(MediaType::Image, 50_000usize), (MediaType::Document, 300_000)] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let up = a.client.upload(data.clone(), kind, Default::default()).await.expect("upload");
+        let mut msg = wa::Message::default();
+        macro_rules! fill {
+            ($t:ident) => {
+                wa::message::$t {
+                    url: Some(up.url.clone()),
+                    direct_path: Some(up.direct_path.clone()),
+                    media_key: Some(up.media_key.to_vec()),
+                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+                    file_sha256: Some(up.file_sha256.to_vec()),
+                    file_length: Some(up.file_length),
+                    mimetype: Some("application/octet-stream".into()),
+                    ..Default::default()
+                }
+            };
+        }
+        match kind {
+            MediaType::Image => msg.image_message = fill!(ImageMessage).into(),
+            _ => msg.document_message = fill!(DocumentMessage).into(),
+        }
+        a.client.send_message(Jid::pn("15550000052"), msg).await.expect("send media");
+        let got = b
+            .wait("a media message", |e| match e {
+                Event::Messages(batch) => batch.messages.first().map(|m| m.message.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        let bytes = if let Some(img) = got.image_message.as_option() {
+            b.client.download(img).await.expect("download image")
+        } else {
+            let doc = got.document_message.as_option().expect("a document");
+            b.client.download(doc).await.expect("download document")
+        };
+        assert_eq!(bytes, data, "{kind:?} round trip");
+    }
 }
 
 #[tokio::test]
 async fn number_check_says_yes_and_no() {
     let net = MockNetwork::start().await.unwrap();
-    let a = paired(&net, "Alice", "15550000011").await;
+    let a = contact(&net, "Alice", "15550000011").await;
     net.add_account("15550000012", "Phone only");
     let res = a
         .client
@@ -160,50 +104,61 @@ async fn number_check_says_yes_and_no() {
 #[tokio::test]
 async fn offline_device_gets_queued_messages_and_restart_needs_no_qr() {
     let net = MockNetwork::start().await.unwrap();
-    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_default()).with_test_writer().try_init();
-    let a = paired(&net, "Alice", "15550000021").await;
-    let b = paired(&net, "Bob", "15550000022").await;
-    // Bob goes away; his store stays.
+    let a = contact(&net, "Alice", "15550000021").await;
+    let b = contact(&net, "Bob", "15550000022").await;
+    // Bob's process goes away; his store stays.
     let backend = b.backend.clone();
     b.client.disconnect().await;
     drop(b);
-    a.client.send_message(Jid::pn("15550000022"), text("while you were out")).await.expect("send");
-    let until = tokio::time::Instant::now() + DEADLINE;
+    a.send_text("15550000022", "while you were out").await.expect("send");
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
     while net.accounts().iter().find(|x| x.phone == "15550000022").unwrap().devices[0].offline_queue == 0 {
         assert!(tokio::time::Instant::now() < until, "message never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A new process state on the same store: no QR, straight to Connected.
-    let mut b2 = client(&net, "Bob", Some(backend)).await;
+    // A new process state on the same store: no QR, straight to Connected (IK hello
+    // answered with XX fallback), then the queued message.
+    let mut b2 = Contact::start(&net, "15550000022", "Bob", Some(backend)).await.unwrap();
     let first = b2
         .wait("Connected or a QR", |e| match e {
             Event::Connected(_) => Some(true),
             Event::PairingQrCode(_) => Some(false),
             _ => None,
         })
-        .await;
+        .await
+        .unwrap();
     assert!(first, "a paired store must not ask for a QR");
-    assert_eq!(b2.text().await.1, "while you were out");
+    assert_eq!(b2.next_text().await.unwrap().text, "while you were out");
+    assert_eq!(net.accounts().iter().find(|x| x.phone == "15550000022").unwrap().devices[0].offline_queue, 0);
 }
 
 #[tokio::test]
 async fn logout_and_unlink_end_logged_out() {
     let net = MockNetwork::start().await.unwrap();
-    let mut a = paired(&net, "Alice", "15550000031").await;
+    let mut a = contact(&net, "Alice", "15550000031").await;
     a.client.logout().await;
-    a.wait("LoggedOut", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await;
+    a.wait("LoggedOut", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await.unwrap();
     assert!(net.accounts()[0].devices.is_empty(), "logout removed the companion");
 
-    let mut b = paired(&net, "Bob", "15550000032").await;
+    let mut b = contact(&net, "Bob", "15550000032").await;
     assert!(net.unlink("15550000032", 1));
-    b.wait("LoggedOut after unlink", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await;
+    b.wait("LoggedOut after unlink", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await.unwrap();
 }
 
 #[tokio::test]
 async fn dropped_socket_reconnects_by_itself() {
     let net = MockNetwork::start().await.unwrap();
-    let mut a = paired(&net, "Alice", "15550000041").await;
+    let mut a = contact(&net, "Alice", "15550000041").await;
     assert_eq!(net.drop_connections(None), 1);
-    a.wait("Disconnected", |e| matches!(e, Event::Disconnected(_)).then_some(())).await;
-    a.connected().await;
+    a.wait("Disconnected", |e| matches!(e, Event::Disconnected(_)).then_some(())).await.unwrap();
+    a.connected().await.unwrap();
+    assert!(net.accounts()[0].devices[0].connected);
+}
+
+#[tokio::test]
+async fn replaced_stream_is_reported() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut a = contact(&net, "Alice", "15550000061").await;
+    assert!(net.replace_stream("15550000061", 1));
+    a.wait("StreamReplaced", |e| matches!(e, Event::StreamReplaced(_)).then_some(())).await.unwrap();
 }
