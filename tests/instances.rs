@@ -39,6 +39,10 @@ async fn database(name: &str) -> Instances {
 }
 
 async fn runtime(net: &MockNetwork, instances: Instances, sink: Arc<RecordingSink>) -> InstanceRuntime {
+    runtime_with(net, instances, sink, RestartPolicy::default()).await
+}
+
+async fn runtime_with(net: &MockNetwork, instances: Instances, sink: Arc<RecordingSink>, restart: RestartPolicy) -> InstanceRuntime {
     InstanceRuntime::start(
         instances,
         RuntimeConfig {
@@ -54,7 +58,7 @@ async fn runtime(net: &MockNetwork, instances: Instances, sink: Arc<RecordingSin
                 presence_interval: Duration::from_secs(300),
                 request_timeout: Duration::from_secs(30),
             },
-            restart: RestartPolicy::default(),
+            restart,
             sink,
             listener_capacity: 64,
             lifecycle_capacity: 1024,
@@ -146,4 +150,121 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
     assert_eq!(env["data"]["message"], "hi instance");
 
     rt.shutdown().await;
+}
+
+fn policy(max_restarts: usize) -> RestartPolicy {
+    RestartPolicy {
+        backoff: actors::backoff::Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            factor: 2.0,
+        },
+        max_restarts,
+        window: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test]
+async fn panicking_instance_is_parked_while_the_others_keep_messaging() {
+    let net = MockNetwork::start().await.unwrap();
+    let instances = database("crash").await;
+    let sink = Arc::new(RecordingSink::default());
+    // A small restart budget: two restarts, then parked.
+    let rt = runtime_with(&net, instances.clone(), sink.clone(), policy(2)).await;
+    tokio::join!(
+        pair(&rt, &net, "c-a", "6281300000001"),
+        pair(&rt, &net, "c-b", "6281300000002"),
+        pair(&rt, &net, "c-c", "6281300000003"),
+    );
+    let mut dave = net.add_contact("6281300000009", "Dave").await.unwrap();
+    let b_id = rt.actor("c-b").unwrap().get_id();
+    let c_id = rt.actor("c-c").unwrap().get_id();
+    let mut sup = rt.supervisor_events();
+
+    // A panics three times: restarted twice with backoff, then parked.
+    for round in 1..=3 {
+        let a = loop {
+            if let Some(a) = rt.actor("c-a") {
+                break a;
+            }
+            tokio::task::yield_now().await;
+        };
+        a.cast(InstanceMsg::Fault(actors::instance::Fault::Panic)).unwrap();
+        let ev = tokio::time::timeout(DEADLINE, sup.recv()).await.expect("supervision event").unwrap();
+        if round < 3 {
+            assert!(matches!(ev, actors::SupervisorEvent::Restarting { ref instance_id, .. } if instance_id == "c-a"), "{ev:?}");
+            let ev = tokio::time::timeout(DEADLINE, sup.recv()).await.expect("restarted").unwrap();
+            assert!(matches!(ev, actors::SupervisorEvent::Restarted { .. }), "{ev:?}");
+        } else {
+            assert!(matches!(ev, actors::SupervisorEvent::Crashed { ref instance_id, .. } if instance_id == "c-a"), "{ev:?}");
+        }
+        // Meanwhile B sends and receives, nothing lost.
+        let b = rt.actor("c-b").unwrap();
+        let text = format!("from b, round {round}");
+        call_t!(b, |reply| InstanceMsg::SendText { to: "6281300000009".into(), text: text.clone(), reply }, 30_000)
+            .unwrap()
+            .expect("b sends");
+        assert_eq!(dave.next_text().await.unwrap().text, text);
+        let mut listener = call_t!(b, InstanceMsg::Subscribe, 5000).unwrap();
+        let back = format!("to b, round {round}");
+        dave.send_text("6281300000002", &back).await.unwrap();
+        let got = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("b receives").unwrap();
+        assert_eq!(got.message, back);
+    }
+    assert!(rt.actor("c-a").is_none(), "parked instance has no actor");
+    // B and C were never restarted.
+    assert_eq!(rt.actor("c-b").unwrap().get_id(), b_id);
+    assert_eq!(rt.actor("c-c").unwrap().get_id(), c_id);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_rescan_unlink_and_process_restart() {
+    let net = MockNetwork::start().await.unwrap();
+    let instances = database("logout").await;
+    let sink = Arc::new(RecordingSink::default());
+    let rt = runtime(&net, instances.clone(), sink.clone()).await;
+    tokio::join!(
+        pair(&rt, &net, "l-a", "6281400000001"),
+        pair(&rt, &net, "l-b", "6281400000002"),
+    );
+    let mut life = rt.lifecycle();
+
+    // API logout: unlinked on WhatsApp, keys wiped, instance kept and reusable.
+    let a = rt.actor("l-a").unwrap();
+    call_t!(a, InstanceMsg::Logout, 30_000).unwrap().unwrap();
+    assert_eq!(call_t!(a, InstanceMsg::Status, 5000).unwrap().status, InstanceStatus::LoggedOut);
+    assert!(net.accounts().iter().find(|x| x.phone == "6281400000001").unwrap().devices.is_empty());
+    assert_eq!(instances.get("l-a").await.unwrap().unwrap().status, "logged_out");
+    // Scan again without re-creating it.
+    call_t!(a, InstanceMsg::StartQr, 10_000).unwrap().expect("new QR flow");
+    let qr = match notice(&mut life, "QR_GENERATED", |n| matches!(n, LifecycleNotice::QrGenerated { instance_id, .. } if instance_id == "l-a")).await {
+        LifecycleNotice::QrGenerated { qr_data, .. } => qr_data,
+        _ => unreachable!(),
+    };
+    net.scan_qr(&qr, Some("6281400000001")).unwrap();
+    notice(&mut life, "l-a online again", |n| {
+        matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, .. } if instance_id == "l-a" && status == "online")
+    })
+    .await;
+
+    // Phone-side unlink ends in logged_out.
+    assert!(net.unlink("6281400000002", 1));
+    notice(&mut life, "l-b logged out", |n| {
+        matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, .. } if instance_id == "l-b" && status == "logged_out")
+    })
+    .await;
+
+    // Process restart on the same database: the paired instance comes back without a QR.
+    rt.shutdown().await;
+    let rt2 = runtime(&net, instances.clone(), sink).await;
+    let mut life2 = rt2.lifecycle();
+    assert_eq!(rt2.restore(sudevwa::runtime::Admission::default()).await.unwrap(), 2);
+    notice(&mut life2, "l-a online after restart", |n| {
+        matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, .. } if instance_id == "l-a" && status == "online")
+    })
+    .await;
+    let b = rt2.actor("l-b").unwrap();
+    assert_eq!(call_t!(b, InstanceMsg::Status, 5000).unwrap().status, InstanceStatus::LoggedOut);
+    rt2.shutdown().await;
 }
