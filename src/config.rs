@@ -119,7 +119,10 @@ impl fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
             .field("login_username", &self.login_username)
-            .field("login_password", &self.login_password.as_ref().map(|_| "<set>"))
+            .field(
+                "login_password",
+                &self.login_password.as_ref().map(|_| "<set>"),
+            )
             .field("jwt_ttl", &self.jwt_ttl)
             .field("admin_api_keys", &self.admin_api_keys.len())
             .finish()
@@ -208,11 +211,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -253,10 +260,20 @@ impl Config {
         let schema = table.clone();
         if let Some(path) = &sources.explicit_file {
             let text = read_file(path)?;
-            merge_file(&mut table, &schema, parse_toml(&text, &path.display().to_string())?, "")?;
+            merge_file(
+                &mut table,
+                &schema,
+                parse_toml(&text, &path.display().to_string())?,
+                "",
+            )?;
         } else if let Some(path) = sources.default_file.as_ref().filter(|p| p.exists()) {
             let text = read_file(path)?;
-            merge_file(&mut table, &schema, parse_toml(&text, &path.display().to_string())?, "")?;
+            merge_file(
+                &mut table,
+                &schema,
+                parse_toml(&text, &path.display().to_string())?,
+                "",
+            )?;
         }
         apply_env(&mut table, &sources.env)?;
         let raw: RawConfig = toml::Value::Table(table)
@@ -267,8 +284,12 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read config file: {e}")))
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read config file: {e}"),
+        )
+    })
 }
 
 fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
@@ -286,7 +307,11 @@ fn merge_file(
     prefix: &str,
 ) -> Result<(), ConfigError> {
     for (k, v) in file {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         let Some(expected) = schema.get(&k) else {
             return Err(ConfigError::new(key, "unknown key"));
         };
@@ -325,7 +350,9 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
         }
     }
     for (section, value) in table.iter() {
-        let toml::Value::Table(keys) = value else { continue };
+        let toml::Value::Table(keys) = value else {
+            continue;
+        };
         for key in keys.keys() {
             let var = format!("SUDEVWA_{}_{}", section.to_uppercase(), key.to_uppercase());
             if let Some(v) = env.get(&var) {
@@ -335,8 +362,12 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
     }
     for (key, var, text) in assignments {
         let (section, name) = key.split_once('.').unwrap_or((key.as_str(), ""));
-        let Some(toml::Value::Table(sec)) = table.get_mut(section) else { continue };
-        let Some(current) = sec.get(name) else { continue };
+        let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+            continue;
+        };
+        let Some(current) = sec.get(name) else {
+            continue;
+        };
         let value = env_value(current, &text).map_err(|problem| ConfigError {
             key: key.clone(),
             source_var: Some(var.clone()),
@@ -531,18 +562,27 @@ fn non_empty(s: String) -> Option<String> {
 fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let c = Checker { env };
 
-    let bind: IpAddr = raw
-        .server
-        .bind
-        .trim()
-        .parse()
-        .map_err(|_| c.err("server.bind", format!("{:?} is not an IP address", raw.server.bind)))?;
-    let port = u16::try_from(raw.server.port)
-        .map_err(|_| c.err("server.port", format!("invalid port {}: must be 0-65535", raw.server.port)))?;
+    let bind: IpAddr = raw.server.bind.trim().parse().map_err(|_| {
+        c.err(
+            "server.bind",
+            format!("{:?} is not an IP address", raw.server.bind),
+        )
+    })?;
+    let port = u16::try_from(raw.server.port).map_err(|_| {
+        c.err(
+            "server.port",
+            format!("invalid port {}: must be 0-65535", raw.server.port),
+        )
+    })?;
     let server = ServerConfig {
         addr: SocketAddr::new(bind, port),
         cors_origins: raw.server.cors_origins,
-        shutdown_grace: c.secs("server.shutdown_grace_secs", raw.server.shutdown_grace_secs, 0, 3600)?,
+        shutdown_grace: c.secs(
+            "server.shutdown_grace_secs",
+            raw.server.shutdown_grace_secs,
+            0,
+            3600,
+        )?,
     };
 
     let database = validate_database(&c, raw.database)?;
@@ -570,7 +610,10 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
     }
     if let Some(k) = raw.auth.admin_api_keys.iter().find(|k| k.len() < 32) {
         let _ = k; // never echo a key, even a short one
-        return Err(c.err("auth.admin_api_keys", "every key must be at least 32 characters"));
+        return Err(c.err(
+            "auth.admin_api_keys",
+            "every key must be at least 32 characters",
+        ));
     }
     let auth = AuthConfig {
         jwt_secret,
@@ -587,7 +630,10 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
 
     let cc = raw.whatsapp.default_country_code.trim().to_string();
     if cc.is_empty() || cc.len() > 4 || !cc.chars().all(|ch| ch.is_ascii_digit()) {
-        return Err(c.err("whatsapp.default_country_code", "must be 1-4 digits, e.g. 62"));
+        return Err(c.err(
+            "whatsapp.default_country_code",
+            "must be 1-4 digits, e.g. 62",
+        ));
     }
     let device_name = raw.whatsapp.device_name.trim().to_string();
     if device_name.is_empty() || device_name.chars().count() > 64 {
@@ -602,7 +648,12 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
     let whatsapp = WhatsappConfig {
         device_name,
         default_country_code: cc,
-        qr_timeout: c.secs("whatsapp.qr_timeout_secs", raw.whatsapp.qr_timeout_secs, 10, 3600)?,
+        qr_timeout: c.secs(
+            "whatsapp.qr_timeout_secs",
+            raw.whatsapp.qr_timeout_secs,
+            10,
+            3600,
+        )?,
         presence_interval: c.secs(
             "whatsapp.presence_interval_secs",
             raw.whatsapp.presence_interval_secs,
@@ -614,13 +665,42 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
 
     const MAX_MEDIA: i64 = 2 * 1024 * 1024 * 1024;
     let limits = LimitsConfig {
-        rate_limit_per_sec: c.range("limits.rate_limit_per_sec", raw.limits.rate_limit_per_sec, 1, 1_000_000)? as u32,
-        rate_limit_burst: c.range("limits.rate_limit_burst", raw.limits.rate_limit_burst, 1, 1_000_000)? as u32,
-        max_image_bytes: c.range("limits.max_image_bytes", raw.limits.max_image_bytes, 1, MAX_MEDIA)? as u64,
-        max_video_bytes: c.range("limits.max_video_bytes", raw.limits.max_video_bytes, 1, MAX_MEDIA)? as u64,
-        max_audio_bytes: c.range("limits.max_audio_bytes", raw.limits.max_audio_bytes, 1, MAX_MEDIA)? as u64,
-        max_document_bytes: c.range("limits.max_document_bytes", raw.limits.max_document_bytes, 1, MAX_MEDIA)?
-            as u64,
+        rate_limit_per_sec: c.range(
+            "limits.rate_limit_per_sec",
+            raw.limits.rate_limit_per_sec,
+            1,
+            1_000_000,
+        )? as u32,
+        rate_limit_burst: c.range(
+            "limits.rate_limit_burst",
+            raw.limits.rate_limit_burst,
+            1,
+            1_000_000,
+        )? as u32,
+        max_image_bytes: c.range(
+            "limits.max_image_bytes",
+            raw.limits.max_image_bytes,
+            1,
+            MAX_MEDIA,
+        )? as u64,
+        max_video_bytes: c.range(
+            "limits.max_video_bytes",
+            raw.limits.max_video_bytes,
+            1,
+            MAX_MEDIA,
+        )? as u64,
+        max_audio_bytes: c.range(
+            "limits.max_audio_bytes",
+            raw.limits.max_audio_bytes,
+            1,
+            MAX_MEDIA,
+        )? as u64,
+        max_document_bytes: c.range(
+            "limits.max_document_bytes",
+            raw.limits.max_document_bytes,
+            1,
+            MAX_MEDIA,
+        )? as u64,
     };
 
     let retry_schedule = raw
@@ -651,7 +731,9 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         whatsapp,
         limits,
         webhook,
-        log: LogConfig { filter: raw.log.filter },
+        log: LogConfig {
+            filter: raw.log.filter,
+        },
     })
 }
 
@@ -663,7 +745,10 @@ fn validate_database(c: &Checker<'_>, raw: RawDatabase) -> Result<DatabaseConfig
             let rest = url["sqlite:".len()..].trim_start_matches("//");
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
             if path.is_empty() {
-                return Err(c.err("database.url", "sqlite URL has no file path (sqlite://./data/sudevwa.db)"));
+                return Err(c.err(
+                    "database.url",
+                    "sqlite URL has no file path (sqlite://./data/sudevwa.db)",
+                ));
             }
             if path == ":memory:" {
                 (DbKind::Sqlite, url.clone(), None)
@@ -676,12 +761,19 @@ fn validate_database(c: &Checker<'_>, raw: RawDatabase) -> Result<DatabaseConfig
                 } else {
                     format!("{query}&mode=rwc")
                 };
-                (DbKind::Sqlite, format!("sqlite://{path}?{query}"), Some(PathBuf::from(path)))
+                (
+                    DbKind::Sqlite,
+                    format!("sqlite://{path}?{query}"),
+                    Some(PathBuf::from(path)),
+                )
             }
         }
         Some("postgres") | Some("postgresql") => {
             if !url.contains("://") || url.split("://").nth(1).is_none_or(str::is_empty) {
-                return Err(c.err("database.url", "postgres URL must look like postgres://user:pass@host:port/db"));
+                return Err(c.err(
+                    "database.url",
+                    "postgres URL must look like postgres://user:pass@host:port/db",
+                ));
             }
             (DbKind::Postgres, url.clone(), None)
         }
@@ -692,15 +784,24 @@ fn validate_database(c: &Checker<'_>, raw: RawDatabase) -> Result<DatabaseConfig
             ))
         }
         None => {
-            return Err(c.err("database.url", "not a database URL (use sqlite://PATH or postgres://...)"));
+            return Err(c.err(
+                "database.url",
+                "not a database URL (use sqlite://PATH or postgres://...)",
+            ));
         }
     };
     Ok(DatabaseConfig {
         url,
         kind,
         sqlite_path,
-        max_connections: c.range("database.max_connections", raw.max_connections, 1, 10_000)? as u32,
-        acquire_timeout: c.secs("database.acquire_timeout_secs", raw.acquire_timeout_secs, 1, 600)?,
+        max_connections: c.range("database.max_connections", raw.max_connections, 1, 10_000)?
+            as u32,
+        acquire_timeout: c.secs(
+            "database.acquire_timeout_secs",
+            raw.acquire_timeout_secs,
+            1,
+            600,
+        )?,
     })
 }
 
@@ -712,7 +813,10 @@ mod tests {
         Config::load(&Sources {
             explicit_file: None,
             default_file: None,
-            env: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     }
 
@@ -722,7 +826,10 @@ mod tests {
         assert_eq!(c.server.addr.to_string(), "127.0.0.1:2121");
         assert_eq!(c.database.kind, DbKind::Sqlite);
         assert_eq!(c.database.url, "sqlite://./data/sudevwa.db?mode=rwc");
-        assert_eq!(c.database.sqlite_path.as_deref(), Some(Path::new("./data/sudevwa.db")));
+        assert_eq!(
+            c.database.sqlite_path.as_deref(),
+            Some(Path::new("./data/sudevwa.db"))
+        );
         assert_eq!(c.whatsapp.device_name, "SUDEVWA Beta");
         assert_eq!(c.whatsapp.qr_timeout, Duration::from_secs(180));
         assert_eq!(c.webhook.retry_schedule.len(), 6);
@@ -747,7 +854,10 @@ mod tests {
         assert!(c.features.enable_webhook);
         assert!(!c.features.enable_websocket);
         assert_eq!(c.webhook.allowed_targets.len(), 2);
-        assert_eq!(c.webhook.retry_schedule, vec![Duration::from_secs(1), Duration::from_secs(120)]);
+        assert_eq!(
+            c.webhook.retry_schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
         assert_eq!(c.auth.login_username.as_deref(), Some("admin"));
     }
 
@@ -760,13 +870,22 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_variable() {
         let e = load_env(&[("PORT", "abc")]).unwrap_err();
-        assert_eq!(e.to_string(), "server.port (PORT): \"abc\" is not an integer");
+        assert_eq!(
+            e.to_string(),
+            "server.port (PORT): \"abc\" is not an integer"
+        );
         let e = load_env(&[("PORT", "70000")]).unwrap_err();
-        assert_eq!(e.to_string(), "server.port (PORT): invalid port 70000: must be 0-65535");
+        assert_eq!(
+            e.to_string(),
+            "server.port (PORT): invalid port 70000: must be 0-65535"
+        );
         let e = load_env(&[("DATABASE_URL", "mysql://x/y")]).unwrap_err();
         assert_eq!(e.key, "database.url");
         assert_eq!(e.source_var.as_deref(), Some("DATABASE_URL"));
-        assert!(e.problem.contains("unsupported database scheme \"mysql\""), "{e}");
+        assert!(
+            e.problem.contains("unsupported database scheme \"mysql\""),
+            "{e}"
+        );
         let e = load_env(&[("SUDEVWA_ENABLE_WEBHOOK", "maybe")]).unwrap_err();
         assert_eq!(e.key, "features.enable_webhook");
         let e = load_env(&[("JWT_SECRET", "short")]).unwrap_err();
@@ -786,7 +905,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sudevwa-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "[server]\nport = 3000\n[whatsapp]\ndevice_name = \"Ops\"\n").unwrap();
+        std::fs::write(
+            &good,
+            "[server]\nport = 3000\n[whatsapp]\ndevice_name = \"Ops\"\n",
+        )
+        .unwrap();
         let c = Config::load(&Sources {
             explicit_file: Some(good),
             ..Default::default()
@@ -832,7 +955,9 @@ mod tests {
         let v6 = Cidr::parse("fe80::/10").unwrap();
         assert!(v6.contains("fe80::1".parse().unwrap()));
         assert!(!v6.contains("2001:db8::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("nope").is_err());
     }
 

@@ -29,7 +29,9 @@ fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
             "--config" | "-c" => {
                 config = Some(PathBuf::from(args.next().ok_or("--config needs a path")?));
             }
-            s if s.starts_with("--config=") => config = Some(PathBuf::from(&s["--config=".len()..])),
+            s if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]))
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -58,7 +60,10 @@ fn main() -> ExitCode {
     };
     init_tracing(&config.log.filter);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sudevwa: cannot start the async runtime: {e}");
@@ -72,7 +77,9 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string()),
             Command::Migrate => async {
                 let db = sudevwa::store::db::open(&config.database).await?;
-                db.close().await.map_err(sudevwa::store::db::DbError::Connect)?;
+                db.close()
+                    .await
+                    .map_err(sudevwa::store::db::DbError::Connect)?;
                 println!("migrations applied");
                 Ok::<(), sudevwa::store::db::DbError>(())
             }

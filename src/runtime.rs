@@ -6,10 +6,12 @@
 
 use crate::store::instances::{DbInstanceStore, Instances};
 use actors::events::{IncomingSink, LifecycleNotice};
-use actors::instance::{InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions};
+use actors::instance::{
+    InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions,
+};
 use actors::{
-    actor_name, InstanceFactory, InstanceStatus, InstanceSupervisor, RestartPolicy, SupervisorArgs, SupervisorEvent,
-    SupervisorMsg,
+    actor_name, InstanceFactory, InstanceStatus, InstanceSupervisor, RestartPolicy, SupervisorArgs,
+    SupervisorEvent, SupervisorMsg,
 };
 use async_trait::async_trait;
 use ractor::{call_t, Actor, ActorCell, ActorRef, SpawnErr};
@@ -61,7 +63,13 @@ impl InstanceFactory for Factory {
             stored_status,
             env: self.env.clone(),
         };
-        let (r, _) = Actor::spawn_linked(Some(actor_name(instance_id)), InstanceActor, args, supervisor).await?;
+        let (r, _) = Actor::spawn_linked(
+            Some(actor_name(instance_id)),
+            InstanceActor,
+            args,
+            supervisor,
+        )
+        .await?;
         Ok(r.get_cell())
     }
 }
@@ -141,18 +149,33 @@ impl InstanceRuntime {
             return Ok(a);
         }
         let id = instance_id.to_string();
-        call_t!(self.supervisor, |reply| SupervisorMsg::Start { instance_id: id, reply }, 30_000)
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        self.actor(instance_id).ok_or_else(|| "instance actor is not running".to_string())
+        call_t!(
+            self.supervisor,
+            |reply| SupervisorMsg::Start {
+                instance_id: id,
+                reply
+            },
+            30_000
+        )
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.actor(instance_id)
+            .ok_or_else(|| "instance actor is not running".to_string())
     }
 
     /// Stops an instance's actor for good (before deletion).
     pub async fn stop(&self, instance_id: &str) -> Result<(), String> {
         let id = instance_id.to_string();
-        call_t!(self.supervisor, |reply| SupervisorMsg::Stop { instance_id: id, reply }, 60_000)
-            .map_err(|e| e.to_string())?
-            .or(Ok(()))
+        call_t!(
+            self.supervisor,
+            |reply| SupervisorMsg::Stop {
+                instance_id: id,
+                reply
+            },
+            60_000
+        )
+        .map_err(|e| e.to_string())?
+        .or(Ok(()))
     }
 
     /// Brings every stored instance back: paired ones reconnect, QR-waiting ones become
@@ -169,7 +192,11 @@ impl InstanceRuntime {
             if status == InstanceStatus::Crashed {
                 continue; // parked until an operator resumes it
             }
-            let permit = slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
             // Jitter spreads the connects inside each second.
             tokio::time::sleep(gap.mul_f64(0.5 + actors::backoff::random_unit())).await;
             match self.ensure_started(&row.id).await {
@@ -188,7 +215,9 @@ impl InstanceRuntime {
                         drop(permit);
                     });
                 }
-                Err(e) => tracing::error!(instance_id = %row.id, error = %e, "restoring instance failed"),
+                Err(e) => {
+                    tracing::error!(instance_id = %row.id, error = %e, "restoring instance failed")
+                }
             }
         }
         Ok(started)

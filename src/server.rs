@@ -4,8 +4,14 @@
 //! socket is bound, so scripts and tests can use port 0 and read the real port.
 
 use crate::config::Config;
+use crate::runtime::{Admission, InstanceRuntime, RuntimeConfig};
 use crate::store::db;
+use crate::store::instances::Instances;
+use actors::events::NoSink;
+use actors::instance::{InstanceTiming, WaOptions};
+use actors::RestartPolicy;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Why the server could not start.
@@ -13,6 +19,8 @@ use tokio::net::TcpListener;
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] db::DbError),
+    #[error("cannot start the instance supervisor: {0}")]
+    Runtime(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -27,6 +35,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = db::open(&config.database).await?;
+    let runtime = start_runtime(&config, db.clone()).await?;
     let listener = TcpListener::bind(config.server.addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -47,6 +56,8 @@ pub async fn run(
         .await;
 
     tracing::info!("shutting down");
+    // Every actor disconnects its client (flushing its session) before the pool closes.
+    runtime.shutdown().await;
     if let Err(e) = db.close().await {
         tracing::warn!(error = %e, "closing the database pool failed");
     }
@@ -79,4 +90,46 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// Starts the instance runtime and brings stored instances back in the background,
+/// under admission control.
+async fn start_runtime(
+    config: &Config,
+    db: sea_orm::DatabaseConnection,
+) -> Result<InstanceRuntime, StartError> {
+    let instances = Instances::new(db);
+    let wa = &config.whatsapp;
+    let runtime = InstanceRuntime::start(
+        instances,
+        RuntimeConfig {
+            options: WaOptions {
+                socket_url: wa.socket_url.clone(),
+                version: None,
+                push_name: wa.device_name.clone(),
+                http: None,
+                force_active_receipts: false,
+            },
+            timing: InstanceTiming {
+                qr_timeout: wa.qr_timeout,
+                presence_interval: wa.presence_interval,
+                request_timeout: std::time::Duration::from_secs(30),
+            },
+            restart: RestartPolicy::default(),
+            // Webhook delivery (the durable outbox) is not built yet.
+            sink: Arc::new(NoSink),
+            listener_capacity: 256,
+            lifecycle_capacity: 1024,
+        },
+    )
+    .await
+    .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let rt = runtime.clone();
+    tokio::spawn(async move {
+        match rt.restore(Admission::default()).await {
+            Ok(n) => tracing::info!(instances = n, "stored instances restored"),
+            Err(e) => tracing::error!(error = %e, "restoring instances failed"),
+        }
+    });
+    Ok(runtime)
 }

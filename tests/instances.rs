@@ -33,16 +33,32 @@ async fn database(name: &str) -> Instances {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut env = std::collections::BTreeMap::new();
-    env.insert("DATABASE_URL".to_string(), format!("sqlite://{}/db.sqlite", dir.display()));
-    let cfg = Config::load(&Sources { env, ..Default::default() }).unwrap();
+    env.insert(
+        "DATABASE_URL".to_string(),
+        format!("sqlite://{}/db.sqlite", dir.display()),
+    );
+    let cfg = Config::load(&Sources {
+        env,
+        ..Default::default()
+    })
+    .unwrap();
     Instances::new(sudevwa::store::db::open(&cfg.database).await.unwrap())
 }
 
-async fn runtime(net: &MockNetwork, instances: Instances, sink: Arc<RecordingSink>) -> InstanceRuntime {
+async fn runtime(
+    net: &MockNetwork,
+    instances: Instances,
+    sink: Arc<RecordingSink>,
+) -> InstanceRuntime {
     runtime_with(net, instances, sink, RestartPolicy::default()).await
 }
 
-async fn runtime_with(net: &MockNetwork, instances: Instances, sink: Arc<RecordingSink>, restart: RestartPolicy) -> InstanceRuntime {
+async fn runtime_with(
+    net: &MockNetwork,
+    instances: Instances,
+    sink: Arc<RecordingSink>,
+    restart: RestartPolicy,
+) -> InstanceRuntime {
     InstanceRuntime::start(
         instances,
         RuntimeConfig {
@@ -68,7 +84,11 @@ async fn runtime_with(net: &MockNetwork, instances: Instances, sink: Arc<Recordi
     .expect("runtime starts")
 }
 
-async fn notice(rx: &mut broadcast::Receiver<LifecycleNotice>, what: &str, mut pick: impl FnMut(&LifecycleNotice) -> bool) -> LifecycleNotice {
+async fn notice(
+    rx: &mut broadcast::Receiver<LifecycleNotice>,
+    what: &str,
+    mut pick: impl FnMut(&LifecycleNotice) -> bool,
+) -> LifecycleNotice {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let n = tokio::time::timeout_at(until, rx.recv())
@@ -86,13 +106,26 @@ async fn pair(rt: &InstanceRuntime, net: &MockNetwork, id: &str, phone: &str) {
     let mut life = rt.lifecycle();
     rt.instances().create(id, "SUDEVWA Beta").await.unwrap();
     let actor = rt.ensure_started(id).await.unwrap();
-    call_t!(actor, InstanceMsg::StartQr, 10_000).unwrap().expect("QR flow starts");
-    let qr = match notice(&mut life, "QR_GENERATED", |n| matches!(n, LifecycleNotice::QrGenerated { instance_id, .. } if instance_id == id)).await {
+    call_t!(actor, InstanceMsg::StartQr, 10_000)
+        .unwrap()
+        .expect("QR flow starts");
+    let qr = match notice(
+        &mut life,
+        "QR_GENERATED",
+        |n| matches!(n, LifecycleNotice::QrGenerated { instance_id, .. } if instance_id == id),
+    )
+    .await
+    {
         LifecycleNotice::QrGenerated { qr_data, .. } => qr_data,
         _ => unreachable!("filtered above"),
     };
     net.scan_qr(&qr, Some(phone)).expect("scan");
-    notice(&mut life, "QR_SUCCESS", |n| matches!(n, LifecycleNotice::QrSuccess { instance_id, .. } if instance_id == id)).await;
+    notice(
+        &mut life,
+        "QR_SUCCESS",
+        |n| matches!(n, LifecycleNotice::QrSuccess { instance_id, .. } if instance_id == id),
+    )
+    .await;
     notice(&mut life, "online", |n| {
         matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, is_connected: true, .. } if instance_id == id && status == "online")
     })
@@ -119,26 +152,68 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
     assert_eq!(row.phone.as_deref(), Some("6281100000001"));
 
     // Instance → contact.
-    let sent = call_t!(actor, |reply| InstanceMsg::SendText { to: "6281200000002".into(), text: "hello carol".into(), reply }, 30_000)
-        .unwrap()
-        .expect("sent");
+    let sent = call_t!(
+        actor,
+        |reply| InstanceMsg::SendText {
+            to: "6281200000002".into(),
+            text: "hello carol".into(),
+            reply
+        },
+        30_000
+    )
+    .unwrap()
+    .expect("sent");
     let got = carol.next_text().await.unwrap();
-    assert_eq!((got.text.as_str(), got.message_id.as_str()), ("hello carol", sent.message_id.as_str()));
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str()),
+        ("hello carol", sent.message_id.as_str())
+    );
 
     // Send-check order: invalid and unregistered numbers are domain errors, not crashes.
-    let e = call_t!(actor, |reply| InstanceMsg::SendText { to: "123".into(), text: "x".into(), reply }, 30_000).unwrap();
+    let e = call_t!(
+        actor,
+        |reply| InstanceMsg::SendText {
+            to: "123".into(),
+            text: "x".into(),
+            reply
+        },
+        30_000
+    )
+    .unwrap();
     assert_eq!(e.unwrap_err().code(), "INVALID_PHONE");
-    let e = call_t!(actor, |reply| InstanceMsg::SendText { to: "6289999999999".into(), text: "x".into(), reply }, 30_000).unwrap();
+    let e = call_t!(
+        actor,
+        |reply| InstanceMsg::SendText {
+            to: "6289999999999".into(),
+            text: "x".into(),
+            reply
+        },
+        30_000
+    )
+    .unwrap();
     assert_eq!(e.unwrap_err().code(), "PHONE_NOT_REGISTERED");
-    let checks = call_t!(actor, |reply| InstanceMsg::CheckNumbers { phones: vec!["6281200000002".into(), "6289999999999".into()], reply }, 30_000)
-        .unwrap()
-        .unwrap();
+    let checks = call_t!(
+        actor,
+        |reply| InstanceMsg::CheckNumbers {
+            phones: vec!["6281200000002".into(), "6289999999999".into()],
+            reply
+        },
+        30_000
+    )
+    .unwrap()
+    .unwrap();
     assert!(checks[0].is_registered && !checks[1].is_registered);
 
     // Contact → instance: listeners and the durable sink get the same payload.
     let mut listener = call_t!(actor, InstanceMsg::Subscribe, 5000).unwrap();
-    carol.send_text("6281100000001", "hi instance").await.unwrap();
-    let msg = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("incoming before deadline").unwrap();
+    carol
+        .send_text("6281100000001", "hi instance")
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(DEADLINE, listener.recv())
+        .await
+        .expect("incoming before deadline")
+        .unwrap();
     assert_eq!(msg.instance_id, "inst-a");
     assert_eq!(msg.message, "hi instance");
     assert_eq!(msg.kind, "text");
@@ -189,26 +264,53 @@ async fn panicking_instance_is_parked_while_the_others_keep_messaging() {
             }
             tokio::task::yield_now().await;
         };
-        a.cast(InstanceMsg::Fault(actors::instance::Fault::Panic)).unwrap();
-        let ev = tokio::time::timeout(DEADLINE, sup.recv()).await.expect("supervision event").unwrap();
+        a.cast(InstanceMsg::Fault(actors::instance::Fault::Panic))
+            .unwrap();
+        let ev = tokio::time::timeout(DEADLINE, sup.recv())
+            .await
+            .expect("supervision event")
+            .unwrap();
         if round < 3 {
-            assert!(matches!(ev, actors::SupervisorEvent::Restarting { ref instance_id, .. } if instance_id == "c-a"), "{ev:?}");
-            let ev = tokio::time::timeout(DEADLINE, sup.recv()).await.expect("restarted").unwrap();
-            assert!(matches!(ev, actors::SupervisorEvent::Restarted { .. }), "{ev:?}");
+            assert!(
+                matches!(ev, actors::SupervisorEvent::Restarting { ref instance_id, .. } if instance_id == "c-a"),
+                "{ev:?}"
+            );
+            let ev = tokio::time::timeout(DEADLINE, sup.recv())
+                .await
+                .expect("restarted")
+                .unwrap();
+            assert!(
+                matches!(ev, actors::SupervisorEvent::Restarted { .. }),
+                "{ev:?}"
+            );
         } else {
-            assert!(matches!(ev, actors::SupervisorEvent::Crashed { ref instance_id, .. } if instance_id == "c-a"), "{ev:?}");
+            assert!(
+                matches!(ev, actors::SupervisorEvent::Crashed { ref instance_id, .. } if instance_id == "c-a"),
+                "{ev:?}"
+            );
         }
         // Meanwhile B sends and receives, nothing lost.
         let b = rt.actor("c-b").unwrap();
         let text = format!("from b, round {round}");
-        call_t!(b, |reply| InstanceMsg::SendText { to: "6281300000009".into(), text: text.clone(), reply }, 30_000)
-            .unwrap()
-            .expect("b sends");
+        call_t!(
+            b,
+            |reply| InstanceMsg::SendText {
+                to: "6281300000009".into(),
+                text: text.clone(),
+                reply
+            },
+            30_000
+        )
+        .unwrap()
+        .expect("b sends");
         assert_eq!(dave.next_text().await.unwrap().text, text);
         let mut listener = call_t!(b, InstanceMsg::Subscribe, 5000).unwrap();
         let back = format!("to b, round {round}");
         dave.send_text("6281300000002", &back).await.unwrap();
-        let got = tokio::time::timeout(DEADLINE, listener.recv()).await.expect("b receives").unwrap();
+        let got = tokio::time::timeout(DEADLINE, listener.recv())
+            .await
+            .expect("b receives")
+            .unwrap();
         assert_eq!(got.message, back);
     }
     assert!(rt.actor("c-a").is_none(), "parked instance has no actor");
@@ -233,12 +335,32 @@ async fn logout_rescan_unlink_and_process_restart() {
     // API logout: unlinked on WhatsApp, keys wiped, instance kept and reusable.
     let a = rt.actor("l-a").unwrap();
     call_t!(a, InstanceMsg::Logout, 30_000).unwrap().unwrap();
-    assert_eq!(call_t!(a, InstanceMsg::Status, 5000).unwrap().status, InstanceStatus::LoggedOut);
-    assert!(net.accounts().iter().find(|x| x.phone == "6281400000001").unwrap().devices.is_empty());
-    assert_eq!(instances.get("l-a").await.unwrap().unwrap().status, "logged_out");
+    assert_eq!(
+        call_t!(a, InstanceMsg::Status, 5000).unwrap().status,
+        InstanceStatus::LoggedOut
+    );
+    assert!(net
+        .accounts()
+        .iter()
+        .find(|x| x.phone == "6281400000001")
+        .unwrap()
+        .devices
+        .is_empty());
+    assert_eq!(
+        instances.get("l-a").await.unwrap().unwrap().status,
+        "logged_out"
+    );
     // Scan again without re-creating it.
-    call_t!(a, InstanceMsg::StartQr, 10_000).unwrap().expect("new QR flow");
-    let qr = match notice(&mut life, "QR_GENERATED", |n| matches!(n, LifecycleNotice::QrGenerated { instance_id, .. } if instance_id == "l-a")).await {
+    call_t!(a, InstanceMsg::StartQr, 10_000)
+        .unwrap()
+        .expect("new QR flow");
+    let qr = match notice(
+        &mut life,
+        "QR_GENERATED",
+        |n| matches!(n, LifecycleNotice::QrGenerated { instance_id, .. } if instance_id == "l-a"),
+    )
+    .await
+    {
         LifecycleNotice::QrGenerated { qr_data, .. } => qr_data,
         _ => unreachable!(),
     };
@@ -259,12 +381,20 @@ async fn logout_rescan_unlink_and_process_restart() {
     rt.shutdown().await;
     let rt2 = runtime(&net, instances.clone(), sink).await;
     let mut life2 = rt2.lifecycle();
-    assert_eq!(rt2.restore(sudevwa::runtime::Admission::default()).await.unwrap(), 2);
+    assert_eq!(
+        rt2.restore(sudevwa::runtime::Admission::default())
+            .await
+            .unwrap(),
+        2
+    );
     notice(&mut life2, "l-a online after restart", |n| {
         matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, .. } if instance_id == "l-a" && status == "online")
     })
     .await;
     let b = rt2.actor("l-b").unwrap();
-    assert_eq!(call_t!(b, InstanceMsg::Status, 5000).unwrap().status, InstanceStatus::LoggedOut);
+    assert_eq!(
+        call_t!(b, InstanceMsg::Status, 5000).unwrap().status,
+        InstanceStatus::LoggedOut
+    );
     rt2.shutdown().await;
 }

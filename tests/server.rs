@@ -22,7 +22,11 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.current_dir(dir).env_clear().env("PORT", "0").env("RUST_LOG", "warn").args(args);
+    c.current_dir(dir)
+        .env_clear()
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -75,7 +79,10 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return status;
         }
-        assert!(Instant::now() < until, "server did not exit before the deadline");
+        assert!(
+            Instant::now() < until,
+            "server did not exit before the deadline"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -99,7 +106,10 @@ async fn get_json(url: &str) -> (u16, serde_json::Value) {
 async fn fresh_start_creates_sqlite_answers_health_and_stops_on_ctrl_c() {
     let dir = temp_dir("fresh");
     let mut server = start(&dir, &[]);
-    assert!(dir.join("data/sudevwa.db").exists(), "SQLite file created under ./data/");
+    assert!(
+        dir.join("data/sudevwa.db").exists(),
+        "SQLite file created under ./data/"
+    );
 
     let (status, body) = get_json(&format!("{}/", server.base)).await;
     assert_eq!(status, 200);
@@ -136,24 +146,55 @@ fn bad_configuration_is_one_line_and_nonzero_exit() {
     let dir = temp_dir("badcfg");
     std::fs::write(dir.join("typo.toml"), "[server]\nprot = 1\n").unwrap();
     let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
-        (&[("DATABASE_URL", "mysql://u:p@127.0.0.1/db")], &[], "database.url (DATABASE_URL): unsupported database scheme"),
-        (&[], &["--config", "/nonexistent/sudevwa.toml"], "/nonexistent/sudevwa.toml: cannot read config file"),
+        (
+            &[("DATABASE_URL", "mysql://u:p@127.0.0.1/db")],
+            &[],
+            "database.url (DATABASE_URL): unsupported database scheme",
+        ),
+        (
+            &[],
+            &["--config", "/nonexistent/sudevwa.toml"],
+            "/nonexistent/sudevwa.toml: cannot read config file",
+        ),
         (&[("PORT", "abc")], &[], "server.port (PORT):"),
-        (&[("PORT", "70000")], &[], "server.port (PORT): invalid port 70000"),
-        (&[("SUDEVWA_SERVER_PORT", "-1")], &[], "server.port (SUDEVWA_SERVER_PORT): invalid port -1"),
+        (
+            &[("PORT", "70000")],
+            &[],
+            "server.port (PORT): invalid port 70000",
+        ),
+        (
+            &[("SUDEVWA_SERVER_PORT", "-1")],
+            &[],
+            "server.port (SUDEVWA_SERVER_PORT): invalid port -1",
+        ),
         (&[], &["--config", "typo.toml"], "server.prot: unknown key"),
-        (&[("SUDEVWA_ENABLE_WEBHOOK", "perhaps")], &[], "features.enable_webhook (SUDEVWA_ENABLE_WEBHOOK):"),
+        (
+            &[("SUDEVWA_ENABLE_WEBHOOK", "perhaps")],
+            &[],
+            "features.enable_webhook (SUDEVWA_ENABLE_WEBHOOK):",
+        ),
     ];
     for (env, args, expected) in cases {
         let out = command(&dir, env, args).output().expect("run sudevwa");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "exit code for {env:?} {args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "one line for {env:?} {args:?}: {stderr:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "exit code for {env:?} {args:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one line for {env:?} {args:?}: {stderr:?}"
+        );
         assert!(
             stderr.starts_with("sudevwa: config error: ") && stderr.contains(expected),
             "{stderr:?} should name {expected:?}"
         );
-        assert!(!dir.join("data").exists(), "nothing created on a config error");
+        assert!(
+            !dir.join("data").exists(),
+            "nothing created on a config error"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -175,16 +216,31 @@ fn unreachable_database_is_one_line_and_nonzero_exit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("sudevwa: cannot connect to the database"), "{stderr}");
-    assert!(!stderr.contains("u:p@"), "credentials must not be printed: {stderr}");
+    assert!(
+        last.starts_with("sudevwa: cannot connect to the database"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("u:p@"),
+        "credentials must not be printed: {stderr}"
+    );
 }
 
 #[test]
 fn migrate_subcommand_creates_every_table() {
     let dir = temp_dir("migrate");
-    let out = command(&dir, &[], &["migrate"]).output().expect("run migrate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "migrations applied");
+    let out = command(&dir, &[], &["migrate"])
+        .output()
+        .expect("run migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "migrations applied"
+    );
     let out = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('select count(*) from seaql_migrations').fetchone()[0]); print(','.join(r[0] for r in c.execute(\"select name from sqlite_master where type='table' order by name\")))")
@@ -195,7 +251,13 @@ fn migrate_subcommand_creates_every_table() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("2"), "both migrations recorded: {text}");
     let tables = lines.next().unwrap_or_default();
-    for t in ["instances", "api_tokens", "settings", "webhook_outbox", "messages"] {
+    for t in [
+        "instances",
+        "api_tokens",
+        "settings",
+        "webhook_outbox",
+        "messages",
+    ] {
         assert!(tables.split(',').any(|x| x == t), "table {t} in {tables}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -207,7 +269,9 @@ async fn runs_on_postgresql() {
         "SUDEVWA_TEST_POSTGRES_URL must point at a PostgreSQL server: run the suite with tests/run.sh",
     );
     let name = format!("sudevwa_server_it_{}", std::process::id());
-    let admin = sea_orm::Database::connect(&admin_url).await.expect("connect to PostgreSQL");
+    let admin = sea_orm::Database::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
     use sea_orm::ConnectionTrait;
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
@@ -225,11 +289,16 @@ async fn runs_on_postgresql() {
     let (status, body) = get_json(&format!("{}/", server.base)).await;
     assert_eq!(status, 200);
     assert_eq!(body["success"], true);
-    assert!(!dir.join("data").exists(), "no SQLite file when PostgreSQL is configured");
+    assert!(
+        !dir.join("data").exists(),
+        "no SQLite file when PostgreSQL is configured"
+    );
     interrupt(&server.child);
     assert!(wait_exit(&mut server.child).success());
 
-    let db = sea_orm::Database::connect(&url).await.expect("connect test db");
+    let db = sea_orm::Database::connect(&url)
+        .await
+        .expect("connect test db");
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),

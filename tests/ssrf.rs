@@ -69,7 +69,9 @@ async fn target(ip: &str, respond: Respond) -> Target {
                         }
                     }
                     Respond::Lying(n) => {
-                        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+                            .await;
                         let _ = sock.write_all(&vec![b'y'; n]).await;
                     }
                 }
@@ -103,11 +105,11 @@ async fn non_public_targets_are_refused_without_connecting() {
     let mut corpus = vec![
         format!("http://127.0.0.1:{p}/"),
         format!("http://localhost:{p}/"),
-        format!("http://2130706433:{p}/"),       // decimal
-        format!("http://0177.0.0.1:{p}/"),       // octal
-        format!("http://0x7f.0.0.1:{p}/"),       // hex
-        format!("http://0x7f000001:{p}/"),       // hex, one number
-        format!("http://127.1:{p}/"),            // short form
+        format!("http://2130706433:{p}/"),         // decimal
+        format!("http://0177.0.0.1:{p}/"),         // octal
+        format!("http://0x7f.0.0.1:{p}/"),         // hex
+        format!("http://0x7f000001:{p}/"),         // hex, one number
+        format!("http://127.1:{p}/"),              // short form
         format!("http://[::ffff:127.0.0.1]:{p}/"), // IPv4-mapped IPv6
         format!("http://[::ffff:7f00:1]:{p}/"),
         format!("https://127.0.0.1:{p}/"),
@@ -134,13 +136,33 @@ async fn non_public_targets_are_refused_without_connecting() {
         "http://[64:ff9b::a9fe:a9fe]/",
         "http://[2002:a9fe:a9fe::]/",
     ] {
-        assert_eq!(fetch(url, &policy(&[])).await.unwrap_err(), FetchError::TargetNotAllowed, "{url}");
+        assert_eq!(
+            fetch(url, &policy(&[])).await.unwrap_err(),
+            FetchError::TargetNotAllowed,
+            "{url}"
+        );
     }
-    for url in ["file:///etc/passwd", "ftp://127.0.0.1/", "gopher://127.0.0.1:70/", "data:text/plain,hi"] {
-        assert_eq!(fetch(url, &policy(&[])).await.unwrap_err(), FetchError::SchemeNotAllowed, "{url}");
+    for url in [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/",
+        "gopher://127.0.0.1:70/",
+        "data:text/plain,hi",
+    ] {
+        assert_eq!(
+            fetch(url, &policy(&[])).await.unwrap_err(),
+            FetchError::SchemeNotAllowed,
+            "{url}"
+        );
     }
-    assert_eq!(fetch("not a url", &policy(&[])).await.unwrap_err(), FetchError::InvalidUrl);
-    assert_eq!(t.accepted.load(Ordering::SeqCst), 0, "no connection reached the target");
+    assert_eq!(
+        fetch("not a url", &policy(&[])).await.unwrap_err(),
+        FetchError::InvalidUrl
+    );
+    assert_eq!(
+        t.accepted.load(Ordering::SeqCst),
+        0,
+        "no connection reached the target"
+    );
     if let Some(t6) = t6 {
         assert_eq!(t6.accepted.load(Ordering::SeqCst), 0);
     }
@@ -149,9 +171,12 @@ async fn non_public_targets_are_refused_without_connecting() {
 #[tokio::test]
 async fn allow_listed_target_is_fetched() {
     let t = target("127.0.0.1", Respond::Ok(b"\x89PNG-body".to_vec())).await;
-    let got = fetch(&format!("http://127.0.0.1:{}/img.png", t.addr.port()), &policy(&["127.0.0.1/32"]))
-        .await
-        .expect("allowed");
+    let got = fetch(
+        &format!("http://127.0.0.1:{}/img.png", t.addr.port()),
+        &policy(&["127.0.0.1/32"]),
+    )
+    .await
+    .expect("allowed");
     assert_eq!(got.bytes, b"\x89PNG-body");
     assert_eq!(got.content_type.as_deref(), Some("image/png"));
     assert_eq!(t.accepted.load(Ordering::SeqCst), 1);
@@ -169,14 +194,25 @@ async fn redirect_to_a_refused_address_is_not_followed() {
     ];
     for to in cases {
         let hop = target("127.0.0.1", Respond::Redirect(to.clone())).await;
-        let r = fetch(&format!("http://127.0.0.1:{}/", hop.addr.port()), &policy(&["127.0.0.1/32"])).await;
+        let r = fetch(
+            &format!("http://127.0.0.1:{}/", hop.addr.port()),
+            &policy(&["127.0.0.1/32"]),
+        )
+        .await;
         assert!(
-            matches!(r, Err(FetchError::TargetNotAllowed) | Err(FetchError::SchemeNotAllowed)),
+            matches!(
+                r,
+                Err(FetchError::TargetNotAllowed) | Err(FetchError::SchemeNotAllowed)
+            ),
             "{to}: {r:?}"
         );
         assert_eq!(hop.accepted.load(Ordering::SeqCst), 1);
     }
-    assert_eq!(private.accepted.load(Ordering::SeqCst), 0, "the private target was never contacted");
+    assert_eq!(
+        private.accepted.load(Ordering::SeqCst),
+        0,
+        "the private target was never contacted"
+    );
 }
 
 #[tokio::test]
@@ -190,27 +226,48 @@ async fn redirect_chains_are_limited() {
         hops.push(h);
     }
     // 4 redirects > limit 3.
-    assert_eq!(fetch(&next, &policy(&["127.0.0.1/32"])).await.unwrap_err(), FetchError::TooManyRedirects);
+    assert_eq!(
+        fetch(&next, &policy(&["127.0.0.1/32"])).await.unwrap_err(),
+        FetchError::TooManyRedirects
+    );
     assert_eq!(end.accepted.load(Ordering::SeqCst), 0);
     // Starting one hop later, 3 redirects are fine.
     let start = format!("http://127.0.0.1:{}/", hops[2].addr.port());
-    assert_eq!(fetch(&start, &policy(&["127.0.0.1/32"])).await.unwrap().bytes, b"done");
+    assert_eq!(
+        fetch(&start, &policy(&["127.0.0.1/32"]))
+            .await
+            .unwrap()
+            .bytes,
+        b"done"
+    );
 }
 
 #[tokio::test]
 async fn oversize_and_slow_bodies_are_cut_off() {
     let big = target("127.0.0.1", Respond::Ok(vec![0u8; 200 * 1024])).await;
-    let r = fetch(&format!("http://127.0.0.1:{}/", big.addr.port()), &policy(&["127.0.0.1/32"])).await;
+    let r = fetch(
+        &format!("http://127.0.0.1:{}/", big.addr.port()),
+        &policy(&["127.0.0.1/32"]),
+    )
+    .await;
     assert_eq!(r.unwrap_err(), FetchError::TooLarge(64 * 1024));
     assert_eq!(FetchError::TooLarge(1).api_code(), "FILE_TOO_LARGE");
 
     // No Content-Length: the cap is enforced while streaming.
     let lying = target("127.0.0.1", Respond::Lying(200 * 1024)).await;
-    let r = fetch(&format!("http://127.0.0.1:{}/", lying.addr.port()), &policy(&["127.0.0.1/32"])).await;
+    let r = fetch(
+        &format!("http://127.0.0.1:{}/", lying.addr.port()),
+        &policy(&["127.0.0.1/32"]),
+    )
+    .await;
     assert_eq!(r.unwrap_err(), FetchError::TooLarge(64 * 1024));
 
     let slow = target("127.0.0.1", Respond::Trickle).await;
-    let r = fetch(&format!("http://127.0.0.1:{}/", slow.addr.port()), &policy(&["127.0.0.1/32"])).await;
+    let r = fetch(
+        &format!("http://127.0.0.1:{}/", slow.addr.port()),
+        &policy(&["127.0.0.1/32"]),
+    )
+    .await;
     assert_eq!(r.unwrap_err(), FetchError::Timeout);
     assert_eq!(FetchError::Timeout.api_code(), "DOWNLOAD_FAILED");
 }

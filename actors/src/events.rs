@@ -23,9 +23,15 @@ pub enum LifecycleNotice {
         expires_at: String,
     },
     /// The phone scanned the code and pairing succeeded.
-    QrSuccess { instance_id: String, status: &'static str },
+    QrSuccess {
+        instance_id: String,
+        status: &'static str,
+    },
     /// The QR window closed without a scan.
-    QrTimeout { instance_id: String, status: &'static str },
+    QrTimeout {
+        instance_id: String,
+        status: &'static str,
+    },
     /// The QR flow was cancelled on request.
     QrCancelled {
         instance_id: String,
@@ -114,7 +120,10 @@ pub struct IncomingMessage {
 impl IncomingMessage {
     /// The listen-socket / webhook envelope.
     pub fn to_envelope(&self) -> Value {
-        envelope("incoming_message", serde_json::to_value(self).unwrap_or(Value::Null))
+        envelope(
+            "incoming_message",
+            serde_json::to_value(self).unwrap_or(Value::Null),
+        )
     }
 }
 
@@ -161,7 +170,10 @@ mod tests {
         };
         let e = n.to_envelope();
         assert_eq!(e["event"], "QR_GENERATED");
-        assert_eq!(e["data"], json!({"instance_id": "i1", "qr_data": "2@abc", "expires_at": "2026-01-01T00:00:00Z"}));
+        assert_eq!(
+            e["data"],
+            json!({"instance_id": "i1", "qr_data": "2@abc", "expires_at": "2026-01-01T00:00:00Z"})
+        );
         assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
         let e = LifecycleNotice::InstanceStatusChanged {
             instance_id: "i1".into(),
@@ -196,7 +208,19 @@ mod tests {
         let v = m.to_envelope();
         assert_eq!(v["event"], "incoming_message");
         let keys: Vec<_> = v["data"].as_object().unwrap().keys().cloned().collect();
-        for k in ["instance_id", "from", "from_me", "message", "timestamp", "is_group", "message_id", "push_name", "chat", "from_phone", "type"] {
+        for k in [
+            "instance_id",
+            "from",
+            "from_me",
+            "message",
+            "timestamp",
+            "is_group",
+            "message_id",
+            "push_name",
+            "chat",
+            "from_phone",
+            "type",
+        ] {
             assert!(keys.contains(&k.to_string()), "{k}");
         }
     }

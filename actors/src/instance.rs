@@ -295,7 +295,11 @@ impl Actor for InstanceActor {
     type State = InstanceState;
     type Arguments = InstanceArgs;
 
-    async fn pre_start(&self, myself: ActorRef<InstanceMsg>, args: InstanceArgs) -> Result<InstanceState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<InstanceMsg>,
+        args: InstanceArgs,
+    ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
         let mut state = InstanceState {
             id: args.instance_id,
@@ -328,17 +332,28 @@ impl Actor for InstanceActor {
             Ok(None) => false,
             Err(e) => return Err(format!("loading the session failed: {e}").into()),
         };
-        state.apply(&myself, LifecycleEvent::Restored { paired }).await;
+        state
+            .apply(&myself, LifecycleEvent::Restored { paired })
+            .await;
         Ok(state)
     }
 
-    async fn post_stop(&self, _myself: ActorRef<InstanceMsg>, state: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<InstanceMsg>,
+        state: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
         state.stop_heartbeat();
         state.stop_client().await;
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<InstanceMsg>, msg: InstanceMsg, state: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<InstanceMsg>,
+        msg: InstanceMsg,
+        state: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             InstanceMsg::StartQr(reply) => {
                 let r = match lifecycle::transition(state.status, LifecycleEvent::QrRequested) {
@@ -424,7 +439,9 @@ impl Actor for InstanceActor {
 impl InstanceState {
     /// Runs one lifecycle event: transition, actions, persistence, notice.
     async fn apply(&mut self, myself: &ActorRef<InstanceMsg>, event: LifecycleEvent) {
-        let Ok(tr) = lifecycle::transition(self.status, event) else { return };
+        let Ok(tr) = lifecycle::transition(self.status, event) else {
+            return;
+        };
         let before = self.status;
         for action in &tr.actions {
             self.run(myself, *action).await;
@@ -460,7 +477,9 @@ impl InstanceState {
                 self.qr = None;
                 self.start_client(myself).await;
                 let generation = self.generation;
-                myself.send_after(self.env.timing.qr_timeout, move || InstanceMsg::QrDeadline(generation));
+                myself.send_after(self.env.timing.qr_timeout, move || {
+                    InstanceMsg::QrDeadline(generation)
+                });
             }
             Action::StopQrFlow => {
                 self.qr = None;
@@ -487,7 +506,8 @@ impl InstanceState {
             Action::UnlinkOnWhatsapp => {
                 if let Some(client) = &self.client {
                     // logout() sends remove-companion-device and disconnects.
-                    let _ = tokio::time::timeout(self.env.timing.request_timeout, client.logout()).await;
+                    let _ = tokio::time::timeout(self.env.timing.request_timeout, client.logout())
+                        .await;
                 }
             }
             Action::Disconnect => self.stop_client().await,
@@ -520,7 +540,10 @@ impl InstanceState {
             .with_backend_arc(self.env.store.backend(&self.id))
             .with_transport_factory(transport)
             .with_push_name(opts.push_name.clone())
-            .with_device_props(whatsapp_rust::wacore::store::DevicePropsOverride::new().with_os(self.device_name.clone()))
+            .with_device_props(
+                whatsapp_rust::wacore::store::DevicePropsOverride::new()
+                    .with_os(self.device_name.clone()),
+            )
             .skip_history_sync()
             .on_event(move |event, _client| {
                 let me = me.clone();
@@ -534,7 +557,12 @@ impl InstanceState {
             None => builder,
         };
         let built = match &opts.http {
-            Some(http) => builder.with_http_client(SharedHttp(http.clone())).build().await,
+            Some(http) => {
+                builder
+                    .with_http_client(SharedHttp(http.clone()))
+                    .build()
+                    .await
+            }
             None => builder.build().await,
         };
         match built {
@@ -558,7 +586,10 @@ impl InstanceState {
         if let Some(bot) = self.bot.take() {
             // Bounded: a wedged client must not wedge the actor.
             let client = bot.client();
-            if tokio::time::timeout(Duration::from_secs(10), bot.shutdown()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), bot.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!(instance_id = %self.id, "client did not stop in time");
                 client.disconnect().await;
             }
@@ -574,7 +605,8 @@ impl InstanceState {
     async fn on_event(&mut self, myself: &ActorRef<InstanceMsg>, event: &Event) {
         match event {
             Event::PairingQrCode(qr) => {
-                let expires_at = Utc::now() + chrono::Duration::from_std(qr.timeout).unwrap_or_default();
+                let expires_at =
+                    Utc::now() + chrono::Duration::from_std(qr.timeout).unwrap_or_default();
                 self.qr = Some(QrCode {
                     code: qr.code.clone(),
                     expires_at,
@@ -655,14 +687,24 @@ impl InstanceState {
         }
     }
 
-    fn incoming(&self, m: &wa::Message, info: &whatsapp_rust::wacore::types::message::MessageInfo) -> IncomingMessage {
+    fn incoming(
+        &self,
+        m: &wa::Message,
+        info: &whatsapp_rust::wacore::types::message::MessageInfo,
+    ) -> IncomingMessage {
         let src = &info.source;
         let (kind, text, media) = describe(m);
         let sender = src.sender.to_non_ad();
         let alt = src.sender_alt.as_ref().map(|j| j.to_non_ad());
         let (from_phone, from_lid) = match (sender.is_pn(), sender.is_lid()) {
-            (true, _) => (Some(sender.user.to_string()), alt.filter(|a| a.is_lid()).map(|a| a.to_string())),
-            (_, true) => (alt.filter(|a| a.is_pn()).map(|a| a.user.to_string()), Some(sender.to_string())),
+            (true, _) => (
+                Some(sender.user.to_string()),
+                alt.filter(|a| a.is_lid()).map(|a| a.to_string()),
+            ),
+            (_, true) => (
+                alt.filter(|a| a.is_pn()).map(|a| a.user.to_string()),
+                Some(sender.to_string()),
+            ),
             _ => (None, None),
         };
         IncomingMessage {
@@ -703,24 +745,35 @@ impl InstanceState {
             return Err(InstanceError::InvalidPhone);
         }
         let jid = Jid::pn(to);
-        let res = tokio::time::timeout(self.env.timing.request_timeout, client.contacts().is_on_whatsapp(&[jid.clone()]))
-            .await
-            .map_err(|_| InstanceError::VerificationFailed)?
-            .map_err(|_| InstanceError::VerificationFailed)?;
+        let res = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.contacts().is_on_whatsapp(&[jid.clone()]),
+        )
+        .await
+        .map_err(|_| InstanceError::VerificationFailed)?
+        .map_err(|_| InstanceError::VerificationFailed)?;
         match res.first() {
             Some(r) if r.is_registered => Ok(r.jid.to_non_ad()),
             _ => Err(InstanceError::PhoneNotRegistered),
         }
     }
 
-    async fn send(&self, client: &Arc<Client>, to: Jid, message: wa::Message) -> Result<Sent, InstanceError> {
-        let r = tokio::time::timeout(self.env.timing.request_timeout, client.send_message(to, message))
-            .await
-            .map_err(|_| InstanceError::SendFailed)?
-            .map_err(|e| {
-                tracing::warn!(instance_id = %self.id, error = %e, "send failed");
-                InstanceError::SendFailed
-            })?;
+    async fn send(
+        &self,
+        client: &Arc<Client>,
+        to: Jid,
+        message: wa::Message,
+    ) -> Result<Sent, InstanceError> {
+        let r = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.send_message(to, message),
+        )
+        .await
+        .map_err(|_| InstanceError::SendFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "send failed");
+            InstanceError::SendFailed
+        })?;
         Ok(Sent {
             message_id: r.message_id,
             timestamp: Utc::now().timestamp(),
@@ -758,20 +811,32 @@ impl InstanceState {
             tracing::warn!(instance_id = %self.id, error = %e, "upload failed");
             InstanceError::UploadFailed
         })?;
-        let message = media_message(&media.kind, up, media.mimetype, media.caption, media.file_name);
+        let message = media_message(
+            &media.kind,
+            up,
+            media.mimetype,
+            media.caption,
+            media.file_name,
+        );
         self.send(&client, jid, message).await
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
         let client = self.logged_in_client()?;
-        if phones.iter().any(|p| p.len() < 10 || !p.chars().all(|c| c.is_ascii_digit())) {
+        if phones
+            .iter()
+            .any(|p| p.len() < 10 || !p.chars().all(|c| c.is_ascii_digit()))
+        {
             return Err(InstanceError::InvalidPhone);
         }
         let jids: Vec<Jid> = phones.iter().map(|p| Jid::pn(p.as_str())).collect();
-        let res = tokio::time::timeout(self.env.timing.request_timeout, client.contacts().is_on_whatsapp(&jids))
-            .await
-            .map_err(|_| InstanceError::VerificationFailed)?
-            .map_err(|_| InstanceError::VerificationFailed)?;
+        let res = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.contacts().is_on_whatsapp(&jids),
+        )
+        .await
+        .map_err(|_| InstanceError::VerificationFailed)?
+        .map_err(|_| InstanceError::VerificationFailed)?;
         Ok(phones
             .iter()
             .map(|p| {
@@ -779,7 +844,9 @@ impl InstanceState {
                 NumberCheck {
                     phone: p.clone(),
                     is_registered: hit.is_some_and(|r| r.is_registered),
-                    jid: hit.filter(|r| r.is_registered).map(|r| r.jid.to_non_ad().to_string()),
+                    jid: hit
+                        .filter(|r| r.is_registered)
+                        .map(|r| r.jid.to_non_ad().to_string()),
                 }
             })
             .collect())
@@ -789,7 +856,8 @@ impl InstanceState {
         InstanceSnapshot {
             instance_id: self.id.clone(),
             status: self.status,
-            is_connected: self.status.is_connected() && self.client.as_ref().is_some_and(|c| c.is_connected()),
+            is_connected: self.status.is_connected()
+                && self.client.as_ref().is_some_and(|c| c.is_connected()),
             phone: self.phone.clone(),
             jid: self.jid.clone(),
             lid: self.lid.clone(),

@@ -19,6 +19,6 @@ pub mod supervisor;
 
 pub use status::InstanceStatus;
 pub use supervisor::{
-    actor_name, ChildState, InstanceFactory, InstanceSupervisor, RestartPolicy, SupervisorArgs, SupervisorError,
-    SupervisorEvent, SupervisorMsg,
+    actor_name, ChildState, InstanceFactory, InstanceSupervisor, RestartPolicy, SupervisorArgs,
+    SupervisorError, SupervisorEvent, SupervisorMsg,
 };

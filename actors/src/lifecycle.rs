@@ -87,7 +87,10 @@ pub enum LifecycleError {
 }
 
 /// The transition function.
-pub fn transition(from: InstanceStatus, event: LifecycleEvent) -> Result<Transition, LifecycleError> {
+pub fn transition(
+    from: InstanceStatus,
+    event: LifecycleEvent,
+) -> Result<Transition, LifecycleError> {
     use Action::*;
     use InstanceStatus as S;
     use LifecycleEvent as E;
@@ -109,15 +112,24 @@ pub fn transition(from: InstanceStatus, event: LifecycleEvent) -> Result<Transit
         (S::QrPending, E::QrTimedOut) => t(S::QrRequired, &[StopQrFlow]),
         (s, E::QrTimedOut) => t(s, &[]),
         (S::QrPending, E::LogoutRequested) => t(S::LoggedOut, &[StopQrFlow, WipeStore]),
-        (S::Online | S::Reconnecting, E::LogoutRequested) => {
-            t(S::LoggedOut, &[StopHeartbeat, UnlinkOnWhatsapp, Disconnect, WipeStore])
-        }
-        (s, E::LogoutRequested) => t(if s == S::Created { S::Created } else { S::LoggedOut }, &[WipeStore]),
+        (S::Online | S::Reconnecting, E::LogoutRequested) => t(
+            S::LoggedOut,
+            &[StopHeartbeat, UnlinkOnWhatsapp, Disconnect, WipeStore],
+        ),
+        (s, E::LogoutRequested) => t(
+            if s == S::Created {
+                S::Created
+            } else {
+                S::LoggedOut
+            },
+            &[WipeStore],
+        ),
 
         // --- connection events ---
-        (S::QrPending | S::Reconnecting | S::Disconnected | S::QrRequired | S::Created, E::Connected) => {
-            t(S::Online, &[StartHeartbeat])
-        }
+        (
+            S::QrPending | S::Reconnecting | S::Disconnected | S::QrRequired | S::Created,
+            E::Connected,
+        ) => t(S::Online, &[StartHeartbeat]),
         (S::Online, E::Connected) => t(S::Online, &[]),
         // A late event from a client we already gave up on changes nothing.
         (s, E::Connected) => t(s, &[Disconnect]),
@@ -133,7 +145,9 @@ pub fn transition(from: InstanceStatus, event: LifecycleEvent) -> Result<Transit
         (_, E::ClientOutdated) => t(S::ClientOutdated, &[StopHeartbeat, Disconnect]),
 
         // --- process ---
-        (S::Online | S::Reconnecting, E::Shutdown) => t(S::Disconnected, &[StopHeartbeat, Disconnect]),
+        (S::Online | S::Reconnecting, E::Shutdown) => {
+            t(S::Disconnected, &[StopHeartbeat, Disconnect])
+        }
         (S::QrPending, E::Shutdown) => t(S::QrRequired, &[StopQrFlow]),
         (s, E::Shutdown) => t(s, &[]),
         (s, E::Restored { .. }) if s.is_terminal() => t(s, &[]),
@@ -170,7 +184,9 @@ mod tests {
     fn terminal_states_are_only_left_by_operator_requests() {
         for from in S::ALL.into_iter().filter(|s| s.is_terminal()) {
             for ev in EVENTS {
-                let Ok(tr) = transition(from, ev) else { continue };
+                let Ok(tr) = transition(from, ev) else {
+                    continue;
+                };
                 if tr.status != from && !tr.status.is_terminal() {
                     assert!(
                         matches!(ev, E::QrRequested),
@@ -178,8 +194,14 @@ mod tests {
                         tr.status
                     );
                 }
-                assert!(!tr.actions.contains(&Action::Connect), "{from} + {ev:?} reconnects");
-                assert!(!tr.actions.contains(&Action::ScheduleReconnect), "{from} + {ev:?} reconnects");
+                assert!(
+                    !tr.actions.contains(&Action::Connect),
+                    "{from} + {ev:?} reconnects"
+                );
+                assert!(
+                    !tr.actions.contains(&Action::ScheduleReconnect),
+                    "{from} + {ev:?} reconnects"
+                );
             }
         }
     }
@@ -215,13 +237,31 @@ mod tests {
 
     #[test]
     fn qr_flow_rules() {
-        assert_eq!(transition(S::QrPending, E::QrRequested), Err(LifecycleError::QrInProgress));
-        assert_eq!(transition(S::Online, E::QrRequested), Err(LifecycleError::AlreadyConnected));
-        assert_eq!(transition(S::Online, E::QrCancelled), Err(LifecycleError::NoQrSession));
-        assert_eq!(transition(S::QrPending, E::QrTimedOut).unwrap().status, S::QrRequired);
+        assert_eq!(
+            transition(S::QrPending, E::QrRequested),
+            Err(LifecycleError::QrInProgress)
+        );
+        assert_eq!(
+            transition(S::Online, E::QrRequested),
+            Err(LifecycleError::AlreadyConnected)
+        );
+        assert_eq!(
+            transition(S::Online, E::QrCancelled),
+            Err(LifecycleError::NoQrSession)
+        );
+        assert_eq!(
+            transition(S::QrPending, E::QrTimedOut).unwrap().status,
+            S::QrRequired
+        );
         // A logged-out instance is reusable: a new QR.
-        assert_eq!(transition(S::LoggedOut, E::QrRequested).unwrap().status, S::QrPending);
-        assert_eq!(transition(S::QrPending, E::Connected).unwrap().status, S::Online);
+        assert_eq!(
+            transition(S::LoggedOut, E::QrRequested).unwrap().status,
+            S::QrPending
+        );
+        assert_eq!(
+            transition(S::QrPending, E::Connected).unwrap().status,
+            S::Online
+        );
     }
 
     #[test]
@@ -232,13 +272,33 @@ mod tests {
         let tr = transition(S::Online, E::StreamReplaced).unwrap();
         assert_eq!(tr.status, S::StreamReplaced);
         assert!(!tr.actions.contains(&Action::ScheduleReconnect));
-        assert_eq!(transition(S::StreamReplaced, E::Disconnected).unwrap().actions, vec![]);
+        assert_eq!(
+            transition(S::StreamReplaced, E::Disconnected)
+                .unwrap()
+                .actions,
+            vec![]
+        );
     }
 
     #[test]
     fn restart_restores_paired_and_qr_waiting_instances() {
-        assert_eq!(transition(S::Online, E::Restored { paired: true }).unwrap().actions, vec![Action::Connect]);
-        assert_eq!(transition(S::QrPending, E::Restored { paired: false }).unwrap().status, S::QrRequired);
-        assert_eq!(transition(S::LoggedOut, E::Restored { paired: false }).unwrap().status, S::LoggedOut);
+        assert_eq!(
+            transition(S::Online, E::Restored { paired: true })
+                .unwrap()
+                .actions,
+            vec![Action::Connect]
+        );
+        assert_eq!(
+            transition(S::QrPending, E::Restored { paired: false })
+                .unwrap()
+                .status,
+            S::QrRequired
+        );
+        assert_eq!(
+            transition(S::LoggedOut, E::Restored { paired: false })
+                .unwrap()
+                .status,
+            S::LoggedOut
+        );
     }
 }

@@ -77,7 +77,11 @@ impl InstanceStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::LoggedOut | Self::StreamReplaced | Self::TempBanned | Self::ClientOutdated | Self::Crashed
+            Self::LoggedOut
+                | Self::StreamReplaced
+                | Self::TempBanned
+                | Self::ClientOutdated
+                | Self::Crashed
         )
     }
 
@@ -117,14 +121,20 @@ mod tests {
     fn words_round_trip_and_match_serde() {
         for st in InstanceStatus::ALL {
             assert_eq!(st.as_str().parse::<InstanceStatus>(), Ok(st));
-            assert_eq!(serde_json::to_value(st).unwrap(), serde_json::json!(st.as_str()));
+            assert_eq!(
+                serde_json::to_value(st).unwrap(),
+                serde_json::json!(st.as_str())
+            );
         }
         assert!("nope".parse::<InstanceStatus>().is_err());
     }
 
     #[test]
     fn terminal_states_are_the_documented_ones() {
-        let terminal: Vec<_> = InstanceStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = InstanceStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
             [

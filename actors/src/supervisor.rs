@@ -17,7 +17,10 @@
 
 use crate::backoff::{Backoff, RestartIntensity};
 use async_trait::async_trait;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -189,7 +192,11 @@ impl Actor for InstanceSupervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SupervisorState {
             factory: args.factory,
             policy: args.policy,
@@ -199,7 +206,12 @@ impl Actor for InstanceSupervisor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Start { instance_id, reply } => {
                 let res = match state.children.get(&instance_id) {
@@ -208,7 +220,10 @@ impl Actor for InstanceSupervisor {
                     _ => {
                         let child = Child {
                             cell: None,
-                            intensity: RestartIntensity::new(state.policy.max_restarts, state.policy.window),
+                            intensity: RestartIntensity::new(
+                                state.policy.max_restarts,
+                                state.policy.window,
+                            ),
                             restarts: 0,
                             pending: None,
                             crashed: None,
@@ -229,7 +244,12 @@ impl Actor for InstanceSupervisor {
                             state.by_actor.remove(&cell.get_id());
                             // Unlink first so its exit is not seen as a failure to handle.
                             cell.unlink(myself.get_cell());
-                            let _ = cell.stop_and_wait(Some("stopped".into()), Some(Duration::from_secs(30))).await;
+                            let _ = cell
+                                .stop_and_wait(
+                                    Some("stopped".into()),
+                                    Some(Duration::from_secs(30)),
+                                )
+                                .await;
                         }
                         Ok(())
                     }
@@ -253,19 +273,26 @@ impl Actor for InstanceSupervisor {
             SupervisorMsg::State { instance_id, reply } => {
                 let st = state.children.get(&instance_id).map(|c| {
                     if let Some(reason) = &c.crashed {
-                        ChildState::Crashed { reason: reason.clone() }
+                        ChildState::Crashed {
+                            reason: reason.clone(),
+                        }
                     } else if let Some((attempt, reason)) = &c.pending {
                         ChildState::Restarting {
                             attempt: *attempt,
                             reason: reason.clone(),
                         }
                     } else {
-                        ChildState::Running { restarts: c.restarts }
+                        ChildState::Running {
+                            restarts: c.restarts,
+                        }
                     }
                 });
                 let _ = reply.send(st);
             }
-            SupervisorMsg::Restart { instance_id, attempt } => {
+            SupervisorMsg::Restart {
+                instance_id,
+                attempt,
+            } => {
                 let still_wanted = matches!(
                     state.children.get(&instance_id),
                     Some(c) if c.pending.as_ref().map(|p| p.0) == Some(attempt) && c.cell.is_none()
@@ -321,7 +348,11 @@ impl Actor for InstanceSupervisor {
 }
 
 impl SupervisorState {
-    async fn start_child(&mut self, myself: &ActorRef<SupervisorMsg>, instance_id: &str) -> Result<(), SupervisorError> {
+    async fn start_child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        instance_id: &str,
+    ) -> Result<(), SupervisorError> {
         let cell = self
             .factory
             .spawn(instance_id, myself.get_cell())
@@ -336,7 +367,9 @@ impl SupervisorState {
 
     /// Records a failure and either schedules a restart or parks the instance.
     fn on_failure(&mut self, myself: &ActorRef<SupervisorMsg>, instance_id: &str, reason: String) {
-        let Some(c) = self.children.get_mut(instance_id) else { return };
+        let Some(c) = self.children.get_mut(instance_id) else {
+            return;
+        };
         c.cell = None;
         match c.intensity.record(Instant::now()) {
             Some(retry) => {
@@ -350,7 +383,10 @@ impl SupervisorState {
                     reason,
                 });
                 let id = instance_id.to_string();
-                myself.send_after(delay, move || SupervisorMsg::Restart { instance_id: id, attempt });
+                myself.send_after(delay, move || SupervisorMsg::Restart {
+                    instance_id: id,
+                    attempt,
+                });
             }
             None => {
                 tracing::error!(instance_id, reason = %reason, "instance parked as crashed");

@@ -4,8 +4,8 @@
 
 use actors::backoff::Backoff;
 use actors::{
-    actor_name, ChildState, InstanceFactory, InstanceSupervisor, RestartPolicy, SupervisorArgs, SupervisorEvent,
-    SupervisorMsg,
+    actor_name, ChildState, InstanceFactory, InstanceSupervisor, RestartPolicy, SupervisorArgs,
+    SupervisorEvent, SupervisorMsg,
 };
 use async_trait::async_trait;
 use ractor::{call_t, Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
@@ -31,14 +31,23 @@ impl Actor for Worker {
     type State = u64;
     type Arguments = (bool, u64);
 
-    async fn pre_start(&self, _me: ActorRef<WorkerMsg>, (fail, gen): (bool, u64)) -> Result<u64, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        (fail, gen): (bool, u64),
+    ) -> Result<u64, ActorProcessingErr> {
         if fail {
             return Err("pre_start refused".into());
         }
         Ok(gen)
     }
 
-    async fn handle(&self, _me: ActorRef<WorkerMsg>, msg: WorkerMsg, gen: &mut u64) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        gen: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Ping(reply) => {
                 let _ = reply.send(*gen);
@@ -76,7 +85,8 @@ impl InstanceFactory for Factory {
             .fail_start
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        let (r, _) = Actor::spawn_linked(Some(actor_name(id)), Worker, (fail, gen), supervisor).await?;
+        let (r, _) =
+            Actor::spawn_linked(Some(actor_name(id)), Worker, (fail, gen), supervisor).await?;
         Ok(r.get_cell())
     }
 }
@@ -93,7 +103,13 @@ fn policy(max_restarts: usize) -> RestartPolicy {
     }
 }
 
-async fn setup(max_restarts: usize) -> (ActorRef<SupervisorMsg>, Arc<Factory>, broadcast::Receiver<SupervisorEvent>) {
+async fn setup(
+    max_restarts: usize,
+) -> (
+    ActorRef<SupervisorMsg>,
+    Arc<Factory>,
+    broadcast::Receiver<SupervisorEvent>,
+) {
     let factory = Arc::new(Factory::default());
     let (tx, rx) = broadcast::channel(256);
     let sup = InstanceSupervisor::spawn(SupervisorArgs {
@@ -108,14 +124,29 @@ async fn setup(max_restarts: usize) -> (ActorRef<SupervisorMsg>, Arc<Factory>, b
 
 async fn start(sup: &ActorRef<SupervisorMsg>, id: &str) {
     let id = id.to_string();
-    call_t!(sup, |reply| SupervisorMsg::Start { instance_id: id, reply }, 5000)
-        .expect("call")
-        .expect("started");
+    call_t!(
+        sup,
+        |reply| SupervisorMsg::Start {
+            instance_id: id,
+            reply
+        },
+        5000
+    )
+    .expect("call")
+    .expect("started");
 }
 
 async fn state(sup: &ActorRef<SupervisorMsg>, id: &str) -> Option<ChildState> {
     let id = id.to_string();
-    call_t!(sup, |reply| SupervisorMsg::State { instance_id: id, reply }, 5000).expect("call")
+    call_t!(
+        sup,
+        |reply| SupervisorMsg::State {
+            instance_id: id,
+            reply
+        },
+        5000
+    )
+    .expect("call")
 }
 
 fn worker(id: &str) -> Option<ActorRef<WorkerMsg>> {
@@ -128,7 +159,10 @@ async fn ping(id: &str) -> u64 {
 }
 
 async fn next_event(rx: &mut broadcast::Receiver<SupervisorEvent>) -> SupervisorEvent {
-    tokio::time::timeout(DEADLINE, rx.recv()).await.expect("event before deadline").expect("event")
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("event before deadline")
+        .expect("event")
 }
 
 /// Waits until the named worker is registered and answers with generation `gen`.
@@ -142,7 +176,10 @@ async fn wait_generation(id: &str, gen: u64) {
                 }
             }
         }
-        assert!(tokio::time::Instant::now() < until, "{id} never reached generation {gen}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{id} never reached generation {gen}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -159,9 +196,17 @@ async fn panicking_instance_is_restarted_then_parked_while_others_run_untouched(
     // Three failures are restarted with growing backoff ...
     let mut delays = Vec::new();
     for attempt in 1..=3u32 {
-        worker("a").expect("a running").cast(WorkerMsg::Panic).unwrap();
+        worker("a")
+            .expect("a running")
+            .cast(WorkerMsg::Panic)
+            .unwrap();
         match next_event(&mut events).await {
-            SupervisorEvent::Restarting { instance_id, attempt: n, delay, reason } => {
+            SupervisorEvent::Restarting {
+                instance_id,
+                attempt: n,
+                delay,
+                reason,
+            } => {
                 assert_eq!((instance_id.as_str(), n), ("a", attempt));
                 assert!(reason.contains("test-only fault hook"), "{reason}");
                 delays.push(delay);
@@ -170,7 +215,10 @@ async fn panicking_instance_is_restarted_then_parked_while_others_run_untouched(
         }
         assert_eq!(
             next_event(&mut events).await,
-            SupervisorEvent::Restarted { instance_id: "a".into(), attempt }
+            SupervisorEvent::Restarted {
+                instance_id: "a".into(),
+                attempt
+            }
         );
         wait_generation("a", u64::from(attempt) + 1).await;
         // ... and meanwhile the others answer, with the very same actors.
@@ -186,13 +234,19 @@ async fn panicking_instance_is_restarted_then_parked_while_others_run_untouched(
     // The fourth failure inside the window parks it.
     worker("a").unwrap().cast(WorkerMsg::Fail).unwrap();
     match next_event(&mut events).await {
-        SupervisorEvent::Crashed { instance_id, reason } => {
+        SupervisorEvent::Crashed {
+            instance_id,
+            reason,
+        } => {
             assert_eq!(instance_id, "a");
             assert!(reason.contains("handler returned an error"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(matches!(state(&sup, "a").await, Some(ChildState::Crashed { .. })));
+    assert!(matches!(
+        state(&sup, "a").await,
+        Some(ChildState::Crashed { .. })
+    ));
     assert!(worker("a").is_none(), "a crashed actor is not left running");
     assert_eq!(factory.spawns("a"), 4);
 
@@ -201,7 +255,10 @@ async fn panicking_instance_is_restarted_then_parked_while_others_run_untouched(
     assert_eq!(factory.spawns("c"), 1);
     assert_eq!(worker("b").unwrap().get_id(), b_before);
     assert_eq!(worker("c").unwrap().get_id(), c_before);
-    assert_eq!(state(&sup, "b").await, Some(ChildState::Running { restarts: 0 }));
+    assert_eq!(
+        state(&sup, "b").await,
+        Some(ChildState::Running { restarts: 0 })
+    );
     sup.stop(None);
 }
 
@@ -209,15 +266,34 @@ async fn panicking_instance_is_restarted_then_parked_while_others_run_untouched(
 async fn stopped_instance_is_not_restarted() {
     let (sup, factory, mut events) = setup(3).await;
     start(&sup, "s1").await;
-    let r = call_t!(sup, |reply| SupervisorMsg::Stop { instance_id: "s1".into(), reply }, 5000).unwrap();
+    let r = call_t!(
+        sup,
+        |reply| SupervisorMsg::Stop {
+            instance_id: "s1".into(),
+            reply
+        },
+        5000
+    )
+    .unwrap();
     assert_eq!(r, Ok(()));
     assert!(worker("s1").is_none());
     assert_eq!(state(&sup, "s1").await, None);
     // Starting it again spawns a new actor; no restart events were produced in between.
     start(&sup, "s1").await;
     assert_eq!(factory.spawns("s1"), 2);
-    assert!(events.try_recv().is_err(), "a requested stop is not a failure");
-    let r = call_t!(sup, |reply| SupervisorMsg::Stop { instance_id: "nope".into(), reply }, 5000).unwrap();
+    assert!(
+        events.try_recv().is_err(),
+        "a requested stop is not a failure"
+    );
+    let r = call_t!(
+        sup,
+        |reply| SupervisorMsg::Stop {
+            instance_id: "nope".into(),
+            reply
+        },
+        5000
+    )
+    .unwrap();
     assert!(r.is_err());
     sup.stop(None);
 }
@@ -227,11 +303,25 @@ async fn crashed_instance_can_be_resumed_with_a_fresh_budget() {
     let (sup, _factory, mut events) = setup(0).await;
     start(&sup, "r1").await;
     worker("r1").unwrap().cast(WorkerMsg::Panic).unwrap();
-    assert!(matches!(next_event(&mut events).await, SupervisorEvent::Crashed { .. }));
-    let r = call_t!(sup, |reply| SupervisorMsg::Resume { instance_id: "r1".into(), reply }, 5000).unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        SupervisorEvent::Crashed { .. }
+    ));
+    let r = call_t!(
+        sup,
+        |reply| SupervisorMsg::Resume {
+            instance_id: "r1".into(),
+            reply
+        },
+        5000
+    )
+    .unwrap();
     assert_eq!(r, Ok(()));
     wait_generation("r1", 2).await;
-    assert_eq!(state(&sup, "r1").await, Some(ChildState::Running { restarts: 0 }));
+    assert_eq!(
+        state(&sup, "r1").await,
+        Some(ChildState::Running { restarts: 0 })
+    );
     sup.stop(None);
 }
 
@@ -242,10 +332,19 @@ async fn failing_restart_counts_against_the_budget() {
     // The next two start-ups fail in pre_start.
     factory.fail_start.store(2, Ordering::SeqCst);
     worker("f1").unwrap().cast(WorkerMsg::Panic).unwrap();
-    assert!(matches!(next_event(&mut events).await, SupervisorEvent::Restarting { attempt: 1, .. }));
+    assert!(matches!(
+        next_event(&mut events).await,
+        SupervisorEvent::Restarting { attempt: 1, .. }
+    ));
     // The restart itself failed: that is the next failure, and the next attempt.
-    assert!(matches!(next_event(&mut events).await, SupervisorEvent::Restarting { attempt: 2, .. }));
-    assert!(matches!(next_event(&mut events).await, SupervisorEvent::Crashed { .. }));
+    assert!(matches!(
+        next_event(&mut events).await,
+        SupervisorEvent::Restarting { attempt: 2, .. }
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        SupervisorEvent::Crashed { .. }
+    ));
     assert_eq!(factory.spawns("f1"), 3);
     sup.stop(None);
 }

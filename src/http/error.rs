@@ -51,23 +51,54 @@ pub async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible
     } else if err.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "Route not found")
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "Method not allowed")
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "Method not allowed",
+        )
     } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "Request body too large")
-    } else if err.find::<warp::filters::body::BodyDeserializeError>().is_some() {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Request body is not valid JSON for this route")
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "Request body too large",
+        )
+    } else if err
+        .find::<warp::filters::body::BodyDeserializeError>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Request body is not valid JSON for this route",
+        )
     } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Unsupported content type")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Unsupported content type",
+        )
     } else if err.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Content-Length required")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Content-Length required",
+        )
     } else if err.find::<warp::reject::MissingHeader>().is_some()
         || err.find::<warp::reject::InvalidHeader>().is_some()
         || err.find::<warp::reject::InvalidQuery>().is_some()
     {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Malformed request")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Malformed request",
+        )
     } else {
         tracing::error!(rejection = ?err, "unhandled rejection");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal server error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "Internal server error",
+        )
     };
     Ok(e.into_response())
 }

@@ -64,12 +64,19 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         // ::/96: unspecified, loopback, and the deprecated IPv4-compatible form.
         return bits > 1 && is_public_v4(Ipv4Addr::from(bits as u32));
     }
-    if in6(0x0064_ff9b_0000_0000_0000_0000_0000_0000, 96) || in6(0x0064_ff9b_0001_0000_0000_0000_0000_0000, 48) {
+    if in6(0x0064_ff9b_0000_0000_0000_0000_0000_0000, 96)
+        || in6(0x0064_ff9b_0001_0000_0000_0000_0000_0000, 48)
+    {
         return is_public_v4(Ipv4Addr::from(bits as u32)); // NAT64
     }
     if seg[0] == 0x2002 {
         // 6to4: the IPv4 address is in bits 16..48.
-        let v4 = Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8);
+        let v4 = Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        );
         return is_public_v4(v4);
     }
     const BLOCKED: &[(u128, u32)] = &[

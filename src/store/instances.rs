@@ -92,7 +92,9 @@ impl Instances {
 
     /// One instance.
     pub async fn get(&self, id: &str) -> Result<Option<Instance>, DbErr> {
-        entity::Entity::find_by_id(id.to_string()).one(&self.db).await
+        entity::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
     }
 
     /// Every instance, oldest first.
@@ -110,7 +112,9 @@ impl Instances {
             .wipe()
             .await
             .map_err(|e| DbErr::Custom(e.to_string()))?;
-        let r = entity::Entity::delete_by_id(id.to_string()).exec(&self.db).await?;
+        let r = entity::Entity::delete_by_id(id.to_string())
+            .exec(&self.db)
+            .await?;
         Ok(r.rows_affected > 0)
     }
 
@@ -124,8 +128,14 @@ impl Instances {
             .col_expr(entity::Column::Jid, Expr::value(rec.jid.clone()))
             .col_expr(entity::Column::Lid, Expr::value(rec.lid.clone()))
             .col_expr(entity::Column::PushName, Expr::value(rec.push_name.clone()))
-            .col_expr(entity::Column::ConnectedAt, Expr::value(ms(rec.connected_at)))
-            .col_expr(entity::Column::DisconnectedAt, Expr::value(ms(rec.disconnected_at)))
+            .col_expr(
+                entity::Column::ConnectedAt,
+                Expr::value(ms(rec.connected_at)),
+            )
+            .col_expr(
+                entity::Column::DisconnectedAt,
+                Expr::value(ms(rec.disconnected_at)),
+            )
             .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(entity::Column::Id.eq(id))
             .exec(&self.db)

@@ -67,7 +67,9 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
         if let Some(f) = next_frame(&mut decoder) {
             break f;
         }
-        let Some(Ok(msg)) = stream.next().await else { return };
+        let Some(Ok(msg)) = stream.next().await else {
+            return;
+        };
         let mut data = msg.as_bytes();
         if first {
             first = false;
@@ -85,7 +87,9 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
             return;
         }
     };
-    let Ok(frame) = encode_frame(&server_hello, None) else { return };
+    let Ok(frame) = encode_frame(&server_hello, None) else {
+        return;
+    };
     if sink.send(WsMessage::binary(frame)).await.is_err() {
         return;
     }
@@ -93,7 +97,9 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
         if let Some(f) = next_frame(&mut decoder) {
             break f;
         }
-        let Some(Ok(msg)) = stream.next().await else { return };
+        let Some(Ok(msg)) = stream.next().await else {
+            return;
+        };
         decoder.feed(msg.as_bytes());
     };
     let (client_static, payload, transport) = match responder.finish(&finish) {
@@ -108,7 +114,10 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
     // --- writer ---
     let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let handle = ConnHandle { id: conn_id, tx: tx.clone() };
+    let handle = ConnHandle {
+        id: conn_id,
+        tx: tx.clone(),
+    };
     let delay = shared.frame_delay.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
@@ -118,9 +127,15 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
                     if ms > 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     }
-                    let Ok(plain) = marshal::marshal(&node) else { continue };
-                    let Ok(enc) = writer.encrypt(&plain) else { break };
-                    let Ok(frame) = encode_frame(&enc, None) else { break };
+                    let Ok(plain) = marshal::marshal(&node) else {
+                        continue;
+                    };
+                    let Ok(enc) = writer.encrypt(&plain) else {
+                        break;
+                    };
+                    let Ok(frame) = encode_frame(&enc, None) else {
+                        break;
+                    };
                     if sink.send(WsMessage::binary(frame)).await.is_err() {
                         break;
                     }
@@ -147,11 +162,15 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
             signed_prekey_sig: reg.e_skey_sig.clone().unwrap_or_default(),
             prekeys: Default::default(),
         };
-        session.offer_pairing(client_static, keys, payload.push_name.clone()).await;
+        session
+            .offer_pairing(client_static, keys, payload.push_name.clone())
+            .await;
     } else if let (Some(user), Some(device)) = (payload.username, payload.device) {
         session.login(user.to_string(), device, client_static).await;
     } else {
-        session.send(Node::new("failure", Default::default(), None)).await;
+        session
+            .send(Node::new("failure", Default::default(), None))
+            .await;
         session.close().await;
     }
 
@@ -162,9 +181,15 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
         }
         decoder.feed(msg.as_bytes());
         while let Some(frame) = decoder.decode_frame() {
-            let Ok(plain) = reader.decrypt(&frame) else { break 'outer };
-            let Ok(unpacked) = util::unpack(&plain) else { continue };
-            let Ok(node) = marshal::unmarshal_ref(&unpacked) else { continue };
+            let Ok(plain) = reader.decrypt(&frame) else {
+                break 'outer;
+            };
+            let Ok(unpacked) = util::unpack(&plain) else {
+                continue;
+            };
+            let Ok(node) = marshal::unmarshal_ref(&unpacked) else {
+                continue;
+            };
             let node = node.to_owned();
             session.handle(node).await;
         }
@@ -195,7 +220,11 @@ impl Session {
         let mut reg = self.shared.registry.lock().expect("registry lock");
         reg.pending.retain(|_, p| p.conn.id != self.conn.id);
         if let Some((phone, dev)) = &self.me {
-            if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+            if let Some(d) = reg
+                .accounts
+                .get_mut(phone)
+                .and_then(|a| a.devices.get_mut(dev))
+            {
                 if d.conn.as_ref().is_some_and(|c| c.id == self.conn.id) {
                     d.conn = None;
                 }
@@ -203,9 +232,21 @@ impl Session {
         }
     }
 
-    async fn offer_pairing(&self, noise_pub: [u8; 32], keys: DeviceKeys, push_name: Option<String>) {
+    async fn offer_pairing(
+        &self,
+        noise_pub: [u8; 32],
+        keys: DeviceKeys,
+        push_name: Option<String>,
+    ) {
         let refs: Vec<String> = (0..6)
-            .map(|i| format!("2@mock{}x{}x{:016x}", self.conn.id, i, rand::random::<u64>()))
+            .map(|i| {
+                format!(
+                    "2@mock{}x{}x{:016x}",
+                    self.conn.id,
+                    i,
+                    rand::random::<u64>()
+                )
+            })
             .collect();
         {
             let mut reg = self.shared.registry.lock().expect("registry lock");
@@ -253,7 +294,8 @@ impl Session {
                                 }
                             }
                             let queued: Vec<Node> = d.offline.drain(..).collect();
-                            d.delivered += queued.iter().filter(|n| n.tag == "message").count() as u64;
+                            d.delivered +=
+                                queued.iter().filter(|n| n.tag == "message").count() as u64;
                             (Some(lid), queued, false)
                         }
                         _ => (None, Vec::new(), false),
@@ -287,7 +329,9 @@ impl Session {
         }
         let ib = NodeBuilder::new("ib")
             .attr("from", SERVER)
-            .children([NodeBuilder::new("offline").attr("count", count.to_string()).build()])
+            .children([NodeBuilder::new("offline")
+                .attr("count", count.to_string())
+                .build()])
             .build();
         self.send(ib).await;
     }
@@ -295,9 +339,14 @@ impl Session {
     async fn handle(&mut self, node: Node) {
         match node.tag.as_ref() {
             "iq" => self.iq(node).await,
-            "message" => crate::routing::route_message(&self.shared, self.me.as_ref(), &self.conn, node).await,
+            "message" => {
+                crate::routing::route_message(&self.shared, self.me.as_ref(), &self.conn, node)
+                    .await
+            }
             "receipt" => crate::routing::route_receipt(&self.shared, self.me.as_ref(), node).await,
-            "presence" | "chatstate" => crate::routing::route_presence(&self.shared, self.me.as_ref(), node).await,
+            "presence" | "chatstate" => {
+                crate::routing::route_presence(&self.shared, self.me.as_ref(), node).await
+            }
             _ => {}
         }
     }
@@ -322,10 +371,14 @@ impl Session {
                 iq_result(&id, vec![])
             }
             "encrypt" if node.get_optional_child("key").is_some() => {
-                let list = crate::routing::prekey_bundles(&self.shared, node.get_optional_child("key"));
+                let list =
+                    crate::routing::prekey_bundles(&self.shared, node.get_optional_child("key"));
                 iq_result(&id, vec![list])
             }
-            "abt" => iq_result(&id, vec![NodeBuilder::new("props").attr("protocol", "1").build()]),
+            "abt" => iq_result(
+                &id,
+                vec![NodeBuilder::new("props").attr("protocol", "1").build()],
+            ),
             "privacy" if node.get_optional_child("privacy").is_some() => {
                 iq_result(&id, vec![NodeBuilder::new("privacy").build()])
             }
@@ -364,20 +417,34 @@ impl Session {
         }
         if let Some(list) = node.get_optional_child("list") {
             for k in list.get_children_by_tag("key") {
-                keys.prekeys.push_back((child_bytes(k, "id"), child_bytes(k, "value")));
+                keys.prekeys
+                    .push_back((child_bytes(k, "id"), child_bytes(k, "value")));
             }
         }
         let mut reg = self.shared.registry.lock().expect("registry lock");
-        if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+        if let Some(d) = reg
+            .accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(dev))
+        {
             d.keys = keys;
         }
     }
 
     fn rotate_skey(&self, node: &Node) {
         let Some((phone, dev)) = &self.me else { return };
-        let Some(skey) = node.get_optional_child("rotate").and_then(|r| r.get_optional_child("skey")) else { return };
+        let Some(skey) = node
+            .get_optional_child("rotate")
+            .and_then(|r| r.get_optional_child("skey"))
+        else {
+            return;
+        };
         let mut reg = self.shared.registry.lock().expect("registry lock");
-        if let Some(d) = reg.accounts.get_mut(phone).and_then(|a| a.devices.get_mut(dev)) {
+        if let Some(d) = reg
+            .accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(dev))
+        {
             d.keys.signed_prekey_id = child_bytes(skey, "id");
             d.keys.signed_prekey = child_bytes(skey, "value");
             d.keys.signed_prekey_sig = child_bytes(skey, "signature");
@@ -387,7 +454,9 @@ impl Session {
     async fn finish_pairing(&self, id: &str, sign: &Node) {
         let done = {
             let mut reg = self.shared.registry.lock().expect("registry lock");
-            let Some(p) = reg.signing.remove(id) else { return };
+            let Some(p) = reg.signing.remove(id) else {
+                return;
+            };
             let identity = sign.get_optional_child("device-identity").map(bytes_of);
             let acc = reg.account_mut(&p.phone, None);
             acc.devices.insert(

@@ -42,7 +42,12 @@ pub struct ReceivedText {
 impl Contact {
     /// Starts a client on `net` with `backend` (fresh in-memory storage when `None`).
     /// It is not paired yet unless the backend holds a session.
-    pub async fn start(net: &MockNetwork, phone: &str, push_name: &str, backend: Option<Arc<dyn Backend>>) -> Result<Self, String> {
+    pub async fn start(
+        net: &MockNetwork,
+        phone: &str,
+        push_name: &str,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Result<Self, String> {
         let backend = backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new()));
         let (tx, rx) = mpsc::channel(4096);
         let bot = Bot::builder()
@@ -75,7 +80,11 @@ impl Contact {
     }
 
     /// Waits for the first event `pick` accepts (from the backlog first).
-    pub async fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T, String> {
+    pub async fn wait<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> Result<T, String> {
         if let Some(i) = self.backlog.iter().position(|e| pick(e).is_some()) {
             let ev = self.backlog.remove(i);
             if let Some(v) = pick(&ev) {
@@ -97,18 +106,22 @@ impl Contact {
 
     /// Waits for `Connected`.
     pub async fn connected(&mut self) -> Result<(), String> {
-        self.wait("Connected", |e| matches!(e, Event::Connected(_)).then_some(())).await
+        self.wait("Connected", |e| {
+            matches!(e, Event::Connected(_)).then_some(())
+        })
+        .await
     }
 
     /// Waits for the next text message.
     pub async fn next_text(&mut self) -> Result<ReceivedText, String> {
         self.wait("a text message", |e| match e {
             Event::Messages(batch) => batch.messages.iter().find_map(|m| {
-                let text = m
-                    .message
-                    .conversation
-                    .clone()
-                    .or_else(|| m.message.extended_text_message.as_option().and_then(|x| x.text.clone()))?;
+                let text = m.message.conversation.clone().or_else(|| {
+                    m.message
+                        .extended_text_message
+                        .as_option()
+                        .and_then(|x| x.text.clone())
+                })?;
                 Some(ReceivedText {
                     from: m.info.source.sender.user.to_string(),
                     text,

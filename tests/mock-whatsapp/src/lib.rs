@@ -61,7 +61,12 @@ impl std::ops::Deref for Shared {
 
 impl Shared {
     pub(crate) fn media_conn_node(&self) -> Node {
-        let host = self.addr.lock().expect("addr lock").map(|a| a.to_string()).unwrap_or_default();
+        let host = self
+            .addr
+            .lock()
+            .expect("addr lock")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         NodeBuilder::new("media_conn")
             .attr("auth", "mock-media-auth")
             .attr("ttl", "3600")
@@ -234,7 +239,9 @@ impl Drop for MockNetwork {
 
 fn conflict(kind: &str) -> Node {
     NodeBuilder::new("stream:error")
-        .children([NodeBuilder::new("conflict").attr("type", kind.to_string()).build()])
+        .children([NodeBuilder::new("conflict")
+            .attr("type", kind.to_string())
+            .build()])
         .build()
 }
 
@@ -254,8 +261,12 @@ fn send_to_device(shared: &Shared, phone: &str, device: u32, node: Node) -> bool
 fn unlink(shared: &Shared, phone: &str, device: u32) -> bool {
     let conn = {
         let mut reg = shared.registry.lock().expect("registry lock");
-        let Some(acc) = reg.accounts.get_mut(phone) else { return false };
-        let Some(d) = acc.devices.remove(&device) else { return false };
+        let Some(acc) = reg.accounts.get_mut(phone) else {
+            return false;
+        };
+        let Some(d) = acc.devices.remove(&device) else {
+            return false;
+        };
         d.conn
     };
     if let Some(c) = conn {
@@ -312,10 +323,18 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
     if parts.len() < 4 {
         return Err(ScanError::Malformed);
     }
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| ScanError::Malformed);
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| ScanError::Malformed)
+    };
     let (qr_ref, identity_pub, adv_secret) = (parts[0], b64(parts[2])?, b64(parts[3])?);
     let mut reg = shared.registry.lock().expect("registry lock");
-    let pending = reg.pending.get(qr_ref).cloned().ok_or(ScanError::UnknownRef)?;
+    let pending = reg
+        .pending
+        .get(qr_ref)
+        .cloned()
+        .ok_or(ScanError::UnknownRef)?;
     let phone = match phone {
         Some(p) if p.len() >= 8 && p.chars().all(|c| c.is_ascii_digit()) => p.to_string(),
         Some(_) => return Err(ScanError::NeedPhone),
@@ -435,7 +454,9 @@ fn reply(status: u16, body: serde_json::Value) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), code).into_response()
 }
 
-fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+fn routes(
+    shared: Shared,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
     use warp::Reply as _;
     let with = {
         let s = shared.clone();
@@ -457,7 +478,10 @@ fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Err
         .and(with.clone())
         .map(|ct: Option<String>, body: bytes::Bytes, s: Shared| {
             let text = String::from_utf8_lossy(&body).to_string();
-            let (qr, phone) = if ct.as_deref().is_some_and(|c| c.starts_with("application/json")) {
+            let (qr, phone) = if ct
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+            {
                 match serde_json::from_str::<ScanBody>(&text) {
                     Ok(b) => (b.qr, b.phone),
                     Err(_) => return reply(400, json!({"error": "invalid JSON"})),
@@ -479,13 +503,20 @@ fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Err
         .and(warp::body::content_length_limit(4096))
         .and(warp::body::json())
         .and(with.clone())
-        .map(|b: DeviceRef, s: Shared| reply(200, json!({"unlinked": unlink(&s, &b.phone, b.device)})));
+        .map(|b: DeviceRef, s: Shared| {
+            reply(200, json!({"unlinked": unlink(&s, &b.phone, b.device)}))
+        });
     let drop_r = warp::path!("admin" / "faults" / "drop")
         .and(warp::post())
         .and(warp::body::content_length_limit(4096))
         .and(warp::body::json())
         .and(with.clone())
-        .map(|b: DropBody, s: Shared| reply(200, json!({"dropped": drop_connections(&s, b.phone.as_deref())})));
+        .map(|b: DropBody, s: Shared| {
+            reply(
+                200,
+                json!({"dropped": drop_connections(&s, b.phone.as_deref())}),
+            )
+        });
     let upload = warp::path("mms")
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -495,22 +526,41 @@ fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Err
         .and(warp::body::content_length_limit(200 << 20))
         .and(warp::body::bytes())
         .and(with.clone())
-        .map(|kind: String, token: String, q: HashMap<String, String>, body: bytes::Bytes, s: Shared| {
-            if q.contains_key("resume") {
-                return reply(404, json!({"resume": "not found"}));
-            }
-            let path = format!("/v/t62/{kind}/{token}");
-            let url = format!("https://{}{path}", s.addr.lock().expect("addr lock").map(|a| a.to_string()).unwrap_or_default());
-            s.media.lock().expect("media lock").insert(path.clone(), body.to_vec());
-            reply(200, json!({"url": url, "direct_path": path}))
-        });
+        .map(
+            |kind: String,
+             token: String,
+             q: HashMap<String, String>,
+             body: bytes::Bytes,
+             s: Shared| {
+                if q.contains_key("resume") {
+                    return reply(404, json!({"resume": "not found"}));
+                }
+                let path = format!("/v/t62/{kind}/{token}");
+                let url = format!(
+                    "https://{}{path}",
+                    s.addr
+                        .lock()
+                        .expect("addr lock")
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                );
+                s.media
+                    .lock()
+                    .expect("media lock")
+                    .insert(path.clone(), body.to_vec());
+                reply(200, json!({"url": url, "direct_path": path}))
+            },
+        );
     let download = warp::path!("v" / "t62" / String / String)
         .and(warp::get())
         .and(with.clone())
         .map(|kind: String, token: String, s: Shared| {
             let path = format!("/v/t62/{kind}/{token}");
             match s.media.lock().expect("media lock").get(&path) {
-                Some(b) => warp::reply::with_header(b.clone(), "content-type", "application/octet-stream").into_response(),
+                Some(b) => {
+                    warp::reply::with_header(b.clone(), "content-type", "application/octet-stream")
+                        .into_response()
+                }
                 None => reply(404, json!({"error": "no such media"})),
             }
         });
@@ -526,7 +576,9 @@ fn routes(shared: Shared) -> impl Filter<Extract = (warp::reply::Response,), Err
         .unify()
         .or(download)
         .unify()
-        .recover(|_r: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(reply(404, json!({"error": "not found"}))) })
+        .recover(|_r: warp::Rejection| async move {
+            Ok::<_, std::convert::Infallible>(reply(404, json!({"error": "not found"})))
+        })
         .unify()
 }
 
@@ -550,7 +602,10 @@ impl MockHttpClient {
 
 #[whatsapp_rust::async_trait]
 impl whatsapp_rust::http::HttpClient for MockHttpClient {
-    async fn execute(&self, mut request: whatsapp_rust::http::HttpRequest) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+    async fn execute(
+        &self,
+        mut request: whatsapp_rust::http::HttpRequest,
+    ) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
         let prefix = format!("https://{}/", self.host);
         if let Some(rest) = request.url.strip_prefix(&prefix) {
             request.url = format!("http://{}/{rest}", self.host);

@@ -14,7 +14,12 @@ async fn main() {
             }
         }
     }
-    let net = match mock_whatsapp::MockNetwork::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await {
+    let net = match mock_whatsapp::MockNetwork::start_on(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    )))
+    .await
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("mock-whatsapp: cannot listen: {e}");

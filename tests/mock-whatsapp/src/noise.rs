@@ -10,7 +10,9 @@ use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::handshake::NoiseHandshake;
 use whatsapp_rust::wacore::libsignal::protocol::KeyPair;
 use whatsapp_rust::wacore::noise::NoiseCipher;
-use whatsapp_rust::wacore_binary::consts::{NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER};
+use whatsapp_rust::wacore_binary::consts::{
+    NOISE_PATTERN_XX, NOISE_PATTERN_XXFALLBACK, WA_CONN_HEADER,
+};
 use whatsapp_rust::waproto::whatsapp as wa;
 
 /// The server's long-term Noise identity and the certificate chain it presents.
@@ -25,7 +27,10 @@ impl ServerIdentity {
     pub fn generate() -> Self {
         let static_key = KeyPair::generate(&mut rand::rng());
         let cert_chain = cert_chain(static_key.public_key.public_key_bytes());
-        Self { static_key, cert_chain }
+        Self {
+            static_key,
+            cert_chain,
+        }
     }
 }
 
@@ -122,8 +127,12 @@ pub struct Responder {
 impl Responder {
     /// Processes the client hello (raw HandshakeMessage bytes); returns the server hello
     /// to send (unframed).
-    pub fn hello(identity: &ServerIdentity, client_hello: &[u8]) -> Result<(Self, Vec<u8>), String> {
-        let msg = wa::HandshakeMessage::decode_from_slice(client_hello).map_err(|e| format!("hello: {e}"))?;
+    pub fn hello(
+        identity: &ServerIdentity,
+        client_hello: &[u8],
+    ) -> Result<(Self, Vec<u8>), String> {
+        let msg = wa::HandshakeMessage::decode_from_slice(client_hello)
+            .map_err(|e| format!("hello: {e}"))?;
         let hello = msg.client_hello.into_option().ok_or("no client hello")?;
         let client_eph: [u8; 32] = hello
             .ephemeral
@@ -131,7 +140,11 @@ impl Responder {
             .try_into()
             .map_err(|_| "bad ephemeral length")?;
         let fallback = hello.r#static.is_some();
-        let pattern = if fallback { NOISE_PATTERN_XXFALLBACK } else { NOISE_PATTERN_XX };
+        let pattern = if fallback {
+            NOISE_PATTERN_XXFALLBACK
+        } else {
+            NOISE_PATTERN_XX
+        };
         let mut noise = NoiseHandshake::new(pattern, &WA_CONN_HEADER).map_err(|e| e.to_string())?;
         noise.authenticate(&client_eph);
         let ephemeral = KeyPair::generate(&mut rand::rng());
@@ -146,7 +159,9 @@ impl Responder {
         noise
             .mix_shared_secret(identity.static_key.private_key.serialize(), &client_eph)
             .map_err(|e| e.to_string())?;
-        let enc_cert = noise.encrypt(&identity.cert_chain).map_err(|e| e.to_string())?;
+        let enc_cert = noise
+            .encrypt(&identity.cert_chain)
+            .map_err(|e| e.to_string())?;
         let reply = wa::HandshakeMessage {
             server_hello: wa::handshake_message::ServerHello {
                 ephemeral: Some(eph_pub),
@@ -169,8 +184,12 @@ impl Responder {
 
     /// Processes the client finish; returns the client's static key, its ClientPayload
     /// and the transport ciphers.
-    pub fn finish(mut self, client_finish: &[u8]) -> Result<([u8; 32], wa::ClientPayload, Transport), String> {
-        let msg = wa::HandshakeMessage::decode_from_slice(client_finish).map_err(|e| format!("finish: {e}"))?;
+    pub fn finish(
+        mut self,
+        client_finish: &[u8],
+    ) -> Result<([u8; 32], wa::ClientPayload, Transport), String> {
+        let msg = wa::HandshakeMessage::decode_from_slice(client_finish)
+            .map_err(|e| format!("finish: {e}"))?;
         let fin = msg.client_finish.into_option().ok_or("no client finish")?;
         let client_static = self
             .noise
@@ -184,12 +203,16 @@ impl Responder {
             .noise
             .decrypt(&fin.payload.ok_or("no payload")?)
             .map_err(|e| format!("payload: {e}"))?;
-        let payload = wa::ClientPayload::decode_from_slice(&payload).map_err(|e| format!("client payload: {e}"))?;
+        let payload = wa::ClientPayload::decode_from_slice(&payload)
+            .map_err(|e| format!("client payload: {e}"))?;
         let (k1, k2) = self.noise.finish().map_err(|e| e.to_string())?;
         Ok((
             client_static,
             payload,
-            Transport { read: k1, write: k2 },
+            Transport {
+                read: k1,
+                write: k2,
+            },
         ))
     }
 }

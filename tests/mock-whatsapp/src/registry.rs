@@ -111,7 +111,10 @@ impl Registry {
     pub fn account_mut(&mut self, phone: &str, push_name: Option<&str>) -> &mut Account {
         if !self.accounts.contains_key(phone) {
             self.next_lid += 1;
-            let lid = format!("{}", 100_000_000_000_000u64 + self.next_lid * 7919 + phone.len() as u64);
+            let lid = format!(
+                "{}",
+                100_000_000_000_000u64 + self.next_lid * 7919 + phone.len() as u64
+            );
             let account_key = KeyPair::generate(&mut rand::rng());
             let phone_skey = KeyPair::generate(&mut rand::rng());
             // The client checks this signature over the 33-byte serialized key.

@@ -32,7 +32,9 @@ fn text_of(n: &Node) -> String {
 
 /// The signed key-index list of an account (the client does not verify the signature).
 fn key_index_list(reg: &Registry, phone: &str) -> Vec<u8> {
-    let Some(acc) = reg.accounts.get(phone) else { return Vec::new() };
+    let Some(acc) = reg.accounts.get(phone) else {
+        return Vec::new();
+    };
     let valid: Vec<u32> = acc.devices.values().map(|d| d.key_index).collect();
     let details = wa::ADVKeyIndexList {
         raw_id: Some(acc.raw_id),
@@ -72,7 +74,10 @@ pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
                 (j, user)
             }
             None => {
-                let number = u.get_optional_child("contact").map(text_of).unwrap_or_default();
+                let number = u
+                    .get_optional_child("contact")
+                    .map(text_of)
+                    .unwrap_or_default();
                 let digits: String = number.chars().filter(|c| c.is_ascii_digit()).collect();
                 (format!("{digits}@s.whatsapp.net"), digits)
             }
@@ -109,7 +114,11 @@ pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
             }
         }
         let b = NodeBuilder::new("user").attr("jid", jid_attr);
-        users.push(if children.is_empty() { b.build() } else { b.children(children).build() });
+        users.push(if children.is_empty() {
+            b.build()
+        } else {
+            b.children(children).build()
+        });
     }
     Some(
         NodeBuilder::new("usync")
@@ -124,9 +133,15 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
     if let Some(key) = key {
         let mut reg = shared.registry.lock().expect("registry lock");
         for u in key.get_children_by_tag("user") {
-            let Some(jid_s) = attr(u, "jid") else { continue };
-            let Ok(jid) = jid_s.parse::<Jid>() else { continue };
-            let Some(acc) = reg.find_user_mut(&jid.user) else { continue };
+            let Some(jid_s) = attr(u, "jid") else {
+                continue;
+            };
+            let Ok(jid) = jid_s.parse::<Jid>() else {
+                continue;
+            };
+            let Some(acc) = reg.find_user_mut(&jid.user) else {
+                continue;
+            };
             let b = |tag: &'static str, v: Vec<u8>| NodeBuilder::new(tag).bytes(v).build();
             let mut children;
             if jid.device == 0 {
@@ -134,7 +149,10 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
                 children = vec![
                     b("registration", acc.phone_reg_id.to_be_bytes().to_vec()),
                     b("type", vec![5]),
-                    b("identity", acc.account_key.public_key.public_key_bytes().to_vec()),
+                    b(
+                        "identity",
+                        acc.account_key.public_key.public_key_bytes().to_vec(),
+                    ),
                     NodeBuilder::new("skey")
                         .children([
                             b("id", vec![0, 0, 1]),
@@ -144,7 +162,9 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
                         .build(),
                 ];
             } else {
-                let Some(d) = acc.devices.get_mut(&u32::from(jid.device)) else { continue };
+                let Some(d) = acc.devices.get_mut(&u32::from(jid.device)) else {
+                    continue;
+                };
                 if d.keys.identity.is_empty() {
                     continue;
                 }
@@ -161,13 +181,22 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
                         .build(),
                 ];
                 if let Some((id, value)) = d.keys.prekeys.pop_front() {
-                    children.push(NodeBuilder::new("key").children([b("id", id), b("value", value)]).build());
+                    children.push(
+                        NodeBuilder::new("key")
+                            .children([b("id", id), b("value", value)])
+                            .build(),
+                    );
                 }
                 if let Some(ident) = &d.device_identity {
                     children.push(b("device-identity", ident.clone()));
                 }
             }
-            users.push(NodeBuilder::new("user").attr("jid", jid_s).children(children).build());
+            users.push(
+                NodeBuilder::new("user")
+                    .attr("jid", jid_s)
+                    .children(children)
+                    .build(),
+            );
         }
     }
     NodeBuilder::new("list").children(users).build()
@@ -195,7 +224,12 @@ async fn send_all(out: Vec<(ConnHandle, Node)>) {
 }
 
 /// Routes a 1:1 message: ack to the sender, one stanza per addressed device.
-pub(crate) async fn route_message(shared: &Shared, me: Option<&(String, u32)>, conn: &ConnHandle, node: Node) {
+pub(crate) async fn route_message(
+    shared: &Shared,
+    me: Option<&(String, u32)>,
+    conn: &ConnHandle,
+    node: Node,
+) {
     let Some((my_phone, my_dev)) = me else { return };
     let id = attr(&node, "id").unwrap_or_default();
     let to = attr(&node, "to").unwrap_or_default();
@@ -208,20 +242,34 @@ pub(crate) async fn route_message(shared: &Shared, me: Option<&(String, u32)>, c
         .build();
     let _ = conn.tx.send(Outbound::Node(ack)).await;
 
-    let Ok(to_jid) = to.parse::<Jid>() else { return };
+    let Ok(to_jid) = to.parse::<Jid>() else {
+        return;
+    };
     let device_identity = node.get_optional_child("device-identity").cloned();
     let mut out = Vec::new();
     {
         let mut reg = shared.registry.lock().expect("registry lock");
-        let push_name = reg.accounts.get(my_phone).map(|a| a.push_name.clone()).unwrap_or_default();
-        let Some(recipient_phone) = reg.find_user(&to_jid.user).map(|a| a.phone.clone()) else { return };
-        let Some(participants) = node.get_optional_child("participants") else { return };
+        let push_name = reg
+            .accounts
+            .get(my_phone)
+            .map(|a| a.push_name.clone())
+            .unwrap_or_default();
+        let Some(recipient_phone) = reg.find_user(&to_jid.user).map(|a| a.phone.clone()) else {
+            return;
+        };
+        let Some(participants) = node.get_optional_child("participants") else {
+            return;
+        };
         for t in participants.get_children_by_tag("to") {
-            let Some(target) = attr(t, "jid").and_then(|j| j.parse::<Jid>().ok()) else { continue };
+            let Some(target) = attr(t, "jid").and_then(|j| j.parse::<Jid>().ok()) else {
+                continue;
+            };
             if target.device == 0 {
                 continue; // the mock phone does not read messages
             }
-            let Some(target_phone) = reg.find_user(&target.user).map(|a| a.phone.clone()) else { continue };
+            let Some(target_phone) = reg.find_user(&target.user).map(|a| a.phone.clone()) else {
+                continue;
+            };
             if target_phone == *my_phone && u32::from(target.device) == *my_dev {
                 continue;
             }
@@ -251,7 +299,9 @@ pub(crate) async fn route_message(shared: &Shared, me: Option<&(String, u32)>, c
 /// Forwards a receipt to the device it is addressed to.
 pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
     let Some((my_phone, my_dev)) = me else { return };
-    let Some(to) = attr(&node, "to").and_then(|j| j.parse::<Jid>().ok()) else { return };
+    let Some(to) = attr(&node, "to").and_then(|j| j.parse::<Jid>().ok()) else {
+        return;
+    };
     let mut b = NodeBuilder::new("receipt")
         .attr("from", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
         .attr("id", attr(&node, "id").unwrap_or_default())
@@ -262,7 +312,9 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     let stanza = b.build();
     let out = {
         let mut reg = shared.registry.lock().expect("registry lock");
-        let Some(phone) = reg.find_user(&to.user).map(|a| a.phone.clone()) else { return };
+        let Some(phone) = reg.find_user(&to.user).map(|a| a.phone.clone()) else {
+            return;
+        };
         if to.device == 0 {
             return;
         }
@@ -275,7 +327,12 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
 pub(crate) async fn route_presence(_shared: &Shared, _me: Option<&(String, u32)>, _node: Node) {}
 
 /// `w:g2` queries: no groups yet, so "groups I'm in" is empty.
-pub(crate) fn groups_iq(_shared: &Shared, _me: Option<&(String, u32)>, node: &Node, id: &str) -> Node {
+pub(crate) fn groups_iq(
+    _shared: &Shared,
+    _me: Option<&(String, u32)>,
+    node: &Node,
+    id: &str,
+) -> Node {
     if node.get_optional_child("participating").is_some() {
         return iq_result(id, vec![NodeBuilder::new("groups").build()]);
     }
@@ -283,6 +340,9 @@ pub(crate) fn groups_iq(_shared: &Shared, _me: Option<&(String, u32)>, node: &No
         .attr("from", SERVER)
         .attr("type", "error")
         .attr("id", id.to_string())
-        .children([NodeBuilder::new("error").attr("code", "501").attr("text", "not-implemented").build()])
+        .children([NodeBuilder::new("error")
+            .attr("code", "501")
+            .attr("text", "not-implemented")
+            .build()])
         .build()
 }

@@ -12,7 +12,9 @@ use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::Jid;
 
 async fn contact(net: &MockNetwork, name: &str, phone: &str) -> Contact {
-    net.add_contact(phone, name).await.expect("pairs and connects")
+    net.add_contact(phone, name)
+        .await
+        .expect("pairs and connects")
 }
 
 #[tokio::test]
@@ -22,12 +24,24 @@ async fn two_clients_pair_and_exchange_text_with_receipts() {
     let mut b = contact(&net, "Bob", "15550000002").await;
     let accounts = net.accounts();
     assert_eq!(accounts.len(), 2);
-    assert!(accounts.iter().all(|a| a.devices.len() == 1 && a.devices[0].connected));
-    assert!(accounts.iter().all(|a| a.devices[0].prekeys_left > 0), "prekeys were uploaded");
+    assert!(accounts
+        .iter()
+        .all(|a| a.devices.len() == 1 && a.devices[0].connected));
+    assert!(
+        accounts.iter().all(|a| a.devices[0].prekeys_left > 0),
+        "prekeys were uploaded"
+    );
 
     let id = a.send_text("15550000002", "hello bob").await.expect("send");
     let got = b.next_text().await.unwrap();
-    assert_eq!((got.from.as_str(), got.text.as_str(), got.message_id.as_str()), ("15550000001", "hello bob", id.as_str()));
+    assert_eq!(
+        (
+            got.from.as_str(),
+            got.text.as_str(),
+            got.message_id.as_str()
+        ),
+        ("15550000001", "hello bob", id.as_str())
+    );
     a.wait("delivery receipt", |e| match e {
         Event::Receipt(r) if r.message_ids.iter().any(|m| *m == id) => Some(()),
         _ => None,
@@ -37,7 +51,10 @@ async fn two_clients_pair_and_exchange_text_with_receipts() {
 
     b.send_text("15550000001", "hi alice").await.expect("reply");
     let got = a.next_text().await.unwrap();
-    assert_eq!((got.from.as_str(), got.text.as_str()), ("15550000002", "hi alice"));
+    assert_eq!(
+        (got.from.as_str(), got.text.as_str()),
+        ("15550000002", "hi alice")
+    );
 }
 
 #[tokio::test]
@@ -45,9 +62,16 @@ async fn image_and_document_round_trip_byte_exact() {
     let net = MockNetwork::start().await.unwrap();
     let a = contact(&net, "Alice", "15550000051").await;
     let mut b = contact(&net, "Bob", "15550000052").await;
-    for (kind, len) in [(MediaType::Image, 50_000usize), (MediaType::Document, 300_000)] {
+    for (kind, len) in [
+        (MediaType::Image, 50_000usize),
+        (MediaType::Document, 300_000),
+    ] {
         let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-        let up = a.client.upload(data.clone(), kind, Default::default()).await.expect("upload");
+        let up = a
+            .client
+            .upload(data.clone(), kind, Default::default())
+            .await
+            .expect("upload");
         let mut msg = wa::Message::default();
         macro_rules! fill {
             ($t:ident) => {
@@ -67,7 +91,10 @@ async fn image_and_document_round_trip_byte_exact() {
             MediaType::Image => msg.image_message = fill!(ImageMessage).into(),
             _ => msg.document_message = fill!(DocumentMessage).into(),
         }
-        a.client.send_message(Jid::pn("15550000052"), msg).await.expect("send media");
+        a.client
+            .send_message(Jid::pn("15550000052"), msg)
+            .await
+            .expect("send media");
         let got = b
             .wait("a media message", |e| match e {
                 Event::Messages(batch) => batch.messages.first().map(|m| m.message.clone()),
@@ -96,7 +123,11 @@ async fn number_check_says_yes_and_no() {
         .is_on_whatsapp(&[Jid::pn("15550000012"), Jid::pn("15559999999")])
         .await
         .expect("usync");
-    let reg = |u: &str| res.iter().find(|r| r.jid.user.as_str() == u).map(|r| r.is_registered);
+    let reg = |u: &str| {
+        res.iter()
+            .find(|r| r.jid.user.as_str() == u)
+            .map(|r| r.is_registered)
+    };
     assert_eq!(reg("15550000012"), Some(true));
     assert_eq!(reg("15559999999"), Some(false));
 }
@@ -110,15 +141,27 @@ async fn offline_device_gets_queued_messages_and_restart_needs_no_qr() {
     let backend = b.backend.clone();
     b.client.disconnect().await;
     drop(b);
-    a.send_text("15550000022", "while you were out").await.expect("send");
+    a.send_text("15550000022", "while you were out")
+        .await
+        .expect("send");
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    while net.accounts().iter().find(|x| x.phone == "15550000022").unwrap().devices[0].offline_queue == 0 {
+    while net
+        .accounts()
+        .iter()
+        .find(|x| x.phone == "15550000022")
+        .unwrap()
+        .devices[0]
+        .offline_queue
+        == 0
+    {
         assert!(tokio::time::Instant::now() < until, "message never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A new process state on the same store: no QR, straight to Connected (IK hello
     // answered with XX fallback), then the queued message.
-    let mut b2 = Contact::start(&net, "15550000022", "Bob", Some(backend)).await.unwrap();
+    let mut b2 = Contact::start(&net, "15550000022", "Bob", Some(backend))
+        .await
+        .unwrap();
     let first = b2
         .wait("Connected or a QR", |e| match e {
             Event::Connected(_) => Some(true),
@@ -129,7 +172,15 @@ async fn offline_device_gets_queued_messages_and_restart_needs_no_qr() {
         .unwrap();
     assert!(first, "a paired store must not ask for a QR");
     assert_eq!(b2.next_text().await.unwrap().text, "while you were out");
-    assert_eq!(net.accounts().iter().find(|x| x.phone == "15550000022").unwrap().devices[0].offline_queue, 0);
+    assert_eq!(
+        net.accounts()
+            .iter()
+            .find(|x| x.phone == "15550000022")
+            .unwrap()
+            .devices[0]
+            .offline_queue,
+        0
+    );
 }
 
 #[tokio::test]
@@ -137,12 +188,23 @@ async fn logout_and_unlink_end_logged_out() {
     let net = MockNetwork::start().await.unwrap();
     let mut a = contact(&net, "Alice", "15550000031").await;
     a.client.logout().await;
-    a.wait("LoggedOut", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await.unwrap();
-    assert!(net.accounts()[0].devices.is_empty(), "logout removed the companion");
+    a.wait("LoggedOut", |e| {
+        matches!(e, Event::LoggedOut(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        net.accounts()[0].devices.is_empty(),
+        "logout removed the companion"
+    );
 
     let mut b = contact(&net, "Bob", "15550000032").await;
     assert!(net.unlink("15550000032", 1));
-    b.wait("LoggedOut after unlink", |e| matches!(e, Event::LoggedOut(_)).then_some(())).await.unwrap();
+    b.wait("LoggedOut after unlink", |e| {
+        matches!(e, Event::LoggedOut(_)).then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -150,7 +212,11 @@ async fn dropped_socket_reconnects_by_itself() {
     let net = MockNetwork::start().await.unwrap();
     let mut a = contact(&net, "Alice", "15550000041").await;
     assert_eq!(net.drop_connections(None), 1);
-    a.wait("Disconnected", |e| matches!(e, Event::Disconnected(_)).then_some(())).await.unwrap();
+    a.wait("Disconnected", |e| {
+        matches!(e, Event::Disconnected(_)).then_some(())
+    })
+    .await
+    .unwrap();
     a.connected().await.unwrap();
     assert!(net.accounts()[0].devices[0].connected);
 }
@@ -160,5 +226,9 @@ async fn replaced_stream_is_reported() {
     let net = MockNetwork::start().await.unwrap();
     let mut a = contact(&net, "Alice", "15550000061").await;
     assert!(net.replace_stream("15550000061", 1));
-    a.wait("StreamReplaced", |e| matches!(e, Event::StreamReplaced(_)).then_some(())).await.unwrap();
+    a.wait("StreamReplaced", |e| {
+        matches!(e, Event::StreamReplaced(_)).then_some(())
+    })
+    .await
+    .unwrap();
 }
