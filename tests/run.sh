@@ -57,8 +57,14 @@ as_pg "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 \
 export SUDEVWA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
 log "checking that the production build has no certificate-check skip"
-if cargo tree -q -p sudevwa -e features -i wacore-noise | grep -q danger-skip; then
+# Feature resolution as `cargo build -p sudevwa` does it (no dev-dependencies). The mock
+# network, which needs the skip, is the control: the check must see it there.
+if cargo tree -q -p sudevwa -e features,no-dev -i wacore-noise | grep -q danger-skip; then
   echo "FAIL: the default sudevwa build enables danger-skip-cert-chain-verify" >&2
+  exit 1
+fi
+if ! cargo tree -q -p mock-whatsapp -e features,no-dev -i wacore-noise | grep -q danger-skip; then
+  echo "FAIL: the feature check cannot see danger-skip-cert-chain-verify where it is enabled" >&2
   exit 1
 fi
 
