@@ -562,25 +562,35 @@ macro_rules! instance_scoped {
     };
 }
 
-instance_scoped!(
-    device,
-    identity,
-    session,
-    prekey,
-    signed_prekey,
-    sender_key,
-    sync_key,
-    latest_sync_key,
-    app_state_version,
-    mutation_mac,
-    sender_key_device,
-    lid_mapping,
-    pn_lid_index,
-    base_key,
-    device_list,
-    group_metadata,
-    tc_token,
-    sent_message,
-    pending_inbound,
-    msg_secret,
-);
+/// Calls the macro `$m` with every entity module, in migration order: the one list of
+/// whatsapp tables that the scoping impls, [`super::WaStore::wipe`] and
+/// [`super::wa_tables`] all expand from.
+macro_rules! with_wa_tables {
+    ($m:ident) => {
+        $m! {
+            device,
+            identity,
+            session,
+            prekey,
+            signed_prekey,
+            sender_key,
+            sync_key,
+            latest_sync_key,
+            app_state_version,
+            mutation_mac,
+            sender_key_device,
+            lid_mapping,
+            pn_lid_index,
+            base_key,
+            device_list,
+            group_metadata,
+            tc_token,
+            sent_message,
+            pending_inbound,
+            msg_secret,
+        }
+    };
+}
+pub(crate) use with_wa_tables;
+
+with_wa_tables!(instance_scoped);

@@ -97,28 +97,7 @@ impl WaStore {
                 )*
             };
         }
-        wipe!(
-            device,
-            identity,
-            session,
-            prekey,
-            signed_prekey,
-            sender_key,
-            sync_key,
-            latest_sync_key,
-            app_state_version,
-            mutation_mac,
-            sender_key_device,
-            lid_mapping,
-            pn_lid_index,
-            base_key,
-            device_list,
-            group_metadata,
-            tc_token,
-            sent_message,
-            pending_inbound,
-            msg_secret,
-        );
+        entities::with_wa_tables!(wipe);
         txn.commit().await.map_err(db_err)
     }
 
@@ -192,28 +171,7 @@ pub fn wa_tables() -> Vec<&'static str> {
     macro_rules! names {
         ($($m:ident),* $(,)?) => { vec![$( entities::$m::Entity.table_name() ),*] };
     }
-    names!(
-        device,
-        identity,
-        session,
-        prekey,
-        signed_prekey,
-        sender_key,
-        sync_key,
-        latest_sync_key,
-        app_state_version,
-        mutation_mac,
-        sender_key_device,
-        lid_mapping,
-        pn_lid_index,
-        base_key,
-        device_list,
-        group_metadata,
-        tc_token,
-        sent_message,
-        pending_inbound,
-        msg_secret,
-    )
+    entities::with_wa_tables!(names)
 }
 
 /// Inserts `rows` with `on_conflict`, [`ROWS_PER_STATEMENT`] rows per statement.
