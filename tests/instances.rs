@@ -50,7 +50,14 @@ async fn runtime(
     instances: Instances,
     sink: Arc<RecordingSink>,
 ) -> InstanceRuntime {
-    runtime_with(net, instances, sink, RestartPolicy::default()).await
+    runtime_with(
+        net,
+        instances,
+        sink,
+        RestartPolicy::default(),
+        Duration::from_secs(90),
+    )
+    .await
 }
 
 async fn runtime_with(
@@ -58,6 +65,7 @@ async fn runtime_with(
     instances: Instances,
     sink: Arc<RecordingSink>,
     restart: RestartPolicy,
+    qr_timeout: Duration,
 ) -> InstanceRuntime {
     InstanceRuntime::start(
         instances,
@@ -70,7 +78,7 @@ async fn runtime_with(
                 force_active_receipts: true,
             },
             timing: InstanceTiming {
-                qr_timeout: Duration::from_secs(90),
+                qr_timeout,
                 presence_interval: Duration::from_secs(300),
                 request_timeout: Duration::from_secs(30),
             },
@@ -224,6 +232,111 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
     assert_eq!(env["event"], "incoming_message");
     assert_eq!(env["data"]["message"], "hi instance");
 
+    // Media through the actor: the contact downloads exactly what was sent.
+    let png: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let media = actors::instance::OutgoingMedia {
+        kind: actors::instance::MediaKind::Image,
+        bytes: png.clone(),
+        mimetype: "image/png".into(),
+        file_name: Some("pic.png".into()),
+        caption: Some("a picture".into()),
+    };
+    call_t!(
+        actor,
+        |reply| InstanceMsg::SendMedia {
+            to: "6281200000002".into(),
+            media,
+            reply
+        },
+        60_000
+    )
+    .unwrap()
+    .expect("media sent");
+    let img = carol
+        .wait("an image", |e| match e {
+            whatsapp_rust::wacore::types::events::Event::Messages(b) => b
+                .messages
+                .iter()
+                .find_map(|m| m.message.image_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(img.caption.as_deref(), Some("a picture"));
+    assert_eq!(carol.client.download(&img).await.expect("download"), png);
+
+    // Another client takes the session over: the instance does not fight back.
+    let mut life = rt.lifecycle();
+    assert!(net.replace_stream("6281100000001", 1));
+    notice(&mut life, "stream_replaced", |n| {
+        matches!(n, LifecycleNotice::InstanceStatusChanged { instance_id, status, is_connected: false, .. } if instance_id == "inst-a" && status == "stream_replaced")
+    })
+    .await;
+    let snap = call_t!(actor, InstanceMsg::Status, 5000).unwrap();
+    assert_eq!(snap.status, InstanceStatus::StreamReplaced);
+    assert!(!snap.is_connected);
+    assert_eq!(
+        instances.get("inst-a").await.unwrap().unwrap().status,
+        "stream_replaced"
+    );
+
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn qr_flow_can_be_cancelled_and_times_out() {
+    let net = MockNetwork::start().await.unwrap();
+    let instances = database("qr").await;
+    let sink = Arc::new(RecordingSink::default());
+    let rt = runtime_with(
+        &net,
+        instances,
+        sink,
+        RestartPolicy::default(),
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut life = rt.lifecycle();
+    rt.instances().create("q-a", "SUDEVWA Beta").await.unwrap();
+    let actor = rt.ensure_started("q-a").await.unwrap();
+    call_t!(actor, InstanceMsg::StartQr, 10_000)
+        .unwrap()
+        .unwrap();
+    notice(&mut life, "QR_GENERATED", |n| {
+        matches!(n, LifecycleNotice::QrGenerated { .. })
+    })
+    .await;
+    // Only one QR flow at a time: asking again joins it and gets the current code.
+    let again = call_t!(actor, InstanceMsg::StartQr, 10_000)
+        .unwrap()
+        .unwrap();
+    assert!(again.is_some_and(|q| q.code.starts_with("2@")));
+    call_t!(actor, InstanceMsg::CancelQr, 10_000)
+        .unwrap()
+        .unwrap();
+    notice(&mut life, "QR_CANCELLED", |n| {
+        matches!(n, LifecycleNotice::QrCancelled { .. })
+    })
+    .await;
+    let snap = call_t!(actor, InstanceMsg::Status, 5000).unwrap();
+    assert_eq!((snap.status, snap.qr), (InstanceStatus::QrRequired, None));
+    let e = call_t!(actor, InstanceMsg::CancelQr, 10_000)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), "NO_QR_SESSION");
+
+    // A new flow that nobody scans times out (3 s configured here).
+    call_t!(actor, InstanceMsg::StartQr, 10_000)
+        .unwrap()
+        .unwrap();
+    notice(&mut life, "QR_TIMEOUT", |n| {
+        matches!(n, LifecycleNotice::QrTimeout { .. })
+    })
+    .await;
+    assert_eq!(
+        call_t!(actor, InstanceMsg::Status, 5000).unwrap().status,
+        InstanceStatus::QrRequired
+    );
     rt.shutdown().await;
 }
 
@@ -245,7 +358,14 @@ async fn panicking_instance_is_parked_while_the_others_keep_messaging() {
     let instances = database("crash").await;
     let sink = Arc::new(RecordingSink::default());
     // A small restart budget: two restarts, then parked.
-    let rt = runtime_with(&net, instances.clone(), sink.clone(), policy(2)).await;
+    let rt = runtime_with(
+        &net,
+        instances.clone(),
+        sink.clone(),
+        policy(2),
+        Duration::from_secs(90),
+    )
+    .await;
     tokio::join!(
         pair(&rt, &net, "c-a", "6281300000001"),
         pair(&rt, &net, "c-b", "6281300000002"),
