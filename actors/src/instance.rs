@@ -257,7 +257,7 @@ pub enum InstanceMsg {
     Fault(Fault),
     /// Internal: an event from client generation `.0`.
     Wa(u64, Arc<Event>),
-    /// Internal: the QR window of generation `.0` ended.
+    /// Internal: the window of QR flow `.0` ended.
     QrDeadline(u64),
     /// Internal: presence heartbeat tick.
     Heartbeat,
@@ -278,6 +278,8 @@ pub struct InstanceState {
     client: Option<Arc<Client>>,
     /// Incremented for every client started; events carry it.
     generation: u64,
+    /// Incremented for every QR flow; deadlines carry it.
+    qr_flow: u64,
     qr: Option<QrCode>,
     heartbeat: Option<JoinHandle<()>>,
     /// Live listeners (bounded; lagging receivers lose old messages, never memory).
@@ -310,6 +312,7 @@ impl Actor for InstanceActor {
             bot: None,
             client: None,
             generation: 0,
+            qr_flow: 0,
             qr: None,
             heartbeat: None,
             listeners,
@@ -415,8 +418,8 @@ impl Actor for InstanceActor {
                     state.on_event(&myself, &event).await;
                 }
             }
-            InstanceMsg::QrDeadline(generation) => {
-                if generation == state.generation && state.status == InstanceStatus::QrPending {
+            InstanceMsg::QrDeadline(flow) => {
+                if flow == state.qr_flow && state.status == InstanceStatus::QrPending {
                     state.apply(&myself, LifecycleEvent::QrTimedOut).await;
                     state.notify(LifecycleNotice::QrTimeout {
                         instance_id: state.id.clone(),
@@ -476,9 +479,12 @@ impl InstanceState {
             Action::StartQrFlow => {
                 self.qr = None;
                 self.start_client(myself).await;
-                let generation = self.generation;
+                // The deadline belongs to the flow, not to one client: a client restarted
+                // for fresh codes keeps the original window.
+                self.qr_flow += 1;
+                let flow = self.qr_flow;
                 myself.send_after(self.env.timing.qr_timeout, move || {
-                    InstanceMsg::QrDeadline(generation)
+                    InstanceMsg::QrDeadline(flow)
                 });
             }
             Action::StopQrFlow => {
@@ -622,10 +628,7 @@ impl InstanceState {
                 // The client ran out of refs before our own timeout: start a new one
                 // for fresh codes while the window is open.
                 if self.status == InstanceStatus::QrPending {
-                    let generation = self.generation;
                     self.start_client(myself).await;
-                    // Keep the original deadline: forward it to the new generation.
-                    let _ = generation;
                 }
             }
             Event::PairSuccess(p) => {
