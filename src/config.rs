@@ -73,6 +73,7 @@ pub struct Config {
     pub features: FeaturesConfig,
     pub whatsapp: WhatsappConfig,
     pub limits: LimitsConfig,
+    pub websocket: WebsocketConfig,
     pub webhook: WebhookConfig,
     pub log: LogConfig,
 }
@@ -145,6 +146,16 @@ pub struct WhatsappConfig {
     pub presence_interval: Duration,
     /// `None`: the real WhatsApp service.
     pub socket_url: Option<String>,
+}
+
+/// `[websocket]`: upkeep of `/ws` and `/api/listen/:id`.
+#[derive(Debug, Clone)]
+pub struct WebsocketConfig {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// Events buffered per listener before it counts as slow.
+    pub buffer: usize,
+    pub send_timeout: Duration,
 }
 
 /// `[limits]`
@@ -439,6 +450,7 @@ struct RawConfig {
     features: FeaturesRaw,
     whatsapp: RawWhatsapp,
     limits: RawLimits,
+    websocket: RawWebsocket,
     webhook: RawWebhook,
     log: RawLog,
 }
@@ -496,6 +508,15 @@ struct RawLimits {
     max_video_bytes: i64,
     max_audio_bytes: i64,
     max_document_bytes: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebsocket {
+    ping_interval_secs: i64,
+    pong_timeout_secs: i64,
+    buffer: i64,
+    send_timeout_secs: i64,
 }
 
 #[derive(Deserialize)]
@@ -703,6 +724,28 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         )? as u64,
     };
 
+    let websocket = WebsocketConfig {
+        ping_interval: c.secs(
+            "websocket.ping_interval_secs",
+            raw.websocket.ping_interval_secs,
+            1,
+            86400,
+        )?,
+        pong_timeout: c.secs(
+            "websocket.pong_timeout_secs",
+            raw.websocket.pong_timeout_secs,
+            1,
+            86400,
+        )?,
+        buffer: c.range("websocket.buffer", raw.websocket.buffer, 1, 65536)? as usize,
+        send_timeout: c.secs(
+            "websocket.send_timeout_secs",
+            raw.websocket.send_timeout_secs,
+            1,
+            3600,
+        )?,
+    };
+
     let retry_schedule = raw
         .webhook
         .retry_schedule
@@ -730,6 +773,7 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         features,
         whatsapp,
         limits,
+        websocket,
         webhook,
         log: LogConfig {
             filter: raw.log.filter,

@@ -4,6 +4,10 @@
 //! socket is bound, so scripts and tests can use port 0 and read the real port.
 
 use crate::config::Config;
+use crate::http::auth::Auth;
+use crate::http::ratelimit::RateLimiter;
+use crate::http::{Api, DeliveryLog, Shared};
+use crate::store::settings::{Settings, Tokens};
 use crate::runtime::{Admission, InstanceRuntime, RuntimeConfig};
 use crate::store::db;
 use crate::store::instances::Instances;
@@ -28,14 +32,42 @@ pub enum StartError {
     },
 }
 
+/// What tests and the sandbox change about a server run.
+#[derive(Default)]
+pub struct Overrides {
+    /// How instances reach WhatsApp, instead of what the config says (the mock network).
+    pub wa: Option<WaOptions>,
+    /// Extra routes (the sandbox's `/sandbox/...`).
+    pub sandbox: Option<crate::http::SandboxRoutes>,
+    /// Instance timing, instead of the config's (tests shorten deadlines).
+    pub timing: Option<InstanceTiming>,
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests
 /// and closes the database pool.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    run_with(
+        config,
+        Overrides::default(),
+        |local| println!("listening on http://{local}"),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with overrides; `on_bound` gets the bound address (port 0 resolved).
+pub async fn run_with(
+    config: Config,
+    overrides: Overrides,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let db = db::open(&config.database).await?;
-    let runtime = start_runtime(&config, db.clone()).await?;
+    let runtime = start_runtime(&config, db.clone(), Arc::new(NoSink), overrides.wa, overrides.timing).await?;
+    let api = build_api(&config, db.clone(), runtime.clone(), None).await?;
     let listener = TcpListener::bind(config.server.addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -46,10 +78,10 @@ pub async fn run(
         addr: config.server.addr,
         source,
     })?;
-    println!("listening on http://{local}");
+    on_bound(local);
     tracing::info!(%local, db = ?config.database.kind, "sudevwa started");
 
-    warp::serve(crate::http::routes())
+    warp::serve(crate::http::routes(api, overrides.sandbox))
         .incoming(listener)
         .graceful(shutdown)
         .run()
@@ -62,6 +94,31 @@ pub async fn run(
         tracing::warn!(error = %e, "closing the database pool failed");
     }
     Ok(())
+}
+
+/// The state the HTTP handlers share: auth (secrets loaded or generated), rate limiter,
+/// the runtime and the webhook delivery log.
+pub async fn build_api(
+    config: &Config,
+    db: sea_orm::DatabaseConnection,
+    runtime: InstanceRuntime,
+    webhooks: Option<Arc<dyn DeliveryLog>>,
+) -> Result<Shared, StartError> {
+    let settings = Settings::new(db.clone());
+    let auth = Auth::init(&config.auth, &settings, Tokens::new(db.clone()))
+        .await
+        .map_err(|e| StartError::Runtime(format!("loading auth settings: {e}")))?;
+    Ok(Arc::new(Api {
+        config: Arc::new(config.clone()),
+        runtime,
+        instances: Instances::new(db),
+        auth,
+        limiter: RateLimiter::new(
+            config.limits.rate_limit_per_sec,
+            config.limits.rate_limit_burst,
+        ),
+        webhooks,
+    }))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
@@ -97,28 +154,31 @@ pub async fn shutdown_signal() {
 async fn start_runtime(
     config: &Config,
     db: sea_orm::DatabaseConnection,
+    sink: Arc<dyn actors::events::IncomingSink>,
+    wa: Option<WaOptions>,
+    timing: Option<InstanceTiming>,
 ) -> Result<InstanceRuntime, StartError> {
     let instances = Instances::new(db);
+    let options = wa;
     let wa = &config.whatsapp;
     let runtime = InstanceRuntime::start(
         instances,
         RuntimeConfig {
-            options: WaOptions {
+            options: options.unwrap_or_else(|| WaOptions {
                 socket_url: wa.socket_url.clone(),
                 version: None,
                 push_name: wa.device_name.clone(),
                 http: None,
                 force_active_receipts: false,
-            },
-            timing: InstanceTiming {
+            }),
+            timing: timing.unwrap_or(InstanceTiming {
                 qr_timeout: wa.qr_timeout,
                 presence_interval: wa.presence_interval,
                 request_timeout: std::time::Duration::from_secs(30),
-            },
+            }),
             restart: RestartPolicy::default(),
-            // Webhook delivery (the durable outbox) is not built yet.
-            sink: Arc::new(NoSink),
-            listener_capacity: 256,
+            sink,
+            listener_capacity: config.websocket.buffer,
             lifecycle_capacity: 1024,
         },
     )

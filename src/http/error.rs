@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: String,
+    /// Seconds for a `Retry-After` header (rate limiting).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,7 +30,22 @@ impl ApiError {
             code,
             details: message.clone(),
             message,
+            retry_after: None,
         }
+    }
+
+    /// A 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// A 500 that reveals nothing (the cause is logged where it happened).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "Internal server error",
+        )
     }
 
     /// The JSON reply for this error.
@@ -38,7 +55,13 @@ impl ApiError {
             "message": self.message,
             "error": {"code": self.code, "details": self.details},
         });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut r =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 

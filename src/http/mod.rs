@@ -1,15 +1,80 @@
 //! HTTP surface (warp): filters, handlers and the error envelope.
 //!
 //! Handlers are thin: parse, authorize, send one message to an actor or make one store
-//! call, map the reply. This module owns no per-instance state.
+//! call, map the reply. This module owns no per-instance state: instance actors are
+//! found by registry name through [`InstanceRuntime`].
+//!
+//! Every route but the health check (and the static API description) needs a bearer
+//! token; see [`auth`]. Every failure leaves as the one error envelope of
+//! [`error::ApiError`].
 
+pub mod auth;
 pub mod error;
+mod handlers;
+pub mod openapi;
+pub mod qr;
+pub mod ratelimit;
+pub mod util;
+mod ws;
 
+use crate::config::Config;
+use crate::net::fetch::FetchPolicy;
+use crate::runtime::InstanceRuntime;
+use crate::store::instances::Instances;
+use auth::{Auth, AuthError, Principal};
+use error::ApiError;
+use futures_util::TryStreamExt;
 use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 /// Version reported by the health check.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Largest JSON body accepted by the JSON routes.
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// Sandbox hooks (the `/sandbox/...` routes), present only when the server runs
+/// against a mock network.
+pub type SandboxRoutes = BoxedFilter<(Response,)>;
+
+/// Everything the handlers share.
+pub struct Api {
+    pub config: Arc<Config>,
+    pub runtime: InstanceRuntime,
+    pub instances: Instances,
+    pub auth: Auth,
+    pub limiter: ratelimit::RateLimiter,
+    /// The webhook delivery log.
+    pub webhooks: Option<Arc<dyn DeliveryLog>>,
+}
+
+/// The webhook delivery log as the API needs it (implemented by the outbox).
+#[async_trait::async_trait]
+pub trait DeliveryLog: Send + Sync + 'static {
+    /// Recent deliveries of an instance, newest first, as JSON objects.
+    async fn recent(&self, instance_id: &str, limit: u64) -> Result<Vec<serde_json::Value>, sea_orm::DbErr>;
+    /// Queues one delivery again; `false` when the instance has no such delivery.
+    async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, sea_orm::DbErr>;
+}
+
+/// Shared handle on [`Api`].
+pub type Shared = Arc<Api>;
+
+impl Api {
+    /// The fetch policy for media URLs of `max_bytes`.
+    pub fn fetch_policy(&self, max_bytes: u64) -> FetchPolicy {
+        FetchPolicy {
+            allowed_targets: self.config.webhook.allowed_targets.clone(),
+            max_bytes,
+            ..FetchPolicy::default()
+        }
+    }
+}
 
 /// `GET /`: the public health check (no auth), SUDEVWA's shape.
 pub fn health() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
@@ -22,7 +87,460 @@ pub fn health() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clo
     })
 }
 
+fn with_api(api: Shared) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
+    warp::any().map(move || api.clone())
+}
+
+/// The bearer token of a request: `Authorization: Bearer ...`, or for WebSockets
+/// (browsers cannot set headers there) the `Sec-WebSocket-Protocol` value.
+fn bearer(authorization: Option<String>, protocol: Option<String>) -> Option<String> {
+    if let Some(h) = authorization {
+        let (scheme, token) = h.trim().split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    // `Sec-WebSocket-Protocol: <token>` or `bearer, <token>`.
+    protocol.and_then(|p| {
+        p.split(',')
+            .map(str::trim)
+            .find(|s| !s.is_empty() && !s.eq_ignore_ascii_case("bearer"))
+            .map(str::to_string)
+    })
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            e.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", e.to_string()),
+    }
+}
+
+/// Extracts the authenticated caller or rejects with 401.
+fn authed(api: Shared) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(with_api(api))
+        .and_then(|h: Option<String>, p: Option<String>, api: Shared| async move {
+            let token = bearer(h, p).ok_or_else(|| warp::reject::custom(auth_error(AuthError::Missing)))?;
+            api.auth
+                .authenticate(&token)
+                .await
+                .map_err(|e| warp::reject::custom(auth_error(e)))
+        })
+}
+
+/// Per-client rate limit (429 with `Retry-After`).
+fn rate_limited(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::addr::remote()
+        .and(with_api(api))
+        .and_then(|addr: Option<std::net::SocketAddr>, api: Shared| async move {
+            let ip = addr
+                .map(|a| a.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            api.limiter.check(ip).map_err(|retry| {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "Too many requests",
+                );
+                e.retry_after = Some(retry);
+                warp::reject::custom(e)
+            })
+        })
+        .untuple_one()
+}
+
+fn too_large() -> Rejection {
+    warp::reject::custom(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        "Request body too large",
+    ))
+}
+
+/// Reads a body stream, refusing more than `limit` bytes.
+async fn collect_body<S, B>(len: Option<u64>, stream: S, limit: u64) -> Result<bytes::Bytes, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    if len.is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let mut out = bytes::BytesMut::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(mut chunk) = stream.try_next().await.map_err(|_| {
+        warp::reject::custom(ApiError::bad_request(
+            "INVALID_REQUEST",
+            "Request body could not be read",
+        ))
+    })? {
+        if out.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// The raw body, at most `limit` bytes (413 beyond, whether or not a Content-Length
+/// was sent).
+fn body_limited(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |len, stream| collect_body(len, stream, limit))
+}
+
+fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(ApiError::into_response)
+}
+
 /// Every route of the server, with the error envelope for anything that fails.
-pub fn routes() -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    health().recover(error::recover)
+pub fn routes(
+    api: Shared,
+    sandbox: Option<SandboxRoutes>,
+) -> BoxedFilter<(Response,)> {
+    let a = || with_api(api.clone());
+    let auth = || authed(api.clone());
+    let json = || body_limited(MAX_JSON_BODY);
+    use warp::path as p;
+
+    let login_jwt = p!("login-jwt")
+        .and(warp::post())
+        .and(json())
+        .and(a())
+        .then(handlers::login_jwt)
+        .map(respond)
+        .boxed();
+    let validate = p!("api" / "validate")
+        .and(warp::get())
+        .and(auth())
+        .then(handlers::validate)
+        .map(respond)
+        .boxed();
+    let create = p!("api" / "login")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::create_instance)
+        .map(respond)
+        .boxed();
+    let qr = p!("api" / "qr" / String)
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::qr)
+        .map(respond)
+        .boxed();
+    let qr_image = p!("api" / "qr" / String / "image")
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::qr_image)
+        .map(respond)
+        .boxed();
+    let qr_cancel = p!("api" / "qr-cancel" / String)
+        .and(warp::delete())
+        .and(auth())
+        .and(a())
+        .then(handlers::qr_cancel)
+        .map(respond)
+        .boxed();
+    let status = p!("api" / "status" / String)
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::status)
+        .map(respond)
+        .boxed();
+    let logout = p!("api" / "logout" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(a())
+        .then(handlers::logout)
+        .map(respond)
+        .boxed();
+    let delete = p!("api" / "instances" / String)
+        .and(warp::delete())
+        .and(auth())
+        .and(a())
+        .then(handlers::delete_instance)
+        .map(respond)
+        .boxed();
+    let list = p!("api" / "instances")
+        .and(warp::get())
+        .and(auth())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(a())
+        .then(handlers::list_instances)
+        .map(respond)
+        .boxed();
+    let token_new = p!("api" / "instances" / String / "token")
+        .and(warp::post())
+        .and(auth())
+        .and(a())
+        .then(handlers::new_token)
+        .map(respond)
+        .boxed();
+    let token_revoke = p!("api" / "instances" / String / "token")
+        .and(warp::delete())
+        .and(auth())
+        .and(a())
+        .then(handlers::revoke_tokens)
+        .map(respond)
+        .boxed();
+    let webhook_set = p!("api" / "instances" / String / "webhook-setconfig")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::webhook_setconfig)
+        .map(respond)
+        .boxed();
+    let webhook_log = p!("api" / "instances" / String / "webhooks")
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::webhook_log)
+        .map(respond)
+        .boxed();
+    let webhook_redeliver = p!("api" / "instances" / String / "webhooks" / String / "redeliver")
+        .and(warp::post())
+        .and(auth())
+        .and(a())
+        .then(handlers::webhook_redeliver)
+        .map(respond)
+        .boxed();
+    let check = p!("api" / "check" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::check)
+        .map(respond)
+        .boxed();
+
+    // Sending: by instance id, and by the sender's own number (two spellings).
+    let media_limit = api.config.limits.max_document_bytes.max(api.config.limits.max_video_bytes) + 1024 * 1024;
+    let multipart = move || warp::multipart::form().max_length(media_limit);
+    let send_by_number = p!("api" / "by-number" / String)
+        .or(p!("api" / "send" / "by-number" / String))
+        .unify()
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::send_text_by_number)
+        .map(respond)
+        .boxed();
+    let send_url_by_number = p!("api" / "by-number" / String / "media-url")
+        .or(p!("api" / "send" / "by-number" / String / "media-url"))
+        .unify()
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::send_media_url_by_number)
+        .map(respond)
+        .boxed();
+    let send_file_by_number = p!("api" / "by-number" / String / "media-file")
+        .or(p!("api" / "send" / "by-number" / String / "media-file"))
+        .unify()
+        .and(warp::post())
+        .and(auth())
+        .and(multipart())
+        .and(a())
+        .then(handlers::send_media_file_by_number)
+        .map(respond)
+        .boxed();
+    let send = p!("api" / "send" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::send_text)
+        .map(respond)
+        .boxed();
+    let send_file = p!("api" / "send" / String / "media")
+        .and(warp::post())
+        .and(auth())
+        .and(multipart())
+        .and(a())
+        .then(handlers::send_media_file)
+        .map(respond)
+        .boxed();
+    let send_url = p!("api" / "send" / String / "media-url")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::send_media_url)
+        .map(respond)
+        .boxed();
+
+    // Groups.
+    let groups_by_number = p!("api" / "groups" / "by-number" / String)
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::groups_by_number)
+        .map(respond)
+        .boxed();
+    let groups = p!("api" / "groups" / String)
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .then(handlers::groups)
+        .map(respond)
+        .boxed();
+    let group_send_by_number = p!("api" / "send-group" / "by-number" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::group_text_by_number)
+        .map(respond)
+        .boxed();
+    let group_url_by_number = p!("api" / "send-group" / "by-number" / String / "media-url")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::group_media_url_by_number)
+        .map(respond)
+        .boxed();
+    let group_file_by_number = p!("api" / "send-group" / "by-number" / String / "media")
+        .and(warp::post())
+        .and(auth())
+        .and(multipart())
+        .and(a())
+        .then(handlers::group_media_file_by_number)
+        .map(respond)
+        .boxed();
+    let group_send = p!("api" / "send-group" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::group_text)
+        .map(respond)
+        .boxed();
+    let group_url = p!("api" / "send-group" / String / "media-url")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .then(handlers::group_media_url)
+        .map(respond)
+        .boxed();
+    let group_file = p!("api" / "send-group" / String / "media")
+        .and(warp::post())
+        .and(auth())
+        .and(multipart())
+        .and(a())
+        .then(handlers::group_media_file)
+        .map(respond)
+        .boxed();
+
+    // WebSockets.
+    let ws_global = p!("ws")
+        .and(warp::get())
+        .and(auth())
+        .and(warp::ws())
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(a())
+        .map(ws::global)
+        .boxed();
+    let ws_listen = p!("api" / "listen" / String)
+        .and(warp::get())
+        .and(auth())
+        .and(warp::ws())
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(a())
+        .then(ws::listen)
+        .map(respond)
+        .boxed();
+
+    let docs = openapi::routes(api.clone());
+
+    // Each step is boxed, so the filter type stays shallow however many routes there are.
+    let all: Vec<BoxedFilter<(Response,)>> = vec![
+        login_jwt,
+        validate,
+        create,
+        qr_image,
+        qr,
+        qr_cancel,
+        status,
+        logout,
+        token_new,
+        token_revoke,
+        webhook_set,
+        webhook_log,
+        webhook_redeliver,
+        delete,
+        list,
+        check,
+        send_by_number,
+        send_url_by_number,
+        send_file_by_number,
+        send,
+        send_file,
+        send_url,
+        groups_by_number,
+        groups,
+        group_send_by_number,
+        group_url_by_number,
+        group_file_by_number,
+        group_send,
+        group_url,
+        group_file,
+        ws_global,
+        ws_listen,
+        docs,
+    ];
+    let everything = all
+        .into_iter()
+        .reduce(|acc, r| acc.or(r).unify().boxed())
+        .expect("the route list is not empty");
+    let everything = match sandbox {
+        Some(s) => everything.or(s).unify().boxed(),
+        None => everything,
+    };
+
+    let limited = rate_limited(api.clone()).and(everything);
+    let served = health()
+        .map(|r| Reply::into_response(r))
+        .or(limited)
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .boxed();
+    let origins = api.config.server.cors_origins.clone();
+    if origins.is_empty() {
+        served
+    } else {
+        let cors = warp::cors()
+            .allow_origins(origins.iter().map(String::as_str))
+            .allow_headers(["authorization", "content-type"])
+            .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
+            .max_age(600);
+        served
+            .with(cors)
+            .map(|r| Reply::into_response(r))
+            .recover(error::recover)
+            .unify()
+            .boxed()
+    }
 }

@@ -67,7 +67,7 @@ impl Instances {
         &self.db
     }
 
-    /// Creates an instance with status `created`.
+    /// Creates an instance with status `qr_required`.
     pub async fn create(&self, id: &str, device_name: &str) -> Result<Instance, DbErr> {
         let now = now_ms();
         entity::ActiveModel {
@@ -76,7 +76,8 @@ impl Instances {
             jid: Set(None),
             lid: Set(None),
             push_name: Set(None),
-            status: Set(InstanceStatus::Created.as_str().to_string()),
+            // API.md: a new instance is waiting for its first QR scan.
+            status: Set(InstanceStatus::QrRequired.as_str().to_string()),
             reason: Set(None),
             device_name: Set(device_name.to_string()),
             webhook_url: Set(None),
@@ -116,6 +117,26 @@ impl Instances {
             .exec(&self.db)
             .await?;
         Ok(r.rows_affected > 0)
+    }
+
+    /// Sets (or with `None`, clears) the instance's webhook URL and secret.
+    pub async fn set_webhook(
+        &self,
+        id: &str,
+        url: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<(), DbErr> {
+        entity::Entity::update_many()
+            .col_expr(entity::Column::WebhookUrl, Expr::value(url.map(str::to_string)))
+            .col_expr(
+                entity::Column::WebhookSecret,
+                Expr::value(secret.map(str::to_string)),
+            )
+            .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Writes what an actor reports about itself.

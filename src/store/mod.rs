@@ -3,4 +3,5 @@
 
 pub mod db;
 pub mod instances;
+pub mod settings;
 pub mod wa;

@@ -1,0 +1,365 @@
+//! Who is calling: admin JWTs (`POST /login-jwt`), admin API keys from config, and
+//! per-instance tokens (returned when an instance is created, stored hashed).
+//!
+//! Every secret comparison is constant time: API keys and login credentials are
+//! compared as SHA-256 digests with `subtle`, JWT signatures with `Mac::verify_slice`,
+//! and instance tokens are looked up by their SHA-256 hash (an attacker controls no
+//! prefix of it). Nothing here logs a token or a password.
+
+use crate::config::AuthConfig;
+use crate::store::settings::{Settings, Tokens};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sea_orm::DbErr;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Prefix of instance tokens (tells them apart from JWTs and API keys at a glance).
+pub const INSTANCE_TOKEN_PREFIX: &str = "swa_";
+const PBKDF2_ROUNDS: u32 = 100_000;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Full access: a login JWT or an admin API key.
+    Admin { username: String },
+    /// One instance's token: that instance only.
+    Instance { instance_id: String },
+}
+
+impl Principal {
+    /// May this caller act on `instance_id`?
+    pub fn may_access(&self, instance_id: &str) -> bool {
+        match self {
+            Self::Admin { .. } => true,
+            Self::Instance { instance_id: own } => {
+                own.as_bytes().ct_eq(instance_id.as_bytes()).into()
+            }
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Self::Admin { .. })
+    }
+
+    /// Name reported by `/api/validate`.
+    pub fn username(&self) -> String {
+        match self {
+            Self::Admin { username } => username.clone(),
+            Self::Instance { instance_id } => format!("instance:{instance_id}"),
+        }
+    }
+}
+
+/// Why a token was refused (the text is safe to return).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authorization header with a Bearer token is required")]
+    Missing,
+    #[error("Token is invalid")]
+    Invalid,
+    #[error("Token has expired")]
+    Expired,
+    #[error("Authentication is temporarily unavailable")]
+    Unavailable,
+}
+
+enum Login {
+    /// Credentials from config/env.
+    Configured {
+        user_digest: [u8; 32],
+        pass_digest: [u8; 32],
+    },
+    /// Generated on first start; the password is kept as PBKDF2-SHA256.
+    Stored {
+        username: String,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+}
+
+/// The authenticator of this server.
+pub struct Auth {
+    jwt_key: Vec<u8>,
+    jwt_ttl: Duration,
+    login: Login,
+    admin_keys: Vec<[u8; 32]>,
+    tokens: Tokens,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    username: String,
+    exp: i64,
+    iat: i64,
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    rand::fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+fn pbkdf2(password: &[u8], salt: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, PBKDF2_ROUNDS, &mut out);
+    out
+}
+
+/// SHA-256 hex of an instance token, as stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(digest(token.as_bytes()))
+}
+
+/// A fresh instance token and its stored hash.
+pub fn new_instance_token() -> (String, String) {
+    let token = format!("{INSTANCE_TOKEN_PREFIX}{}", random_hex(32));
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+impl Auth {
+    /// Loads or generates the JWT secret and login credentials. Generated credentials
+    /// are printed once on stdout, at the start that creates them.
+    pub async fn init(cfg: &AuthConfig, settings: &Settings, tokens: Tokens) -> Result<Self, DbErr> {
+        let jwt_key = match &cfg.jwt_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => settings
+                .get_or_insert("jwt_secret", &random_hex(32))
+                .await?
+                .into_bytes(),
+        };
+        let login = match (&cfg.login_username, &cfg.login_password) {
+            (Some(u), Some(p)) => Login::Configured {
+                user_digest: digest(u.as_bytes()),
+                pass_digest: digest(p.as_bytes()),
+            },
+            (user, _) => {
+                let username = user.clone().unwrap_or_else(|| "admin".to_string());
+                let key = format!("login:{username}");
+                let stored = match settings.get(&key).await? {
+                    Some(v) => v,
+                    None => {
+                        let password = random_hex(12);
+                        let salt = random_hex(16);
+                        let hash = hex::encode(pbkdf2(password.as_bytes(), salt.as_bytes()));
+                        let value = format!("pbkdf2-sha256${PBKDF2_ROUNDS}${salt}${hash}");
+                        let kept = settings.get_or_insert(&key, &value).await?;
+                        if kept == value {
+                            println!(
+                                "generated login for POST /login-jwt (shown once, stored hashed): username={username} password={password}"
+                            );
+                        }
+                        kept
+                    }
+                };
+                let mut parts = stored.split('$');
+                let (_, _, salt, hash) = (parts.next(), parts.next(), parts.next(), parts.next());
+                Login::Stored {
+                    username,
+                    salt: salt.unwrap_or_default().as_bytes().to_vec(),
+                    hash: hex::decode(hash.unwrap_or_default()).unwrap_or_default(),
+                }
+            }
+        };
+        Ok(Self {
+            jwt_key,
+            jwt_ttl: cfg.jwt_ttl,
+            login,
+            admin_keys: cfg.admin_api_keys.iter().map(|k| digest(k.as_bytes())).collect(),
+            tokens,
+        })
+    }
+
+    /// Checks login credentials; on success returns a JWT.
+    pub fn login(&self, username: &str, password: &str) -> Option<String> {
+        let ok = match &self.login {
+            Login::Configured {
+                user_digest,
+                pass_digest,
+            } => {
+                let u = digest(username.as_bytes()).ct_eq(user_digest);
+                let p = digest(password.as_bytes()).ct_eq(pass_digest);
+                bool::from(u & p)
+            }
+            Login::Stored {
+                username: user,
+                salt,
+                hash,
+            } => {
+                let u = digest(username.as_bytes()).ct_eq(&digest(user.as_bytes()));
+                let p = pbkdf2(password.as_bytes(), salt).ct_eq(hash.as_slice());
+                bool::from(u & p)
+            }
+        };
+        ok.then(|| self.issue_jwt(username))
+    }
+
+    /// A JWT for `username`, valid for the configured lifetime.
+    pub fn issue_jwt(&self, username: &str) -> String {
+        self.issue_jwt_at(username, chrono::Utc::now().timestamp())
+    }
+
+    /// A JWT issued at `iat` (tests make expired ones with it).
+    pub fn issue_jwt_at(&self, username: &str, iat: i64) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let claims = Claims {
+            username: username.to_string(),
+            iat,
+            exp: iat + self.jwt_ttl.as_secs() as i64,
+        };
+        // Serializing a struct of a string and two integers cannot fail.
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signing_input = format!("{header}.{body}");
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
+        format!("{signing_input}.{sig}")
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        HmacSha256::new_from_slice(&self.jwt_key).expect("HMAC takes any key length")
+    }
+
+    fn sign(&self, input: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(input);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(b), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Invalid);
+        };
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .ok_or(AuthError::Invalid)?;
+        if header["alg"] != "HS256" {
+            return Err(AuthError::Invalid);
+        }
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Invalid)?;
+        let mut mac = self.mac();
+        mac.update(h.as_bytes());
+        mac.update(b".");
+        mac.update(b.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| AuthError::Invalid)?;
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(b)
+            .ok()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .ok_or(AuthError::Invalid)?;
+        if claims.exp <= chrono::Utc::now().timestamp() {
+            return Err(AuthError::Expired);
+        }
+        Ok(Principal::Admin {
+            username: claims.username,
+        })
+    }
+
+    /// Resolves a bearer token to a caller.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > 4096 {
+            return Err(AuthError::Invalid);
+        }
+        if token.starts_with(INSTANCE_TOKEN_PREFIX) {
+            return match self.tokens.instance_of(&token_hash(token)).await {
+                Ok(Some(instance_id)) => Ok(Principal::Instance { instance_id }),
+                Ok(None) => Err(AuthError::Invalid),
+                Err(e) => {
+                    tracing::error!(error = %e, "token lookup failed");
+                    Err(AuthError::Unavailable)
+                }
+            };
+        }
+        let d = digest(token.as_bytes());
+        let mut key_match = subtle::Choice::from(0u8);
+        for k in &self.admin_keys {
+            key_match |= d.ct_eq(k);
+        }
+        if bool::from(key_match) {
+            return Ok(Principal::Admin {
+                username: "api-key".to_string(),
+            });
+        }
+        self.verify_jwt(token)
+    }
+
+    /// The instance-token store.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Issues and stores a new token for `instance_id`.
+    pub async fn issue_instance_token(&self, instance_id: &str) -> Result<String, DbErr> {
+        let (token, hash) = new_instance_token();
+        self.tokens.insert(&random_hex(16), instance_id, &hash).await?;
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(ttl: u64) -> Auth {
+        Auth {
+            jwt_key: b"0123456789abcdef0123456789abcdef".to_vec(),
+            jwt_ttl: Duration::from_secs(ttl),
+            login: Login::Configured {
+                user_digest: digest(b"u"),
+                pass_digest: digest(b"p"),
+            },
+            admin_keys: vec![],
+            tokens: Tokens::new(sea_orm::DatabaseConnection::default()),
+        }
+    }
+
+    #[test]
+    fn jwt_roundtrip_and_tamper() {
+        let a = auth(60);
+        let t = a.login("u", "p").expect("right credentials");
+        assert_eq!(a.verify_jwt(&t), Ok(Principal::Admin { username: "u".into() }));
+        assert!(a.login("u", "x").is_none());
+        assert!(a.login("x", "p").is_none());
+        // Flip one character of the payload: the signature no longer matches.
+        let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"username":"root","exp":99999999999,"iat":0}"#);
+        parts[1] = forged;
+        assert_eq!(a.verify_jwt(&parts.join(".")), Err(AuthError::Invalid));
+        // alg=none is refused.
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            t.split('.').nth(1).unwrap()
+        );
+        assert_eq!(a.verify_jwt(&none), Err(AuthError::Invalid));
+        let old = a.issue_jwt_at("u", chrono::Utc::now().timestamp() - 120);
+        assert_eq!(a.verify_jwt(&old), Err(AuthError::Expired));
+        assert_eq!(a.verify_jwt("a.b"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn instance_principal_is_scoped() {
+        let p = Principal::Instance { instance_id: "a".into() };
+        assert!(p.may_access("a"));
+        assert!(!p.may_access("b"));
+        assert!(!p.may_access("aa"));
+        assert!(Principal::Admin { username: "x".into() }.may_access("b"));
+        let (t, h) = new_instance_token();
+        assert!(t.starts_with(INSTANCE_TOKEN_PREFIX));
+        assert_eq!(token_hash(&t), h);
+    }
+}

@@ -1,0 +1,982 @@
+//! Route handlers. Each one parses its input, checks who may act on which instance,
+//! sends one message to that instance's actor (or makes one store call) and maps the
+//! answer to the envelope. Checks run in API.md's order, each with its own code.
+
+use super::auth::Principal;
+use super::error::ApiError;
+use super::util::{self, ok};
+use super::Shared;
+use crate::net::fetch;
+use crate::store::instances::Instance;
+use actors::instance::{InstanceError, InstanceMsg, InstanceSnapshot, MediaKind, OutgoingMedia, Sent};
+use actors::lifecycle::LifecycleError;
+use actors::events::LifecycleNotice;
+use actors::InstanceStatus;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use ractor::{call_t, ActorRef};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+type R = Result<Response, ApiError>;
+
+/// Deadline of quick actor calls (status, QR, cancel).
+const QUICK_MS: u64 = 10_000;
+/// Deadline of calls that reach WhatsApp (send, check, logout, groups).
+const SEND_MS: u64 = 90_000;
+/// Deadline of media sends (upload included).
+const MEDIA_MS: u64 = 300_000;
+/// How long `GET /api/qr/:id` waits for the first code of a new flow.
+const FIRST_QR_WAIT: Duration = Duration::from_secs(10);
+
+// ---------- common pieces ----------
+
+fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request("VALIDATION_ERROR", "A field has the wrong type")
+        } else {
+            ApiError::bad_request("INVALID_REQUEST", "Request body is not valid JSON")
+        }
+    })
+}
+
+/// A required, non-empty string field.
+fn required(v: &Option<String>, name: &str) -> Result<String, ApiError> {
+    match v.as_deref().map(str::trim) {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            format!("{name} is required"),
+        )),
+    }
+}
+
+fn db_error(e: sea_orm::DbErr) -> ApiError {
+    tracing::error!(error = %e, "database call failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        "The database is unavailable",
+    )
+}
+
+fn forbidden() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+        "This token is not valid for this instance",
+    )
+}
+
+fn admin_only(p: &Principal) -> Result<(), ApiError> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "This route needs an admin token",
+        ))
+    }
+}
+
+fn actor_unreachable(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "instance actor did not answer");
+    ApiError::internal()
+}
+
+/// Maps a domain error of an actor to the API's status and code.
+pub fn instance_error(e: InstanceError) -> ApiError {
+    let status = match &e {
+        InstanceError::VerificationFailed
+        | InstanceError::SendFailed
+        | InstanceError::UploadFailed
+        | InstanceError::Storage => StatusCode::INTERNAL_SERVER_ERROR,
+        InstanceError::Lifecycle(LifecycleError::QrInProgress)
+        | InstanceError::Lifecycle(LifecycleError::AlreadyConnected) => StatusCode::CONFLICT,
+        InstanceError::Lifecycle(LifecycleError::NoQrSession) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let message = match &e {
+        InstanceError::Storage => "Internal server error".to_string(),
+        other => capitalize(&other.to_string()),
+    };
+    ApiError::new(status, e.code(), message)
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// The instance row, if the caller may see it: 403 for another instance's token
+/// (before looking, so existence does not leak), 404 `SESSION_NOT_FOUND` when absent.
+async fn instance(api: &Shared, p: &Principal, id: &str) -> Result<Instance, ApiError> {
+    if !p.may_access(id) {
+        return Err(forbidden());
+    }
+    api.instances
+        .get(id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "SESSION_NOT_FOUND", "Instance not found"))
+}
+
+async fn snapshot(actor: &ActorRef<InstanceMsg>) -> Result<InstanceSnapshot, ApiError> {
+    call_t!(actor, InstanceMsg::Status, QUICK_MS).map_err(actor_unreachable)
+}
+
+/// The actor of an existing instance, started if it is not running.
+async fn actor(api: &Shared, id: &str) -> Result<ActorRef<InstanceMsg>, ApiError> {
+    api.runtime.ensure_started(id).await.map_err(|e| {
+        tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
+        ApiError::internal()
+    })
+}
+
+/// Connected, then logged in (API.md's order). A socket that is up while waiting for
+/// a QR scan counts as connected but not logged in.
+async fn ready(api: &Shared, row: &Instance) -> Result<ActorRef<InstanceMsg>, ApiError> {
+    let not_connected = || instance_error(InstanceError::NotConnected);
+    let actor = api.runtime.actor(&row.id).ok_or_else(not_connected)?;
+    let s = snapshot(&actor).await?;
+    let socket_up = s.is_connected || s.status == InstanceStatus::QrPending;
+    if !socket_up {
+        return Err(not_connected());
+    }
+    if s.status != InstanceStatus::Online || s.jid.is_none() {
+        return Err(instance_error(InstanceError::NotLoggedIn));
+    }
+    Ok(actor)
+}
+
+/// The online instance whose own number is `phone` (by-number routes).
+async fn by_number(api: &Shared, p: &Principal, phone: &str) -> Result<(Instance, ActorRef<InstanceMsg>), ApiError> {
+    let phone = util::normalize_phone(phone, &api.config.whatsapp.default_country_code)?;
+    let rows = api.instances.list().await.map_err(db_error)?;
+    let mut candidates = rows
+        .into_iter()
+        .filter(|r| r.phone.as_deref() == Some(phone.as_str()))
+        .filter(|r| r.status == InstanceStatus::Online.as_str())
+        .peekable();
+    let none = || ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NO_ACTIVE_INSTANCE",
+        "No connected instance has this phone number",
+    );
+    if candidates.peek().is_none() {
+        return Err(none());
+    }
+    for row in candidates {
+        if !p.may_access(&row.id) {
+            return Err(forbidden());
+        }
+        if let Ok(actor) = ready(api, &row).await {
+            return Ok((row, actor));
+        }
+    }
+    Err(none())
+}
+
+fn sent_data(sent: &Sent) -> Value {
+    json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "to": sent.to, "verified": true})
+}
+
+fn with_from(mut v: Value, from: &Instance) -> Value {
+    v["from"] = json!(from.phone);
+    v["instanceId"] = json!(from.id);
+    v
+}
+
+async fn send_text_with(actor: &ActorRef<InstanceMsg>, to: String, text: String) -> Result<Sent, ApiError> {
+    call_t!(actor, |reply| InstanceMsg::SendText { to, text, reply }, SEND_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)
+}
+
+// ---------- auth ----------
+
+#[derive(Deserialize, Default)]
+struct LoginBody {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// `POST /login-jwt`.
+pub async fn login_jwt(body: Bytes, api: Shared) -> R {
+    let b: LoginBody = parse(&body)?;
+    let username = required(&b.username, "username")?;
+    let password = b.password.unwrap_or_default();
+    if password.is_empty() {
+        return Err(ApiError::bad_request("VALIDATION_ERROR", "password is required"));
+    }
+    match api.auth.login(&username, &password) {
+        Some(token) => Ok(warp::reply::json(&json!({
+            "success": true,
+            "message": "Login successful",
+            "token": token,
+            "data": {"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()},
+        }))
+        .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+            "Invalid username or password",
+        )),
+    }
+}
+
+/// `GET /api/validate`.
+pub async fn validate(p: Principal) -> R {
+    let username = p.username();
+    let instance_id = match &p {
+        Principal::Instance { instance_id } => Some(instance_id.clone()),
+        Principal::Admin { .. } => None,
+    };
+    Ok(warp::reply::json(&json!({
+        "success": true,
+        "message": "Token is valid",
+        "username": username,
+        "data": {"username": username, "admin": p.is_admin(), "instanceId": instance_id},
+    }))
+    .into_response())
+}
+
+// ---------- instances ----------
+
+#[derive(Deserialize, Default)]
+struct CreateBody {
+    device_name: Option<String>,
+    #[serde(rename = "deviceName")]
+    device_name_camel: Option<String>,
+}
+
+fn new_instance_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// `POST /api/login`: creates an instance and its token.
+pub async fn create_instance(p: Principal, body: Bytes, api: Shared) -> R {
+    admin_only(&p)?;
+    let b: CreateBody = parse(&body)?;
+    let device_name = b
+        .device_name
+        .or(b.device_name_camel)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| api.config.whatsapp.device_name.clone());
+    if device_name.chars().count() > 64 || device_name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            "device_name must be 1-64 printable characters",
+        ));
+    }
+    let id = new_instance_id();
+    api.instances.create(&id, &device_name).await.map_err(db_error)?;
+    let token = api.auth.issue_instance_token(&id).await.map_err(db_error)?;
+    actor(&api, &id).await?;
+    Ok(ok(
+        "Instance created",
+        json!({
+            "instanceId": id,
+            "status": InstanceStatus::QrRequired.as_str(),
+            "nextStep": format!("GET /api/qr/{id} to get the QR code, then scan it with WhatsApp"),
+            "token": token,
+            "deviceName": device_name,
+        }),
+    ))
+}
+
+fn instance_json(row: &Instance, snap: Option<&InstanceSnapshot>) -> Value {
+    let ms = |t: Option<i64>| {
+        t.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(actors::events::rfc3339)
+    };
+    let (status, is_connected, phone, jid, lid, connected_at) = match snap {
+        Some(s) => (
+            s.status.as_str().to_string(),
+            s.is_connected,
+            s.phone.clone(),
+            s.jid.clone(),
+            s.lid.clone(),
+            s.connected_at.map(actors::events::rfc3339),
+        ),
+        None => (
+            row.status.clone(),
+            false,
+            row.phone.clone(),
+            row.jid.clone(),
+            row.lid.clone(),
+            ms(row.connected_at),
+        ),
+    };
+    json!({
+        "instanceId": row.id,
+        "status": status,
+        "isConnected": is_connected,
+        "phoneNumber": phone,
+        "jid": jid,
+        "lid": lid,
+        "pushName": row.push_name,
+        "deviceName": row.device_name,
+        "reason": row.reason,
+        "webhookUrl": row.webhook_url,
+        "connectedAt": connected_at,
+        "disconnectedAt": ms(row.disconnected_at),
+        "createdAt": ms(Some(row.created_at)),
+    })
+}
+
+/// `GET /api/status/:id`.
+pub async fn status(id: String, p: Principal, api: Shared) -> R {
+    let row = instance(&api, &p, &id).await?;
+    let snap = match api.runtime.actor(&id) {
+        Some(a) => Some(snapshot(&a).await?),
+        None => None,
+    };
+    Ok(ok("Instance status", instance_json(&row, snap.as_ref())))
+}
+
+/// `GET /api/instances[?all=true]`.
+pub async fn list_instances(p: Principal, q: HashMap<String, String>, api: Shared) -> R {
+    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    let rows = api.instances.list().await.map_err(db_error)?;
+    let items: Vec<Value> = rows
+        .iter()
+        .filter(|r| p.may_access(&r.id))
+        .filter(|r| all || r.status == InstanceStatus::Online.as_str())
+        .map(|r| instance_json(r, None))
+        .collect();
+    Ok(ok(
+        "Instances",
+        json!({"total": items.len(), "instances": items}),
+    ))
+}
+
+/// `POST /api/logout/:id`.
+pub async fn logout(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let a = actor(&api, &id).await?;
+    call_t!(a, InstanceMsg::Logout, SEND_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
+    Ok(ok("Logged out; the instance can scan a new QR code", json!({"instanceId": id})))
+}
+
+/// `DELETE /api/instances/:id`.
+pub async fn delete_instance(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    if let Some(a) = api.runtime.actor(&id) {
+        let s = snapshot(&a).await?;
+        if s.is_connected || s.status == InstanceStatus::Online {
+            return Err(ApiError::bad_request(
+                "INSTANCE_STILL_CONNECTED",
+                "Log the instance out before deleting it",
+            ));
+        }
+    }
+    api.runtime.stop(&id).await.map_err(actor_unreachable)?;
+    api.auth.tokens().delete_all(&id).await.map_err(db_error)?;
+    api.instances.delete(&id).await.map_err(db_error)?;
+    Ok(ok("Instance deleted", json!({"instanceId": id})))
+}
+
+/// `POST /api/instances/:id/token`: a new token for the instance.
+pub async fn new_token(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let token = api.auth.issue_instance_token(&id).await.map_err(db_error)?;
+    Ok(ok("Token issued", json!({"instanceId": id, "token": token})))
+}
+
+/// `DELETE /api/instances/:id/token`: revokes every token of the instance.
+pub async fn revoke_tokens(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let n = api.auth.tokens().revoke_all(&id).await.map_err(db_error)?;
+    Ok(ok("Tokens revoked", json!({"instanceId": id, "revoked": n})))
+}
+
+// ---------- QR ----------
+
+/// `GET /api/qr/:id`: starts (or joins) the QR flow and returns the current code.
+pub async fn qr(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let a = actor(&api, &id).await?;
+    // Subscribe before starting, so the first code cannot slip past.
+    let mut notices = api.runtime.lifecycle();
+    let started = call_t!(a, InstanceMsg::StartQr, QUICK_MS).map_err(actor_unreachable)?;
+    let mut code = match started {
+        Ok(code) => code,
+        Err(InstanceError::Lifecycle(LifecycleError::AlreadyConnected)) => {
+            let s = snapshot(&a).await?;
+            return Ok(ok(
+                "Instance is already connected",
+                json!({"status": "already_connected", "instance_id": id, "jid": s.jid}),
+            ));
+        }
+        Err(e) => return Err(instance_error(e)),
+    }
+    .map(|q| (q.code, actors::events::rfc3339(q.expires_at)));
+    if code.is_none() {
+        let deadline = tokio::time::Instant::now() + FIRST_QR_WAIT;
+        while code.is_none() {
+            match tokio::time::timeout_at(deadline, notices.recv()).await {
+                Ok(Ok(LifecycleNotice::QrGenerated {
+                    instance_id,
+                    qr_data,
+                    expires_at,
+                    ..
+                })) if instance_id == id => code = Some((qr_data, expires_at)),
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+    let mut data = json!({
+        "status": "generating",
+        "instance_id": id,
+        "timeout": api.config.whatsapp.qr_timeout.as_secs(),
+    });
+    if let Some((qr, expires_at)) = code {
+        data["qr"] = json!(qr);
+        data["expires_at"] = json!(expires_at);
+    }
+    Ok(ok("QR login started; scan the code with WhatsApp", data))
+}
+
+/// `GET /api/qr/:id/image`: the current code as PNG.
+pub async fn qr_image(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let no_qr = || instance_error(InstanceError::Lifecycle(LifecycleError::NoQrSession));
+    let a = api.runtime.actor(&id).ok_or_else(no_qr)?;
+    let code = snapshot(&a).await?.qr.ok_or_else(no_qr)?;
+    let png = super::qr::png(&code.code).map_err(|e| {
+        tracing::error!(error = %e, "rendering a QR code failed");
+        ApiError::internal()
+    })?;
+    let mut r = Response::new(png.into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("image/png"),
+    );
+    r.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
+}
+
+/// `DELETE /api/qr-cancel/:id`.
+pub async fn qr_cancel(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let a = api
+        .runtime
+        .actor(&id)
+        .ok_or_else(|| instance_error(InstanceError::Lifecycle(LifecycleError::NoQrSession)))?;
+    call_t!(a, InstanceMsg::CancelQr, QUICK_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
+    Ok(ok("QR login cancelled", json!({"instance_id": id, "status": "cancelled"})))
+}
+
+// ---------- sending ----------
+
+#[derive(Deserialize, Default)]
+struct TextBody {
+    to: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct CheckBody {
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct MediaUrlBody {
+    to: Option<String>,
+    group_jid: Option<String>,
+    media_url: Option<String>,
+    caption: Option<String>,
+    media_type: Option<String>,
+    file_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GroupTextBody {
+    group_jid: Option<String>,
+    message: Option<String>,
+}
+
+fn text_body(body: &Bytes) -> Result<(String, String), ApiError> {
+    let b: TextBody = parse(body)?;
+    Ok((required(&b.to, "to")?, required(&b.message, "message")?))
+}
+
+async fn do_send_text(api: &Shared, actor: ActorRef<InstanceMsg>, to: String, text: String) -> Result<Value, ApiError> {
+    let phone = util::normalize_phone(&to, &api.config.whatsapp.default_country_code)?;
+    let sent = send_text_with(&actor, phone, text).await?;
+    Ok(sent_data(&sent))
+}
+
+/// `POST /api/send/:id`.
+pub async fn send_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let (to, text) = text_body(&body)?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    let data = do_send_text(&api, a, to, text).await?;
+    Ok(ok("Message sent", data))
+}
+
+/// `POST /api/by-number/:phone`.
+pub async fn send_text_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let (to, text) = text_body(&body)?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    let data = do_send_text(&api, a, to, text).await?;
+    Ok(ok("Message sent", with_from(data, &row)))
+}
+
+/// `POST /api/check/:id`.
+pub async fn check(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b: CheckBody = parse(&body)?;
+    let raw = required(&b.phone, "phone")?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    let phone = util::normalize_phone(&raw, &api.config.whatsapp.default_country_code)?;
+    let phones = vec![phone.clone()];
+    let r = call_t!(a, |reply| InstanceMsg::CheckNumbers { phones, reply }, SEND_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
+    let hit = r.into_iter().next();
+    Ok(ok(
+        "Number checked",
+        json!({
+            "phone": phone,
+            "isRegistered": hit.as_ref().is_some_and(|h| h.is_registered),
+            "jid": hit.and_then(|h| h.jid),
+        }),
+    ))
+}
+
+/// Media read from a request, before sending.
+struct MediaInput {
+    kind: MediaKind,
+    bytes: Vec<u8>,
+    mimetype: String,
+    file_name: String,
+    caption: Option<String>,
+}
+
+fn cap_for(api: &Shared, kind: MediaKind) -> u64 {
+    let l = &api.config.limits;
+    match kind {
+        MediaKind::Image => l.max_image_bytes,
+        MediaKind::Video => l.max_video_bytes,
+        MediaKind::Audio => l.max_audio_bytes,
+        MediaKind::Document => l.max_document_bytes,
+    }
+}
+
+fn too_large(kind: MediaKind, cap: u64) -> ApiError {
+    ApiError::bad_request(
+        "FILE_TOO_LARGE",
+        format!("{} files may be at most {cap} bytes", util::media_kind_word(kind)),
+    )
+}
+
+fn media_type_field(v: &Option<String>) -> Result<Option<MediaKind>, ApiError> {
+    match v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => util::parse_media_type(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "VALIDATION_ERROR",
+                "mediaType must be image, video, audio or document",
+            )
+        }),
+    }
+}
+
+/// Fields of a multipart media upload.
+struct Upload {
+    fields: HashMap<String, String>,
+    file: Option<(String, Option<String>, Vec<u8>)>,
+}
+
+async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Upload, ApiError> {
+    use bytes::Buf;
+    let max_cap = [MediaKind::Image, MediaKind::Video, MediaKind::Audio, MediaKind::Document]
+        .into_iter()
+        .map(|k| cap_for(api, k))
+        .max()
+        .unwrap_or(0);
+    let mut up = Upload {
+        fields: HashMap::new(),
+        file: None,
+    };
+    let bad = || ApiError::bad_request("INVALID_REQUEST", "Multipart body could not be read");
+    let mut form = std::pin::pin!(form);
+    while let Some(part) = form.try_next().await.map_err(|_| bad())? {
+        let name = part.name().to_string();
+        let file_name = part.filename().map(str::to_string);
+        let ctype = part.content_type().map(str::to_string);
+        let mut data = Vec::new();
+        let mut stream = std::pin::pin!(part.stream());
+        let limit = if name == "file" { max_cap } else { MAX_FIELD };
+        while let Some(mut chunk) = stream.try_next().await.map_err(|_| bad())? {
+            if (data.len() + chunk.remaining()) as u64 > limit {
+                return Err(if name == "file" {
+                    ApiError::bad_request("FILE_TOO_LARGE", format!("files may be at most {max_cap} bytes"))
+                } else {
+                    ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is too long"))
+                });
+            }
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                data.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        if name == "file" {
+            up.file = Some((file_name.unwrap_or_else(|| "file".to_string()), ctype, data));
+        } else {
+            let v = String::from_utf8(data)
+                .map_err(|_| ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is not UTF-8")))?;
+            up.fields.insert(name, v);
+        }
+    }
+    Ok(up)
+}
+
+const MAX_FIELD: u64 = 64 * 1024;
+
+/// Validates an upload: the target field (`to` or `groupJid`) and the file.
+fn upload_media(api: &Shared, up: Upload, target: &str) -> Result<(String, MediaInput), ApiError> {
+    let to = required(&up.fields.get(target).cloned(), target)?;
+    let (file_name, ctype, bytes) = up
+        .file
+        .ok_or_else(|| ApiError::bad_request("FILE_REQUIRED", "A file is required (multipart field \"file\")"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("FILE_REQUIRED", "The file is empty"));
+    }
+    let kind = media_type_field(&up.fields.get("mediaType").cloned())?
+        .unwrap_or_else(|| util::media_kind_for(&file_name));
+    let cap = cap_for(api, kind);
+    if bytes.len() as u64 > cap {
+        return Err(too_large(kind, cap));
+    }
+    let mimetype = util::mimetype_for(&file_name, ctype.as_deref());
+    let caption = up.fields.get("caption").cloned().filter(|c| !c.is_empty());
+    Ok((to, MediaInput { kind, bytes, mimetype, file_name, caption }))
+}
+
+/// Downloads a media URL under the SSRF policy and the size cap of its type.
+async fn url_media(api: &Shared, b: &MediaUrlBody) -> Result<MediaInput, ApiError> {
+    let raw = required(&b.media_url, "mediaUrl")?;
+    let url = url::Url::parse(&raw)
+        .map_err(|_| ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL"))?;
+    let declared = media_type_field(&b.media_type)?;
+    let url_name = b
+        .file_name
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| util::file_name_from_url(&url));
+    let kind = declared.unwrap_or_else(|| util::media_kind_for(&url_name));
+    let cap = cap_for(api, kind);
+    let fetched = fetch::fetch(url.as_str(), &api.fetch_policy(cap))
+        .await
+        .map_err(|e| match e {
+            fetch::FetchError::TooLarge(_) => too_large(kind, cap),
+            other => ApiError::bad_request(other.api_code(), capitalize(&other.to_string())),
+        })?;
+    let mimetype = util::mimetype_for(&url_name, fetched.content_type.as_deref());
+    Ok(MediaInput {
+        kind,
+        bytes: fetched.bytes,
+        mimetype,
+        file_name: url_name,
+        caption: b.caption.clone().filter(|c| !c.is_empty()),
+    })
+}
+
+async fn send_media_with(actor: &ActorRef<InstanceMsg>, to: String, m: MediaInput) -> Result<Value, ApiError> {
+    let (kind, size, file_name) = (m.kind, m.bytes.len(), m.file_name.clone());
+    let media = OutgoingMedia {
+        kind: m.kind,
+        bytes: m.bytes,
+        mimetype: m.mimetype,
+        file_name: Some(m.file_name),
+        caption: m.caption,
+    };
+    let sent = call_t!(actor, |reply| InstanceMsg::SendMedia { to, media, reply }, MEDIA_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
+    let mut v = sent_data(&sent);
+    v["mediaType"] = json!(util::media_kind_word(kind));
+    v["fileName"] = json!(file_name);
+    v["fileSize"] = json!(size);
+    Ok(v)
+}
+
+/// Target of a media send: a normalised phone number or a validated group JID.
+fn target(api: &Shared, raw: &str, group: bool) -> Result<String, ApiError> {
+    if group {
+        let jid = raw.trim();
+        if !util::is_group_jid(jid) {
+            return Err(instance_error(InstanceError::InvalidGroupJid));
+        }
+        Ok(jid.to_string())
+    } else {
+        util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
+    }
+}
+
+fn group_data(mut v: Value, group_jid: &str) -> Value {
+    v["groupJid"] = json!(group_jid);
+    v
+}
+
+async fn media_file(api: Shared, actor: ActorRef<InstanceMsg>, up: Upload, group: bool) -> Result<Value, ApiError> {
+    let (raw, m) = upload_media(&api, up, if group { "groupJid" } else { "to" })?;
+    let to = target(&api, &raw, group)?;
+    let v = send_media_with(&actor, to.clone(), m).await?;
+    Ok(if group { group_data(v, &to) } else { v })
+}
+
+async fn media_url(api: Shared, actor: ActorRef<InstanceMsg>, b: MediaUrlBody, group: bool) -> Result<Value, ApiError> {
+    let raw = if group {
+        required(&b.group_jid, "groupJid")?
+    } else {
+        required(&b.to, "to")?
+    };
+    let to = target(&api, &raw, group)?;
+    let m = url_media(&api, &b).await?;
+    let v = send_media_with(&actor, to.clone(), m).await?;
+    Ok(if group { group_data(v, &to) } else { v })
+}
+
+fn media_url_body(body: &Bytes, group: bool) -> Result<MediaUrlBody, ApiError> {
+    let b: MediaUrlBody = parse(body)?;
+    if group {
+        required(&b.group_jid, "groupJid")?;
+    } else {
+        required(&b.to, "to")?;
+    }
+    required(&b.media_url, "mediaUrl")?;
+    media_type_field(&b.media_type)?;
+    Ok(b)
+}
+
+/// `POST /api/send/:id/media` (multipart `to`, `caption`, `file`, optional `mediaType`).
+pub async fn send_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    let up = read_upload(&api, form).await?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Media sent", media_file(api, a, up, false).await?))
+}
+
+/// `POST /api/send/:id/media-url`.
+pub async fn send_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b = media_url_body(&body, false)?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Media sent", media_url(api, a, b, false).await?))
+}
+
+/// `POST /api/by-number/:phone/media-url`.
+pub async fn send_media_url_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b = media_url_body(&body, false)?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    let v = media_url(api, a, b, false).await?;
+    Ok(ok("Media sent", with_from(v, &row)))
+}
+
+/// `POST /api/by-number/:phone/media-file`.
+pub async fn send_media_file_by_number(phone: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    let up = read_upload(&api, form).await?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    let v = media_file(api, a, up, false).await?;
+    Ok(ok("Media sent", with_from(v, &row)))
+}
+
+// ---------- groups ----------
+
+async fn list_groups(actor: &ActorRef<InstanceMsg>) -> Result<Value, ApiError> {
+    // GROUPS_PENDING
+    let groups: Vec<Value> = { let _ = actor; return Err(ApiError::internal()); };
+    Ok(json!({"total": groups.len(), "groups": groups}))
+}
+
+/// `GET /api/groups/:id`.
+pub async fn groups(id: String, p: Principal, api: Shared) -> R {
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Groups", list_groups(&a).await?))
+}
+
+/// `GET /api/groups/by-number/:phone`.
+pub async fn groups_by_number(phone: String, p: Principal, api: Shared) -> R {
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    Ok(ok("Groups", with_from(list_groups(&a).await?, &row)))
+}
+
+fn group_text_body(body: &Bytes) -> Result<(String, String), ApiError> {
+    let b: GroupTextBody = parse(body)?;
+    Ok((required(&b.group_jid, "groupJid")?, required(&b.message, "message")?))
+}
+
+async fn do_group_text(actor: &ActorRef<InstanceMsg>, group_jid: String, text: String) -> Result<Value, ApiError> {
+    let jid = group_jid.trim().to_string();
+    if !util::is_group_jid(&jid) {
+        return Err(instance_error(InstanceError::InvalidGroupJid));
+    }
+    let g = jid.clone();
+    // GROUPS_PENDING
+    let sent: Sent = { let _ = (actor, g, text); return Err(ApiError::internal()); };
+    Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
+}
+
+/// `POST /api/send-group/:id`.
+pub async fn group_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let (gid, text) = group_text_body(&body)?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Message sent", do_group_text(&a, gid, text).await?))
+}
+
+/// `POST /api/send-group/by-number/:phone`.
+pub async fn group_text_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let (gid, text) = group_text_body(&body)?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    Ok(ok("Message sent", with_from(do_group_text(&a, gid, text).await?, &row)))
+}
+
+/// `POST /api/send-group/:id/media`.
+pub async fn group_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    let up = read_upload(&api, form).await?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Media sent", media_file(api, a, up, true).await?))
+}
+
+/// `POST /api/send-group/:id/media-url`.
+pub async fn group_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b = media_url_body(&body, true)?;
+    let row = instance(&api, &p, &id).await?;
+    let a = ready(&api, &row).await?;
+    Ok(ok("Media sent", media_url(api, a, b, true).await?))
+}
+
+/// `POST /api/send-group/by-number/:phone/media`.
+pub async fn group_media_file_by_number(phone: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    let up = read_upload(&api, form).await?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    let v = media_file(api, a, up, true).await?;
+    Ok(ok("Media sent", with_from(v, &row)))
+}
+
+/// `POST /api/send-group/by-number/:phone/media-url`.
+pub async fn group_media_url_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b = media_url_body(&body, true)?;
+    let (row, a) = by_number(&api, &p, &phone).await?;
+    let v = media_url(api, a, b, true).await?;
+    Ok(ok("Media sent", with_from(v, &row)))
+}
+
+// ---------- webhooks ----------
+
+#[derive(Deserialize, Default)]
+struct WebhookBody {
+    url: Option<String>,
+    secret: Option<String>,
+}
+
+/// `POST /api/instances/:id/webhook-setconfig`: `{url, secret?}`; an empty url
+/// turns the webhook off.
+pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    let b: WebhookBody = parse(&body)?;
+    let url = b.url.map(|u| u.trim().to_string()).unwrap_or_default();
+    instance(&api, &p, &id).await?;
+    if url.is_empty() {
+        api.instances.set_webhook(&id, None, None).await.map_err(db_error)?;
+        return Ok(ok(
+            "Webhook removed",
+            json!({"instanceId": id, "webhookUrl": null, "secret": null}),
+        ));
+    }
+    let parsed = url::Url::parse(&url)
+        .map_err(|_| ApiError::bad_request("VALIDATION_ERROR", "url is not a valid URL"))?;
+    fetch::check_url(&parsed, &api.config.webhook.allowed_targets)
+        .await
+        .map_err(|e| ApiError::bad_request("INVALID_WEBHOOK_URL", capitalize(&e.to_string())))?;
+    let secret = match b.secret.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+        Some(s) if s.len() < 16 || s.len() > 256 => {
+            return Err(ApiError::bad_request(
+                "VALIDATION_ERROR",
+                "secret must be 16-256 characters (or omitted to generate one)",
+            ))
+        }
+        Some(s) => s,
+        None => hex::encode(rand::random::<[u8; 32]>()),
+    };
+    api.instances
+        .set_webhook(&id, Some(&url), Some(&secret))
+        .await
+        .map_err(db_error)?;
+    Ok(ok(
+        "Webhook configured",
+        json!({
+            "instanceId": id,
+            "webhookUrl": url,
+            "secret": secret,
+            "enabled": api.config.features.enable_webhook,
+        }),
+    ))
+}
+
+/// `GET /api/instances/:id/webhooks`: recent deliveries.
+pub async fn webhook_log(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let items = match &api.webhooks {
+        Some(o) => o.recent(&id, 100).await.map_err(db_error)?,
+        None => Vec::new(),
+    };
+    Ok(ok(
+        "Webhook deliveries",
+        json!({"total": items.len(), "deliveries": items, "enabled": api.config.features.enable_webhook}),
+    ))
+}
+
+/// `POST /api/instances/:id/webhooks/:delivery/redeliver`.
+pub async fn webhook_redeliver(id: String, delivery: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let found = match &api.webhooks {
+        Some(o) => o.redeliver(&id, &delivery).await.map_err(db_error)?,
+        None => false,
+    };
+    if !found {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "DELIVERY_NOT_FOUND", "No such delivery"));
+    }
+    Ok(ok("Delivery queued again", json!({"instanceId": id, "id": delivery})))
+}
+
+/// The id of an instance the caller may listen to (for `/api/listen/:id`).
+pub async fn instance_for_ws(api: &Shared, p: &Principal, id: &str) -> Result<String, ApiError> {
+    Ok(instance(api, p, id).await?.id)
+}

@@ -1,0 +1,244 @@
+//! The REST API end to end: the real server over HTTP against the mock WhatsApp
+//! network, with simulated contacts on the other side.
+
+mod common;
+
+use common::{code, TestServer, ADMIN_KEY, DEADLINE, PASSWORD, USER};
+use mock_whatsapp::MockNetwork;
+use serde_json::{json, Value};
+use std::time::Duration;
+use warp::Filter;
+use whatsapp_rust::wacore::types::events::Event;
+
+/// A local HTTP server for media-by-URL (allow-listed 127.0.0.0/8 in the tests).
+async fn media_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let files = std::sync::Arc::new(files);
+    let route = warp::path::param::<String>().and(warp::get()).map(move |name: String| {
+        match files.iter().find(|(n, _)| *n == name) {
+            Some((_, b)) => warp::http::Response::builder()
+                .status(200)
+                .body(b.clone())
+                .unwrap(),
+            None => warp::http::Response::builder()
+                .status(404)
+                .body(Vec::new())
+                .unwrap(),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    format!("http://{addr}")
+}
+
+fn decode_qr_png(png: &[u8]) -> String {
+    let img = image::load_from_memory_with_format(png, image::ImageFormat::Png)
+        .expect("a PNG")
+        .to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(img);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    grids[0].decode().expect("QR decodes").1
+}
+
+/// SUDEVWA's README flow, unchanged: login-jwt → login → qr → scan → send → check →
+/// logout; plus media by upload and URL, by-number routing, listing and deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sudevwa_client_flow_end_to_end() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut alice = net.add_contact("6281200000002", "Alice").await.unwrap();
+    let srv = TestServer::start(&net, "flow", &[]).await;
+
+    // login-jwt
+    let (s, v) = srv
+        .call("POST", "/login-jwt", None, Some(json!({"username": USER, "password": "nope"})))
+        .await;
+    assert_eq!((s, code(&v)), (401, "INVALID_CREDENTIALS"));
+    let (s, v) = srv
+        .call("POST", "/login-jwt", None, Some(json!({"username": USER, "password": PASSWORD})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let jwt = v["token"].as_str().expect("top-level token as SUDEVWA returns it").to_string();
+    let (s, v) = srv.call("GET", "/api/validate", Some(&jwt), None).await;
+    assert_eq!((s, v["message"].as_str(), v["username"].as_str()), (200, Some("Token is valid"), Some(USER)));
+
+    // login (create) → qr
+    let (s, v) = srv
+        .call("POST", "/api/login", Some(&jwt), Some(json!({"device_name": "Shop Till"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["status"], "qr_required");
+    let id = v["data"]["instanceId"].as_str().unwrap().to_string();
+    let token = v["data"]["token"].as_str().unwrap().to_string();
+    assert!(v["data"]["nextStep"].as_str().unwrap().contains(&id));
+    let (_, v) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
+    assert_eq!(v["data"]["status"], "qr_required");
+    assert_eq!(v["data"]["isConnected"], false);
+    assert_eq!(v["data"]["deviceName"], "Shop Till");
+
+    let qr = srv.current_qr(&id, &token).await;
+    let (s, v) = srv.call("GET", &format!("/api/qr/{id}"), Some(&token), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"]["status"], "generating");
+    assert_eq!(v["data"]["timeout"], 180);
+    // The PNG decodes back to the code on offer.
+    let resp = srv
+        .http
+        .get(srv.url(&format!("/api/qr/{id}/image")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    let png = resp.bytes().await.unwrap();
+    let in_image = decode_qr_png(&png);
+    let (_, v) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
+    assert!(in_image == qr || v["data"]["status"] == "qr_pending", "image shows the current code");
+    assert!(in_image.contains(','), "a WhatsApp QR string: {in_image}");
+
+    // scan → online
+    net.scan_qr(&in_image, Some("6281100000001")).expect("scan");
+    let st = srv
+        .wait_status(&id, "online", |d| d["status"] == "online" && d["isConnected"] == true)
+        .await;
+    assert_eq!(st["phoneNumber"], "6281100000001");
+    assert!(st["jid"].as_str().unwrap().starts_with("6281100000001@"));
+    let (s, v) = srv.call("GET", &format!("/api/qr/{id}"), Some(&token), None).await;
+    assert_eq!((s, v["data"]["status"].as_str()), (200, Some("already_connected")));
+
+    // send (leading 0 becomes the default country code 62)
+    let (s, v) = srv
+        .call("POST", &format!("/api/send/{id}"), Some(&token), Some(json!({"to": "081200000002", "message": "hello from the API"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["verified"], true);
+    assert!(!v["data"]["messageId"].as_str().unwrap().is_empty());
+    let got = alice.next_text().await.unwrap();
+    assert_eq!(got.text, "hello from the API");
+    assert_eq!(got.message_id, v["data"]["messageId"].as_str().unwrap());
+
+    // check
+    let (s, v) = srv
+        .call("POST", &format!("/api/check/{id}"), Some(&token), Some(json!({"phone": "6281200000002"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["isRegistered"], true);
+    assert!(v["data"]["jid"].as_str().unwrap().starts_with("6281200000002@"));
+    let (_, v) = srv
+        .call("POST", &format!("/api/check/{id}"), Some(&token), Some(json!({"phone": "19990000001"})))
+        .await;
+    assert_eq!(v["data"]["isRegistered"], false);
+    assert_eq!(v["data"]["jid"], Value::Null);
+
+    // list
+    let (_, v) = srv.call("GET", "/api/instances", Some(&jwt), None).await;
+    assert_eq!(v["data"]["total"], 1);
+    assert_eq!(v["data"]["instances"][0]["instanceId"], id.as_str());
+    let (other, _) = srv.create_instance().await;
+    let (_, v) = srv.call("GET", "/api/instances", Some(&jwt), None).await;
+    assert_eq!(v["data"]["total"], 1, "only connected instances without all=true");
+    let (_, v) = srv.call("GET", "/api/instances?all=true", Some(&jwt), None).await;
+    assert_eq!(v["data"]["total"], 2);
+    let (_, v) = srv.call("GET", "/api/instances?all=true", Some(&token), None).await;
+    assert_eq!(v["data"]["total"], 1, "an instance token sees its own instance only");
+
+    // by-number, both spellings
+    for path in ["/api/by-number/6281100000001", "/api/send/by-number/6281100000001"] {
+        let (s, v) = srv
+            .call("POST", path, Some(&jwt), Some(json!({"to": "6281200000002", "message": format!("via {path}")})))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["data"]["from"], "6281100000001");
+        assert_eq!(alice.next_text().await.unwrap().text, format!("via {path}"));
+    }
+
+    // media by upload: the contact downloads exactly the bytes sent
+    let pic: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let form = reqwest::multipart::Form::new()
+        .text("to", "6281200000002")
+        .text("caption", "uploaded")
+        .part("file", reqwest::multipart::Part::bytes(pic.clone()).file_name("photo.jpg"));
+    let resp = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}/media")))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (s, v): (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["data"]["mediaType"].as_str(), v["data"]["fileSize"].as_u64()), (Some("image"), Some(30_000)));
+    let img = alice
+        .wait("an image", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.image_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(img.caption.as_deref(), Some("uploaded"));
+    assert_eq!(img.mimetype.as_deref(), Some("image/jpeg"));
+    assert_eq!(alice.client.download(&img).await.unwrap(), pic);
+
+    // media by URL (a local server on an allow-listed address)
+    let doc: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let files = media_server(vec![("report.pdf", doc.clone())]).await;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}/media-url"),
+            Some(&token),
+            Some(json!({"to": "6281200000002", "mediaUrl": format!("{files}/report.pdf"), "caption": "the report"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["mediaType"], "document");
+    assert_eq!(v["data"]["fileName"], "report.pdf");
+    let d = alice
+        .wait("a document", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.document_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.file_name.as_deref(), Some("report.pdf"));
+    assert_eq!(d.mimetype.as_deref(), Some("application/pdf"));
+    assert_eq!(alice.client.download(&d).await.unwrap(), doc);
+    // by-number media-url
+    let (s, v) = srv
+        .call(
+            "POST",
+            "/api/by-number/6281100000001/media-url",
+            Some(&jwt),
+            Some(json!({"to": "6281200000002", "mediaUrl": format!("{files}/report.pdf"), "mediaType": "document"})),
+        )
+        .await;
+    assert_eq!((s, v["data"]["from"].as_str()), (200, Some("6281100000001")), "{v}");
+
+    // delete is refused while online; logout keeps the instance, which can scan again
+    let (s, v) = srv.call("DELETE", &format!("/api/instances/{id}"), Some(&token), None).await;
+    assert_eq!((s, code(&v)), (400, "INSTANCE_STILL_CONNECTED"));
+    let (s, v) = srv.call("POST", &format!("/api/logout/{id}"), Some(&token), None).await;
+    assert_eq!((s, v["data"]["instanceId"].as_str()), (200, Some(id.as_str())), "{v}");
+    srv.wait_status(&id, "logged_out", |d| d["status"] == "logged_out").await;
+    let (s, v) = srv
+        .call("POST", &format!("/api/send/{id}"), Some(&token), Some(json!({"to": "6281200000002", "message": "x"})))
+        .await;
+    assert_eq!((s, code(&v)), (400, "NOT_CONNECTED"));
+    let again = srv.current_qr(&id, &token).await;
+    assert_ne!(again, qr, "a fresh QR after logout");
+    let (s, v) = srv.call("DELETE", &format!("/api/qr-cancel/{id}"), Some(&token), None).await;
+    assert_eq!((s, v["data"]["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = srv.call("DELETE", &format!("/api/instances/{id}"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv.call("GET", &format!("/api/status/{id}"), Some(ADMIN_KEY), None).await;
+    assert_eq!((s, code(&v)), (404, "SESSION_NOT_FOUND"));
+    let (s, _) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
+    assert_eq!(s, 401, "the deleted instance's token is gone with it");
+    let (s, _) = srv.admin("DELETE", &format!("/api/instances/{other}"), None).await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+    let _ = DEADLINE;
+    let _ = Duration::ZERO;
+}
