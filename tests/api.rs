@@ -242,3 +242,115 @@ async fn sudevwa_client_flow_end_to_end() {
     let _ = DEADLINE;
     let _ = Duration::ZERO;
 }
+
+/// Every send-route check answers with its own code, in API.md's order, and bodies
+/// are validated first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn send_checks_answer_in_documented_order() {
+    let net = MockNetwork::start().await.unwrap();
+    let _bob = net.add_contact("6281200000003", "Bob").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("sudevwa-api-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let timing = actors::instance::InstanceTiming {
+        qr_timeout: Duration::from_secs(180),
+        presence_interval: Duration::from_secs(300),
+        request_timeout: Duration::from_secs(2),
+    };
+    let srv = TestServer::start_with(
+        &net,
+        dir,
+        &[("SUDEVWA_LIMITS_MAX_IMAGE_BYTES", "1000")],
+        Some(timing),
+    )
+    .await;
+    let send = |id: &str| format!("/api/send/{id}");
+    let ok_body = json!({"to": "6281200000003", "message": "hi"});
+
+    // Bodies first.
+    let (s, v) = srv.admin("POST", &send("nope"), Some(json!({"to": "6281200000003"}))).await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"));
+    let resp = srv
+        .http
+        .post(srv.url(&send("nope")))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), "INVALID_REQUEST");
+
+    // instance exists → connected → logged in
+    let (s, v) = srv.admin("POST", &send("no-such-instance"), Some(ok_body.clone())).await;
+    assert_eq!((s, code(&v)), (404, "SESSION_NOT_FOUND"));
+    let (fresh, fresh_token) = srv.create_instance().await;
+    let (s, v) = srv.admin("POST", &send(&fresh), Some(ok_body.clone())).await;
+    assert_eq!((s, code(&v)), (400, "NOT_CONNECTED"));
+    srv.current_qr(&fresh, &fresh_token).await;
+    let (s, v) = srv.admin("POST", &send(&fresh), Some(ok_body.clone())).await;
+    assert_eq!((s, code(&v)), (400, "NOT_LOGGED_IN"), "socket up, waiting for the scan");
+    let (s, v) = srv.admin("GET", &format!("/api/groups/{fresh}"), None).await;
+    assert_eq!((s, code(&v)), (400, "NOT_LOGGED_IN"));
+
+    // recipient valid → on WhatsApp
+    let (id, _) = srv.paired_instance(&net, "6281100000009").await;
+    for bad in ["12345", "62812abc0000", "+62 812 000 000 000 000"] {
+        let (s, v) = srv.admin("POST", &send(&id), Some(json!({"to": bad, "message": "x"}))).await;
+        assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{bad}");
+    }
+    let (s, v) = srv.admin("POST", &send(&id), Some(json!({"to": "19990000001", "message": "x"}))).await;
+    assert_eq!((s, code(&v)), (400, "PHONE_NOT_REGISTERED"));
+    let (s, v) = srv.admin("POST", &format!("/api/check/{id}"), Some(json!({"phone": "123"}))).await;
+    assert_eq!((s, code(&v)), (400, "INVALID_PHONE"));
+
+    // by-number: nobody online with that number
+    let (s, v) = srv.admin("POST", "/api/by-number/6281999999999", Some(ok_body.clone())).await;
+    assert_eq!((s, code(&v)), (404, "NO_ACTIVE_INSTANCE"));
+
+    // media: file required, size caps by type, download failures, SSRF refusals
+    let form = reqwest::multipart::Form::new().text("to", "6281200000003");
+    let resp = srv.http.post(srv.url(&format!("/api/send/{id}/media"))).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), "FILE_REQUIRED");
+    let form = reqwest::multipart::Form::new()
+        .text("to", "6281200000003")
+        .part("file", reqwest::multipart::Part::bytes(vec![7u8; 1001]).file_name("big.png"));
+    let resp = srv.http.post(srv.url(&format!("/api/send/{id}/media"))).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), "FILE_TOO_LARGE");
+    let files = media_server(vec![("big.png", vec![1u8; 5000]), ("small.txt", b"hello".to_vec())]).await;
+    let media_url = |url: String| json!({"to": "6281200000003", "mediaUrl": url});
+    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(format!("{files}/big.png")))).await;
+    assert_eq!((s, code(&v)), (400, "FILE_TOO_LARGE"));
+    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(format!("{files}/missing.png")))).await;
+    assert_eq!((s, code(&v)), (400, "DOWNLOAD_FAILED"));
+    for target in ["http://169.254.169.254/latest", "http://10.0.0.1/x.png", "http://[::ffff:10.0.0.1]/x", "file:///etc/passwd"] {
+        let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(target.into()))).await;
+        assert_eq!((s, code(&v)), (400, "DOWNLOAD_FAILED"), "{target}: {v}");
+    }
+    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt"), "mediaType": "sticker"}))).await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"));
+    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt")}))).await;
+    assert_eq!((s, v["data"]["mediaType"].as_str()), (200, Some("document")), "{v}");
+
+    // groups: the JID is checked before anything is sent
+    for bad in ["12345@s.whatsapp.net", "abc@g.us", "120363-x@g.us"] {
+        let (s, v) = srv.admin("POST", &format!("/api/send-group/{id}"), Some(json!({"groupJid": bad, "message": "x"}))).await;
+        assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"), "{bad}");
+    }
+
+    // QR errors
+    let (s, v) = srv.admin("DELETE", &format!("/api/qr-cancel/{id}"), None).await;
+    assert_eq!((s, code(&v)), (404, "NO_QR_SESSION"));
+    let (s, v) = srv.admin("GET", &format!("/api/qr/{id}/image"), None).await;
+    assert_eq!((s, code(&v)), (404, "NO_QR_SESSION"));
+
+    // The number check itself failing (WhatsApp does not answer in time).
+    net.delay_frames(4_000);
+    let (s, v) = srv.admin("POST", &send(&id), Some(ok_body.clone())).await;
+    assert_eq!((s, code(&v)), (500, "VERIFICATION_FAILED"), "{v}");
+    net.delay_frames(0);
+    srv.stop().await;
+}

@@ -94,6 +94,15 @@ pub async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible
             "INVALID_REQUEST",
             "Request body is not valid JSON for this route",
         )
+    } else if err
+        .find::<warp::filters::ws::MissingConnectionUpgrade>()
+        .is_some()
+    {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "This route needs a WebSocket upgrade",
+        )
     } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
         ApiError::new(
             StatusCode::BAD_REQUEST,

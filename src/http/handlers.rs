@@ -122,12 +122,19 @@ fn capitalize(s: &str) -> String {
     }
 }
 
+/// Refuses another instance's token before anything else is looked at.
+fn guard(p: &Principal, id: &str) -> Result<(), ApiError> {
+    if p.may_access(id) {
+        Ok(())
+    } else {
+        Err(forbidden())
+    }
+}
+
 /// The instance row, if the caller may see it: 403 for another instance's token
 /// (before looking, so existence does not leak), 404 `SESSION_NOT_FOUND` when absent.
 async fn instance(api: &Shared, p: &Principal, id: &str) -> Result<Instance, ApiError> {
-    if !p.may_access(id) {
-        return Err(forbidden());
-    }
+    guard(p, id)?;
     api.instances
         .get(id)
         .await
@@ -537,6 +544,7 @@ async fn do_send_text(api: &Shared, actor: ActorRef<InstanceMsg>, to: String, te
 
 /// `POST /api/send/:id`.
 pub async fn send_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let (to, text) = text_body(&body)?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -554,6 +562,7 @@ pub async fn send_text_by_number(phone: String, p: Principal, body: Bytes, api: 
 
 /// `POST /api/check/:id`.
 pub async fn check(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let b: CheckBody = parse(&body)?;
     let raw = required(&b.phone, "phone")?;
     let row = instance(&api, &p, &id).await?;
@@ -785,6 +794,7 @@ fn media_url_body(body: &Bytes, group: bool) -> Result<MediaUrlBody, ApiError> {
 
 /// `POST /api/send/:id/media` (multipart `to`, `caption`, `file`, optional `mediaType`).
 pub async fn send_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -793,6 +803,7 @@ pub async fn send_media_file(id: String, p: Principal, form: warp::multipart::Fo
 
 /// `POST /api/send/:id/media-url`.
 pub async fn send_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let b = media_url_body(&body, false)?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -854,6 +865,7 @@ async fn do_group_text(actor: &ActorRef<InstanceMsg>, group_jid: String, text: S
 
 /// `POST /api/send-group/:id`.
 pub async fn group_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let (gid, text) = group_text_body(&body)?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -869,6 +881,7 @@ pub async fn group_text_by_number(phone: String, p: Principal, body: Bytes, api:
 
 /// `POST /api/send-group/:id/media`.
 pub async fn group_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+    guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -877,6 +890,7 @@ pub async fn group_media_file(id: String, p: Principal, form: warp::multipart::F
 
 /// `POST /api/send-group/:id/media-url`.
 pub async fn group_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let b = media_url_body(&body, true)?;
     let row = instance(&api, &p, &id).await?;
     let a = ready(&api, &row).await?;
@@ -910,6 +924,7 @@ struct WebhookBody {
 /// `POST /api/instances/:id/webhook-setconfig`: `{url, secret?}`; an empty url
 /// turns the webhook off.
 pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
     let b: WebhookBody = parse(&body)?;
     let url = b.url.map(|u| u.trim().to_string()).unwrap_or_default();
     instance(&api, &p, &id).await?;

@@ -201,6 +201,20 @@ fn body_limited(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Re
         .and_then(move |len, stream| collect_body(len, stream, limit))
 }
 
+/// Refuses another instance's token before the body is read (multipart routes, whose
+/// body filter runs before the handler).
+async fn scoped(id: String, p: Principal) -> Result<(String, Principal), Rejection> {
+    if p.may_access(&id) {
+        Ok((id, p))
+    } else {
+        Err(warp::reject::custom(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "This token is not valid for this instance",
+        )))
+    }
+}
+
 fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(ApiError::into_response)
 }
@@ -375,6 +389,8 @@ pub fn routes(
     let send_file = p!("api" / "send" / String / "media")
         .and(warp::post())
         .and(auth())
+        .and_then(scoped)
+        .untuple_one()
         .and(multipart())
         .and(a())
         .then(handlers::send_media_file)
@@ -447,6 +463,8 @@ pub fn routes(
     let group_file = p!("api" / "send-group" / String / "media")
         .and(warp::post())
         .and(auth())
+        .and_then(scoped)
+        .untuple_one()
         .and(multipart())
         .and(a())
         .then(handlers::group_media_file)
@@ -465,6 +483,8 @@ pub fn routes(
     let ws_listen = p!("api" / "listen" / String)
         .and(warp::get())
         .and(auth())
+        .and_then(scoped)
+        .untuple_one()
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())

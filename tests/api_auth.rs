@@ -1,0 +1,290 @@
+//! Auth, limits and the API description, over HTTP against the real server:
+//! the auth matrix (every route × every kind of credential), rate limiting, body
+//! limits, the one error envelope, CORS, and the OpenAPI document.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{code, TestServer, ADMIN_KEY, JWT_SECRET, PASSWORD, USER};
+use hmac::{Hmac, Mac};
+use mock_whatsapp::MockNetwork;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+fn jwt(secret: &str, username: &str, exp: i64) -> String {
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let b = URL_SAFE_NO_PAD.encode(json!({"username": username, "exp": exp, "iat": exp - 60}).to_string());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{h}.{b}").as_bytes());
+    let s = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{h}.{b}.{s}")
+}
+
+/// Who a route belongs to.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Scope {
+    /// Acts on the instance in the path.
+    Instance,
+    /// Needs an admin token.
+    AdminOnly,
+    /// Any valid token (results filtered to what it may see).
+    Any,
+}
+
+/// Every authenticated route of API.md (plus the additions), written out here
+/// independently of the server's own route table.
+fn routes(a: &str) -> Vec<(&'static str, String, Scope)> {
+    use Scope::*;
+    vec![
+        ("GET", "/api/validate".into(), Any),
+        ("GET", "/api/openapi.json".into(), Any),
+        ("POST", "/api/login".into(), AdminOnly),
+        ("GET", "/api/instances".into(), Any),
+        ("GET", format!("/api/status/{a}"), Instance),
+        ("GET", format!("/api/qr/{a}"), Instance),
+        ("GET", format!("/api/qr/{a}/image"), Instance),
+        ("DELETE", format!("/api/qr-cancel/{a}"), Instance),
+        ("POST", format!("/api/logout/{a}"), Instance),
+        ("DELETE", format!("/api/instances/{a}"), Instance),
+        ("POST", format!("/api/instances/{a}/token"), Instance),
+        ("DELETE", format!("/api/instances/{a}/token"), Instance),
+        ("POST", format!("/api/send/{a}"), Instance),
+        ("POST", format!("/api/check/{a}"), Instance),
+        ("POST", format!("/api/send/{a}/media"), Instance),
+        ("POST", format!("/api/send/{a}/media-url"), Instance),
+        ("POST", "/api/by-number/6281100000001".into(), Any),
+        ("POST", "/api/by-number/6281100000001/media-url".into(), Any),
+        ("POST", "/api/by-number/6281100000001/media-file".into(), Any),
+        ("POST", "/api/send/by-number/6281100000001".into(), Any),
+        ("POST", "/api/send/by-number/6281100000001/media-url".into(), Any),
+        ("POST", "/api/send/by-number/6281100000001/media-file".into(), Any),
+        ("GET", format!("/api/groups/{a}"), Instance),
+        ("GET", "/api/groups/by-number/6281100000001".into(), Any),
+        ("POST", format!("/api/send-group/{a}"), Instance),
+        ("POST", format!("/api/send-group/{a}/media"), Instance),
+        ("POST", format!("/api/send-group/{a}/media-url"), Instance),
+        ("POST", "/api/send-group/by-number/6281100000001".into(), Any),
+        ("POST", "/api/send-group/by-number/6281100000001/media".into(), Any),
+        ("POST", "/api/send-group/by-number/6281100000001/media-url".into(), Any),
+        ("POST", format!("/api/instances/{a}/webhook-setconfig"), Instance),
+        ("GET", format!("/api/instances/{a}/webhooks"), Instance),
+        ("POST", format!("/api/instances/{a}/webhooks/d1/redeliver"), Instance),
+        ("GET", format!("/api/listen/{a}"), Instance),
+        ("GET", "/ws".into(), Any),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_matrix_every_route_every_credential() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "authmatrix", &[]).await;
+    let (a, ta) = srv.create_instance().await;
+    let (b, tb) = srv.create_instance().await;
+    let now = chrono::Utc::now().timestamp();
+    let (s, v) = srv.call("POST", "/login-jwt", None, Some(json!({"username": USER, "password": PASSWORD}))).await;
+    assert_eq!(s, 200);
+    let login = v["token"].as_str().unwrap().to_string();
+
+    // Credentials that must all be refused with 401.
+    let refused: Vec<(&str, Option<String>)> = vec![
+        ("none", None),
+        ("malformed", Some("Basic dXNlcjpwYXNz".into())),
+        ("empty bearer", Some("Bearer ".into())),
+        ("garbage", Some("Bearer not-a-token".into())),
+        ("expired", Some(format!("Bearer {}", jwt(JWT_SECRET, USER, now - 10)))),
+        ("wrong secret", Some(format!("Bearer {}", jwt("another-secret-another-secret-another", USER, now + 3600)))),
+        ("alg none", Some(format!("Bearer {}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(json!({"username": USER, "exp": now + 3600}).to_string())))),
+        ("unknown instance token", Some(format!("Bearer swa_{}", "0".repeat(64)))),
+        ("admin key with a typo", Some(format!("Bearer {}x", ADMIN_KEY))),
+    ];
+    let mut checked = 0;
+    for (method, path, scope) in routes(&a) {
+        let body = if method == "POST" { Some(json!({})) } else { None };
+        for (what, header) in &refused {
+            let mut r = srv.http.request(method.parse().unwrap(), srv.url(&path));
+            if let Some(h) = header {
+                r = r.header("authorization", h);
+            }
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!((status, code(&v)), (401, "UNAUTHORIZED"), "{method} {path} with {what}");
+            checked += 1;
+        }
+        // Another instance's token never acts on this instance.
+        let (s, v) = srv.call(method, &path, Some(&tb), body.clone()).await;
+        match scope {
+            Scope::Instance | Scope::AdminOnly => {
+                assert_eq!((s, code(&v)), (403, "FORBIDDEN"), "{method} {path} with B's token")
+            }
+            Scope::Any => assert!(s != 401 && s != 403, "{method} {path} with B's token: {s} {v}"),
+        }
+        // Own instance token, login JWT and admin key are let in (whatever the route
+        // then answers), except admin-only routes for the instance token.
+        for (who, token) in [("own token", ta.as_str()), ("login jwt", login.as_str()), ("admin key", ADMIN_KEY)] {
+            if method == "DELETE" && (path.ends_with("/token") || path.starts_with("/api/instances/")) {
+                // Destructive (revokes the token or deletes the instance the rest of
+                // the matrix uses): checked once, at the end.
+                continue;
+            }
+            let (s, v) = srv.call(method, &path, Some(token), body.clone()).await;
+            if scope == Scope::AdminOnly && who == "own token" {
+                assert_eq!((s, code(&v)), (403, "FORBIDDEN"), "{method} {path} with {who}");
+            } else {
+                assert!(s != 401 && s != 403, "{method} {path} with {who}: {s} {v}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "{checked} combinations checked");
+
+    // The destructive routes, last: the own token may delete its (unpaired) instance.
+    let (s, v) = srv.call("DELETE", &format!("/api/instances/{b}"), Some(&ta), None).await;
+    assert_eq!((s, code(&v)), (403, "FORBIDDEN"));
+    let (c, tc) = srv.create_instance().await;
+    let (s, v) = srv.call("DELETE", &format!("/api/instances/{c}"), Some(&tc), None).await;
+    assert_eq!(s, 200, "{v}");
+
+    // B's token did nothing to A along the way: A still exists, its token still works.
+    let (s, v) = srv.call("GET", &format!("/api/status/{a}"), Some(&ta), None).await;
+    assert_eq!(s, 200, "{v}");
+    // ...and A's token cannot see B.
+    let (s, _) = srv.call("GET", &format!("/api/status/{b}"), Some(&ta), None).await;
+    assert_eq!(s, 403);
+    // Revocation: the old token stops working, a new one works.
+    let (s, v) = srv.admin("POST", &format!("/api/instances/{b}/token"), None).await;
+    assert_eq!(s, 200);
+    let tb2 = v["data"]["token"].as_str().unwrap().to_string();
+    let (s, v) = srv.admin("DELETE", &format!("/api/instances/{b}/token"), None).await;
+    assert_eq!((s, v["data"]["revoked"].as_u64()), (200, Some(2)));
+    for t in [&tb, &tb2] {
+        let (s, _) = srv.call("GET", &format!("/api/status/{b}"), Some(t), None).await;
+        assert_eq!(s, 401);
+    }
+    // Public routes need nothing.
+    let (s, v) = srv.call("GET", "/", None, None).await;
+    assert_eq!((s, v["message"].as_str()), (200, Some("WhatsApp API is running")));
+    let resp = srv.http.get(srv.url("/docs")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("/api/openapi.json"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_the_one_error_envelope() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(
+        &net,
+        "limits",
+        &[
+            ("SUDEVWA_LIMITS_RATE_LIMIT_PER_SEC", "1"),
+            ("SUDEVWA_LIMITS_RATE_LIMIT_BURST", "40"),
+            ("SUDEVWA_SERVER_CORS_ORIGINS", "https://app.example.com"),
+        ],
+    )
+    .await;
+    // Unknown route, wrong method, body too large (with and without Content-Length).
+    let (s, v) = srv.admin("GET", "/api/nothing-here", None).await;
+    assert_eq!((s, code(&v)), (404, "NOT_FOUND"));
+    let (s, v) = srv.admin("PUT", "/api/send/x", Some(json!({}))).await;
+    assert_eq!((s, code(&v)), (405, "METHOD_NOT_ALLOWED"));
+    let big = json!({"to": "6281200000002", "message": "x".repeat(70_000)});
+    let (s, v) = srv.admin("POST", "/api/send/x", Some(big)).await;
+    assert_eq!((s, code(&v)), (413, "PAYLOAD_TOO_LARGE"));
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b' '; 8192])).collect();
+    let resp = srv
+        .http
+        .post(srv.url("/api/send/x"))
+        .bearer_auth(ADMIN_KEY)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413, "a chunked body is capped while it streams");
+    // CORS for the configured origin only.
+    let resp = srv
+        .http
+        .request(reqwest::Method::OPTIONS, srv.url("/api/validate"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    let resp = srv
+        .http
+        .get(srv.url("/api/validate"))
+        .bearer_auth(ADMIN_KEY)
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    // Rate limit: the burst is spent, then 429 with Retry-After; health is exempt.
+    let mut limited = None;
+    for i in 0..60 {
+        let resp = srv.http.get(srv.url("/api/validate")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        if resp.status() == 429 {
+            let retry = resp.headers()["retry-after"].to_str().unwrap().to_string();
+            limited = Some((i, retry, resp.json::<Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (i, retry, v) = limited.expect("rate limited within 60 requests");
+    assert!(i >= 25, "the burst of 40 was allowed first (limited at {i})");
+    assert_eq!(code(&v), "RATE_LIMITED");
+    assert!(retry.parse::<u64>().unwrap() >= 1);
+    let (s, _) = srv.call("GET", "/", None, None).await;
+    assert_eq!(s, 200, "health is not rate limited");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_validates_and_lists_every_route() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "openapi", &[]).await;
+    let (a, _) = srv.create_instance().await;
+    let (s, doc) = srv.admin("GET", "/api/openapi.json", None).await;
+    assert_eq!(s, 200);
+    // Structure: it parses as an OpenAPI 3.0 document...
+    let parsed: openapiv3::OpenAPI = serde_json::from_value(doc.clone()).expect("valid OpenAPI 3.0");
+    assert!(parsed.openapi.starts_with("3.0"));
+    // ...every $ref resolves, and every path parameter is declared.
+    let text = doc.to_string();
+    for r in text.match_indices("#/components/schemas/") {
+        let name: String = text[r.0 + 21..].chars().take_while(|c| c.is_alphanumeric()).collect();
+        assert!(doc["components"]["schemas"][&name].is_object(), "dangling $ref {name}");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (_, op) in item.as_object().unwrap() {
+            let declared: Vec<&str> = op["parameters"].as_array().map(|p| p.iter().filter(|x| x["in"] == "path").map(|x| x["name"].as_str().unwrap()).collect()).unwrap_or_default();
+            let in_path: Vec<&str> = path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+            assert_eq!(declared, in_path, "{path}");
+            assert!(op["responses"]["200"].is_object(), "{path}");
+        }
+    }
+    // Every route the server serves (this test's own list) is documented and served.
+    let mut all = routes(&a);
+    all.extend([("GET", "/".to_string(), Scope::Any), ("GET", "/docs".to_string(), Scope::Any), ("POST", "/login-jwt".to_string(), Scope::Any)]);
+    for (method, path, _) in all {
+        let templ = path
+            .replace(&a, "{id}")
+            .replace("6281100000001", "{phone}")
+            .replace("/d1/", "/{delivery}/");
+        let op = &doc["paths"][&templ][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {templ} is not in the OpenAPI document");
+        let body = if method == "POST" { Some(json!({})) } else { None };
+        let (s, v) = srv.admin(method, &path, body).await;
+        assert!(!(s == 404 && v["error"]["code"] == "NOT_FOUND") && s != 405, "{method} {path} is not served: {s} {v}");
+    }
+    // And nothing is documented that is not served.
+    let documented: usize = doc["paths"].as_object().unwrap().values().map(|i| i.as_object().unwrap().len()).sum();
+    assert_eq!(documented, routes(&a).len() + 3, "documented routes = served routes");
+    srv.stop().await;
+}
