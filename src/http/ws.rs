@@ -113,48 +113,72 @@ async fn resubscribe(api: &Shared, id: &str) -> Option<broadcast::Receiver<Incom
     None
 }
 
-async fn pump(socket: WebSocket, cfg: WebsocketConfig, mut source: Source) {
-    let (mut tx, mut rx) = socket.split();
+/// Why a socket's pump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed or the connection broke.
+    ClientGone,
+    /// Fell behind the buffer, or a frame could not be written in time (4008).
+    SlowConsumer,
+    /// No pong within the timeout (4000).
+    PingTimeout,
+    /// The event source ended (1001).
+    SourceEnded,
+}
+
+async fn pump(socket: WebSocket, cfg: WebsocketConfig, source: Source) -> Ended {
+    let (tx, rx) = socket.split();
+    run_pump(tx, rx, cfg, source).await
+}
+
+/// Forwards events to `tx` and keeps the connection honest (pings, pong timeout,
+/// slow-consumer cut-off). Generic over the socket halves so it is testable.
+async fn run_pump<T, R>(mut tx: T, mut rx: R, cfg: WebsocketConfig, mut source: Source) -> Ended
+where
+    T: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, warp::Error>> + Unpin,
+{
     let start = Instant::now() + cfg.ping_interval;
     let mut ping = tokio::time::interval_at(start, cfg.ping_interval);
     let mut last_pong = Instant::now();
-    let close = |code: u16, why: &'static str| Message::close_with(code, why);
+    let grace = Duration::from_secs(1);
     loop {
         tokio::select! {
             next = source.next() => match next {
                 Next::Event(text) => {
                     match tokio::time::timeout(cfg.send_timeout, tx.send(Message::text(text))).await {
                         Ok(Ok(())) => {}
-                        Ok(Err(_)) => break,
+                        Ok(Err(_)) => return Ended::ClientGone,
                         Err(_) => {
-                            let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close(CLOSE_SLOW_CONSUMER, "slow consumer"))).await;
-                            break;
+                            let _ = tokio::time::timeout(grace, tx.send(Message::close_with(CLOSE_SLOW_CONSUMER, "slow consumer"))).await;
+                            return Ended::SlowConsumer;
                         }
                     }
                 }
                 Next::Slow => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close(CLOSE_SLOW_CONSUMER, "slow consumer"))).await;
-                    break;
+                    let _ = tokio::time::timeout(grace, tx.send(Message::close_with(CLOSE_SLOW_CONSUMER, "slow consumer"))).await;
+                    return Ended::SlowConsumer;
                 }
                 Next::End => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close(1001, "going away"))).await;
-                    break;
+                    let _ = tokio::time::timeout(grace, tx.send(Message::close_with(1001u16, "going away"))).await;
+                    return Ended::SourceEnded;
                 }
             },
             msg = rx.next() => match msg {
                 Some(Ok(m)) if m.is_pong() => last_pong = Instant::now(),
-                Some(Ok(m)) if m.is_close() => break,
+                Some(Ok(m)) if m.is_close() => return Ended::ClientGone,
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                Some(Err(_)) | None => return Ended::ClientGone,
             },
             _ = ping.tick() => {
                 if last_pong.elapsed() >= cfg.pong_timeout {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(close(CLOSE_PING_TIMEOUT, "ping timeout"))).await;
-                    break;
+                    let _ = tokio::time::timeout(grace, tx.send(Message::close_with(CLOSE_PING_TIMEOUT, "ping timeout"))).await;
+                    return Ended::PingTimeout;
                 }
                 match tokio::time::timeout(cfg.send_timeout, tx.send(Message::ping(Vec::new()))).await {
                     Ok(Ok(())) => {}
-                    _ => break,
+                    Ok(Err(_)) => return Ended::ClientGone,
+                    Err(_) => return Ended::SlowConsumer,
                 }
             }
         }
@@ -165,7 +189,10 @@ async fn pump(socket: WebSocket, cfg: WebsocketConfig, mut source: Source) {
 pub fn global(p: Principal, ws: Ws, proto: Option<String>, api: Shared) -> Response {
     let cfg = api.config.websocket.clone();
     let rx = api.runtime.lifecycle();
-    let reply = ws.on_upgrade(move |socket| pump(socket, cfg, Source::Lifecycle { rx, principal: p }));
+    let reply = ws.on_upgrade(move |socket| async move {
+        let ended = pump(socket, cfg, Source::Lifecycle { rx, principal: p }).await;
+        tracing::debug!(?ended, "/ws connection ended");
+    });
     with_protocol(reply, proto)
 }
 
@@ -191,16 +218,142 @@ pub async fn listen(
     })?;
     let rx = call_t!(actor, InstanceMsg::Subscribe, 5_000).map_err(|_| ApiError::internal())?;
     let cfg = api.config.websocket.clone();
-    let reply = ws.on_upgrade(move |socket| {
-        pump(
-            socket,
-            cfg,
-            Source::Listen {
-                rx,
-                instance_id: id,
-                api,
-            },
-        )
+    let reply = ws.on_upgrade(move |socket| async move {
+        let source = Source::Listen {
+            rx,
+            instance_id: id,
+            api,
+        };
+        let ended = pump(socket, cfg, source).await;
+        tracing::debug!(?ended, "listen connection ended");
     });
     Ok(with_protocol(reply, proto))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actors::events::LifecycleNotice;
+    use futures_util::stream;
+
+    fn cfg() -> WebsocketConfig {
+        WebsocketConfig {
+            ping_interval: Duration::from_secs(300),
+            pong_timeout: Duration::from_secs(900),
+            buffer: 4,
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn notice(i: u32) -> LifecycleNotice {
+        LifecycleNotice::QrTimeout {
+            instance_id: format!("i{i}"),
+            status: "timeout",
+        }
+    }
+
+    fn admin() -> Principal {
+        Principal::Admin { username: "t".into() }
+    }
+
+    /// A sink that records what it is given.
+    fn recorder() -> (
+        impl futures_util::Sink<Message, Error = std::convert::Infallible> + Unpin,
+        std::sync::Arc<std::sync::Mutex<Vec<Message>>>,
+    ) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+            let s2 = s2.clone();
+            async move {
+                s2.lock().unwrap().push(m);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }));
+        (sink, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ghost_connection_is_closed_after_the_pong_timeout() {
+        let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(4);
+        let (sink, seen) = recorder();
+        // The client never answers (no frames at all).
+        let silent = stream::pending::<Result<Message, warp::Error>>();
+        let started = Instant::now();
+        let ended = run_pump(sink, silent, cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        assert_eq!(ended, Ended::PingTimeout);
+        // Pings at 5, 10 minutes; the 15-minute tick finds no pong since the start.
+        assert_eq!(started.elapsed(), Duration::from_secs(900));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().filter(|m| m.is_ping()).count(), 2);
+        assert_eq!(seen.last().unwrap().close_frame().map(|c| c.0), Some(CLOSE_PING_TIMEOUT));
+        drop(tx_events);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_the_connection() {
+        let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(4);
+        let (sink, seen) = recorder();
+        // The client answers every ping (a pong every 5 minutes), for an hour.
+        let pongs = stream::unfold(0u32, |n| async move {
+            if n >= 12 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            Some((Ok(Message::pong(Vec::new())), n + 1))
+        });
+        let pongs = Box::pin(pongs);
+        let source = Source::Lifecycle { rx, principal: admin() };
+        let started = Instant::now();
+        let ended = run_pump(sink, pongs, cfg(), source).await;
+        // Alive for the hour of pongs, then closed 15 minutes after the last one.
+        assert_eq!(ended, Ended::PingTimeout);
+        assert!(started.elapsed() >= Duration::from_secs(3600 + 900), "{:?}", started.elapsed());
+        assert!(seen.lock().unwrap().iter().filter(|m| m.is_ping()).count() >= 12);
+        drop(tx_events);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listener_that_falls_behind_is_cut_off() {
+        let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(4);
+        // More events than the buffer arrive before the pump gets to run.
+        for i in 0..10 {
+            tx_events.send(notice(i)).unwrap();
+        }
+        let (sink, seen) = recorder();
+        let ended = run_pump(sink, stream::pending(), cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        assert_eq!(ended, Ended::SlowConsumer);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.last().unwrap().close_frame().map(|c| c.0), Some(CLOSE_SLOW_CONSUMER));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn socket_that_stops_taking_frames_is_cut_off() {
+        let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(4);
+        tx_events.send(notice(1)).unwrap();
+        // A socket whose write never completes (the client stopped reading).
+        let stuck = Box::pin(futures_util::sink::unfold((), |(), _m: Message| async move {
+            std::future::pending::<Result<(), std::convert::Infallible>>().await
+        }));
+        let started = Instant::now();
+        let ended = run_pump(stuck, stream::pending(), cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        assert_eq!(ended, Ended::SlowConsumer);
+        assert_eq!(started.elapsed(), Duration::from_secs(10) + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lifecycle_events_are_filtered_by_token() {
+        let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(8);
+        tx_events.send(notice(2)).unwrap();
+        tx_events.send(notice(1)).unwrap();
+        drop(tx_events);
+        let (sink, seen) = recorder();
+        let p = Principal::Instance { instance_id: "i1".into() };
+        let ended = run_pump(sink, stream::pending(), cfg(), Source::Lifecycle { rx, principal: p }).await;
+        assert_eq!(ended, Ended::SourceEnded);
+        let seen = seen.lock().unwrap();
+        let texts: Vec<&str> = seen.iter().filter_map(|m| m.to_str().ok()).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        assert!(texts[0].contains("\"instance_id\":\"i1\""), "{}", texts[0]);
+    }
 }
