@@ -215,6 +215,26 @@ async fn scoped(id: String, p: Principal) -> Result<(String, Principal), Rejecti
     }
 }
 
+/// The listen socket's feature flag, checked before the upgrade.
+fn listen_enabled(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || {
+            let on = api.config.features.enable_websocket;
+            async move {
+                if on {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "WEBSOCKET_DISABLED",
+                        "The listen socket is disabled (SUDEVWA_ENABLE_WEBSOCKET=false)",
+                    )))
+                }
+            }
+        })
+        .untuple_one()
+}
+
 fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(ApiError::into_response)
 }
@@ -485,6 +505,7 @@ pub fn routes(
         .and(auth())
         .and_then(scoped)
         .untuple_one()
+        .and(listen_enabled(api.clone()))
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())

@@ -20,7 +20,6 @@ use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use warp::filters::ws::{Message, WebSocket, Ws};
-use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
@@ -204,13 +203,6 @@ pub async fn listen(
     proto: Option<String>,
     api: Shared,
 ) -> Result<Response, ApiError> {
-    if !api.config.features.enable_websocket {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "WEBSOCKET_DISABLED",
-            "The listen socket is disabled (SUDEVWA_ENABLE_WEBSOCKET=false)",
-        ));
-    }
     let instance = handlers::instance_for_ws(&api, &p, &id).await?;
     let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
         tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");

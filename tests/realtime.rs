@@ -1,0 +1,154 @@
+//! Real-time surfaces over real sockets: `/ws` lifecycle events (auth, per-token
+//! filtering, browser-style token in `Sec-WebSocket-Protocol`) and the listen socket
+//! `/api/listen/:id` (payload of API.md, feature flag).
+
+mod common;
+
+use common::{code, TestServer, ADMIN_KEY, DEADLINE};
+use futures_util::StreamExt;
+use mock_whatsapp::MockNetwork;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(srv: &TestServer, path: &str, header: Option<(&'static str, String)>) -> Result<(Socket, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}{}", srv.addr, path).into_client_request().unwrap();
+    if let Some((k, v)) = header {
+        req.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await
+}
+
+/// The next JSON text frame whose event is `event` (others are skipped).
+async fn next_event(ws: &mut Socket, event: &str) -> Value {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let m = tokio::time::timeout_at(until, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {event}"))
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["event"] == event {
+                return v;
+            }
+        }
+    }
+}
+
+fn http_status(e: tokio_tungstenite::tungstenite::Error) -> u16 {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => r.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lifecycle_socket_needs_a_token_and_shows_only_what_it_may_see() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "ws-life", &[]).await;
+    let (a, ta) = srv.create_instance().await;
+    let (b, _tb) = srv.create_instance().await;
+
+    // Refused without a token, and with a wrong one.
+    let e = connect(&srv, "/ws", None).await.err().expect("refused");
+    assert_eq!(http_status(e), 401);
+    let e = connect(&srv, "/ws", Some(("authorization", "Bearer nope".into()))).await.err().expect("refused");
+    assert_eq!(http_status(e), 401);
+
+    // A's token (as a browser sends it: the subprotocol) sees A only; admin sees both.
+    let (mut ws_a, resp) = connect(&srv, "/ws", Some(("sec-websocket-protocol", format!("bearer, {ta}")))).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer");
+    let (mut ws_admin, _) = connect(&srv, "/ws", Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.unwrap();
+
+    // B's QR first, then A's: A's socket must see A's code and never B's.
+    srv.current_qr(&b, ADMIN_KEY).await;
+    let qr_a = srv.current_qr(&a, &ta).await;
+    let ev = next_event(&mut ws_a, "QR_GENERATED").await;
+    assert_eq!(ev["data"]["instance_id"], a.as_str(), "the first code A's token sees is A's");
+    assert!(ev["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(ev["data"]["expires_at"].is_string());
+    let mut admin_saw = std::collections::HashSet::new();
+    while admin_saw.len() < 2 {
+        let ev = next_event(&mut ws_admin, "QR_GENERATED").await;
+        admin_saw.insert(ev["data"]["instance_id"].as_str().unwrap().to_string());
+    }
+    assert!(admin_saw.contains(&a) && admin_saw.contains(&b));
+
+    // Scan A: QR_SUCCESS and INSTANCE_STATUS_CHANGED online arrive on A's socket.
+    let mut current = qr_a;
+    let (_, v) = srv.admin("GET", &format!("/api/status/{a}"), None).await;
+    if let Some(q) = v["data"]["qr"].as_str() {
+        current = q.to_string();
+    }
+    net.scan_qr(&current, Some("6281100000021")).expect("scan");
+    let ev = next_event(&mut ws_a, "QR_SUCCESS").await;
+    assert_eq!(ev["data"]["instance_id"], a.as_str());
+    loop {
+        let ev = next_event(&mut ws_a, "INSTANCE_STATUS_CHANGED").await;
+        assert_eq!(ev["data"]["instance_id"], a.as_str());
+        if ev["data"]["status"] == "online" {
+            assert_eq!(ev["data"]["is_connected"], true);
+            assert_eq!(ev["data"]["phone_number"], "6281100000021");
+            break;
+        }
+    }
+    // Cancelling B's flow is invisible to A's socket but visible to the admin.
+    let (s, _) = srv.admin("DELETE", &format!("/api/qr-cancel/{b}"), None).await;
+    assert_eq!(s, 200);
+    let ev = next_event(&mut ws_admin, "QR_CANCELLED").await;
+    assert_eq!(ev["data"]["instance_id"], b.as_str());
+    assert_eq!(ev["data"]["status"], "cancelled");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listen_socket_carries_incoming_messages() {
+    let net = MockNetwork::start().await.unwrap();
+    let carol = net.add_contact("6281200000031", "Carol").await.unwrap();
+    let srv = TestServer::start(&net, "ws-listen", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281100000031").await;
+    let (other, other_token) = srv.create_instance().await;
+
+    let e = connect(&srv, &format!("/api/listen/{id}"), None).await.err().expect("refused");
+    assert_eq!(http_status(e), 401);
+    let e = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {other_token}")))).await.err().expect("refused");
+    assert_eq!(http_status(e), 403, "another instance's token cannot listen here");
+    let e = connect(&srv, "/api/listen/no-such-instance", Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.err().expect("refused");
+    assert_eq!(http_status(e), 404);
+
+    // Two listeners on the same instance both get the message.
+    let (mut l1, _) = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {token}")))).await.unwrap();
+    let (mut l2, _) = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.unwrap();
+    let sent_id = carol.send_text("6281100000031", "hello listeners").await.unwrap();
+    for l in [&mut l1, &mut l2] {
+        let ev = next_event(l, "incoming_message").await;
+        let d = &ev["data"];
+        assert_eq!(d["instance_id"], id.as_str());
+        assert_eq!(d["message"], "hello listeners");
+        assert_eq!(d["message_id"], sent_id.as_str());
+        assert_eq!(d["from_me"], false);
+        assert_eq!(d["is_group"], false);
+        assert_eq!(d["type"], "text");
+        assert_eq!(d["from_phone"], "6281200000031");
+        assert!(d["timestamp"].as_i64().unwrap() > 1_700_000_000);
+        for k in ["from", "push_name", "chat"] {
+            assert!(d[k].is_string(), "{k} in {d}");
+        }
+    }
+    let _ = other;
+    srv.stop().await;
+
+    // With the listen socket turned off, it is refused with a clear error.
+    let srv = TestServer::start(&net, "ws-listen-off", &[("SUDEVWA_ENABLE_WEBSOCKET", "false")]).await;
+    let (id, _) = srv.create_instance().await;
+    let (s, v) = srv.admin("GET", &format!("/api/listen/{id}"), None).await;
+    assert_eq!((s, code(&v)), (403, "WEBSOCKET_DISABLED"));
+    let e = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.err().expect("refused");
+    assert_eq!(http_status(e), 403);
+    srv.stop().await;
+}
