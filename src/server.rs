@@ -11,7 +11,7 @@ use crate::store::settings::{Settings, Tokens};
 use crate::runtime::{Admission, InstanceRuntime, RuntimeConfig};
 use crate::store::db;
 use crate::store::instances::Instances;
-use actors::events::NoSink;
+use crate::outbox::{Outbox, OutboxSink, WebhookWorker, WorkerSettings};
 use actors::instance::{InstanceTiming, WaOptions};
 use actors::RestartPolicy;
 use std::net::SocketAddr;
@@ -66,8 +66,29 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = db::open(&config.database).await?;
-    let runtime = start_runtime(&config, db.clone(), Arc::new(NoSink), overrides.wa, overrides.timing).await?;
-    let api = build_api(&config, db.clone(), runtime.clone(), None).await?;
+    // Incoming messages go to the outbox before anything else; the worker delivers them.
+    let outbox = Outbox::new(db.clone());
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let sink = Arc::new(OutboxSink::new(
+        outbox.clone(),
+        config.features.enable_webhook,
+        wake.clone(),
+    ));
+    let worker = config.features.enable_webhook.then(|| {
+        WebhookWorker::spawn(
+            outbox.clone(),
+            WorkerSettings {
+                retry_schedule: config.webhook.retry_schedule.clone(),
+                timeout: config.webhook.timeout,
+                allowed_targets: config.webhook.allowed_targets.clone(),
+                poll_interval: std::time::Duration::from_secs(1),
+                max_in_flight: 16,
+            },
+            wake,
+        )
+    });
+    let runtime = start_runtime(&config, db.clone(), sink, overrides.wa, overrides.timing).await?;
+    let api = build_api(&config, db.clone(), runtime.clone(), Some(Arc::new(outbox))).await?;
     let listener = TcpListener::bind(config.server.addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -90,6 +111,10 @@ pub async fn run_with(
     tracing::info!("shutting down");
     // Every actor disconnects its client (flushing its session) before the pool closes.
     runtime.shutdown().await;
+    if let Some(w) = worker {
+        // Undelivered rows stay pending in the table for the next start.
+        w.shutdown(config.server.shutdown_grace).await;
+    }
     if let Err(e) = db.close().await {
         tracing::warn!(error = %e, "closing the database pool failed");
     }

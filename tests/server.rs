@@ -61,9 +61,15 @@ fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
             }
         }
     });
-    let line = rx
-        .recv_timeout(DEADLINE)
-        .expect("server printed its address before the deadline");
+    // Other lines may come first (generated login credentials on a first start).
+    let line = loop {
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("server printed its address before the deadline");
+        if line.starts_with("listening on ") {
+            break line;
+        }
+    };
     let addr = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));

@@ -118,12 +118,15 @@ pub struct IncomingMessage {
 }
 
 impl IncomingMessage {
-    /// The listen-socket / webhook envelope.
+    /// The listen-socket / webhook envelope. Its timestamp is the message's own, so
+    /// the listen socket and the webhook carry byte-identical payloads.
     pub fn to_envelope(&self) -> Value {
-        envelope(
-            "incoming_message",
-            serde_json::to_value(self).unwrap_or(Value::Null),
-        )
+        let at = DateTime::from_timestamp(self.timestamp, 0).unwrap_or_else(Utc::now);
+        json!({
+            "event": "incoming_message",
+            "timestamp": rfc3339(at),
+            "data": serde_json::to_value(self).unwrap_or(Value::Null),
+        })
     }
 }
 

@@ -126,20 +126,59 @@ pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchErro
     }
 }
 
+/// A client for one checked URL: no proxy, no automatic redirects, the connect
+/// timeout, and the URL's host pinned to the addresses [`check_url`] approved.
+async fn pinned_client(url: &Url, policy: &FetchPolicy) -> Result<reqwest::Client, FetchError> {
+    let addrs = check_url(url, &policy.allowed_targets).await?;
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(policy.connect_timeout)
+        .user_agent(concat!("sudevwa/", env!("CARGO_PKG_VERSION")));
+    if let Some(url::Host::Domain(d)) = url.host() {
+        // Pin the name to the addresses we checked.
+        builder = builder.resolve_to_addrs(d, &addrs);
+    }
+    builder.build().map_err(|_| FetchError::Transport)
+}
+
+/// POSTs `body` to `url` under the same rules as [`fetch`] (webhooks). Redirects are
+/// not followed (a redirect is an answer like any other non-2xx). Returns the status
+/// code; the response body is read and discarded, at most `policy.max_bytes`.
+pub async fn post(
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+    policy: &FetchPolicy,
+) -> Result<u16, FetchError> {
+    let url = Url::parse(url).map_err(|_| FetchError::InvalidUrl)?;
+    let attempt = async {
+        let client = pinned_client(&url, policy).await?;
+        let mut req = client.post(url.clone()).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let mut resp = req.send().await.map_err(map_reqwest)?;
+        let status = resp.status().as_u16();
+        let mut read = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
+            read += chunk.len() as u64;
+            if read > policy.max_bytes {
+                break;
+            }
+        }
+        Ok(status)
+    };
+    match tokio::time::timeout(policy.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout),
+    }
+}
+
 async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
     let mut hops = 0;
     loop {
-        let addrs = check_url(&url, &policy.allowed_targets).await?;
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(policy.connect_timeout)
-            .user_agent(concat!("sudevwa/", env!("CARGO_PKG_VERSION")));
-        if let Some(url::Host::Domain(d)) = url.host() {
-            // Pin the name to the addresses we checked.
-            builder = builder.resolve_to_addrs(d, &addrs);
-        }
-        let client = builder.build().map_err(|_| FetchError::Transport)?;
+        let client = pinned_client(&url, policy).await?;
         let mut resp = client.get(url.clone()).send().await.map_err(map_reqwest)?;
         let status = resp.status();
         if status.is_redirection() {

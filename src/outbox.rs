@@ -1,0 +1,447 @@
+//! Durable webhooks: every incoming message is written to the `webhook_outbox` table
+//! before anything else is done with it ([`OutboxSink`]), then a worker
+//! ([`WebhookWorker`]) delivers it.
+//!
+//! Delivery: `POST` of the stored bytes (the `incoming_message` envelope, serialized
+//! once at enqueue time, so every retry sends identical bytes) with
+//! `X-SUDEVWA-Signature` (lowercase hex HMAC-SHA256 of the raw body with the
+//! instance's secret), `webhook-id` (the row id, stable across retries) and
+//! `webhook-timestamp` (unix seconds of the attempt). A 2xx answer is delivered;
+//! anything else, a timeout or a connection error is retried after the configured
+//! schedule (±20 % jitter); after the last delay the row is `dead` (dead-letter) and
+//! can be queued again with [`Outbox::redeliver`]. Webhook URLs pass the same SSRF
+//! checks as media URLs ([`crate::net::fetch::post`]).
+//!
+//! Crash safety: rows are claimed from the database, so a process killed hard leaves
+//! them `pending` and the next start delivers them (at-least-once; receivers drop
+//! duplicates by `webhook-id`). Isolation: at most one attempt per instance is in flight
+//! and attempts run concurrently up to `max_in_flight`, so a slow or dead endpoint
+//! holds up only its own instance. This is single-node: two processes on one database
+//! could both send a due row (a lease column would fence that; see the README).
+
+use crate::config::Cidr;
+use crate::net::fetch::{self, FetchPolicy};
+use crate::store::instances::entity as instance;
+use actors::events::{IncomingMessage, IncomingSink};
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder, QuerySelect};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// The `webhook_outbox` row.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// One event to deliver.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub instance_id: String,
+        pub event: String,
+        pub payload: String,
+        /// `pending`, `delivered` or `dead`.
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: i64,
+        pub last_status_code: Option<i32>,
+        pub last_error: Option<String>,
+        pub created_at: i64,
+        pub delivered_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub const PENDING: &str = "pending";
+pub const DELIVERED: &str = "delivered";
+pub const DEAD: &str = "dead";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The outbox table.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    db: DatabaseConnection,
+}
+
+impl Outbox {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Writes `msg` for delivery if its instance has a webhook; returns the event id.
+    pub async fn enqueue(&self, msg: &IncomingMessage) -> Result<Option<String>, DbErr> {
+        let Some(row) = instance::Entity::find_by_id(msg.instance_id.clone())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if row.webhook_url.is_none() {
+            return Ok(None);
+        }
+        let id = format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()));
+        let now = now_ms();
+        entity::Entity::insert(entity::ActiveModel {
+            id: Set(id.clone()),
+            instance_id: Set(msg.instance_id.clone()),
+            event: Set("incoming_message".into()),
+            payload: Set(msg.to_envelope().to_string()),
+            status: Set(PENDING.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            created_at: Set(now),
+            delivered_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(Some(id))
+    }
+
+    /// Due rows, oldest first.
+    async fn due(&self, limit: u64) -> Result<Vec<entity::Model>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::Status.eq(PENDING))
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()))
+            .order_by_asc(entity::Column::NextAttemptAt)
+            .order_by_asc(entity::Column::CreatedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// The earliest time a pending row becomes due, if any.
+    async fn next_due(&self) -> Result<Option<i64>, DbErr> {
+        Ok(entity::Entity::find()
+            .filter(entity::Column::Status.eq(PENDING))
+            .order_by_asc(entity::Column::NextAttemptAt)
+            .one(&self.db)
+            .await?
+            .map(|r| r.next_attempt_at))
+    }
+
+    async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
+        entity::Entity::update_many()
+            .set(update)
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// One row.
+    pub async fn get(&self, id: &str) -> Result<Option<entity::Model>, DbErr> {
+        entity::Entity::find_by_id(id.to_string()).one(&self.db).await
+    }
+
+    /// Recent rows of an instance, newest first.
+    pub async fn list(&self, instance_id: &str, limit: u64) -> Result<Vec<entity::Model>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .order_by_desc(entity::Column::CreatedAt)
+            .order_by_desc(entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Queues a row again (attempts reset); `false` when the instance has no such row.
+    pub async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
+        let r = entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(PENDING))
+            .col_expr(entity::Column::Attempts, Expr::value(0))
+            .col_expr(entity::Column::NextAttemptAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+}
+
+fn ms_to_rfc3339(ms: Option<i64>) -> Value {
+    json!(ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(actors::events::rfc3339))
+}
+
+/// A row as the delivery log shows it (no payload: it holds message bodies).
+pub fn delivery_json(r: &entity::Model) -> Value {
+    json!({
+        "id": r.id,
+        "event": r.event,
+        "status": r.status,
+        "attempts": r.attempts,
+        "last_status_code": r.last_status_code,
+        "last_error": r.last_error,
+        "created_at": ms_to_rfc3339(Some(r.created_at)),
+        "next_attempt_at": if r.status == PENDING { ms_to_rfc3339(Some(r.next_attempt_at)) } else { Value::Null },
+        "delivered_at": ms_to_rfc3339(r.delivered_at),
+    })
+}
+
+#[async_trait]
+impl crate::http::DeliveryLog for Outbox {
+    async fn recent(&self, instance_id: &str, limit: u64) -> Result<Vec<Value>, DbErr> {
+        Ok(self.list(instance_id, limit).await?.iter().map(delivery_json).collect())
+    }
+
+    async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
+        let found = Outbox::redeliver(self, instance_id, id).await?;
+        Ok(found)
+    }
+}
+
+/// The actors' durable sink: writes each incoming message to the outbox (when webhooks
+/// are enabled) and wakes the worker.
+pub struct OutboxSink {
+    outbox: Outbox,
+    enabled: bool,
+    wake: Arc<Notify>,
+}
+
+impl OutboxSink {
+    pub fn new(outbox: Outbox, enabled: bool, wake: Arc<Notify>) -> Self {
+        Self {
+            outbox,
+            enabled,
+            wake,
+        }
+    }
+}
+
+#[async_trait]
+impl IncomingSink for OutboxSink {
+    async fn record(&self, msg: &IncomingMessage) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        match self.outbox.enqueue(msg).await {
+            Ok(Some(_)) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("writing the webhook outbox failed: {e}")),
+        }
+    }
+}
+
+/// How the worker delivers.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Delays between attempts; after the last, the row is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+    pub allowed_targets: Vec<Cidr>,
+    /// Longest sleep between looks at the table (a new event wakes it at once).
+    pub poll_interval: Duration,
+    /// Attempts in flight at once (over all instances).
+    pub max_in_flight: usize,
+}
+
+/// The running worker.
+pub struct WorkerHandle {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<Notify>,
+}
+
+impl WorkerHandle {
+    /// Stops looking for work, waits (bounded) for attempts in flight.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.notify_one();
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+
+    /// Stops at once, as a crash would (attempts in flight are abandoned).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// The delivery worker.
+pub struct WebhookWorker;
+
+/// Lowercase hex HMAC-SHA256 of `body` with `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts keys of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * actors::backoff::random_unit())
+}
+
+impl WebhookWorker {
+    /// Starts delivering due rows of `outbox`; `wake` is the sink's doorbell.
+    pub fn spawn(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>) -> WorkerHandle {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(outbox, settings, wake, stop.clone()));
+        WorkerHandle { task, stop }
+    }
+}
+
+async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: Arc<Notify>) {
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        match outbox.due(256).await {
+            Ok(rows) => {
+                for row in rows {
+                    // One attempt per instance at a time; this also keeps a row from
+                    // being picked twice while its attempt runs.
+                    {
+                        let mut b = busy.lock().unwrap_or_else(|p| p.into_inner());
+                        if b.contains(&row.instance_id) {
+                            continue;
+                        }
+                        b.insert(row.instance_id.clone());
+                    }
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (outbox, settings, busy, wake) = (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
+                    tasks.spawn(async move {
+                        let instance_id = row.instance_id.clone();
+                        attempt(&outbox, &settings, row).await;
+                        busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance_id);
+                        drop(permit);
+                        // The instance may have more due rows.
+                        wake.notify_one();
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading the webhook outbox failed"),
+        }
+        while tasks.try_join_next().is_some() {}
+        // Sleep until woken, the next due time, or the poll interval.
+        let mut sleep = settings.poll_interval;
+        if let Ok(Some(next)) = outbox.next_due().await {
+            let until = Duration::from_millis((next - now_ms()).max(0) as u64);
+            sleep = sleep.min(until.max(Duration::from_millis(10)));
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = stop.notified() => {
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// One delivery attempt of `row`, recorded in the table.
+async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model) {
+    // The row list may be stale (an attempt of this row may have just finished):
+    // only a row that is still due is sent.
+    let row = match outbox.get(&row.id).await {
+        Ok(Some(r)) if r.status == PENDING && r.next_attempt_at <= now_ms() => r,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "re-reading a webhook row failed");
+            return;
+        }
+    };
+    let target = instance::Entity::find_by_id(row.instance_id.clone())
+        .one(&outbox.db)
+        .await;
+    let (url, secret) = match target {
+        Ok(Some(i)) => match i.webhook_url {
+            Some(u) => (u, i.webhook_secret.unwrap_or_default()),
+            None => {
+                fail(outbox, settings, &row, None, "webhook not configured", true).await;
+                return;
+            }
+        },
+        Ok(None) => {
+            fail(outbox, settings, &row, None, "instance deleted", true).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "loading the webhook target failed");
+            return; // stays pending; retried on the next pass
+        }
+    };
+    let body = row.payload.clone().into_bytes();
+    let headers = [
+        ("content-type", "application/json".to_string()),
+        ("x-sudevwa-signature", signature(&secret, &body)),
+        ("webhook-id", row.id.clone()),
+        ("webhook-timestamp", chrono::Utc::now().timestamp().to_string()),
+    ];
+    let policy = FetchPolicy {
+        allowed_targets: settings.allowed_targets.clone(),
+        max_bytes: 64 * 1024,
+        timeout: settings.timeout,
+        connect_timeout: settings.timeout.min(Duration::from_secs(5)),
+        max_redirects: 0,
+    };
+    match fetch::post(&url, body, &headers, &policy).await {
+        Ok(code) if (200..300).contains(&code) => {
+            let r = outbox
+                .record(
+                    &row.id,
+                    entity::ActiveModel {
+                        status: Set(DELIVERED.into()),
+                        attempts: Set(row.attempts + 1),
+                        last_status_code: Set(Some(i32::from(code))),
+                        last_error: Set(None),
+                        delivered_at: Set(Some(now_ms())),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "recording a webhook delivery failed");
+            }
+        }
+        Ok(code) => fail(outbox, settings, &row, Some(code), &format!("HTTP {code}"), false).await,
+        Err(e) => fail(outbox, settings, &row, None, &e.to_string(), false).await,
+    }
+}
+
+async fn fail(outbox: &Outbox, settings: &WorkerSettings, row: &entity::Model, code: Option<u16>, error: &str, final_: bool) {
+    let attempts = row.attempts + 1;
+    let delay = settings.retry_schedule.get((attempts - 1).max(0) as usize).copied();
+    let (status, next) = match delay {
+        Some(d) if !final_ => (PENDING, now_ms() + jittered(d).as_millis() as i64),
+        _ => (DEAD, row.next_attempt_at),
+    };
+    tracing::info!(event_id = %row.id, instance_id = %row.instance_id, attempts, status, error, "webhook attempt failed");
+    let r = outbox
+        .record(
+            &row.id,
+            entity::ActiveModel {
+                status: Set(status.into()),
+                attempts: Set(attempts),
+                next_attempt_at: Set(next),
+                last_status_code: Set(code.map(i32::from)),
+                last_error: Set(Some(error.chars().take(200).collect())),
+                ..Default::default()
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "recording a webhook failure failed");
+    }
+}
