@@ -263,3 +263,116 @@ async fn webhook_flag_off_sends_nothing() {
     let _ = ADMIN_KEY;
     srv.stop().await;
 }
+
+/// The real binary, killed with SIGKILL while its outbox holds undelivered events
+/// (one attempt hanging mid-flight): after a restart every event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hard_killed_server_delivers_its_outbox_after_restart() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("sudevwa-hook-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_url = format!("sqlite://{}/db.sqlite", dir.display());
+    let spawn = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sudevwa"))
+            .current_dir(&dir)
+            .env_clear()
+            .env("PORT", "0")
+            .env("RUST_LOG", "warn")
+            .env("DATABASE_URL", &db_url)
+            .env("SUDEVWA_AUTH_ADMIN_API_KEYS", ADMIN_KEY)
+            .env("SUDEVWA_ENABLE_WEBHOOK", "true")
+            .env("SUDEVWA_ALLOWED_TARGETS", "127.0.0.0/8")
+            .env("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "60")
+            .env("SUDEVWA_WEBHOOK_RETRY_SCHEDULE", "1s")
+            // Instances never reach WhatsApp here; events are written as if they had arrived.
+            .env("SUDEVWA_WHATSAPP_SOCKET_URL", "ws://127.0.0.1:9/ws/chat")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sudevwa");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let base = rx.recv_timeout(DEADLINE).expect("server starts");
+        (child, base)
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (mut child, base) = spawn();
+    let (s, v): (u16, Value) = {
+        let r = http.post(format!("{base}/api/login")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    };
+    assert_eq!(s, 200, "{v}");
+    let id = v["data"]["instanceId"].as_str().unwrap().to_string();
+    // Every request hangs until the process dies.
+    let rx = Receiver::start(vec![Answer::Hang; 1000]).await;
+    let r = http
+        .post(format!("{base}/api/instances/{id}/webhook-setconfig"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"url": rx.url, "secret": "kill-test-secret-0123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Five events arrive (written to the outbox as the actor's sink does).
+    let cfg = sudevwa::config::Config::load(&sudevwa::config::Sources {
+        env: [("DATABASE_URL".to_string(), db_url.clone())].into_iter().collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    let db = sudevwa::store::db::open(&cfg.database).await.unwrap();
+    let outbox = sudevwa::outbox::Outbox::new(db.clone());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let m = actors::events::IncomingMessage {
+            instance_id: id.clone(),
+            from: "6281200000071@s.whatsapp.net".into(),
+            from_me: false,
+            message: format!("event {i}"),
+            timestamp: chrono::Utc::now().timestamp(),
+            is_group: false,
+            message_id: format!("M{i}"),
+            push_name: "Gus".into(),
+            chat: "6281200000071@s.whatsapp.net".into(),
+            from_phone: Some("6281200000071".into()),
+            from_lid: None,
+            kind: "text".into(),
+            media: None,
+        };
+        ids.push(outbox.enqueue(&m).await.unwrap().expect("instance has a webhook"));
+    }
+    rx.wait_for("an attempt in flight", |h| !h.is_empty()).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    // The receiver recovers; a new process delivers everything.
+    rx.script.lock().unwrap().clear();
+    let before = rx.hits().len();
+    let (mut child, _base) = spawn();
+    let hits = rx
+        .wait_for("all five delivered", |h| {
+            let ok: std::collections::HashSet<&str> = h[before..].iter().filter(|x| x.answered == Some(200)).map(|x| x.id.as_str()).collect();
+            ids.iter().all(|i| ok.contains(i.as_str()))
+        })
+        .await;
+    for i in &ids {
+        let n = hits[before..].iter().filter(|x| &x.id == i && x.answered == Some(200)).count();
+        assert_eq!(n, 1, "{i} delivered once after the restart");
+        let row = outbox.get(i).await.unwrap().unwrap();
+        assert_eq!(row.status, "delivered");
+    }
+    for h in &hits[before..] {
+        assert_eq!(h.signature, signature("kill-test-secret-0123", &h.body));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
