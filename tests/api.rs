@@ -354,3 +354,100 @@ async fn send_checks_answer_in_documented_order() {
     net.delay_frames(0);
     srv.stop().await;
 }
+
+/// Groups through the API: list, text and media to a group (by id and by number),
+/// and a member's group message arriving as `incoming_message` with the group as chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_list_send_and_receive() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let net = MockNetwork::start().await.unwrap();
+    let mut bea = net.add_contact("6281200000081", "Bea").await.unwrap();
+    let mut cid = net.add_contact("6281200000082", "Cid").await.unwrap();
+    let srv = TestServer::start(&net, "groups", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281100000081").await;
+    let gid = net
+        .create_group("Shop staff", "6281100000081", &["6281200000081", "6281200000082"])
+        .unwrap();
+    let _other = net.create_group("Not ours", "6281200000081", &["6281200000082"]).unwrap();
+
+    let (s, v) = srv.call("GET", &format!("/api/groups/{id}"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["total"], 1, "only the groups this number is in");
+    let g = &v["data"]["groups"][0];
+    assert_eq!(g["jid"], gid.as_str());
+    assert_eq!(g["name"], "Shop staff");
+    assert_eq!(g["participants"].as_array().unwrap().len(), 3);
+    assert!(g["ownerJid"].as_str().unwrap().starts_with("6281100000081@"));
+    assert!(g["createdAt"].as_u64().unwrap() > 1_700_000_000);
+    let (s, v) = srv.call("GET", "/api/groups/by-number/6281100000081", Some(&token), None).await;
+    assert_eq!((s, v["data"]["total"].as_u64(), v["data"]["from"].as_str()), (200, Some(1), Some("6281100000081")));
+
+    let (s, v) = srv
+        .call("POST", &format!("/api/send-group/{id}"), Some(&token), Some(json!({"groupJid": gid, "message": "staff meeting at 9"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["groupJid"], gid.as_str());
+    for c in [&mut bea, &mut cid] {
+        let got = c.next_text().await.unwrap();
+        assert_eq!(got.text, "staff meeting at 9");
+        assert!(got.is_group);
+        assert_eq!(got.chat, gid);
+        assert_eq!(got.from, "6281100000081");
+    }
+    let (s, v) = srv
+        .call("POST", "/api/send-group/by-number/6281100000081", Some(&token), Some(json!({"groupJid": gid, "message": "by number"})))
+        .await;
+    assert_eq!((s, v["data"]["from"].as_str()), (200, Some("6281100000081")), "{v}");
+    assert_eq!(bea.next_text().await.unwrap().text, "by number");
+
+    // Media to the group, by upload.
+    let pic: Vec<u8> = (0..12_000u32).map(|i| (i % 239) as u8).collect();
+    let form = reqwest::multipart::Form::new()
+        .text("groupJid", gid.clone())
+        .text("caption", "the new shelf")
+        .part("file", reqwest::multipart::Part::bytes(pic.clone()).file_name("shelf.png"));
+    let resp = srv.http.post(srv.url(&format!("/api/send-group/{id}/media"))).bearer_auth(&token).multipart(form).send().await.unwrap();
+    let (s, v): (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["data"]["groupJid"].as_str(), v["data"]["mediaType"].as_str()), (Some(gid.as_str()), Some("image")));
+    let img = cid
+        .wait("a group image", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.image_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cid.client.download(&img).await.unwrap(), pic);
+    // ...and by URL.
+    let files = media_server(vec![("menu.pdf", b"%PDF-1.4 menu".to_vec())]).await;
+    let (s, v) = srv
+        .call("POST", &format!("/api/send-group/{id}/media-url"), Some(&token), Some(json!({"groupJid": gid, "mediaUrl": format!("{files}/menu.pdf")})))
+        .await;
+    assert_eq!((s, v["data"]["mediaType"].as_str()), (200, Some("document")), "{v}");
+
+    // A member writes to the group: the instance's listeners see it as a group message.
+    let mut req = format!("ws://{}/api/listen/{id}", srv.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut listen, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mid = bea.send_group_text(&gid, "on my way").await.unwrap();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let d = loop {
+        let m = tokio::time::timeout_at(until, listen.next()).await.expect("group message in time").unwrap().unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        if v["data"]["message_id"] == mid.as_str() {
+            break v["data"].clone();
+        }
+    };
+    assert_eq!(d["is_group"], true);
+    assert_eq!(d["chat"], gid.as_str());
+    assert_eq!(d["message"], "on my way");
+    assert_eq!(d["from_phone"], "6281200000081");
+
+    // Not a group JID, and a group the number is not in.
+    let (s, v) = srv
+        .call("POST", &format!("/api/send-group/{id}"), Some(&token), Some(json!({"groupJid": "6281200000081@s.whatsapp.net", "message": "x"})))
+        .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"));
+    srv.stop().await;
+}

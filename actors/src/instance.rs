@@ -195,6 +195,20 @@ pub struct NumberCheck {
     pub jid: Option<String>,
 }
 
+/// A group, as `GET /api/groups/:id` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    pub jid: String,
+    pub name: String,
+    pub topic: Option<String>,
+    /// Member JIDs.
+    pub participants: Vec<String>,
+    pub owner_jid: Option<String>,
+    /// Unix seconds.
+    pub created_at: Option<u64>,
+}
+
 /// Kind of media to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -246,6 +260,14 @@ pub enum InstanceMsg {
     CheckNumbers {
         phones: Vec<String>,
         reply: RpcReplyPort<Result<Vec<NumberCheck>, InstanceError>>,
+    },
+    /// The groups this number is in.
+    ListGroups(RpcReplyPort<Result<Vec<GroupInfo>, InstanceError>>),
+    /// Send a text to a group (`<id>@g.us`).
+    SendGroupText {
+        group_jid: String,
+        text: String,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
     },
     /// Unlink on WhatsApp and wipe the keys; the instance stays.
     Logout(RpcReplyPort<Result<(), InstanceError>>),
@@ -398,6 +420,18 @@ impl Actor for InstanceActor {
             }
             InstanceMsg::CheckNumbers { phones, reply } => {
                 let r = state.check_numbers(&phones).await;
+                let _ = reply.send(r);
+            }
+            InstanceMsg::ListGroups(reply) => {
+                let r = state.list_groups().await;
+                let _ = reply.send(r);
+            }
+            InstanceMsg::SendGroupText {
+                group_jid,
+                text,
+                reply,
+            } => {
+                let r = state.send_group_text(&group_jid, text).await;
                 let _ = reply.send(r);
             }
             InstanceMsg::Logout(reply) => {
@@ -741,8 +775,7 @@ impl InstanceState {
     /// Resolves `to` (digits or a JID) and, for phone numbers, checks it is on WhatsApp.
     async fn recipient(&self, client: &Arc<Client>, to: &str) -> Result<Jid, InstanceError> {
         if to.contains('@') {
-            let jid: Jid = to.parse().map_err(|_| InstanceError::InvalidGroupJid)?;
-            return Ok(jid);
+            return group_jid_of(to);
         }
         if to.len() < 10 || !to.chars().all(|c| c.is_ascii_digit()) {
             return Err(InstanceError::InvalidPhone);
@@ -821,6 +854,43 @@ impl InstanceState {
             media.caption,
             media.file_name,
         );
+        self.send(&client, jid, message).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupInfo>, InstanceError> {
+        let client = self.logged_in_client()?;
+        let groups = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.groups().get_participating(),
+        )
+        .await
+        .map_err(|_| InstanceError::SendFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "listing groups failed");
+            InstanceError::SendFailed
+        })?;
+        let mut out: Vec<GroupInfo> = groups
+            .into_values()
+            .map(|g| GroupInfo {
+                jid: g.id.to_string(),
+                name: g.subject,
+                topic: g.description,
+                participants: g.participants.iter().map(|p| p.jid.to_string()).collect(),
+                owner_jid: g.creator.map(|c| c.to_string()),
+                created_at: g.creation_time,
+            })
+            .collect();
+        out.sort_by(|a, b| a.jid.cmp(&b.jid));
+        Ok(out)
+    }
+
+    async fn send_group_text(&self, group_jid: &str, text: String) -> Result<Sent, InstanceError> {
+        let client = self.logged_in_client()?;
+        let jid = group_jid_of(group_jid)?;
+        let message = wa::Message {
+            conversation: Some(text),
+            ..Default::default()
+        };
         self.send(&client, jid, message).await
     }
 
@@ -1013,4 +1083,18 @@ impl whatsapp_rust::http::HttpClient for SharedHttp {
     ) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
         self.0.execute(request).await
     }
+}
+
+/// A group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`), or `InvalidGroupJid`.
+fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
+    let user = s.strip_suffix("@g.us").ok_or(InstanceError::InvalidGroupJid)?;
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let ok = match user.split_once('-') {
+        Some((a, b)) => digits(a) && digits(b),
+        None => digits(user),
+    };
+    if !ok {
+        return Err(InstanceError::InvalidGroupJid);
+    }
+    s.parse().map_err(|_| InstanceError::InvalidGroupJid)
 }

@@ -829,8 +829,9 @@ pub async fn send_media_file_by_number(phone: String, p: Principal, form: warp::
 // ---------- groups ----------
 
 async fn list_groups(actor: &ActorRef<InstanceMsg>) -> Result<Value, ApiError> {
-    // GROUPS_PENDING
-    let groups: Vec<Value> = { let _ = actor; return Err(ApiError::internal()); };
+    let groups = call_t!(actor, InstanceMsg::ListGroups, SEND_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
     Ok(json!({"total": groups.len(), "groups": groups}))
 }
 
@@ -858,8 +859,9 @@ async fn do_group_text(actor: &ActorRef<InstanceMsg>, group_jid: String, text: S
         return Err(instance_error(InstanceError::InvalidGroupJid));
     }
     let g = jid.clone();
-    // GROUPS_PENDING
-    let sent: Sent = { let _ = (actor, g, text); return Err(ApiError::internal()); };
+    let sent = call_t!(actor, |reply| InstanceMsg::SendGroupText { group_jid: g, text, reply }, SEND_MS)
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
     Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
 }
 

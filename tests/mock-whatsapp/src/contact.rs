@@ -37,6 +37,9 @@ pub struct ReceivedText {
     pub from: String,
     pub text: String,
     pub message_id: String,
+    /// The chat: the sender for 1:1 messages, the group JID for group messages.
+    pub chat: String,
+    pub is_group: bool,
 }
 
 impl Contact {
@@ -126,6 +129,8 @@ impl Contact {
                     from: m.info.source.sender.user.to_string(),
                     text,
                     message_id: m.info.id.to_string(),
+                    chat: m.info.source.chat.to_string(),
+                    is_group: m.info.source.is_group,
                 })
             }),
             _ => None,
@@ -141,6 +146,22 @@ impl Contact {
         };
         self.client
             .send_message(Jid::pn(to_phone), msg)
+            .await
+            .map(|r| r.message_id)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Contact {
+    /// Sends a text to a group (`<id>@g.us`); returns the message id.
+    pub async fn send_group_text(&self, group_jid: &str, text: &str) -> Result<String, String> {
+        let jid: Jid = group_jid.parse().map_err(|_| "not a JID".to_string())?;
+        let msg = wa::Message {
+            conversation: Some(text.to_string()),
+            ..Default::default()
+        };
+        self.client
+            .send_message(jid, msg)
             .await
             .map(|r| r.message_id)
             .map_err(|e| e.to_string())

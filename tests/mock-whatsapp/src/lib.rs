@@ -216,6 +216,13 @@ impl MockNetwork {
         reg.faults.refuse_logins_until = Some(std::time::Instant::now() + for_);
     }
 
+    /// Creates a group named `subject` of `creator` and `members` (all registered
+    /// accounts); returns its JID (`<id>@g.us`).
+    pub fn create_group(&self, subject: &str, creator: &str, members: &[&str]) -> Result<String, String> {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        routing::create_group(&self.shared, subject, creator, &members)
+    }
+
     /// Delays every outbound frame by `ms`.
     pub fn delay_frames(&self, ms: u64) {
         self.shared.frame_delay.store(ms, Ordering::Relaxed);
@@ -444,6 +451,13 @@ struct DeviceRef {
 }
 
 #[derive(Deserialize)]
+struct GroupBody {
+    name: String,
+    participants: Vec<String>,
+    creator: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct DropBody {
     phone: Option<String>,
 }
@@ -517,6 +531,20 @@ fn routes(
                 json!({"dropped": drop_connections(&s, b.phone.as_deref())}),
             )
         });
+    let groups_r = warp::path!("admin" / "groups")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: GroupBody, s: Shared| {
+            let Some(creator) = b.creator.clone().or_else(|| b.participants.first().cloned()) else {
+                return reply(400, json!({"error": "participants is empty"}));
+            };
+            match routing::create_group(&s, &b.name, &creator, &b.participants) {
+                Ok(jid) => reply(200, json!({"jid": jid})),
+                Err(e) => reply(400, json!({"error": e})),
+            }
+        });
     let upload = warp::path("mms")
         .and(warp::path::param::<String>())
         .and(warp::path::param::<String>())
@@ -571,6 +599,8 @@ fn routes(
         .or(unlink_r)
         .unify()
         .or(drop_r)
+        .unify()
+        .or(groups_r)
         .unify()
         .or(upload)
         .unify()

@@ -87,6 +87,20 @@ pub struct PendingSign {
     pub keys: DeviceKeys,
 }
 
+/// A group of accounts.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The user part of `<id>@g.us`.
+    pub id: String,
+    pub subject: String,
+    /// Phone of the creator (a superadmin).
+    pub creator: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Member phones, creator included.
+    pub participants: Vec<String>,
+}
+
 /// Faults an operator injected.
 #[derive(Debug, Default, Clone)]
 pub struct Faults {
@@ -103,10 +117,19 @@ pub struct Registry {
     /// pair-success iq id → pairing.
     pub signing: HashMap<String, PendingSign>,
     pub faults: Faults,
+    /// Groups by id (user part of the JID).
+    pub groups: HashMap<String, Group>,
     next_lid: u64,
+    next_group: u64,
 }
 
 impl Registry {
+    /// A fresh group id (`120363` + 12 digits, like WhatsApp's).
+    pub fn next_group_id(&mut self) -> String {
+        self.next_group += 1;
+        format!("120363{:012}", 100_000_000 + self.next_group)
+    }
+
     /// The account of `phone`, created with fresh keys if new.
     pub fn account_mut(&mut self, phone: &str, push_name: Option<&str>) -> &mut Account {
         if !self.accounts.contains_key(phone) {

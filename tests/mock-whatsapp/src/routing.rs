@@ -10,6 +10,7 @@
 use crate::conn::{attr, iq_result, SERVER};
 use crate::registry::{ConnHandle, Outbound, Registry};
 use crate::Shared;
+use std::collections::HashMap;
 use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
@@ -233,6 +234,10 @@ pub(crate) async fn route_message(
     let Some((my_phone, my_dev)) = me else { return };
     let id = attr(&node, "id").unwrap_or_default();
     let to = attr(&node, "to").unwrap_or_default();
+    if let Some(gid) = to.strip_suffix("@g.us") {
+        let gid = gid.to_string();
+        return route_group_message(shared, &(my_phone.clone(), *my_dev), conn, node, &gid).await;
+    }
     let typ = attr(&node, "type").unwrap_or_else(|| "text".into());
     let ack = NodeBuilder::new("ack")
         .attr("class", "message")
@@ -326,23 +331,195 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
 /// Presence and chat state are accepted; the mock does not route them yet.
 pub(crate) async fn route_presence(_shared: &Shared, _me: Option<&(String, u32)>, _node: Node) {}
 
-/// `w:g2` queries: no groups yet, so "groups I'm in" is empty.
-pub(crate) fn groups_iq(
-    _shared: &Shared,
-    _me: Option<&(String, u32)>,
-    node: &Node,
-    id: &str,
-) -> Node {
-    if node.get_optional_child("participating").is_some() {
-        return iq_result(id, vec![NodeBuilder::new("groups").build()]);
-    }
+fn group_error(id: &str, code: &str, text: &str) -> Node {
     NodeBuilder::new("iq")
         .attr("from", SERVER)
         .attr("type", "error")
         .attr("id", id.to_string())
         .children([NodeBuilder::new("error")
-            .attr("code", "501")
-            .attr("text", "not-implemented")
+            .attr("code", code.to_string())
+            .attr("text", text.to_string())
             .build()])
         .build()
+}
+
+/// A group as `w:g2` answers describe it (phone-number addressing).
+fn group_node(g: &crate::registry::Group) -> Node {
+    let participants = g.participants.iter().map(|p| {
+        let mut b = NodeBuilder::new("participant").attr("jid", format!("{p}@s.whatsapp.net"));
+        if *p == g.creator {
+            b = b.attr("type", "superadmin");
+        }
+        b.build()
+    });
+    NodeBuilder::new("group")
+        .attr("id", g.id.clone())
+        .attr("subject", g.subject.clone())
+        .attr("s_t", g.created.to_string())
+        .attr("s_o", format!("{}@s.whatsapp.net", g.creator))
+        .attr("creation", g.created.to_string())
+        .attr("creator", format!("{}@s.whatsapp.net", g.creator))
+        .attr("addressing_mode", "pn")
+        .children(participants)
+        .build()
+}
+
+/// `w:g2` queries: "groups I'm in" and one group's metadata (members only).
+pub(crate) fn groups_iq(
+    shared: &Shared,
+    me: Option<&(String, u32)>,
+    node: &Node,
+    id: &str,
+) -> Node {
+    let Some((my_phone, _)) = me else {
+        return group_error(id, "401", "not-authorized");
+    };
+    let reg = shared.registry.lock().expect("registry lock");
+    if node.get_optional_child("participating").is_some() {
+        let mut mine: Vec<&crate::registry::Group> = reg
+            .groups
+            .values()
+            .filter(|g| g.participants.contains(my_phone))
+            .collect();
+        mine.sort_by(|a, b| a.id.cmp(&b.id));
+        let groups = NodeBuilder::new("groups")
+            .children(mine.into_iter().map(group_node))
+            .build();
+        return iq_result(id, vec![groups]);
+    }
+    if node.get_optional_child("query").is_some() {
+        let to = attr(node, "to").unwrap_or_default();
+        let gid = to.strip_suffix("@g.us").unwrap_or_default();
+        return match reg.groups.get(gid) {
+            Some(g) if g.participants.contains(my_phone) => iq_result(id, vec![group_node(g)]),
+            Some(_) => group_error(id, "403", "forbidden"),
+            None => group_error(id, "404", "item-not-found"),
+        };
+    }
+    group_error(id, "501", "not-implemented")
+}
+
+/// Routes a group message: ack to the sender, then to every device of every member
+/// (the sender's own other devices included) the group-wide `skmsg` plus, when the
+/// sender addressed that device, its own `pkmsg`/`msg` (the sender-key distribution).
+pub(crate) async fn route_group_message(
+    shared: &Shared,
+    me: &(String, u32),
+    conn: &ConnHandle,
+    node: Node,
+    gid: &str,
+) {
+    let (my_phone, my_dev) = me;
+    let id = attr(&node, "id").unwrap_or_default();
+    let typ = attr(&node, "type").unwrap_or_else(|| "text".into());
+    let group_jid = format!("{gid}@g.us");
+    let ack = NodeBuilder::new("ack")
+        .attr("class", "message")
+        .attr("id", id.clone())
+        .attr("from", group_jid.clone())
+        .attr("t", now().to_string())
+        .build();
+    let _ = conn.tx.send(Outbound::Node(ack)).await;
+    let device_identity = node.get_optional_child("device-identity").cloned();
+    let skmsg: Vec<Node> = node
+        .get_children_by_tag("enc")
+        .into_iter()
+        .cloned()
+        .collect();
+    // Per-device encs, keyed by (phone, device).
+    let mut direct: HashMap<(String, u32), Vec<Node>> = HashMap::new();
+    let mut out = Vec::new();
+    {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let Some(group) = reg.groups.get(gid).cloned() else {
+            return;
+        };
+        if !group.participants.contains(my_phone) {
+            return;
+        }
+        if let Some(participants) = node.get_optional_child("participants") {
+            for t in participants.get_children_by_tag("to") {
+                let Some(target) = attr(t, "jid").and_then(|j| j.parse::<Jid>().ok()) else {
+                    continue;
+                };
+                let Some(phone) = reg.find_user(&target.user).map(|a| a.phone.clone()) else {
+                    continue;
+                };
+                let encs = t.children().map(|c| c.to_vec()).unwrap_or_default();
+                direct.insert((phone, u32::from(target.device)), encs);
+            }
+        }
+        let push_name = reg
+            .accounts
+            .get(my_phone)
+            .map(|a| a.push_name.clone())
+            .unwrap_or_default();
+        for phone in &group.participants {
+            let devices: Vec<u32> = reg
+                .accounts
+                .get(phone)
+                .map(|a| a.devices.keys().copied().collect())
+                .unwrap_or_default();
+            for dev in devices {
+                if phone == my_phone && dev == *my_dev {
+                    continue;
+                }
+                let mut children = direct.remove(&(phone.clone(), dev)).unwrap_or_default();
+                let has_pkmsg = children
+                    .iter()
+                    .any(|c| attr(c, "type").as_deref() == Some("pkmsg"));
+                children.extend(skmsg.iter().cloned());
+                if has_pkmsg {
+                    if let Some(di) = &device_identity {
+                        children.push(di.clone());
+                    }
+                }
+                let stanza = NodeBuilder::new("message")
+                    .attr("from", group_jid.clone())
+                    .attr("participant", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
+                    .attr("id", id.clone())
+                    .attr("type", typ.clone())
+                    .attr("t", now().to_string())
+                    .attr("notify", push_name.clone())
+                    .attr("addressing_mode", "pn")
+                    .children(children)
+                    .build();
+                if let Some(x) = deliver(&mut reg, phone, dev, stanza) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    send_all(out).await;
+}
+
+/// Creates a group; every member must be a registered account.
+pub(crate) fn create_group(
+    shared: &Shared,
+    subject: &str,
+    creator: &str,
+    members: &[String],
+) -> Result<String, String> {
+    let mut reg = shared.registry.lock().expect("registry lock");
+    let mut participants = vec![creator.to_string()];
+    for m in members {
+        if !participants.contains(m) {
+            participants.push(m.clone());
+        }
+    }
+    if let Some(p) = participants.iter().find(|p| !reg.accounts.contains_key(*p)) {
+        return Err(format!("{p} is not on the network"));
+    }
+    let id = reg.next_group_id();
+    reg.groups.insert(
+        id.clone(),
+        crate::registry::Group {
+            id: id.clone(),
+            subject: subject.to_string(),
+            creator: creator.to_string(),
+            created: now(),
+            participants,
+        },
+    );
+    Ok(format!("{id}@g.us"))
 }

@@ -232,3 +232,43 @@ async fn replaced_stream_is_reported() {
     .await
     .unwrap();
 }
+
+/// Three contacts in one group: metadata and "groups I'm in" answer, and a group text
+/// (sender keys distributed on the way) reaches both other members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_messages_fan_out_to_every_member() {
+    let net = MockNetwork::start().await.unwrap();
+    let ann = net.add_contact("6281300000001", "Ann").await.unwrap();
+    let mut ben = net.add_contact("6281300000002", "Ben").await.unwrap();
+    let mut cat = net.add_contact("6281300000003", "Cat").await.unwrap();
+    let outsider = net.add_contact("6281300000004", "Out").await.unwrap();
+    let gid = net
+        .create_group("Team", "6281300000001", &["6281300000002", "6281300000003"])
+        .unwrap();
+    assert!(gid.ends_with("@g.us"));
+    assert!(net.create_group("Bad", "6281300000001", &["6289999999999"]).is_err());
+
+    let mine = ann.client.groups().get_participating().await.unwrap();
+    assert_eq!(mine.len(), 1);
+    let meta = mine.values().next().unwrap();
+    assert_eq!(meta.subject, "Team");
+    assert_eq!(meta.participants.len(), 3);
+    let jid: whatsapp_rust::Jid = gid.parse().unwrap();
+    let meta = ben.client.groups().get_metadata(&jid).await.unwrap();
+    assert_eq!(meta.creator.as_ref().map(|c| c.user.to_string()), Some("6281300000001".into()));
+    assert!(outsider.client.groups().get_metadata(&jid).await.is_err(), "non-members are refused");
+    assert!(outsider.client.groups().get_participating().await.unwrap().is_empty());
+
+    let id = ann.send_group_text(&gid, "hello team").await.unwrap();
+    for c in [&mut ben, &mut cat] {
+        let got = c.next_text().await.unwrap();
+        assert_eq!((got.text.as_str(), got.message_id.as_str()), ("hello team", id.as_str()));
+        assert!(got.is_group);
+        assert_eq!(got.chat, gid);
+        assert_eq!(got.from, "6281300000001");
+    }
+    // A second message reuses the distributed sender key.
+    ben.send_group_text(&gid, "second").await.unwrap();
+    let got = cat.next_text().await.unwrap();
+    assert_eq!((got.text.as_str(), got.from.as_str()), ("second", "6281300000002"));
+}
