@@ -19,5 +19,7 @@ pub mod http;
 pub mod net;
 pub mod outbox;
 pub mod runtime;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 pub mod server;
 pub mod store;

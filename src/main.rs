@@ -7,20 +7,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use sudevwa::config::{Config, Sources};
 
-const USAGE: &str = "usage: sudevwa [serve|migrate] [--config PATH]
+const USAGE: &str = "usage: sudevwa [serve|migrate] [--config PATH] [--sandbox]
 
-  serve     run the server (default)
-  migrate   apply database migrations and exit
-  --config  config file (default ./config.toml if present; env SUDEVWA_CONFIG)";
+  serve      run the server (default)
+  migrate    apply database migrations and exit
+  --config   config file (default ./config.toml if present; env SUDEVWA_CONFIG)
+  --sandbox  run against an in-process mock WhatsApp network, with /sandbox/... routes
+             (builds with `--features sandbox` only)";
 
 enum Command {
     Serve,
     Migrate,
 }
 
-fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+fn parse_args() -> Result<(Command, Option<PathBuf>, bool), String> {
     let mut cmd = None;
     let mut config = None;
+    let mut sandbox = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -32,15 +35,16 @@ fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
             s if s.starts_with("--config=") => {
                 config = Some(PathBuf::from(&s["--config=".len()..]))
             }
+            "--sandbox" => sandbox = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok((cmd.unwrap_or(Command::Serve), config))
+    Ok((cmd.unwrap_or(Command::Serve), config, sandbox))
 }
 
 fn main() -> ExitCode {
-    let (cmd, config_path) = match parse_args() {
+    let (cmd, config_path, sandbox) = match parse_args() {
         Ok(v) => v,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
@@ -51,6 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if sandbox && !cfg!(feature = "sandbox") {
+        eprintln!("sudevwa: this build has no sandbox; build it with `cargo run --features sandbox -- --sandbox`");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(&Sources::from_process(config_path)) {
         Ok(c) => c,
         Err(e) => {
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cmd {
+            Command::Serve if sandbox => serve_sandbox(config).await,
             Command::Serve => sudevwa::server::run(config, sudevwa::server::shutdown_signal())
                 .await
                 .map_err(|e| e.to_string()),
@@ -94,6 +103,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--sandbox`: the server against an in-process mock WhatsApp network.
+#[cfg(feature = "sandbox")]
+async fn serve_sandbox(config: Config) -> Result<(), String> {
+    use sudevwa::server::{run_with, Overrides};
+    let sb = sudevwa::sandbox::Sandbox::start()
+        .await
+        .map_err(|e| format!("cannot start the mock network: {e}"))?;
+    println!("sandbox: mock WhatsApp network at {}", sb.mock_url());
+    let wa = sb.wa_options(&config.whatsapp.device_name);
+    let routes_sb = sb.clone();
+    run_with(
+        config,
+        Overrides {
+            wa: Some(wa),
+            sandbox: Some(Box::new(move |api| sudevwa::sandbox::routes(api, routes_sb))),
+            timing: None,
+        },
+        |local| println!("listening on http://{local}"),
+        sudevwa::server::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "sandbox"))]
+async fn serve_sandbox(_config: Config) -> Result<(), String> {
+    Err("this build has no sandbox".into())
 }
 
 fn init_tracing(default_filter: &str) {

@@ -37,8 +37,8 @@ pub enum StartError {
 pub struct Overrides {
     /// How instances reach WhatsApp, instead of what the config says (the mock network).
     pub wa: Option<WaOptions>,
-    /// Extra routes (the sandbox's `/sandbox/...`).
-    pub sandbox: Option<crate::http::SandboxRoutes>,
+    /// Builds extra routes once the API state exists (the sandbox's `/sandbox/...`).
+    pub sandbox: Option<Box<dyn FnOnce(Shared) -> crate::http::SandboxRoutes + Send>>,
     /// Instance timing, instead of the config's (tests shorten deadlines).
     pub timing: Option<InstanceTiming>,
 }
@@ -102,7 +102,8 @@ pub async fn run_with(
     on_bound(local);
     tracing::info!(%local, db = ?config.database.kind, "sudevwa started");
 
-    warp::serve(crate::http::routes(api, overrides.sandbox))
+    let extra = overrides.sandbox.map(|build| build(api.clone()));
+    warp::serve(crate::http::routes(api, extra))
         .incoming(listener)
         .graceful(shutdown)
         .run()

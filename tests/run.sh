@@ -68,5 +68,10 @@ if ! cargo tree -q -p mock-whatsapp -e features,no-dev -i wacore-noise | grep -q
   exit 1
 fi
 
-log "running the tests"
-cargo test --workspace --no-fail-fast "$@"
+if ! cargo tree -q -p sudevwa --features sandbox -e features,no-dev -i wacore-noise | grep -q danger-skip; then
+  echo "FAIL: the sandbox build should carry the mock's certificate-check skip" >&2
+  exit 1
+fi
+
+log "running the tests (sandbox feature on, so the README tour runs too)"
+cargo test --workspace --features sudevwa/sandbox --no-fail-fast "$@"

@@ -970,7 +970,7 @@ impl InstanceState {
 }
 
 /// The message type, its text (or caption) and media metadata.
-fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
+pub fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
     let opt = |s: &Option<String>| s.clone().unwrap_or_default();
     if let Some(t) = &m.conversation {
         return ("text", t.clone(), None);
@@ -1021,7 +1021,8 @@ fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
     ("other", String::new(), None)
 }
 
-fn media_message(
+/// A media message for an uploaded file (also used by the sandbox's contacts).
+pub fn media_message(
     kind: &MediaKind,
     up: whatsapp_rust::upload::UploadResponse,
     mimetype: String,

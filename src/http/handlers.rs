@@ -37,7 +37,7 @@ const FIRST_QR_WAIT: Duration = Duration::from_secs(10);
 
 // ---------- common pieces ----------
 
-fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -51,7 +51,7 @@ fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
 }
 
 /// A required, non-empty string field.
-fn required(v: &Option<String>, name: &str) -> Result<String, ApiError> {
+pub fn required(v: &Option<String>, name: &str) -> Result<String, ApiError> {
     match v.as_deref().map(str::trim) {
         Some(s) if !s.is_empty() => Ok(s.to_string()),
         _ => Err(ApiError::bad_request(
@@ -61,7 +61,7 @@ fn required(v: &Option<String>, name: &str) -> Result<String, ApiError> {
     }
 }
 
-fn db_error(e: sea_orm::DbErr) -> ApiError {
+pub fn db_error(e: sea_orm::DbErr) -> ApiError {
     tracing::error!(error = %e, "database call failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -78,7 +78,7 @@ fn forbidden() -> ApiError {
     )
 }
 
-fn admin_only(p: &Principal) -> Result<(), ApiError> {
+pub fn admin_only(p: &Principal) -> Result<(), ApiError> {
     if p.is_admin() {
         Ok(())
     } else {
@@ -133,7 +133,7 @@ fn guard(p: &Principal, id: &str) -> Result<(), ApiError> {
 
 /// The instance row, if the caller may see it: 403 for another instance's token
 /// (before looking, so existence does not leak), 404 `SESSION_NOT_FOUND` when absent.
-async fn instance(api: &Shared, p: &Principal, id: &str) -> Result<Instance, ApiError> {
+pub async fn instance(api: &Shared, p: &Principal, id: &str) -> Result<Instance, ApiError> {
     guard(p, id)?;
     api.instances
         .get(id)
@@ -419,21 +419,25 @@ pub async fn revoke_tokens(id: String, p: Principal, api: Shared) -> R {
 
 // ---------- QR ----------
 
-/// `GET /api/qr/:id`: starts (or joins) the QR flow and returns the current code.
-pub async fn qr(id: String, p: Principal, api: Shared) -> R {
-    instance(&api, &p, &id).await?;
-    let a = actor(&api, &id).await?;
+/// Result of starting (or joining) a QR flow.
+pub enum QrStart {
+    /// Online already, with this JID.
+    Connected(Option<String>),
+    /// The flow runs; the code on offer (if it arrived in time) and its expiry.
+    Code(Option<(String, String)>),
+}
+
+/// Starts (or joins) the QR flow of an existing instance and waits briefly for the
+/// first code.
+pub async fn start_qr(api: &Shared, id: &str) -> Result<QrStart, ApiError> {
+    let a = actor(api, id).await?;
     // Subscribe before starting, so the first code cannot slip past.
     let mut notices = api.runtime.lifecycle();
     let started = call_t!(a, InstanceMsg::StartQr, QUICK_MS).map_err(actor_unreachable)?;
     let mut code = match started {
         Ok(code) => code,
         Err(InstanceError::Lifecycle(LifecycleError::AlreadyConnected)) => {
-            let s = snapshot(&a).await?;
-            return Ok(ok(
-                "Instance is already connected",
-                json!({"status": "already_connected", "instance_id": id, "jid": s.jid}),
-            ));
+            return Ok(QrStart::Connected(snapshot(&a).await?.jid));
         }
         Err(e) => return Err(instance_error(e)),
     }
@@ -453,6 +457,21 @@ pub async fn qr(id: String, p: Principal, api: Shared) -> R {
             }
         }
     }
+    Ok(QrStart::Code(code))
+}
+
+/// `GET /api/qr/:id`: starts (or joins) the QR flow and returns the current code.
+pub async fn qr(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let code = match start_qr(&api, &id).await? {
+        QrStart::Connected(jid) => {
+            return Ok(ok(
+                "Instance is already connected",
+                json!({"status": "already_connected", "instance_id": id, "jid": jid}),
+            ));
+        }
+        QrStart::Code(code) => code,
+    };
     let mut data = json!({
         "status": "generating",
         "instance_id": id,

@@ -10,7 +10,7 @@
 
 pub mod auth;
 pub mod error;
-mod handlers;
+pub(crate) mod handlers;
 pub mod openapi;
 pub mod qr;
 pub mod ratelimit;
@@ -87,7 +87,7 @@ pub fn health() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clo
     })
 }
 
-fn with_api(api: Shared) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
+pub(crate) fn with_api(api: Shared) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
     warp::any().map(move || api.clone())
 }
 
@@ -121,7 +121,7 @@ fn auth_error(e: AuthError) -> ApiError {
 }
 
 /// Extracts the authenticated caller or rejects with 401.
-fn authed(api: Shared) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+pub(crate) fn authed(api: Shared) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(with_api(api))
@@ -195,7 +195,7 @@ where
 
 /// The raw body, at most `limit` bytes (413 beyond, whether or not a Content-Length
 /// was sent).
-fn body_limited(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+pub(crate) fn body_limited(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(move |len, stream| collect_body(len, stream, limit))
@@ -235,7 +235,7 @@ fn listen_enabled(api: Shared) -> impl Filter<Extract = (), Error = Rejection> +
         .untuple_one()
 }
 
-fn respond(r: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(ApiError::into_response)
 }
 

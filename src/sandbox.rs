@@ -1,0 +1,337 @@
+//! Sandbox mode (cargo feature `sandbox`, `sudevwa --sandbox`): the server runs against
+//! an in-process mock WhatsApp network on loopback, and `/sandbox/...` routes (admin
+//! auth) let a person or an integrator's CI be the phone and the other people:
+//! scan an instance's QR, create contacts, send as a contact, read what a contact
+//! received, create groups, unlink a device, drop sockets.
+//!
+//! A sandbox build only ever connects to this mock: the socket URL is the mock's
+//! loopback address, never configuration.
+
+use crate::http::error::ApiError;
+use crate::http::handlers::{self, admin_only, parse, required, QrStart};
+use crate::http::util::{self, ok};
+use crate::http::{authed, body_limited, respond, with_api, Shared, MAX_JSON_BODY};
+use actors::instance::{MediaKind, WaOptions};
+use bytes::Bytes;
+use mock_whatsapp::contact::Contact;
+use mock_whatsapp::MockNetwork;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+use whatsapp_rust::wacore::types::events::Event;
+use whatsapp_rust::Jid;
+
+/// Messages kept per contact (oldest dropped first).
+const KEEP: usize = 1000;
+
+type R = Result<Response, ApiError>;
+
+/// A simulated person.
+struct Person {
+    client: Arc<whatsapp_rust::Client>,
+    received: Arc<Mutex<VecDeque<Value>>>,
+    _collector: tokio::task::JoinHandle<()>,
+}
+
+/// The mock network and the simulated people on it.
+pub struct Sandbox {
+    net: MockNetwork,
+    people: tokio::sync::Mutex<HashMap<String, Person>>,
+}
+
+impl Sandbox {
+    /// Starts the mock network on 127.0.0.1 (an OS-chosen port).
+    pub async fn start() -> std::io::Result<Arc<Self>> {
+        let net = MockNetwork::start().await?;
+        Ok(Arc::new(Self {
+            net,
+            people: Default::default(),
+        }))
+    }
+
+    /// How instances reach the mock.
+    pub fn wa_options(&self, push_name: &str) -> WaOptions {
+        WaOptions {
+            socket_url: Some(self.net.ws_url()),
+            version: Some((2, 3000, 0)),
+            push_name: push_name.to_string(),
+            http: Some(Arc::new(self.net.http_client())),
+            force_active_receipts: true,
+        }
+    }
+
+    /// The mock's own address (admin API and media).
+    pub fn mock_url(&self) -> String {
+        self.net.base_url()
+    }
+}
+
+fn not_found(code: &'static str, what: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code, what.to_string())
+}
+
+/// Collects what a contact receives.
+async fn collect(mut c: Contact, into: Arc<Mutex<VecDeque<Value>>>) {
+    loop {
+        let batch = c
+            .wait("messages", |e| match e {
+                Event::Messages(b) => Some(
+                    b.messages
+                        .iter()
+                        .map(|m| {
+                            let (kind, text, media) = actors::instance::describe(&m.message);
+                            json!({
+                                "from": m.info.source.sender.to_non_ad().to_string(),
+                                "chat": m.info.source.chat.to_non_ad().to_string(),
+                                "message": text,
+                                "message_id": m.info.id.to_string(),
+                                "timestamp": m.info.timestamp.timestamp(),
+                                "type": kind,
+                                "is_group": m.info.source.is_group,
+                                "media": media,
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .await;
+        match batch {
+            Ok(items) => {
+                let mut q = into.lock().unwrap_or_else(|p| p.into_inner());
+                for v in items {
+                    if q.len() >= KEEP {
+                        q.pop_front();
+                    }
+                    q.push_back(v);
+                }
+            }
+            // A quiet period (the wait has a deadline): keep listening.
+            Err(e) if e.starts_with("timed out") => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ScanBody {
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ContactBody {
+    phone: Option<String>,
+    push_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SendBody {
+    to: Option<String>,
+    message: Option<String>,
+    media_url: Option<String>,
+    caption: Option<String>,
+    media_type: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct GroupBody {
+    name: Option<String>,
+    participants: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+struct DropBody {
+    instance_id: Option<String>,
+}
+
+fn phone(api: &Shared, raw: &str) -> Result<String, ApiError> {
+    util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
+}
+
+async fn scan(id: String, p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let b: ScanBody = parse(&body)?;
+    let number = phone(&api, &required(&b.phone, "phone")?)?;
+    handlers::instance(&api, &p, &id).await?;
+    let code = match handlers::start_qr(&api, &id).await? {
+        QrStart::Connected(_) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "ALREADY_CONNECTED", "Instance is already connected"))
+        }
+        QrStart::Code(Some((code, _))) => code,
+        QrStart::Code(None) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "NO_QR_SESSION", "No QR code is on offer yet; try again"))
+        }
+    };
+    sb.net
+        .scan_qr(&code, Some(&number))
+        .map_err(|e| ApiError::bad_request("SCAN_FAILED", e.to_string()))?;
+    Ok(ok("Scanned; the instance is pairing", json!({"instance_id": id, "phone": number})))
+}
+
+async fn add_contact(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let b: ContactBody = parse(&body)?;
+    let number = phone(&api, &required(&b.phone, "phone")?)?;
+    let name = b.push_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| format!("Contact {number}"));
+    let mut people = sb.people.lock().await;
+    if people.contains_key(&number) {
+        return Ok(ok("Contact exists", json!({"phone": number})));
+    }
+    let c = sb
+        .net
+        .add_contact(&number, &name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "CONTACT_FAILED", e))?;
+    let client = c.client.clone();
+    let received: Arc<Mutex<VecDeque<Value>>> = Arc::default();
+    let collector = tokio::spawn(collect(c, received.clone()));
+    people.insert(number.clone(), Person { client, received, _collector: collector });
+    Ok(ok("Contact created", json!({"phone": number, "push_name": name})))
+}
+
+async fn contact_send(from: String, p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let b: SendBody = parse(&body)?;
+    let to_raw = required(&b.to, "to")?;
+    let to: Jid = if to_raw.ends_with("@g.us") {
+        if !util::is_group_jid(&to_raw) {
+            return Err(ApiError::bad_request("INVALID_GROUP_JID", "Invalid group JID"));
+        }
+        to_raw.parse().map_err(|_| ApiError::bad_request("INVALID_GROUP_JID", "Invalid group JID"))?
+    } else {
+        Jid::pn(phone(&api, &to_raw)?)
+    };
+    let from = phone(&api, &from)?;
+    let client = {
+        let people = sb.people.lock().await;
+        people
+            .get(&from)
+            .map(|c| c.client.clone())
+            .ok_or_else(|| not_found("CONTACT_NOT_FOUND", "No such sandbox contact"))?
+    };
+    let message = match (&b.message, &b.media_url) {
+        (_, Some(url)) => {
+            let kind = match b.media_type.as_deref() {
+                Some(t) => util::parse_media_type(t)
+                    .ok_or_else(|| ApiError::bad_request("VALIDATION_ERROR", "mediaType must be image, video, audio or document"))?,
+                None => util::media_kind_for(url),
+            };
+            let parsed = url::Url::parse(url).map_err(|_| ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL"))?;
+            let name = util::file_name_from_url(&parsed);
+            let fetched = crate::net::fetch::fetch(url, &api.fetch_policy(api.config.limits.max_document_bytes))
+                .await
+                .map_err(|e| ApiError::bad_request(e.api_code(), e.to_string()))?;
+            let media_type = match kind {
+                MediaKind::Image => whatsapp_rust::download::MediaType::Image,
+                MediaKind::Video => whatsapp_rust::download::MediaType::Video,
+                MediaKind::Audio => whatsapp_rust::download::MediaType::Audio,
+                MediaKind::Document => whatsapp_rust::download::MediaType::Document,
+            };
+            let up = client
+                .upload(fetched.bytes, media_type, Default::default())
+                .await
+                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UPLOAD_FAILED", "Media upload failed"))?;
+            let mimetype = util::mimetype_for(&name, fetched.content_type.as_deref());
+            actors::instance::media_message(&kind, up, mimetype, b.caption.clone(), Some(name))
+        }
+        (Some(text), None) if !text.is_empty() => whatsapp_rust::waproto::whatsapp::Message {
+            conversation: Some(text.clone()),
+            ..Default::default()
+        },
+        _ => return Err(ApiError::bad_request("VALIDATION_ERROR", "message or mediaUrl is required")),
+    };
+    let r = client
+        .send_message(to.clone(), message)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "SEND_FAILED", "Message could not be sent"))?;
+    Ok(ok("Sent as the contact", json!({"from": from, "to": to.to_string(), "message_id": r.message_id})))
+}
+
+async fn contact_messages(from: String, p: crate::http::auth::Principal, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let from = phone(&api, &from)?;
+    let people = sb.people.lock().await;
+    let c = people.get(&from).ok_or_else(|| not_found("CONTACT_NOT_FOUND", "No such sandbox contact"))?;
+    let items: Vec<Value> = c.received.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    Ok(ok("Messages received by the contact", json!({"total": items.len(), "messages": items})))
+}
+
+async fn create_group(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let b: GroupBody = parse(&body)?;
+    let name = required(&b.name, "name")?;
+    let members = b.participants.unwrap_or_default();
+    let members: Vec<String> = members.iter().map(|m| phone(&api, m)).collect::<Result<_, _>>()?;
+    let Some((creator, rest)) = members.split_first() else {
+        return Err(ApiError::bad_request("VALIDATION_ERROR", "participants is required"));
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let jid = sb
+        .net
+        .create_group(&name, creator, &rest)
+        .map_err(|e| ApiError::bad_request("VALIDATION_ERROR", e))?;
+    Ok(ok("Group created", json!({"jid": jid})))
+}
+
+async fn instance_phone(api: &Shared, p: &crate::http::auth::Principal, id: &str) -> Result<String, ApiError> {
+    let row = handlers::instance(api, p, id).await?;
+    row.phone.ok_or_else(|| ApiError::bad_request("NOT_LOGGED_IN", "The instance is not paired"))
+}
+
+async fn unlink(id: String, p: crate::http::auth::Principal, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let number = instance_phone(&api, &p, &id).await?;
+    let devices: Vec<u32> = sb
+        .net
+        .accounts()
+        .into_iter()
+        .filter(|a| a.phone == number)
+        .flat_map(|a| a.devices.into_iter().map(|d| d.id))
+        .collect();
+    let n = devices.into_iter().filter(|d| sb.net.unlink(&number, *d)).count();
+    Ok(ok("The phone removed the linked device", json!({"instance_id": id, "unlinked": n})))
+}
+
+async fn drop_sockets(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+    admin_only(&p)?;
+    let b: DropBody = parse(&body)?;
+    let n = match b.instance_id {
+        Some(id) => {
+            let number = instance_phone(&api, &p, &id).await?;
+            sb.net.drop_connections(Some(&number))
+        }
+        None => sb.net.drop_connections(None),
+    };
+    Ok(ok("Sockets dropped", json!({"dropped": n})))
+}
+
+/// The `/sandbox/...` routes.
+pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
+    let a = || with_api(api.clone());
+    let auth = || authed(api.clone());
+    let json = || body_limited(MAX_JSON_BODY);
+    let s = {
+        let sb = sb.clone();
+        move || {
+            let sb = sb.clone();
+            warp::any().map(move || sb.clone())
+        }
+    };
+    use warp::path as p;
+    let scan_r = p!("sandbox" / "scan" / String).and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(scan).map(respond).boxed();
+    let contacts = p!("sandbox" / "contacts").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(add_contact).map(respond).boxed();
+    let send = p!("sandbox" / "contacts" / String / "send").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(contact_send).map(respond).boxed();
+    let msgs = p!("sandbox" / "contacts" / String / "messages").and(warp::get()).and(auth()).and(a()).and(s()).then(contact_messages).map(respond).boxed();
+    let groups = p!("sandbox" / "groups").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(create_group).map(respond).boxed();
+    let unlink_r = p!("sandbox" / "unlink" / String).and(warp::post()).and(auth()).and(a()).and(s()).then(unlink).map(respond).boxed();
+    let drop_r = p!("sandbox" / "faults" / "drop").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(drop_sockets).map(respond).boxed();
+    [contacts, send, msgs, groups, unlink_r, drop_r]
+        .into_iter()
+        .fold(scan_r, |acc, r| acc.or(r).unify().boxed())
+}
