@@ -119,7 +119,9 @@ async fn serve_sandbox(config: Config) -> Result<(), String> {
         config,
         Overrides {
             wa: Some(wa),
-            sandbox: Some(Box::new(move |api| sudevwa::sandbox::routes(api, routes_sb))),
+            sandbox: Some(Box::new(move |api| {
+                sudevwa::sandbox::routes(api, routes_sb)
+            })),
             timing: None,
         },
         |local| println!("listening on http://{local}"),

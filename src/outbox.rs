@@ -146,7 +146,9 @@ impl Outbox {
 
     /// One row.
     pub async fn get(&self, id: &str) -> Result<Option<entity::Model>, DbErr> {
-        entity::Entity::find_by_id(id.to_string()).one(&self.db).await
+        entity::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
     }
 
     /// Recent rows of an instance, newest first.
@@ -198,7 +200,12 @@ pub fn delivery_json(r: &entity::Model) -> Value {
 #[async_trait]
 impl crate::http::DeliveryLog for Outbox {
     async fn recent(&self, instance_id: &str, limit: u64) -> Result<Vec<Value>, DbErr> {
-        Ok(self.list(instance_id, limit).await?.iter().map(delivery_json).collect())
+        Ok(self
+            .list(instance_id, limit)
+            .await?
+            .iter()
+            .map(delivery_json)
+            .collect())
     }
 
     async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
@@ -281,7 +288,8 @@ pub struct WebhookWorker;
 /// Lowercase hex HMAC-SHA256 of `body` with `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -319,11 +327,14 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return;
                     };
-                    let (outbox, settings, busy, wake) = (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
+                    let (outbox, settings, busy, wake) =
+                        (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
                     tasks.spawn(async move {
                         let instance_id = row.instance_id.clone();
                         attempt(&outbox, &settings, row).await;
-                        busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&instance_id);
+                        busy.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&instance_id);
                         drop(permit);
                         // The instance may have more due rows.
                         wake.notify_one();
@@ -387,7 +398,10 @@ async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model)
         ("content-type", "application/json".to_string()),
         ("x-sudevwa-signature", signature(&secret, &body)),
         ("webhook-id", row.id.clone()),
-        ("webhook-timestamp", chrono::Utc::now().timestamp().to_string()),
+        (
+            "webhook-timestamp",
+            chrono::Utc::now().timestamp().to_string(),
+        ),
     ];
     let policy = FetchPolicy {
         allowed_targets: settings.allowed_targets.clone(),
@@ -415,14 +429,34 @@ async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model)
                 tracing::error!(error = %e, "recording a webhook delivery failed");
             }
         }
-        Ok(code) => fail(outbox, settings, &row, Some(code), &format!("HTTP {code}"), false).await,
+        Ok(code) => {
+            fail(
+                outbox,
+                settings,
+                &row,
+                Some(code),
+                &format!("HTTP {code}"),
+                false,
+            )
+            .await
+        }
         Err(e) => fail(outbox, settings, &row, None, &e.to_string(), false).await,
     }
 }
 
-async fn fail(outbox: &Outbox, settings: &WorkerSettings, row: &entity::Model, code: Option<u16>, error: &str, final_: bool) {
+async fn fail(
+    outbox: &Outbox,
+    settings: &WorkerSettings,
+    row: &entity::Model,
+    code: Option<u16>,
+    error: &str,
+    final_: bool,
+) {
     let attempts = row.attempts + 1;
-    let delay = settings.retry_schedule.get((attempts - 1).max(0) as usize).copied();
+    let delay = settings
+        .retry_schedule
+        .get((attempts - 1).max(0) as usize)
+        .copied();
     let (status, next) = match delay {
         Some(d) if !final_ => (PENDING, now_ms() + jittered(d).as_millis() as i64),
         _ => (DEAD, row.next_attempt_at),

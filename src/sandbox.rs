@@ -154,31 +154,56 @@ fn phone(api: &Shared, raw: &str) -> Result<String, ApiError> {
     util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
 }
 
-async fn scan(id: String, p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn scan(
+    id: String,
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let b: ScanBody = parse(&body)?;
     let number = phone(&api, &required(&b.phone, "phone")?)?;
     handlers::instance(&api, &p, &id).await?;
     let code = match handlers::start_qr(&api, &id).await? {
         QrStart::Connected(_) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "ALREADY_CONNECTED", "Instance is already connected"))
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ALREADY_CONNECTED",
+                "Instance is already connected",
+            ))
         }
         QrStart::Code(Some((code, _))) => code,
         QrStart::Code(None) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "NO_QR_SESSION", "No QR code is on offer yet; try again"))
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "NO_QR_SESSION",
+                "No QR code is on offer yet; try again",
+            ))
         }
     };
     sb.net
         .scan_qr(&code, Some(&number))
         .map_err(|e| ApiError::bad_request("SCAN_FAILED", e.to_string()))?;
-    Ok(ok("Scanned; the instance is pairing", json!({"instance_id": id, "phone": number})))
+    Ok(ok(
+        "Scanned; the instance is pairing",
+        json!({"instance_id": id, "phone": number}),
+    ))
 }
 
-async fn add_contact(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn add_contact(
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let b: ContactBody = parse(&body)?;
     let number = phone(&api, &required(&b.phone, "phone")?)?;
-    let name = b.push_name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| format!("Contact {number}"));
+    let name = b
+        .push_name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| format!("Contact {number}"));
     let mut people = sb.people.lock().await;
     if people.contains_key(&number) {
         return Ok(ok("Contact exists", json!({"phone": number})));
@@ -191,19 +216,40 @@ async fn add_contact(p: crate::http::auth::Principal, body: Bytes, api: Shared, 
     let client = c.client.clone();
     let received: Arc<Mutex<VecDeque<Value>>> = Arc::default();
     let collector = tokio::spawn(collect(c, received.clone()));
-    people.insert(number.clone(), Person { client, received, _collector: collector });
-    Ok(ok("Contact created", json!({"phone": number, "push_name": name})))
+    people.insert(
+        number.clone(),
+        Person {
+            client,
+            received,
+            _collector: collector,
+        },
+    );
+    Ok(ok(
+        "Contact created",
+        json!({"phone": number, "push_name": name}),
+    ))
 }
 
-async fn contact_send(from: String, p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn contact_send(
+    from: String,
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let b: SendBody = parse(&body)?;
     let to_raw = required(&b.to, "to")?;
     let to: Jid = if to_raw.ends_with("@g.us") {
         if !util::is_group_jid(&to_raw) {
-            return Err(ApiError::bad_request("INVALID_GROUP_JID", "Invalid group JID"));
+            return Err(ApiError::bad_request(
+                "INVALID_GROUP_JID",
+                "Invalid group JID",
+            ));
         }
-        to_raw.parse().map_err(|_| ApiError::bad_request("INVALID_GROUP_JID", "Invalid group JID"))?
+        to_raw
+            .parse()
+            .map_err(|_| ApiError::bad_request("INVALID_GROUP_JID", "Invalid group JID"))?
     } else {
         Jid::pn(phone(&api, &to_raw)?)
     };
@@ -218,15 +264,24 @@ async fn contact_send(from: String, p: crate::http::auth::Principal, body: Bytes
     let message = match (&b.message, &b.media_url) {
         (_, Some(url)) => {
             let kind = match b.media_type.as_deref() {
-                Some(t) => util::parse_media_type(t)
-                    .ok_or_else(|| ApiError::bad_request("VALIDATION_ERROR", "mediaType must be image, video, audio or document"))?,
+                Some(t) => util::parse_media_type(t).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "VALIDATION_ERROR",
+                        "mediaType must be image, video, audio or document",
+                    )
+                })?,
                 None => util::media_kind_for(url),
             };
-            let parsed = url::Url::parse(url).map_err(|_| ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL"))?;
+            let parsed = url::Url::parse(url).map_err(|_| {
+                ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL")
+            })?;
             let name = util::file_name_from_url(&parsed);
-            let fetched = crate::net::fetch::fetch(url, &api.fetch_policy(api.config.limits.max_document_bytes))
-                .await
-                .map_err(|e| ApiError::bad_request(e.api_code(), e.to_string()))?;
+            let fetched = crate::net::fetch::fetch(
+                url,
+                &api.fetch_policy(api.config.limits.max_document_bytes),
+            )
+            .await
+            .map_err(|e| ApiError::bad_request(e.api_code(), e.to_string()))?;
             let media_type = match kind {
                 MediaKind::Image => whatsapp_rust::download::MediaType::Image,
                 MediaKind::Video => whatsapp_rust::download::MediaType::Video,
@@ -236,7 +291,13 @@ async fn contact_send(from: String, p: crate::http::auth::Principal, body: Bytes
             let up = client
                 .upload(fetched.bytes, media_type, Default::default())
                 .await
-                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UPLOAD_FAILED", "Media upload failed"))?;
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "UPLOAD_FAILED",
+                        "Media upload failed",
+                    )
+                })?;
             let mimetype = util::mimetype_for(&name, fetched.content_type.as_deref());
             actors::instance::media_message(&kind, up, mimetype, b.caption.clone(), Some(name))
         }
@@ -244,32 +305,73 @@ async fn contact_send(from: String, p: crate::http::auth::Principal, body: Bytes
             conversation: Some(text.clone()),
             ..Default::default()
         },
-        _ => return Err(ApiError::bad_request("VALIDATION_ERROR", "message or mediaUrl is required")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "VALIDATION_ERROR",
+                "message or mediaUrl is required",
+            ))
+        }
     };
     let r = client
         .send_message(to.clone(), message)
         .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "SEND_FAILED", "Message could not be sent"))?;
-    Ok(ok("Sent as the contact", json!({"from": from, "to": to.to_string(), "message_id": r.message_id})))
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SEND_FAILED",
+                "Message could not be sent",
+            )
+        })?;
+    Ok(ok(
+        "Sent as the contact",
+        json!({"from": from, "to": to.to_string(), "message_id": r.message_id}),
+    ))
 }
 
-async fn contact_messages(from: String, p: crate::http::auth::Principal, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn contact_messages(
+    from: String,
+    p: crate::http::auth::Principal,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let from = phone(&api, &from)?;
     let people = sb.people.lock().await;
-    let c = people.get(&from).ok_or_else(|| not_found("CONTACT_NOT_FOUND", "No such sandbox contact"))?;
-    let items: Vec<Value> = c.received.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
-    Ok(ok("Messages received by the contact", json!({"total": items.len(), "messages": items})))
+    let c = people
+        .get(&from)
+        .ok_or_else(|| not_found("CONTACT_NOT_FOUND", "No such sandbox contact"))?;
+    let items: Vec<Value> = c
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    Ok(ok(
+        "Messages received by the contact",
+        json!({"total": items.len(), "messages": items}),
+    ))
 }
 
-async fn create_group(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn create_group(
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let b: GroupBody = parse(&body)?;
     let name = required(&b.name, "name")?;
     let members = b.participants.unwrap_or_default();
-    let members: Vec<String> = members.iter().map(|m| phone(&api, m)).collect::<Result<_, _>>()?;
+    let members: Vec<String> = members
+        .iter()
+        .map(|m| phone(&api, m))
+        .collect::<Result<_, _>>()?;
     let Some((creator, rest)) = members.split_first() else {
-        return Err(ApiError::bad_request("VALIDATION_ERROR", "participants is required"));
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            "participants is required",
+        ));
     };
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let jid = sb
@@ -279,9 +381,14 @@ async fn create_group(p: crate::http::auth::Principal, body: Bytes, api: Shared,
     Ok(ok("Group created", json!({"jid": jid})))
 }
 
-async fn instance_phone(api: &Shared, p: &crate::http::auth::Principal, id: &str) -> Result<String, ApiError> {
+async fn instance_phone(
+    api: &Shared,
+    p: &crate::http::auth::Principal,
+    id: &str,
+) -> Result<String, ApiError> {
     let row = handlers::instance(api, p, id).await?;
-    row.phone.ok_or_else(|| ApiError::bad_request("NOT_LOGGED_IN", "The instance is not paired"))
+    row.phone
+        .ok_or_else(|| ApiError::bad_request("NOT_LOGGED_IN", "The instance is not paired"))
 }
 
 async fn unlink(id: String, p: crate::http::auth::Principal, api: Shared, sb: Arc<Sandbox>) -> R {
@@ -294,11 +401,22 @@ async fn unlink(id: String, p: crate::http::auth::Principal, api: Shared, sb: Ar
         .filter(|a| a.phone == number)
         .flat_map(|a| a.devices.into_iter().map(|d| d.id))
         .collect();
-    let n = devices.into_iter().filter(|d| sb.net.unlink(&number, *d)).count();
-    Ok(ok("The phone removed the linked device", json!({"instance_id": id, "unlinked": n})))
+    let n = devices
+        .into_iter()
+        .filter(|d| sb.net.unlink(&number, *d))
+        .count();
+    Ok(ok(
+        "The phone removed the linked device",
+        json!({"instance_id": id, "unlinked": n}),
+    ))
 }
 
-async fn drop_sockets(p: crate::http::auth::Principal, body: Bytes, api: Shared, sb: Arc<Sandbox>) -> R {
+async fn drop_sockets(
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
     admin_only(&p)?;
     let b: DropBody = parse(&body)?;
     let n = match b.instance_id {
@@ -324,13 +442,67 @@ pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
         }
     };
     use warp::path as p;
-    let scan_r = p!("sandbox" / "scan" / String).and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(scan).map(respond).boxed();
-    let contacts = p!("sandbox" / "contacts").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(add_contact).map(respond).boxed();
-    let send = p!("sandbox" / "contacts" / String / "send").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(contact_send).map(respond).boxed();
-    let msgs = p!("sandbox" / "contacts" / String / "messages").and(warp::get()).and(auth()).and(a()).and(s()).then(contact_messages).map(respond).boxed();
-    let groups = p!("sandbox" / "groups").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(create_group).map(respond).boxed();
-    let unlink_r = p!("sandbox" / "unlink" / String).and(warp::post()).and(auth()).and(a()).and(s()).then(unlink).map(respond).boxed();
-    let drop_r = p!("sandbox" / "faults" / "drop").and(warp::post()).and(auth()).and(json()).and(a()).and(s()).then(drop_sockets).map(respond).boxed();
+    let scan_r = p!("sandbox" / "scan" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(scan)
+        .map(respond)
+        .boxed();
+    let contacts = p!("sandbox" / "contacts")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(add_contact)
+        .map(respond)
+        .boxed();
+    let send = p!("sandbox" / "contacts" / String / "send")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(contact_send)
+        .map(respond)
+        .boxed();
+    let msgs = p!("sandbox" / "contacts" / String / "messages")
+        .and(warp::get())
+        .and(auth())
+        .and(a())
+        .and(s())
+        .then(contact_messages)
+        .map(respond)
+        .boxed();
+    let groups = p!("sandbox" / "groups")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(create_group)
+        .map(respond)
+        .boxed();
+    let unlink_r = p!("sandbox" / "unlink" / String)
+        .and(warp::post())
+        .and(auth())
+        .and(a())
+        .and(s())
+        .then(unlink)
+        .map(respond)
+        .boxed();
+    let drop_r = p!("sandbox" / "faults" / "drop")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(drop_sockets)
+        .map(respond)
+        .boxed();
     [contacts, send, msgs, groups, unlink_r, drop_r]
         .into_iter()
         .fold(scan_r, |acc, r| acc.or(r).unify().boxed())

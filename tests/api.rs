@@ -13,18 +13,20 @@ use whatsapp_rust::wacore::types::events::Event;
 /// A local HTTP server for media-by-URL (allow-listed 127.0.0.0/8 in the tests).
 async fn media_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
     let files = std::sync::Arc::new(files);
-    let route = warp::path::param::<String>().and(warp::get()).map(move |name: String| {
-        match files.iter().find(|(n, _)| *n == name) {
-            Some((_, b)) => warp::http::Response::builder()
-                .status(200)
-                .body(b.clone())
-                .unwrap(),
-            None => warp::http::Response::builder()
-                .status(404)
-                .body(Vec::new())
-                .unwrap(),
-        }
-    });
+    let route = warp::path::param::<String>()
+        .and(warp::get())
+        .map(
+            move |name: String| match files.iter().find(|(n, _)| *n == name) {
+                Some((_, b)) => warp::http::Response::builder()
+                    .status(200)
+                    .body(b.clone())
+                    .unwrap(),
+                None => warp::http::Response::builder()
+                    .status(404)
+                    .body(Vec::new())
+                    .unwrap(),
+            },
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -51,33 +53,58 @@ async fn sudevwa_client_flow_end_to_end() {
 
     // login-jwt
     let (s, v) = srv
-        .call("POST", "/login-jwt", None, Some(json!({"username": USER, "password": "nope"})))
+        .call(
+            "POST",
+            "/login-jwt",
+            None,
+            Some(json!({"username": USER, "password": "nope"})),
+        )
         .await;
     assert_eq!((s, code(&v)), (401, "INVALID_CREDENTIALS"));
     let (s, v) = srv
-        .call("POST", "/login-jwt", None, Some(json!({"username": USER, "password": PASSWORD})))
+        .call(
+            "POST",
+            "/login-jwt",
+            None,
+            Some(json!({"username": USER, "password": PASSWORD})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
-    let jwt = v["token"].as_str().expect("top-level token as SUDEVWA returns it").to_string();
+    let jwt = v["token"]
+        .as_str()
+        .expect("top-level token as SUDEVWA returns it")
+        .to_string();
     let (s, v) = srv.call("GET", "/api/validate", Some(&jwt), None).await;
-    assert_eq!((s, v["message"].as_str(), v["username"].as_str()), (200, Some("Token is valid"), Some(USER)));
+    assert_eq!(
+        (s, v["message"].as_str(), v["username"].as_str()),
+        (200, Some("Token is valid"), Some(USER))
+    );
 
     // login (create) → qr
     let (s, v) = srv
-        .call("POST", "/api/login", Some(&jwt), Some(json!({"device_name": "Shop Till"})))
+        .call(
+            "POST",
+            "/api/login",
+            Some(&jwt),
+            Some(json!({"device_name": "Shop Till"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["status"], "qr_required");
     let id = v["data"]["instanceId"].as_str().unwrap().to_string();
     let token = v["data"]["token"].as_str().unwrap().to_string();
     assert!(v["data"]["nextStep"].as_str().unwrap().contains(&id));
-    let (_, v) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
+    let (_, v) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
     assert_eq!(v["data"]["status"], "qr_required");
     assert_eq!(v["data"]["isConnected"], false);
     assert_eq!(v["data"]["deviceName"], "Shop Till");
 
     let qr = srv.current_qr(&id, &token).await;
-    let (s, v) = srv.call("GET", &format!("/api/qr/{id}"), Some(&token), None).await;
+    let (s, v) = srv
+        .call("GET", &format!("/api/qr/{id}"), Some(&token), None)
+        .await;
     assert_eq!(s, 200);
     assert_eq!(v["data"]["status"], "generating");
     assert_eq!(v["data"]["timeout"], 180);
@@ -93,23 +120,40 @@ async fn sudevwa_client_flow_end_to_end() {
     assert_eq!(resp.headers()["content-type"], "image/png");
     let png = resp.bytes().await.unwrap();
     let in_image = decode_qr_png(&png);
-    let (_, v) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
-    assert!(in_image == qr || v["data"]["status"] == "qr_pending", "image shows the current code");
+    let (_, v) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
+    assert!(
+        in_image == qr || v["data"]["status"] == "qr_pending",
+        "image shows the current code"
+    );
     assert!(in_image.contains(','), "a WhatsApp QR string: {in_image}");
 
     // scan → online
     net.scan_qr(&in_image, Some("6281100000001")).expect("scan");
     let st = srv
-        .wait_status(&id, "online", |d| d["status"] == "online" && d["isConnected"] == true)
+        .wait_status(&id, "online", |d| {
+            d["status"] == "online" && d["isConnected"] == true
+        })
         .await;
     assert_eq!(st["phoneNumber"], "6281100000001");
     assert!(st["jid"].as_str().unwrap().starts_with("6281100000001@"));
-    let (s, v) = srv.call("GET", &format!("/api/qr/{id}"), Some(&token), None).await;
-    assert_eq!((s, v["data"]["status"].as_str()), (200, Some("already_connected")));
+    let (s, v) = srv
+        .call("GET", &format!("/api/qr/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (s, v["data"]["status"].as_str()),
+        (200, Some("already_connected"))
+    );
 
     // send (leading 0 becomes the default country code 62)
     let (s, v) = srv
-        .call("POST", &format!("/api/send/{id}"), Some(&token), Some(json!({"to": "081200000002", "message": "hello from the API"})))
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "081200000002", "message": "hello from the API"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["verified"], true);
@@ -120,13 +164,26 @@ async fn sudevwa_client_flow_end_to_end() {
 
     // check
     let (s, v) = srv
-        .call("POST", &format!("/api/check/{id}"), Some(&token), Some(json!({"phone": "6281200000002"})))
+        .call(
+            "POST",
+            &format!("/api/check/{id}"),
+            Some(&token),
+            Some(json!({"phone": "6281200000002"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["isRegistered"], true);
-    assert!(v["data"]["jid"].as_str().unwrap().starts_with("6281200000002@"));
+    assert!(v["data"]["jid"]
+        .as_str()
+        .unwrap()
+        .starts_with("6281200000002@"));
     let (_, v) = srv
-        .call("POST", &format!("/api/check/{id}"), Some(&token), Some(json!({"phone": "19990000001"})))
+        .call(
+            "POST",
+            &format!("/api/check/{id}"),
+            Some(&token),
+            Some(json!({"phone": "19990000001"})),
+        )
         .await;
     assert_eq!(v["data"]["isRegistered"], false);
     assert_eq!(v["data"]["jid"], Value::Null);
@@ -137,16 +194,34 @@ async fn sudevwa_client_flow_end_to_end() {
     assert_eq!(v["data"]["instances"][0]["instanceId"], id.as_str());
     let (other, _) = srv.create_instance().await;
     let (_, v) = srv.call("GET", "/api/instances", Some(&jwt), None).await;
-    assert_eq!(v["data"]["total"], 1, "only connected instances without all=true");
-    let (_, v) = srv.call("GET", "/api/instances?all=true", Some(&jwt), None).await;
+    assert_eq!(
+        v["data"]["total"], 1,
+        "only connected instances without all=true"
+    );
+    let (_, v) = srv
+        .call("GET", "/api/instances?all=true", Some(&jwt), None)
+        .await;
     assert_eq!(v["data"]["total"], 2);
-    let (_, v) = srv.call("GET", "/api/instances?all=true", Some(&token), None).await;
-    assert_eq!(v["data"]["total"], 1, "an instance token sees its own instance only");
+    let (_, v) = srv
+        .call("GET", "/api/instances?all=true", Some(&token), None)
+        .await;
+    assert_eq!(
+        v["data"]["total"], 1,
+        "an instance token sees its own instance only"
+    );
 
     // by-number, both spellings
-    for path in ["/api/by-number/6281100000001", "/api/send/by-number/6281100000001"] {
+    for path in [
+        "/api/by-number/6281100000001",
+        "/api/send/by-number/6281100000001",
+    ] {
         let (s, v) = srv
-            .call("POST", path, Some(&jwt), Some(json!({"to": "6281200000002", "message": format!("via {path}")})))
+            .call(
+                "POST",
+                path,
+                Some(&jwt),
+                Some(json!({"to": "6281200000002", "message": format!("via {path}")})),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["data"]["from"], "6281100000001");
@@ -158,7 +233,10 @@ async fn sudevwa_client_flow_end_to_end() {
     let form = reqwest::multipart::Form::new()
         .text("to", "6281200000002")
         .text("caption", "uploaded")
-        .part("file", reqwest::multipart::Part::bytes(pic.clone()).file_name("photo.jpg"));
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(pic.clone()).file_name("photo.jpg"),
+        );
     let resp = srv
         .http
         .post(srv.url(&format!("/api/send/{id}/media")))
@@ -169,10 +247,19 @@ async fn sudevwa_client_flow_end_to_end() {
         .unwrap();
     let (s, v): (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["data"]["mediaType"].as_str(), v["data"]["fileSize"].as_u64()), (Some("image"), Some(30_000)));
+    assert_eq!(
+        (
+            v["data"]["mediaType"].as_str(),
+            v["data"]["fileSize"].as_u64()
+        ),
+        (Some("image"), Some(30_000))
+    );
     let img = alice
         .wait("an image", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.image_message.as_option().cloned()),
+            Event::Messages(b) => b
+                .messages
+                .iter()
+                .find_map(|m| m.message.image_message.as_option().cloned()),
             _ => None,
         })
         .await
@@ -197,7 +284,10 @@ async fn sudevwa_client_flow_end_to_end() {
     assert_eq!(v["data"]["fileName"], "report.pdf");
     let d = alice
         .wait("a document", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.document_message.as_option().cloned()),
+            Event::Messages(b) => b
+                .messages
+                .iter()
+                .find_map(|m| m.message.document_message.as_option().cloned()),
             _ => None,
         })
         .await
@@ -214,29 +304,76 @@ async fn sudevwa_client_flow_end_to_end() {
             Some(json!({"to": "6281200000002", "mediaUrl": format!("{files}/report.pdf"), "mediaType": "document"})),
         )
         .await;
-    assert_eq!((s, v["data"]["from"].as_str()), (200, Some("6281100000001")), "{v}");
+    assert_eq!(
+        (s, v["data"]["from"].as_str()),
+        (200, Some("6281100000001")),
+        "{v}"
+    );
 
     // delete is refused while online; logout keeps the instance, which can scan again
-    let (s, v) = srv.call("DELETE", &format!("/api/instances/{id}"), Some(&token), None).await;
-    assert_eq!((s, code(&v)), (400, "INSTANCE_STILL_CONNECTED"));
-    let (s, v) = srv.call("POST", &format!("/api/logout/{id}"), Some(&token), None).await;
-    assert_eq!((s, v["data"]["instanceId"].as_str()), (200, Some(id.as_str())), "{v}");
-    srv.wait_status(&id, "logged_out", |d| d["status"] == "logged_out").await;
     let (s, v) = srv
-        .call("POST", &format!("/api/send/{id}"), Some(&token), Some(json!({"to": "6281200000002", "message": "x"})))
+        .call(
+            "DELETE",
+            &format!("/api/instances/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, "INSTANCE_STILL_CONNECTED"));
+    let (s, v) = srv
+        .call("POST", &format!("/api/logout/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (s, v["data"]["instanceId"].as_str()),
+        (200, Some(id.as_str())),
+        "{v}"
+    );
+    srv.wait_status(&id, "logged_out", |d| d["status"] == "logged_out")
+        .await;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6281200000002", "message": "x"})),
+        )
         .await;
     assert_eq!((s, code(&v)), (400, "NOT_CONNECTED"));
     let again = srv.current_qr(&id, &token).await;
     assert_ne!(again, qr, "a fresh QR after logout");
-    let (s, v) = srv.call("DELETE", &format!("/api/qr-cancel/{id}"), Some(&token), None).await;
-    assert_eq!((s, v["data"]["status"].as_str()), (200, Some("cancelled")), "{v}");
-    let (s, v) = srv.call("DELETE", &format!("/api/instances/{id}"), Some(&token), None).await;
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            &format!("/api/qr-cancel/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["data"]["status"].as_str()),
+        (200, Some("cancelled")),
+        "{v}"
+    );
+    let (s, v) = srv
+        .call(
+            "DELETE",
+            &format!("/api/instances/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = srv.call("GET", &format!("/api/status/{id}"), Some(ADMIN_KEY), None).await;
+    let (s, v) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(ADMIN_KEY), None)
+        .await;
     assert_eq!((s, code(&v)), (404, "SESSION_NOT_FOUND"));
-    let (s, _) = srv.call("GET", &format!("/api/status/{id}"), Some(&token), None).await;
+    let (s, _) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
     assert_eq!(s, 401, "the deleted instance's token is gone with it");
-    let (s, _) = srv.admin("DELETE", &format!("/api/instances/{other}"), None).await;
+    let (s, _) = srv
+        .admin("DELETE", &format!("/api/instances/{other}"), None)
+        .await;
     assert_eq!(s, 200);
     srv.stop().await;
     let _ = DEADLINE;
@@ -268,7 +405,9 @@ async fn send_checks_answer_in_documented_order() {
     let ok_body = json!({"to": "6281200000003", "message": "hi"});
 
     // Bodies first.
-    let (s, v) = srv.admin("POST", &send("nope"), Some(json!({"to": "6281200000003"}))).await;
+    let (s, v) = srv
+        .admin("POST", &send("nope"), Some(json!({"to": "6281200000003"})))
+        .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"));
     let resp = srv
         .http
@@ -280,69 +419,166 @@ async fn send_checks_answer_in_documented_order() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    assert_eq!(code(&resp.json::<Value>().await.unwrap()), "INVALID_REQUEST");
+    assert_eq!(
+        code(&resp.json::<Value>().await.unwrap()),
+        "INVALID_REQUEST"
+    );
 
     // instance exists → connected → logged in
-    let (s, v) = srv.admin("POST", &send("no-such-instance"), Some(ok_body.clone())).await;
+    let (s, v) = srv
+        .admin("POST", &send("no-such-instance"), Some(ok_body.clone()))
+        .await;
     assert_eq!((s, code(&v)), (404, "SESSION_NOT_FOUND"));
     let (fresh, fresh_token) = srv.create_instance().await;
-    let (s, v) = srv.admin("POST", &send(&fresh), Some(ok_body.clone())).await;
+    let (s, v) = srv
+        .admin("POST", &send(&fresh), Some(ok_body.clone()))
+        .await;
     assert_eq!((s, code(&v)), (400, "NOT_CONNECTED"));
     srv.current_qr(&fresh, &fresh_token).await;
-    let (s, v) = srv.admin("POST", &send(&fresh), Some(ok_body.clone())).await;
-    assert_eq!((s, code(&v)), (400, "NOT_LOGGED_IN"), "socket up, waiting for the scan");
-    let (s, v) = srv.admin("GET", &format!("/api/groups/{fresh}"), None).await;
+    let (s, v) = srv
+        .admin("POST", &send(&fresh), Some(ok_body.clone()))
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (400, "NOT_LOGGED_IN"),
+        "socket up, waiting for the scan"
+    );
+    let (s, v) = srv
+        .admin("GET", &format!("/api/groups/{fresh}"), None)
+        .await;
     assert_eq!((s, code(&v)), (400, "NOT_LOGGED_IN"));
 
     // recipient valid → on WhatsApp
     let (id, _) = srv.paired_instance(&net, "6281100000009").await;
     for bad in ["12345", "62812abc0000", "+62 812 000 000 000 000"] {
-        let (s, v) = srv.admin("POST", &send(&id), Some(json!({"to": bad, "message": "x"}))).await;
+        let (s, v) = srv
+            .admin("POST", &send(&id), Some(json!({"to": bad, "message": "x"})))
+            .await;
         assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{bad}");
     }
-    let (s, v) = srv.admin("POST", &send(&id), Some(json!({"to": "19990000001", "message": "x"}))).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &send(&id),
+            Some(json!({"to": "19990000001", "message": "x"})),
+        )
+        .await;
     assert_eq!((s, code(&v)), (400, "PHONE_NOT_REGISTERED"));
-    let (s, v) = srv.admin("POST", &format!("/api/check/{id}"), Some(json!({"phone": "123"}))).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/check/{id}"),
+            Some(json!({"phone": "123"})),
+        )
+        .await;
     assert_eq!((s, code(&v)), (400, "INVALID_PHONE"));
 
     // by-number: nobody online with that number
-    let (s, v) = srv.admin("POST", "/api/by-number/6281999999999", Some(ok_body.clone())).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            "/api/by-number/6281999999999",
+            Some(ok_body.clone()),
+        )
+        .await;
     assert_eq!((s, code(&v)), (404, "NO_ACTIVE_INSTANCE"));
 
     // media: file required, size caps by type, download failures, SSRF refusals
     let form = reqwest::multipart::Form::new().text("to", "6281200000003");
-    let resp = srv.http.post(srv.url(&format!("/api/send/{id}/media"))).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap();
+    let resp = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}/media")))
+        .bearer_auth(ADMIN_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(code(&resp.json::<Value>().await.unwrap()), "FILE_REQUIRED");
     let form = reqwest::multipart::Form::new()
         .text("to", "6281200000003")
-        .part("file", reqwest::multipart::Part::bytes(vec![7u8; 1001]).file_name("big.png"));
-    let resp = srv.http.post(srv.url(&format!("/api/send/{id}/media"))).bearer_auth(ADMIN_KEY).multipart(form).send().await.unwrap();
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![7u8; 1001]).file_name("big.png"),
+        );
+    let resp = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}/media")))
+        .bearer_auth(ADMIN_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(code(&resp.json::<Value>().await.unwrap()), "FILE_TOO_LARGE");
-    let files = media_server(vec![("big.png", vec![1u8; 5000]), ("small.txt", b"hello".to_vec())]).await;
+    let files = media_server(vec![
+        ("big.png", vec![1u8; 5000]),
+        ("small.txt", b"hello".to_vec()),
+    ])
+    .await;
     let media_url = |url: String| json!({"to": "6281200000003", "mediaUrl": url});
-    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(format!("{files}/big.png")))).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/send/{id}/media-url"),
+            Some(media_url(format!("{files}/big.png"))),
+        )
+        .await;
     assert_eq!((s, code(&v)), (400, "FILE_TOO_LARGE"));
-    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(format!("{files}/missing.png")))).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/send/{id}/media-url"),
+            Some(media_url(format!("{files}/missing.png"))),
+        )
+        .await;
     assert_eq!((s, code(&v)), (400, "DOWNLOAD_FAILED"));
-    for target in ["http://169.254.169.254/latest", "http://10.0.0.1/x.png", "http://[::ffff:10.0.0.1]/x", "file:///etc/passwd"] {
-        let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(media_url(target.into()))).await;
+    for target in [
+        "http://169.254.169.254/latest",
+        "http://10.0.0.1/x.png",
+        "http://[::ffff:10.0.0.1]/x",
+        "file:///etc/passwd",
+    ] {
+        let (s, v) = srv
+            .admin(
+                "POST",
+                &format!("/api/send/{id}/media-url"),
+                Some(media_url(target.into())),
+            )
+            .await;
         assert_eq!((s, code(&v)), (400, "DOWNLOAD_FAILED"), "{target}: {v}");
     }
     let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt"), "mediaType": "sticker"}))).await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"));
-    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt")}))).await;
-    assert_eq!((s, v["data"]["mediaType"].as_str()), (200, Some("document")), "{v}");
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/send/{id}/media-url"),
+            Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt")})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["data"]["mediaType"].as_str()),
+        (200, Some("document")),
+        "{v}"
+    );
 
     // groups: the JID is checked before anything is sent
     for bad in ["12345@s.whatsapp.net", "abc@g.us", "120363-x@g.us"] {
-        let (s, v) = srv.admin("POST", &format!("/api/send-group/{id}"), Some(json!({"groupJid": bad, "message": "x"}))).await;
+        let (s, v) = srv
+            .admin(
+                "POST",
+                &format!("/api/send-group/{id}"),
+                Some(json!({"groupJid": bad, "message": "x"})),
+            )
+            .await;
         assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"), "{bad}");
     }
 
     // QR errors
-    let (s, v) = srv.admin("DELETE", &format!("/api/qr-cancel/{id}"), None).await;
+    let (s, v) = srv
+        .admin("DELETE", &format!("/api/qr-cancel/{id}"), None)
+        .await;
     assert_eq!((s, code(&v)), (404, "NO_QR_SESSION"));
     let (s, v) = srv.admin("GET", &format!("/api/qr/{id}/image"), None).await;
     assert_eq!((s, code(&v)), (404, "NO_QR_SESSION"));
@@ -367,24 +603,50 @@ async fn groups_list_send_and_receive() {
     let srv = TestServer::start(&net, "groups", &[]).await;
     let (id, token) = srv.paired_instance(&net, "6281100000081").await;
     let gid = net
-        .create_group("Shop staff", "6281100000081", &["6281200000081", "6281200000082"])
+        .create_group(
+            "Shop staff",
+            "6281100000081",
+            &["6281200000081", "6281200000082"],
+        )
         .unwrap();
-    let _other = net.create_group("Not ours", "6281200000081", &["6281200000082"]).unwrap();
+    let _other = net
+        .create_group("Not ours", "6281200000081", &["6281200000082"])
+        .unwrap();
 
-    let (s, v) = srv.call("GET", &format!("/api/groups/{id}"), Some(&token), None).await;
+    let (s, v) = srv
+        .call("GET", &format!("/api/groups/{id}"), Some(&token), None)
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["total"], 1, "only the groups this number is in");
     let g = &v["data"]["groups"][0];
     assert_eq!(g["jid"], gid.as_str());
     assert_eq!(g["name"], "Shop staff");
     assert_eq!(g["participants"].as_array().unwrap().len(), 3);
-    assert!(g["ownerJid"].as_str().unwrap().starts_with("6281100000081@"));
+    assert!(g["ownerJid"]
+        .as_str()
+        .unwrap()
+        .starts_with("6281100000081@"));
     assert!(g["createdAt"].as_u64().unwrap() > 1_700_000_000);
-    let (s, v) = srv.call("GET", "/api/groups/by-number/6281100000081", Some(&token), None).await;
-    assert_eq!((s, v["data"]["total"].as_u64(), v["data"]["from"].as_str()), (200, Some(1), Some("6281100000081")));
+    let (s, v) = srv
+        .call(
+            "GET",
+            "/api/groups/by-number/6281100000081",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["data"]["total"].as_u64(), v["data"]["from"].as_str()),
+        (200, Some(1), Some("6281100000081"))
+    );
 
     let (s, v) = srv
-        .call("POST", &format!("/api/send-group/{id}"), Some(&token), Some(json!({"groupJid": gid, "message": "staff meeting at 9"})))
+        .call(
+            "POST",
+            &format!("/api/send-group/{id}"),
+            Some(&token),
+            Some(json!({"groupJid": gid, "message": "staff meeting at 9"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["groupJid"], gid.as_str());
@@ -396,9 +658,18 @@ async fn groups_list_send_and_receive() {
         assert_eq!(got.from, "6281100000081");
     }
     let (s, v) = srv
-        .call("POST", "/api/send-group/by-number/6281100000081", Some(&token), Some(json!({"groupJid": gid, "message": "by number"})))
+        .call(
+            "POST",
+            "/api/send-group/by-number/6281100000081",
+            Some(&token),
+            Some(json!({"groupJid": gid, "message": "by number"})),
+        )
         .await;
-    assert_eq!((s, v["data"]["from"].as_str()), (200, Some("6281100000081")), "{v}");
+    assert_eq!(
+        (s, v["data"]["from"].as_str()),
+        (200, Some("6281100000081")),
+        "{v}"
+    );
     assert_eq!(bea.next_text().await.unwrap().text, "by number");
 
     // Media to the group, by upload.
@@ -406,14 +677,33 @@ async fn groups_list_send_and_receive() {
     let form = reqwest::multipart::Form::new()
         .text("groupJid", gid.clone())
         .text("caption", "the new shelf")
-        .part("file", reqwest::multipart::Part::bytes(pic.clone()).file_name("shelf.png"));
-    let resp = srv.http.post(srv.url(&format!("/api/send-group/{id}/media"))).bearer_auth(&token).multipart(form).send().await.unwrap();
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(pic.clone()).file_name("shelf.png"),
+        );
+    let resp = srv
+        .http
+        .post(srv.url(&format!("/api/send-group/{id}/media")))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     let (s, v): (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["data"]["groupJid"].as_str(), v["data"]["mediaType"].as_str()), (Some(gid.as_str()), Some("image")));
+    assert_eq!(
+        (
+            v["data"]["groupJid"].as_str(),
+            v["data"]["mediaType"].as_str()
+        ),
+        (Some(gid.as_str()), Some("image"))
+    );
     let img = cid
         .wait("a group image", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| m.message.image_message.as_option().cloned()),
+            Event::Messages(b) => b
+                .messages
+                .iter()
+                .find_map(|m| m.message.image_message.as_option().cloned()),
             _ => None,
         })
         .await
@@ -422,18 +712,34 @@ async fn groups_list_send_and_receive() {
     // ...and by URL.
     let files = media_server(vec![("menu.pdf", b"%PDF-1.4 menu".to_vec())]).await;
     let (s, v) = srv
-        .call("POST", &format!("/api/send-group/{id}/media-url"), Some(&token), Some(json!({"groupJid": gid, "mediaUrl": format!("{files}/menu.pdf")})))
+        .call(
+            "POST",
+            &format!("/api/send-group/{id}/media-url"),
+            Some(&token),
+            Some(json!({"groupJid": gid, "mediaUrl": format!("{files}/menu.pdf")})),
+        )
         .await;
-    assert_eq!((s, v["data"]["mediaType"].as_str()), (200, Some("document")), "{v}");
+    assert_eq!(
+        (s, v["data"]["mediaType"].as_str()),
+        (200, Some("document")),
+        "{v}"
+    );
 
     // A member writes to the group: the instance's listeners see it as a group message.
-    let mut req = format!("ws://{}/api/listen/{id}", srv.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut req = format!("ws://{}/api/listen/{id}", srv.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let (mut listen, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let mid = bea.send_group_text(&gid, "on my way").await.unwrap();
     let until = tokio::time::Instant::now() + DEADLINE;
     let d = loop {
-        let m = tokio::time::timeout_at(until, listen.next()).await.expect("group message in time").unwrap().unwrap();
+        let m = tokio::time::timeout_at(until, listen.next())
+            .await
+            .expect("group message in time")
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
         if v["data"]["message_id"] == mid.as_str() {
             break v["data"].clone();
@@ -446,7 +752,12 @@ async fn groups_list_send_and_receive() {
 
     // Not a group JID, and a group the number is not in.
     let (s, v) = srv
-        .call("POST", &format!("/api/send-group/{id}"), Some(&token), Some(json!({"groupJid": "6281200000081@s.whatsapp.net", "message": "x"})))
+        .call(
+            "POST",
+            &format!("/api/send-group/{id}"),
+            Some(&token),
+            Some(json!({"groupJid": "6281200000081@s.whatsapp.net", "message": "x"})),
+        )
         .await;
     assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"));
     srv.stop().await;

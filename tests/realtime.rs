@@ -12,12 +12,26 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(srv: &TestServer, path: &str, header: Option<(&'static str, String)>) -> Result<(Socket, tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>), tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("ws://{}{}", srv.addr, path).into_client_request().unwrap();
+async fn connect(
+    srv: &TestServer,
+    path: &str,
+    header: Option<(&'static str, String)>,
+) -> Result<
+    (
+        Socket,
+        tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = format!("ws://{}{}", srv.addr, path)
+        .into_client_request()
+        .unwrap();
     if let Some((k, v)) = header {
-        req.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+        req.headers_mut()
+            .insert(k, HeaderValue::from_str(&v).unwrap());
     }
     tokio_tungstenite::connect_async(req).await
 }
@@ -57,19 +71,38 @@ async fn lifecycle_socket_needs_a_token_and_shows_only_what_it_may_see() {
     // Refused without a token, and with a wrong one.
     let e = connect(&srv, "/ws", None).await.err().expect("refused");
     assert_eq!(http_status(e), 401);
-    let e = connect(&srv, "/ws", Some(("authorization", "Bearer nope".into()))).await.err().expect("refused");
+    let e = connect(&srv, "/ws", Some(("authorization", "Bearer nope".into())))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(http_status(e), 401);
 
     // A's token (as a browser sends it: the subprotocol) sees A only; admin sees both.
-    let (mut ws_a, resp) = connect(&srv, "/ws", Some(("sec-websocket-protocol", format!("bearer, {ta}")))).await.unwrap();
+    let (mut ws_a, resp) = connect(
+        &srv,
+        "/ws",
+        Some(("sec-websocket-protocol", format!("bearer, {ta}"))),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer");
-    let (mut ws_admin, _) = connect(&srv, "/ws", Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.unwrap();
+    let (mut ws_admin, _) = connect(
+        &srv,
+        "/ws",
+        Some(("authorization", format!("Bearer {ADMIN_KEY}"))),
+    )
+    .await
+    .unwrap();
 
     // B's QR first, then A's: A's socket must see A's code and never B's.
     srv.current_qr(&b, ADMIN_KEY).await;
     let qr_a = srv.current_qr(&a, &ta).await;
     let ev = next_event(&mut ws_a, "QR_GENERATED").await;
-    assert_eq!(ev["data"]["instance_id"], a.as_str(), "the first code A's token sees is A's");
+    assert_eq!(
+        ev["data"]["instance_id"],
+        a.as_str(),
+        "the first code A's token sees is A's"
+    );
     assert!(ev["timestamp"].as_str().unwrap().ends_with('Z'));
     assert!(ev["data"]["expires_at"].is_string());
     let mut admin_saw = std::collections::HashSet::new();
@@ -98,7 +131,9 @@ async fn lifecycle_socket_needs_a_token_and_shows_only_what_it_may_see() {
         }
     }
     // Cancelling B's flow is invisible to A's socket but visible to the admin.
-    let (s, _) = srv.admin("DELETE", &format!("/api/qr-cancel/{b}"), None).await;
+    let (s, _) = srv
+        .admin("DELETE", &format!("/api/qr-cancel/{b}"), None)
+        .await;
     assert_eq!(s, 200);
     let ev = next_event(&mut ws_admin, "QR_CANCELLED").await;
     assert_eq!(ev["data"]["instance_id"], b.as_str());
@@ -114,17 +149,53 @@ async fn listen_socket_carries_incoming_messages() {
     let (id, token) = srv.paired_instance(&net, "6281100000031").await;
     let (other, other_token) = srv.create_instance().await;
 
-    let e = connect(&srv, &format!("/api/listen/{id}"), None).await.err().expect("refused");
+    let e = connect(&srv, &format!("/api/listen/{id}"), None)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(http_status(e), 401);
-    let e = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {other_token}")))).await.err().expect("refused");
-    assert_eq!(http_status(e), 403, "another instance's token cannot listen here");
-    let e = connect(&srv, "/api/listen/no-such-instance", Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.err().expect("refused");
+    let e = connect(
+        &srv,
+        &format!("/api/listen/{id}"),
+        Some(("authorization", format!("Bearer {other_token}"))),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(
+        http_status(e),
+        403,
+        "another instance's token cannot listen here"
+    );
+    let e = connect(
+        &srv,
+        "/api/listen/no-such-instance",
+        Some(("authorization", format!("Bearer {ADMIN_KEY}"))),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert_eq!(http_status(e), 404);
 
     // Two listeners on the same instance both get the message.
-    let (mut l1, _) = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {token}")))).await.unwrap();
-    let (mut l2, _) = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.unwrap();
-    let sent_id = carol.send_text("6281100000031", "hello listeners").await.unwrap();
+    let (mut l1, _) = connect(
+        &srv,
+        &format!("/api/listen/{id}"),
+        Some(("authorization", format!("Bearer {token}"))),
+    )
+    .await
+    .unwrap();
+    let (mut l2, _) = connect(
+        &srv,
+        &format!("/api/listen/{id}"),
+        Some(("authorization", format!("Bearer {ADMIN_KEY}"))),
+    )
+    .await
+    .unwrap();
+    let sent_id = carol
+        .send_text("6281100000031", "hello listeners")
+        .await
+        .unwrap();
     for l in [&mut l1, &mut l2] {
         let ev = next_event(l, "incoming_message").await;
         let d = &ev["data"];
@@ -144,11 +215,23 @@ async fn listen_socket_carries_incoming_messages() {
     srv.stop().await;
 
     // With the listen socket turned off, it is refused with a clear error.
-    let srv = TestServer::start(&net, "ws-listen-off", &[("SUDEVWA_ENABLE_WEBSOCKET", "false")]).await;
+    let srv = TestServer::start(
+        &net,
+        "ws-listen-off",
+        &[("SUDEVWA_ENABLE_WEBSOCKET", "false")],
+    )
+    .await;
     let (id, _) = srv.create_instance().await;
     let (s, v) = srv.admin("GET", &format!("/api/listen/{id}"), None).await;
     assert_eq!((s, code(&v)), (403, "WEBSOCKET_DISABLED"));
-    let e = connect(&srv, &format!("/api/listen/{id}"), Some(("authorization", format!("Bearer {ADMIN_KEY}")))).await.err().expect("refused");
+    let e = connect(
+        &srv,
+        &format!("/api/listen/{id}"),
+        Some(("authorization", format!("Bearer {ADMIN_KEY}"))),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert_eq!(http_status(e), 403);
     srv.stop().await;
 }

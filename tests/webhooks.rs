@@ -52,38 +52,54 @@ impl Receiver {
             .and(warp::header::optional::<String>("webhook-timestamp"))
             .and(warp::header::optional::<String>("x-sudevwa-signature"))
             .and(warp::body::bytes())
-            .then(move |id: Option<String>, ts: Option<String>, sig: Option<String>, body: bytes::Bytes| {
-                let (h, sc) = (h.clone(), sc.clone());
-                async move {
-                    let answer = {
-                        let mut s = sc.lock().unwrap();
-                        if s.is_empty() { Answer::Status(200) } else { s.remove(0) }
-                    };
-                    let mut hit = Hit {
-                        id: id.unwrap_or_default(),
-                        timestamp: ts.unwrap_or_default(),
-                        signature: sig.unwrap_or_default(),
-                        body: body.to_vec(),
-                        answered: None,
-                    };
-                    match answer {
-                        Answer::Hang => {
-                            h.lock().unwrap().push(hit);
-                            std::future::pending::<()>().await;
-                            unreachable!()
-                        }
-                        Answer::Status(code) => {
-                            hit.answered = Some(code);
-                            h.lock().unwrap().push(hit);
-                            warp::http::Response::builder().status(code).body(Vec::<u8>::new()).unwrap()
+            .then(
+                move |id: Option<String>,
+                      ts: Option<String>,
+                      sig: Option<String>,
+                      body: bytes::Bytes| {
+                    let (h, sc) = (h.clone(), sc.clone());
+                    async move {
+                        let answer = {
+                            let mut s = sc.lock().unwrap();
+                            if s.is_empty() {
+                                Answer::Status(200)
+                            } else {
+                                s.remove(0)
+                            }
+                        };
+                        let mut hit = Hit {
+                            id: id.unwrap_or_default(),
+                            timestamp: ts.unwrap_or_default(),
+                            signature: sig.unwrap_or_default(),
+                            body: body.to_vec(),
+                            answered: None,
+                        };
+                        match answer {
+                            Answer::Hang => {
+                                h.lock().unwrap().push(hit);
+                                std::future::pending::<()>().await;
+                                unreachable!()
+                            }
+                            Answer::Status(code) => {
+                                hit.answered = Some(code);
+                                h.lock().unwrap().push(hit);
+                                warp::http::Response::builder()
+                                    .status(code)
+                                    .body(Vec::<u8>::new())
+                                    .unwrap()
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
-        Self { url: format!("http://{addr}/hook"), hits, script }
+        Self {
+            url: format!("http://{addr}/hook"),
+            hits,
+            script,
+        }
     }
 
     fn hits(&self) -> Vec<Hit> {
@@ -97,8 +113,12 @@ impl Receiver {
             if pred(&h) {
                 return h;
             }
-            let seen: Vec<(&str, Option<u16>)> = h.iter().map(|x| (x.id.as_str(), x.answered)).collect();
-            assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}: {seen:?}");
+            let seen: Vec<(&str, Option<u16>)> =
+                h.iter().map(|x| (x.id.as_str(), x.answered)).collect();
+            assert!(
+                tokio::time::Instant::now() < until,
+                "timed out waiting for {what}: {seen:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -109,25 +129,41 @@ async fn set_webhook(srv: &TestServer, id: &str, url: &str, secret: Option<&str>
     if let Some(s) = secret {
         body["secret"] = json!(s);
     }
-    let (s, v) = srv.admin("POST", &format!("/api/instances/{id}/webhook-setconfig"), Some(body)).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/instances/{id}/webhook-setconfig"),
+            Some(body),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     v["data"]["secret"].as_str().unwrap().to_string()
 }
 
 async fn deliveries(srv: &TestServer, id: &str) -> Vec<Value> {
-    let (s, v) = srv.admin("GET", &format!("/api/instances/{id}/webhooks"), None).await;
+    let (s, v) = srv
+        .admin("GET", &format!("/api/instances/{id}/webhooks"), None)
+        .await;
     assert_eq!(s, 200, "{v}");
     v["data"]["deliveries"].as_array().unwrap().clone()
 }
 
-async fn wait_deliveries(srv: &TestServer, id: &str, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+async fn wait_deliveries(
+    srv: &TestServer,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let d = deliveries(srv, id).await;
         if pred(&d) {
             return d;
         }
-        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}: {d:?}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -145,24 +181,52 @@ async fn message_reaches_listen_socket_and_signed_webhook_identically_with_retri
     let srv = TestServer::start(&net, "hooks", HOOK_ENV).await;
     let (id, token) = srv.paired_instance(&net, "6281100000041").await;
     // 500 three times, then 200.
-    let rx = Receiver::start(vec![Answer::Status(500), Answer::Status(500), Answer::Status(500)]).await;
+    let rx = Receiver::start(vec![
+        Answer::Status(500),
+        Answer::Status(500),
+        Answer::Status(500),
+    ])
+    .await;
     let secret = set_webhook(&srv, &id, &rx.url, None).await;
     assert_eq!(secret.len(), 64, "32 random bytes, hex");
 
-    let mut req = format!("ws://{}/api/listen/{id}", srv.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    let mut req = format!("ws://{}/api/listen/{id}", srv.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
     let (mut listen, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
     let msg_id = dave.send_text("6281100000041", "webhook me").await.unwrap();
-    let frame = tokio::time::timeout(DEADLINE, listen.next()).await.unwrap().unwrap().unwrap();
+    let frame = tokio::time::timeout(DEADLINE, listen.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let live = frame.into_text().unwrap().to_string();
 
-    let hits = rx.wait_for("a 2xx delivery", |h| h.iter().any(|x| x.answered == Some(200))).await;
+    let hits = rx
+        .wait_for("a 2xx delivery", |h| {
+            h.iter().any(|x| x.answered == Some(200))
+        })
+        .await;
     assert_eq!(hits.len(), 4, "three failures then one success: {hits:?}");
-    assert!(hits.iter().all(|h| h.id == hits[0].id), "same webhook-id on every attempt");
-    assert!(hits.iter().all(|h| h.body == hits[0].body), "identical bytes on every attempt");
+    assert!(
+        hits.iter().all(|h| h.id == hits[0].id),
+        "same webhook-id on every attempt"
+    );
+    assert!(
+        hits.iter().all(|h| h.body == hits[0].body),
+        "identical bytes on every attempt"
+    );
     let body = &hits[3].body;
-    assert_eq!(String::from_utf8(body.clone()).unwrap(), live, "webhook and listen socket carry the same payload");
+    assert_eq!(
+        String::from_utf8(body.clone()).unwrap(),
+        live,
+        "webhook and listen socket carry the same payload"
+    );
     let v: Value = serde_json::from_slice(body).unwrap();
     assert_eq!(v["event"], "incoming_message");
     assert_eq!(v["data"]["message"], "webhook me");
@@ -176,20 +240,33 @@ async fn message_reaches_listen_socket_and_signed_webhook_identically_with_retri
     let ts: i64 = hits[3].timestamp.parse().unwrap();
     assert!((ts - chrono::Utc::now().timestamp()).abs() < 120);
 
-    let d = wait_deliveries(&srv, &id, "delivered", |d| d.len() == 1 && d[0]["status"] == "delivered").await;
+    let d = wait_deliveries(&srv, &id, "delivered", |d| {
+        d.len() == 1 && d[0]["status"] == "delivered"
+    })
+    .await;
     assert_eq!(d[0]["id"], hits[0].id.as_str());
     assert_eq!(d[0]["attempts"], 4);
     assert_eq!(d[0]["last_status_code"], 200);
-    assert!(d[0].get("payload").is_none(), "the log shows no message bodies");
+    assert!(
+        d[0].get("payload").is_none(),
+        "the log shows no message bodies"
+    );
 
     // A receiver that hangs is timed out (1 s) and retried.
     let slow = Receiver::start(vec![Answer::Hang]).await;
     set_webhook(&srv, &id, &slow.url, Some("a-configured-secret-123")).await;
     dave.send_text("6281100000041", "second").await.unwrap();
-    let hits = slow.wait_for("a retry after the hang", |h| h.iter().any(|x| x.answered == Some(200))).await;
+    let hits = slow
+        .wait_for("a retry after the hang", |h| {
+            h.iter().any(|x| x.answered == Some(200))
+        })
+        .await;
     assert_eq!(hits.len(), 2);
     assert_eq!(hits[0].id, hits[1].id);
-    assert_eq!(hits[1].signature, signature("a-configured-secret-123", &hits[1].body));
+    assert_eq!(
+        hits[1].signature,
+        signature("a-configured-secret-123", &hits[1].body)
+    );
 
     // Down for the whole schedule (nothing listens): dead-letter, then redelivered by the API.
     let closed = {
@@ -200,23 +277,50 @@ async fn message_reaches_listen_socket_and_signed_webhook_identically_with_retri
     };
     set_webhook(&srv, &id, &closed, Some("a-configured-secret-123")).await;
     dave.send_text("6281100000041", "third").await.unwrap();
-    let d = wait_deliveries(&srv, &id, "dead-letter", |d| d.iter().any(|x| x["status"] == "dead")).await;
+    let d = wait_deliveries(&srv, &id, "dead-letter", |d| {
+        d.iter().any(|x| x["status"] == "dead")
+    })
+    .await;
     let dead = d.iter().find(|x| x["status"] == "dead").unwrap().clone();
-    assert_eq!(dead["attempts"], 4, "first attempt + three retries of the schedule");
+    assert_eq!(
+        dead["attempts"], 4,
+        "first attempt + three retries of the schedule"
+    );
     let back = Receiver::start(vec![]).await;
     set_webhook(&srv, &id, &back.url, Some("a-configured-secret-123")).await;
     let dead_id = dead["id"].as_str().unwrap();
-    let (s, v) = srv.admin("POST", &format!("/api/instances/{id}/webhooks/{dead_id}/redeliver"), None).await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/instances/{id}/webhooks/{dead_id}/redeliver"),
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let hits = back.wait_for("the redelivery", |h| !h.is_empty()).await;
     assert_eq!(hits[0].id, dead_id);
     let v: Value = serde_json::from_slice(&hits[0].body).unwrap();
     assert_eq!(v["data"]["message"], "third");
-    let (s, _) = srv.admin("POST", &format!("/api/instances/{id}/webhooks/evt_nope/redeliver"), None).await;
+    let (s, _) = srv
+        .admin(
+            "POST",
+            &format!("/api/instances/{id}/webhooks/evt_nope/redeliver"),
+            None,
+        )
+        .await;
     assert_eq!(s, 404);
     // Webhook URLs follow the SSRF rules.
-    let (s, v) = srv.admin("POST", &format!("/api/instances/{id}/webhook-setconfig"), Some(json!({"url": "http://169.254.169.254/hook"}))).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("INVALID_WEBHOOK_URL")));
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/instances/{id}/webhook-setconfig"),
+            Some(json!({"url": "http://169.254.169.254/hook"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("INVALID_WEBHOOK_URL"))
+    );
     srv.stop().await;
 }
 
@@ -224,7 +328,15 @@ async fn message_reaches_listen_socket_and_signed_webhook_identically_with_retri
 async fn one_dead_endpoint_does_not_delay_other_instances() {
     let net = MockNetwork::start().await.unwrap();
     let erin = net.add_contact("6281200000051", "Erin").await.unwrap();
-    let srv = TestServer::start(&net, "hooks-iso", &[("SUDEVWA_ENABLE_WEBHOOK", "true"), ("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "60")]).await;
+    let srv = TestServer::start(
+        &net,
+        "hooks-iso",
+        &[
+            ("SUDEVWA_ENABLE_WEBHOOK", "true"),
+            ("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
     let (a, _) = srv.paired_instance(&net, "6281100000051").await;
     let (b, _) = srv.paired_instance(&net, "6281100000052").await;
     let hang = Receiver::start(vec![Answer::Hang; 10]).await;
@@ -232,14 +344,23 @@ async fn one_dead_endpoint_does_not_delay_other_instances() {
     set_webhook(&srv, &a, &hang.url, None).await;
     set_webhook(&srv, &b, &fine.url, None).await;
     erin.send_text("6281100000051", "to a").await.unwrap();
-    hang.wait_for("A's attempt hanging", |h| !h.is_empty()).await;
+    hang.wait_for("A's attempt hanging", |h| !h.is_empty())
+        .await;
     for i in 0..3 {
-        erin.send_text("6281100000052", &format!("to b {i}")).await.unwrap();
+        erin.send_text("6281100000052", &format!("to b {i}"))
+            .await
+            .unwrap();
     }
-    let hits = fine.wait_for("B's three deliveries", |h| h.len() >= 3).await;
+    let hits = fine
+        .wait_for("B's three deliveries", |h| h.len() >= 3)
+        .await;
     let ids: std::collections::HashSet<&str> = hits.iter().map(|h| h.id.as_str()).collect();
     assert_eq!((hits.len(), ids.len()), (3, 3), "each event exactly once");
-    assert_eq!(hang.hits().len(), 1, "A's first attempt is still hanging meanwhile");
+    assert_eq!(
+        hang.hits().len(),
+        1,
+        "A's first attempt is still hanging meanwhile"
+    );
     srv.stop().await;
 }
 
@@ -252,13 +373,25 @@ async fn webhook_flag_off_sends_nothing() {
     let rx = Receiver::start(vec![]).await;
     set_webhook(&srv, &id, &rx.url, None).await;
     // The listen socket proves the message arrived; the webhook must stay silent.
-    let mut req = format!("ws://{}/api/listen/{id}", srv.addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    let mut req = format!("ws://{}/api/listen/{id}", srv.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
     let (mut listen, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     fay.send_text("6281100000061", "quiet").await.unwrap();
-    let frame = tokio::time::timeout(DEADLINE, listen.next()).await.unwrap().unwrap().unwrap();
+    let frame = tokio::time::timeout(DEADLINE, listen.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(frame.into_text().unwrap().contains("quiet"));
-    assert!(deliveries(&srv, &id).await.is_empty(), "nothing written to the outbox");
+    assert!(
+        deliveries(&srv, &id).await.is_empty(),
+        "nothing written to the outbox"
+    );
     assert!(rx.hits().is_empty());
     let _ = ADMIN_KEY;
     srv.stop().await;
@@ -307,7 +440,12 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let (mut child, base) = spawn();
     let (s, v): (u16, Value) = {
-        let r = http.post(format!("{base}/api/login")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        let r = http
+            .post(format!("{base}/api/login"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
     };
     assert_eq!(s, 200, "{v}");
@@ -325,7 +463,9 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
 
     // Five events arrive (written to the outbox as the actor's sink does).
     let cfg = sudevwa::config::Config::load(&sudevwa::config::Sources {
-        env: [("DATABASE_URL".to_string(), db_url.clone())].into_iter().collect(),
+        env: [("DATABASE_URL".to_string(), db_url.clone())]
+            .into_iter()
+            .collect(),
         ..Default::default()
     })
     .unwrap();
@@ -348,7 +488,13 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
             kind: "text".into(),
             media: None,
         };
-        ids.push(outbox.enqueue(&m).await.unwrap().expect("instance has a webhook"));
+        ids.push(
+            outbox
+                .enqueue(&m)
+                .await
+                .unwrap()
+                .expect("instance has a webhook"),
+        );
     }
     rx.wait_for("an attempt in flight", |h| !h.is_empty()).await;
     child.kill().expect("SIGKILL");
@@ -360,12 +506,19 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
     let (mut child, _base) = spawn();
     let hits = rx
         .wait_for("all five delivered", |h| {
-            let ok: std::collections::HashSet<&str> = h[before..].iter().filter(|x| x.answered == Some(200)).map(|x| x.id.as_str()).collect();
+            let ok: std::collections::HashSet<&str> = h[before..]
+                .iter()
+                .filter(|x| x.answered == Some(200))
+                .map(|x| x.id.as_str())
+                .collect();
             ids.iter().all(|i| ok.contains(i.as_str()))
         })
         .await;
     for i in &ids {
-        let n = hits[before..].iter().filter(|x| &x.id == i && x.answered == Some(200)).count();
+        let n = hits[before..]
+            .iter()
+            .filter(|x| &x.id == i && x.answered == Some(200))
+            .count();
         assert_eq!(n, 1, "{i} delivered once after the restart");
         let row = outbox.get(i).await.unwrap().unwrap();
         assert_eq!(row.status, "delivered");

@@ -1088,7 +1088,9 @@ impl whatsapp_rust::http::HttpClient for SharedHttp {
 
 /// A group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`), or `InvalidGroupJid`.
 fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
-    let user = s.strip_suffix("@g.us").ok_or(InstanceError::InvalidGroupJid)?;
+    let user = s
+        .strip_suffix("@g.us")
+        .ok_or(InstanceError::InvalidGroupJid)?;
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     let ok = match user.split_once('-') {
         Some((a, b)) => digits(a) && digits(b),

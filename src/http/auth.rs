@@ -130,7 +130,11 @@ pub fn new_instance_token() -> (String, String) {
 impl Auth {
     /// Loads or generates the JWT secret and login credentials. Generated credentials
     /// are printed once on stdout, at the start that creates them.
-    pub async fn init(cfg: &AuthConfig, settings: &Settings, tokens: Tokens) -> Result<Self, DbErr> {
+    pub async fn init(
+        cfg: &AuthConfig,
+        settings: &Settings,
+        tokens: Tokens,
+    ) -> Result<Self, DbErr> {
         let jwt_key = match &cfg.jwt_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => settings
@@ -175,7 +179,11 @@ impl Auth {
             jwt_key,
             jwt_ttl: cfg.jwt_ttl,
             login,
-            admin_keys: cfg.admin_api_keys.iter().map(|k| digest(k.as_bytes())).collect(),
+            admin_keys: cfg
+                .admin_api_keys
+                .iter()
+                .map(|k| digest(k.as_bytes()))
+                .collect(),
             tokens,
         })
     }
@@ -237,7 +245,8 @@ impl Auth {
 
     fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(b), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(b), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Invalid);
         };
@@ -305,7 +314,9 @@ impl Auth {
     /// Issues and stores a new token for `instance_id`.
     pub async fn issue_instance_token(&self, instance_id: &str) -> Result<String, DbErr> {
         let (token, hash) = new_instance_token();
-        self.tokens.insert(&random_hex(16), instance_id, &hash).await?;
+        self.tokens
+            .insert(&random_hex(16), instance_id, &hash)
+            .await?;
         Ok(token)
     }
 }
@@ -331,7 +342,12 @@ mod tests {
     fn jwt_roundtrip_and_tamper() {
         let a = auth(60);
         let t = a.login("u", "p").expect("right credentials");
-        assert_eq!(a.verify_jwt(&t), Ok(Principal::Admin { username: "u".into() }));
+        assert_eq!(
+            a.verify_jwt(&t),
+            Ok(Principal::Admin {
+                username: "u".into()
+            })
+        );
         assert!(a.login("u", "x").is_none());
         assert!(a.login("x", "p").is_none());
         // Flip one character of the payload: the signature no longer matches.
@@ -353,11 +369,16 @@ mod tests {
 
     #[test]
     fn instance_principal_is_scoped() {
-        let p = Principal::Instance { instance_id: "a".into() };
+        let p = Principal::Instance {
+            instance_id: "a".into(),
+        };
         assert!(p.may_access("a"));
         assert!(!p.may_access("b"));
         assert!(!p.may_access("aa"));
-        assert!(Principal::Admin { username: "x".into() }.may_access("b"));
+        assert!(Principal::Admin {
+            username: "x".into()
+        }
+        .may_access("b"));
         let (t, h) = new_instance_token();
         assert!(t.starts_with(INSTANCE_TOKEN_PREFIX));
         assert_eq!(token_hash(&t), h);

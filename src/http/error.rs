@@ -55,8 +55,7 @@ impl ApiError {
             "message": self.message,
             "error": {"code": self.code, "details": self.details},
         });
-        let mut r =
-            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let mut r = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if let Some(secs) = self.retry_after {
             r.headers_mut()
                 .insert(warp::http::header::RETRY_AFTER, secs.into());

@@ -8,9 +8,11 @@ use super::util::{self, ok};
 use super::Shared;
 use crate::net::fetch;
 use crate::store::instances::Instance;
-use actors::instance::{InstanceError, InstanceMsg, InstanceSnapshot, MediaKind, OutgoingMedia, Sent};
-use actors::lifecycle::LifecycleError;
 use actors::events::LifecycleNotice;
+use actors::instance::{
+    InstanceError, InstanceMsg, InstanceSnapshot, MediaKind, OutgoingMedia, Sent,
+};
+use actors::lifecycle::LifecycleError;
 use actors::InstanceStatus;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -139,7 +141,13 @@ pub async fn instance(api: &Shared, p: &Principal, id: &str) -> Result<Instance,
         .get(id)
         .await
         .map_err(db_error)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "SESSION_NOT_FOUND", "Instance not found"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "SESSION_NOT_FOUND",
+                "Instance not found",
+            )
+        })
 }
 
 async fn snapshot(actor: &ActorRef<InstanceMsg>) -> Result<InstanceSnapshot, ApiError> {
@@ -171,7 +179,11 @@ async fn ready(api: &Shared, row: &Instance) -> Result<ActorRef<InstanceMsg>, Ap
 }
 
 /// The online instance whose own number is `phone` (by-number routes).
-async fn by_number(api: &Shared, p: &Principal, phone: &str) -> Result<(Instance, ActorRef<InstanceMsg>), ApiError> {
+async fn by_number(
+    api: &Shared,
+    p: &Principal,
+    phone: &str,
+) -> Result<(Instance, ActorRef<InstanceMsg>), ApiError> {
     let phone = util::normalize_phone(phone, &api.config.whatsapp.default_country_code)?;
     let rows = api.instances.list().await.map_err(db_error)?;
     let mut candidates = rows
@@ -179,11 +191,13 @@ async fn by_number(api: &Shared, p: &Principal, phone: &str) -> Result<(Instance
         .filter(|r| r.phone.as_deref() == Some(phone.as_str()))
         .filter(|r| r.status == InstanceStatus::Online.as_str())
         .peekable();
-    let none = || ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NO_ACTIVE_INSTANCE",
-        "No connected instance has this phone number",
-    );
+    let none = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NO_ACTIVE_INSTANCE",
+            "No connected instance has this phone number",
+        )
+    };
     if candidates.peek().is_none() {
         return Err(none());
     }
@@ -208,10 +222,18 @@ fn with_from(mut v: Value, from: &Instance) -> Value {
     v
 }
 
-async fn send_text_with(actor: &ActorRef<InstanceMsg>, to: String, text: String) -> Result<Sent, ApiError> {
-    call_t!(actor, |reply| InstanceMsg::SendText { to, text, reply }, SEND_MS)
-        .map_err(actor_unreachable)?
-        .map_err(instance_error)
+async fn send_text_with(
+    actor: &ActorRef<InstanceMsg>,
+    to: String,
+    text: String,
+) -> Result<Sent, ApiError> {
+    call_t!(
+        actor,
+        |reply| InstanceMsg::SendText { to, text, reply },
+        SEND_MS
+    )
+    .map_err(actor_unreachable)?
+    .map_err(instance_error)
 }
 
 // ---------- auth ----------
@@ -228,7 +250,10 @@ pub async fn login_jwt(body: Bytes, api: Shared) -> R {
     let username = required(&b.username, "username")?;
     let password = b.password.unwrap_or_default();
     if password.is_empty() {
-        return Err(ApiError::bad_request("VALIDATION_ERROR", "password is required"));
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            "password is required",
+        ));
     }
     match api.auth.login(&username, &password) {
         Some(token) => Ok(warp::reply::json(&json!({
@@ -274,7 +299,14 @@ struct CreateBody {
 fn new_instance_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// `POST /api/login`: creates an instance and its token.
@@ -294,7 +326,10 @@ pub async fn create_instance(p: Principal, body: Bytes, api: Shared) -> R {
         ));
     }
     let id = new_instance_id();
-    api.instances.create(&id, &device_name).await.map_err(db_error)?;
+    api.instances
+        .create(&id, &device_name)
+        .await
+        .map_err(db_error)?;
     let token = api.auth.issue_instance_token(&id).await.map_err(db_error)?;
     actor(&api, &id).await?;
     Ok(ok(
@@ -382,7 +417,10 @@ pub async fn logout(id: String, p: Principal, api: Shared) -> R {
     call_t!(a, InstanceMsg::Logout, SEND_MS)
         .map_err(actor_unreachable)?
         .map_err(instance_error)?;
-    Ok(ok("Logged out; the instance can scan a new QR code", json!({"instanceId": id})))
+    Ok(ok(
+        "Logged out; the instance can scan a new QR code",
+        json!({"instanceId": id}),
+    ))
 }
 
 /// `DELETE /api/instances/:id`.
@@ -407,14 +445,20 @@ pub async fn delete_instance(id: String, p: Principal, api: Shared) -> R {
 pub async fn new_token(id: String, p: Principal, api: Shared) -> R {
     instance(&api, &p, &id).await?;
     let token = api.auth.issue_instance_token(&id).await.map_err(db_error)?;
-    Ok(ok("Token issued", json!({"instanceId": id, "token": token})))
+    Ok(ok(
+        "Token issued",
+        json!({"instanceId": id, "token": token}),
+    ))
 }
 
 /// `DELETE /api/instances/:id/token`: revokes every token of the instance.
 pub async fn revoke_tokens(id: String, p: Principal, api: Shared) -> R {
     instance(&api, &p, &id).await?;
     let n = api.auth.tokens().revoke_all(&id).await.map_err(db_error)?;
-    Ok(ok("Tokens revoked", json!({"instanceId": id, "revoked": n})))
+    Ok(ok(
+        "Tokens revoked",
+        json!({"instanceId": id, "revoked": n}),
+    ))
 }
 
 // ---------- QR ----------
@@ -516,7 +560,10 @@ pub async fn qr_cancel(id: String, p: Principal, api: Shared) -> R {
     call_t!(a, InstanceMsg::CancelQr, QUICK_MS)
         .map_err(actor_unreachable)?
         .map_err(instance_error)?;
-    Ok(ok("QR login cancelled", json!({"instance_id": id, "status": "cancelled"})))
+    Ok(ok(
+        "QR login cancelled",
+        json!({"instance_id": id, "status": "cancelled"}),
+    ))
 }
 
 // ---------- sending ----------
@@ -555,7 +602,12 @@ fn text_body(body: &Bytes) -> Result<(String, String), ApiError> {
     Ok((required(&b.to, "to")?, required(&b.message, "message")?))
 }
 
-async fn do_send_text(api: &Shared, actor: ActorRef<InstanceMsg>, to: String, text: String) -> Result<Value, ApiError> {
+async fn do_send_text(
+    api: &Shared,
+    actor: ActorRef<InstanceMsg>,
+    to: String,
+    text: String,
+) -> Result<Value, ApiError> {
     let phone = util::normalize_phone(&to, &api.config.whatsapp.default_country_code)?;
     let sent = send_text_with(&actor, phone, text).await?;
     Ok(sent_data(&sent))
@@ -588,9 +640,13 @@ pub async fn check(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     let a = ready(&api, &row).await?;
     let phone = util::normalize_phone(&raw, &api.config.whatsapp.default_country_code)?;
     let phones = vec![phone.clone()];
-    let r = call_t!(a, |reply| InstanceMsg::CheckNumbers { phones, reply }, SEND_MS)
-        .map_err(actor_unreachable)?
-        .map_err(instance_error)?;
+    let r = call_t!(
+        a,
+        |reply| InstanceMsg::CheckNumbers { phones, reply },
+        SEND_MS
+    )
+    .map_err(actor_unreachable)?
+    .map_err(instance_error)?;
     let hit = r.into_iter().next();
     Ok(ok(
         "Number checked",
@@ -624,7 +680,10 @@ fn cap_for(api: &Shared, kind: MediaKind) -> u64 {
 fn too_large(kind: MediaKind, cap: u64) -> ApiError {
     ApiError::bad_request(
         "FILE_TOO_LARGE",
-        format!("{} files may be at most {cap} bytes", util::media_kind_word(kind)),
+        format!(
+            "{} files may be at most {cap} bytes",
+            util::media_kind_word(kind)
+        ),
     )
 }
 
@@ -648,11 +707,16 @@ struct Upload {
 
 async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Upload, ApiError> {
     use bytes::Buf;
-    let max_cap = [MediaKind::Image, MediaKind::Video, MediaKind::Audio, MediaKind::Document]
-        .into_iter()
-        .map(|k| cap_for(api, k))
-        .max()
-        .unwrap_or(0);
+    let max_cap = [
+        MediaKind::Image,
+        MediaKind::Video,
+        MediaKind::Audio,
+        MediaKind::Document,
+    ]
+    .into_iter()
+    .map(|k| cap_for(api, k))
+    .max()
+    .unwrap_or(0);
     let mut up = Upload {
         fields: HashMap::new(),
         file: None,
@@ -669,7 +733,10 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
         while let Some(mut chunk) = stream.try_next().await.map_err(|_| bad())? {
             if (data.len() + chunk.remaining()) as u64 > limit {
                 return Err(if name == "file" {
-                    ApiError::bad_request("FILE_TOO_LARGE", format!("files may be at most {max_cap} bytes"))
+                    ApiError::bad_request(
+                        "FILE_TOO_LARGE",
+                        format!("files may be at most {max_cap} bytes"),
+                    )
                 } else {
                     ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is too long"))
                 });
@@ -684,8 +751,9 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
         if name == "file" {
             up.file = Some((file_name.unwrap_or_else(|| "file".to_string()), ctype, data));
         } else {
-            let v = String::from_utf8(data)
-                .map_err(|_| ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is not UTF-8")))?;
+            let v = String::from_utf8(data).map_err(|_| {
+                ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is not UTF-8"))
+            })?;
             up.fields.insert(name, v);
         }
     }
@@ -697,9 +765,12 @@ const MAX_FIELD: u64 = 64 * 1024;
 /// Validates an upload: the target field (`to` or `groupJid`) and the file.
 fn upload_media(api: &Shared, up: Upload, target: &str) -> Result<(String, MediaInput), ApiError> {
     let to = required(&up.fields.get(target).cloned(), target)?;
-    let (file_name, ctype, bytes) = up
-        .file
-        .ok_or_else(|| ApiError::bad_request("FILE_REQUIRED", "A file is required (multipart field \"file\")"))?;
+    let (file_name, ctype, bytes) = up.file.ok_or_else(|| {
+        ApiError::bad_request(
+            "FILE_REQUIRED",
+            "A file is required (multipart field \"file\")",
+        )
+    })?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("FILE_REQUIRED", "The file is empty"));
     }
@@ -711,7 +782,16 @@ fn upload_media(api: &Shared, up: Upload, target: &str) -> Result<(String, Media
     }
     let mimetype = util::mimetype_for(&file_name, ctype.as_deref());
     let caption = up.fields.get("caption").cloned().filter(|c| !c.is_empty());
-    Ok((to, MediaInput { kind, bytes, mimetype, file_name, caption }))
+    Ok((
+        to,
+        MediaInput {
+            kind,
+            bytes,
+            mimetype,
+            file_name,
+            caption,
+        },
+    ))
 }
 
 /// Downloads a media URL under the SSRF policy and the size cap of its type.
@@ -743,7 +823,11 @@ async fn url_media(api: &Shared, b: &MediaUrlBody) -> Result<MediaInput, ApiErro
     })
 }
 
-async fn send_media_with(actor: &ActorRef<InstanceMsg>, to: String, m: MediaInput) -> Result<Value, ApiError> {
+async fn send_media_with(
+    actor: &ActorRef<InstanceMsg>,
+    to: String,
+    m: MediaInput,
+) -> Result<Value, ApiError> {
     let (kind, size, file_name) = (m.kind, m.bytes.len(), m.file_name.clone());
     let media = OutgoingMedia {
         kind: m.kind,
@@ -752,9 +836,13 @@ async fn send_media_with(actor: &ActorRef<InstanceMsg>, to: String, m: MediaInpu
         file_name: Some(m.file_name),
         caption: m.caption,
     };
-    let sent = call_t!(actor, |reply| InstanceMsg::SendMedia { to, media, reply }, MEDIA_MS)
-        .map_err(actor_unreachable)?
-        .map_err(instance_error)?;
+    let sent = call_t!(
+        actor,
+        |reply| InstanceMsg::SendMedia { to, media, reply },
+        MEDIA_MS
+    )
+    .map_err(actor_unreachable)?
+    .map_err(instance_error)?;
     let mut v = sent_data(&sent);
     v["mediaType"] = json!(util::media_kind_word(kind));
     v["fileName"] = json!(file_name);
@@ -780,14 +868,24 @@ fn group_data(mut v: Value, group_jid: &str) -> Value {
     v
 }
 
-async fn media_file(api: Shared, actor: ActorRef<InstanceMsg>, up: Upload, group: bool) -> Result<Value, ApiError> {
+async fn media_file(
+    api: Shared,
+    actor: ActorRef<InstanceMsg>,
+    up: Upload,
+    group: bool,
+) -> Result<Value, ApiError> {
     let (raw, m) = upload_media(&api, up, if group { "groupJid" } else { "to" })?;
     let to = target(&api, &raw, group)?;
     let v = send_media_with(&actor, to.clone(), m).await?;
     Ok(if group { group_data(v, &to) } else { v })
 }
 
-async fn media_url(api: Shared, actor: ActorRef<InstanceMsg>, b: MediaUrlBody, group: bool) -> Result<Value, ApiError> {
+async fn media_url(
+    api: Shared,
+    actor: ActorRef<InstanceMsg>,
+    b: MediaUrlBody,
+    group: bool,
+) -> Result<Value, ApiError> {
     let raw = if group {
         required(&b.group_jid, "groupJid")?
     } else {
@@ -812,7 +910,12 @@ fn media_url_body(body: &Bytes, group: bool) -> Result<MediaUrlBody, ApiError> {
 }
 
 /// `POST /api/send/:id/media` (multipart `to`, `caption`, `file`, optional `mediaType`).
-pub async fn send_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+pub async fn send_media_file(
+    id: String,
+    p: Principal,
+    form: warp::multipart::FormData,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
@@ -838,7 +941,12 @@ pub async fn send_media_url_by_number(phone: String, p: Principal, body: Bytes, 
 }
 
 /// `POST /api/by-number/:phone/media-file`.
-pub async fn send_media_file_by_number(phone: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+pub async fn send_media_file_by_number(
+    phone: String,
+    p: Principal,
+    form: warp::multipart::FormData,
+    api: Shared,
+) -> R {
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let v = media_file(api, a, up, false).await?;
@@ -869,18 +977,33 @@ pub async fn groups_by_number(phone: String, p: Principal, api: Shared) -> R {
 
 fn group_text_body(body: &Bytes) -> Result<(String, String), ApiError> {
     let b: GroupTextBody = parse(body)?;
-    Ok((required(&b.group_jid, "groupJid")?, required(&b.message, "message")?))
+    Ok((
+        required(&b.group_jid, "groupJid")?,
+        required(&b.message, "message")?,
+    ))
 }
 
-async fn do_group_text(actor: &ActorRef<InstanceMsg>, group_jid: String, text: String) -> Result<Value, ApiError> {
+async fn do_group_text(
+    actor: &ActorRef<InstanceMsg>,
+    group_jid: String,
+    text: String,
+) -> Result<Value, ApiError> {
     let jid = group_jid.trim().to_string();
     if !util::is_group_jid(&jid) {
         return Err(instance_error(InstanceError::InvalidGroupJid));
     }
     let g = jid.clone();
-    let sent = call_t!(actor, |reply| InstanceMsg::SendGroupText { group_jid: g, text, reply }, SEND_MS)
-        .map_err(actor_unreachable)?
-        .map_err(instance_error)?;
+    let sent = call_t!(
+        actor,
+        |reply| InstanceMsg::SendGroupText {
+            group_jid: g,
+            text,
+            reply
+        },
+        SEND_MS
+    )
+    .map_err(actor_unreachable)?
+    .map_err(instance_error)?;
     Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
 }
 
@@ -897,11 +1020,19 @@ pub async fn group_text(id: String, p: Principal, body: Bytes, api: Shared) -> R
 pub async fn group_text_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
     let (gid, text) = group_text_body(&body)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    Ok(ok("Message sent", with_from(do_group_text(&a, gid, text).await?, &row)))
+    Ok(ok(
+        "Message sent",
+        with_from(do_group_text(&a, gid, text).await?, &row),
+    ))
 }
 
 /// `POST /api/send-group/:id/media`.
-pub async fn group_media_file(id: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+pub async fn group_media_file(
+    id: String,
+    p: Principal,
+    form: warp::multipart::FormData,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
@@ -919,7 +1050,12 @@ pub async fn group_media_url(id: String, p: Principal, body: Bytes, api: Shared)
 }
 
 /// `POST /api/send-group/by-number/:phone/media`.
-pub async fn group_media_file_by_number(phone: String, p: Principal, form: warp::multipart::FormData, api: Shared) -> R {
+pub async fn group_media_file_by_number(
+    phone: String,
+    p: Principal,
+    form: warp::multipart::FormData,
+    api: Shared,
+) -> R {
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let v = media_file(api, a, up, true).await?;
@@ -950,7 +1086,10 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
     let url = b.url.map(|u| u.trim().to_string()).unwrap_or_default();
     instance(&api, &p, &id).await?;
     if url.is_empty() {
-        api.instances.set_webhook(&id, None, None).await.map_err(db_error)?;
+        api.instances
+            .set_webhook(&id, None, None)
+            .await
+            .map_err(db_error)?;
         return Ok(ok(
             "Webhook removed",
             json!({"instanceId": id, "webhookUrl": null, "secret": null}),
@@ -961,7 +1100,11 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
     fetch::check_url(&parsed, &api.config.webhook.allowed_targets)
         .await
         .map_err(|e| ApiError::bad_request("INVALID_WEBHOOK_URL", capitalize(&e.to_string())))?;
-    let secret = match b.secret.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+    let secret = match b
+        .secret
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    {
         Some(s) if s.len() < 16 || s.len() > 256 => {
             return Err(ApiError::bad_request(
                 "VALIDATION_ERROR",
@@ -1007,9 +1150,16 @@ pub async fn webhook_redeliver(id: String, delivery: String, p: Principal, api: 
         None => false,
     };
     if !found {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "DELIVERY_NOT_FOUND", "No such delivery"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "DELIVERY_NOT_FOUND",
+            "No such delivery",
+        ));
     }
-    Ok(ok("Delivery queued again", json!({"instanceId": id, "id": delivery})))
+    Ok(ok(
+        "Delivery queued again",
+        json!({"instanceId": id, "id": delivery}),
+    ))
 }
 
 /// The id of an instance the caller may listen to (for `/api/listen/:id`).

@@ -57,7 +57,11 @@ pub struct Api {
 #[async_trait::async_trait]
 pub trait DeliveryLog: Send + Sync + 'static {
     /// Recent deliveries of an instance, newest first, as JSON objects.
-    async fn recent(&self, instance_id: &str, limit: u64) -> Result<Vec<serde_json::Value>, sea_orm::DbErr>;
+    async fn recent(
+        &self,
+        instance_id: &str,
+        limit: u64,
+    ) -> Result<Vec<serde_json::Value>, sea_orm::DbErr>;
     /// Queues one delivery again; `false` when the instance has no such delivery.
     async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, sea_orm::DbErr>;
 }
@@ -87,7 +91,9 @@ pub fn health() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clo
     })
 }
 
-pub(crate) fn with_api(api: Shared) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
+pub(crate) fn with_api(
+    api: Shared,
+) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
     warp::any().map(move || api.clone())
 }
 
@@ -121,37 +127,44 @@ fn auth_error(e: AuthError) -> ApiError {
 }
 
 /// Extracts the authenticated caller or rejects with 401.
-pub(crate) fn authed(api: Shared) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+pub(crate) fn authed(
+    api: Shared,
+) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(with_api(api))
-        .and_then(|h: Option<String>, p: Option<String>, api: Shared| async move {
-            let token = bearer(h, p).ok_or_else(|| warp::reject::custom(auth_error(AuthError::Missing)))?;
-            api.auth
-                .authenticate(&token)
-                .await
-                .map_err(|e| warp::reject::custom(auth_error(e)))
-        })
+        .and_then(
+            |h: Option<String>, p: Option<String>, api: Shared| async move {
+                let token = bearer(h, p)
+                    .ok_or_else(|| warp::reject::custom(auth_error(AuthError::Missing)))?;
+                api.auth
+                    .authenticate(&token)
+                    .await
+                    .map_err(|e| warp::reject::custom(auth_error(e)))
+            },
+        )
 }
 
 /// Per-client rate limit (429 with `Retry-After`).
 fn rate_limited(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::addr::remote()
         .and(with_api(api))
-        .and_then(|addr: Option<std::net::SocketAddr>, api: Shared| async move {
-            let ip = addr
-                .map(|a| a.ip())
-                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-            api.limiter.check(ip).map_err(|retry| {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "RATE_LIMITED",
-                    "Too many requests",
-                );
-                e.retry_after = Some(retry);
-                warp::reject::custom(e)
-            })
-        })
+        .and_then(
+            |addr: Option<std::net::SocketAddr>, api: Shared| async move {
+                let ip = addr
+                    .map(|a| a.ip())
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+                api.limiter.check(ip).map_err(|retry| {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "RATE_LIMITED",
+                        "Too many requests",
+                    );
+                    e.retry_after = Some(retry);
+                    warp::reject::custom(e)
+                })
+            },
+        )
         .untuple_one()
 }
 
@@ -164,7 +177,11 @@ fn too_large() -> Rejection {
 }
 
 /// Reads a body stream, refusing more than `limit` bytes.
-async fn collect_body<S, B>(len: Option<u64>, stream: S, limit: u64) -> Result<bytes::Bytes, Rejection>
+async fn collect_body<S, B>(
+    len: Option<u64>,
+    stream: S,
+    limit: u64,
+) -> Result<bytes::Bytes, Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
@@ -195,7 +212,9 @@ where
 
 /// The raw body, at most `limit` bytes (413 beyond, whether or not a Content-Length
 /// was sent).
-pub(crate) fn body_limited(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+pub(crate) fn body_limited(
+    limit: u64,
+) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(move |len, stream| collect_body(len, stream, limit))
@@ -240,10 +259,7 @@ pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
 }
 
 /// Every route of the server, with the error envelope for anything that fails.
-pub fn routes(
-    api: Shared,
-    sandbox: Option<SandboxRoutes>,
-) -> BoxedFilter<(Response,)> {
+pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Response,)> {
     let a = || with_api(api.clone());
     let auth = || authed(api.clone());
     let json = || body_limited(MAX_JSON_BODY);
@@ -366,7 +382,12 @@ pub fn routes(
         .boxed();
 
     // Sending: by instance id, and by the sender's own number (two spellings).
-    let media_limit = api.config.limits.max_document_bytes.max(api.config.limits.max_video_bytes) + 1024 * 1024;
+    let media_limit = api
+        .config
+        .limits
+        .max_document_bytes
+        .max(api.config.limits.max_video_bytes)
+        + 1024 * 1024;
     let multipart = move || warp::multipart::form().max_length(media_limit);
     let send_by_number = p!("api" / "by-number" / String)
         .or(p!("api" / "send" / "by-number" / String))

@@ -47,7 +47,8 @@ const MEDIA_FILE: &[(&str, &str, bool)] = &[
     ("caption", "string", false),
     ("mediaType", "string", false),
 ];
-const GROUP_TEXT: &[(&str, &str, bool)] = &[("groupJid", "string", true), ("message", "string", true)];
+const GROUP_TEXT: &[(&str, &str, bool)] =
+    &[("groupJid", "string", true), ("message", "string", true)];
 const GROUP_URL: &[(&str, &str, bool)] = &[
     ("groupJid", "string", true),
     ("mediaUrl", "string", true),
@@ -233,8 +234,15 @@ pub fn document() -> Value {
         } else {
             json!({"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}})
         };
-        let ok_desc = if r.tag == "events" { "WebSocket upgrade (101); events as JSON text frames" } else { "Success" };
-        responses.insert("200".into(), json!({"description": ok_desc, "content": ok_content}));
+        let ok_desc = if r.tag == "events" {
+            "WebSocket upgrade (101); events as JSON text frames"
+        } else {
+            "Success"
+        };
+        responses.insert(
+            "200".into(),
+            json!({"description": ok_desc, "content": ok_content}),
+        );
         let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
         for c in r.errors {
             by_status.entry(status_of(c)).or_default().push(c);
@@ -260,9 +268,7 @@ pub fn document() -> Value {
         } else {
             op["security"] = json!([]);
         }
-        let entry = paths
-            .entry(r.path.to_string())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method] = op;
     }
     json!({

@@ -46,7 +46,8 @@ pub fn is_group_jid(jid: &str) -> bool {
         return false;
     };
     let mut parts = user.split('-');
-    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let first = parts.next();
     match (first, parts.next(), parts.next()) {
         (f, None, None) => ok(f),
@@ -138,8 +139,14 @@ mod tests {
 
     #[test]
     fn phones() {
-        assert_eq!(normalize_phone("081234567890", "62").unwrap(), "6281234567890");
-        assert_eq!(normalize_phone("+1 (555) 010-0000", "62").unwrap(), "15550100000");
+        assert_eq!(
+            normalize_phone("081234567890", "62").unwrap(),
+            "6281234567890"
+        );
+        assert_eq!(
+            normalize_phone("+1 (555) 010-0000", "62").unwrap(),
+            "15550100000"
+        );
         assert!(normalize_phone("12345", "62").is_err());
         assert!(normalize_phone("1234567890a", "62").is_err());
         assert!(normalize_phone("1234567890123456", "62").is_err());
@@ -159,7 +166,10 @@ mod tests {
         assert_eq!(media_kind_for("a.opus"), MediaKind::Audio);
         assert_eq!(media_kind_for("a.pdf"), MediaKind::Document);
         assert_eq!(media_kind_for("noext"), MediaKind::Document);
-        assert_eq!(mimetype_for("x.png", Some("application/octet-stream")), "image/png");
+        assert_eq!(
+            mimetype_for("x.png", Some("application/octet-stream")),
+            "image/png"
+        );
         assert_eq!(mimetype_for("x.bin", Some("image/gif")), "image/gif");
     }
 }

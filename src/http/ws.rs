@@ -245,7 +245,9 @@ mod tests {
     }
 
     fn admin() -> Principal {
-        Principal::Admin { username: "t".into() }
+        Principal::Admin {
+            username: "t".into(),
+        }
     }
 
     /// A sink that records what it is given.
@@ -272,13 +274,25 @@ mod tests {
         // The client never answers (no frames at all).
         let silent = stream::pending::<Result<Message, warp::Error>>();
         let started = Instant::now();
-        let ended = run_pump(sink, silent, cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        let ended = run_pump(
+            sink,
+            silent,
+            cfg(),
+            Source::Lifecycle {
+                rx,
+                principal: admin(),
+            },
+        )
+        .await;
         assert_eq!(ended, Ended::PingTimeout);
         // Pings at 5, 10 minutes; the 15-minute tick finds no pong since the start.
         assert_eq!(started.elapsed(), Duration::from_secs(900));
         let seen = seen.lock().unwrap();
         assert_eq!(seen.iter().filter(|m| m.is_ping()).count(), 2);
-        assert_eq!(seen.last().unwrap().close_frame().map(|c| c.0), Some(CLOSE_PING_TIMEOUT));
+        assert_eq!(
+            seen.last().unwrap().close_frame().map(|c| c.0),
+            Some(CLOSE_PING_TIMEOUT)
+        );
         drop(tx_events);
     }
 
@@ -295,12 +309,19 @@ mod tests {
             Some((Ok(Message::pong(Vec::new())), n + 1))
         });
         let pongs = Box::pin(pongs);
-        let source = Source::Lifecycle { rx, principal: admin() };
+        let source = Source::Lifecycle {
+            rx,
+            principal: admin(),
+        };
         let started = Instant::now();
         let ended = run_pump(sink, pongs, cfg(), source).await;
         // Alive for the hour of pongs, then closed 15 minutes after the last one.
         assert_eq!(ended, Ended::PingTimeout);
-        assert!(started.elapsed() >= Duration::from_secs(3600 + 900), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(3600 + 900),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(seen.lock().unwrap().iter().filter(|m| m.is_ping()).count() >= 12);
         drop(tx_events);
     }
@@ -313,10 +334,22 @@ mod tests {
             tx_events.send(notice(i)).unwrap();
         }
         let (sink, seen) = recorder();
-        let ended = run_pump(sink, stream::pending(), cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        let ended = run_pump(
+            sink,
+            stream::pending(),
+            cfg(),
+            Source::Lifecycle {
+                rx,
+                principal: admin(),
+            },
+        )
+        .await;
         assert_eq!(ended, Ended::SlowConsumer);
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.last().unwrap().close_frame().map(|c| c.0), Some(CLOSE_SLOW_CONSUMER));
+        assert_eq!(
+            seen.last().unwrap().close_frame().map(|c| c.0),
+            Some(CLOSE_SLOW_CONSUMER)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -324,13 +357,28 @@ mod tests {
         let (tx_events, rx) = broadcast::channel::<LifecycleNotice>(4);
         tx_events.send(notice(1)).unwrap();
         // A socket whose write never completes (the client stopped reading).
-        let stuck = Box::pin(futures_util::sink::unfold((), |(), _m: Message| async move {
-            std::future::pending::<Result<(), std::convert::Infallible>>().await
-        }));
+        let stuck = Box::pin(futures_util::sink::unfold(
+            (),
+            |(), _m: Message| async move {
+                std::future::pending::<Result<(), std::convert::Infallible>>().await
+            },
+        ));
         let started = Instant::now();
-        let ended = run_pump(stuck, stream::pending(), cfg(), Source::Lifecycle { rx, principal: admin() }).await;
+        let ended = run_pump(
+            stuck,
+            stream::pending(),
+            cfg(),
+            Source::Lifecycle {
+                rx,
+                principal: admin(),
+            },
+        )
+        .await;
         assert_eq!(ended, Ended::SlowConsumer);
-        assert_eq!(started.elapsed(), Duration::from_secs(10) + Duration::from_secs(1));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10) + Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -340,8 +388,16 @@ mod tests {
         tx_events.send(notice(1)).unwrap();
         drop(tx_events);
         let (sink, seen) = recorder();
-        let p = Principal::Instance { instance_id: "i1".into() };
-        let ended = run_pump(sink, stream::pending(), cfg(), Source::Lifecycle { rx, principal: p }).await;
+        let p = Principal::Instance {
+            instance_id: "i1".into(),
+        };
+        let ended = run_pump(
+            sink,
+            stream::pending(),
+            cfg(),
+            Source::Lifecycle { rx, principal: p },
+        )
+        .await;
         assert_eq!(ended, Ended::SourceEnded);
         let seen = seen.lock().unwrap();
         let texts: Vec<&str> = seen.iter().filter_map(|m| m.to_str().ok()).collect();

@@ -127,7 +127,10 @@ impl Instances {
         secret: Option<&str>,
     ) -> Result<(), DbErr> {
         entity::Entity::update_many()
-            .col_expr(entity::Column::WebhookUrl, Expr::value(url.map(str::to_string)))
+            .col_expr(
+                entity::Column::WebhookUrl,
+                Expr::value(url.map(str::to_string)),
+            )
             .col_expr(
                 entity::Column::WebhookSecret,
                 Expr::value(secret.map(str::to_string)),

@@ -79,7 +79,11 @@ impl Settings {
             value: Set(value.to_string()),
             updated_at: Set(now_ms()),
         })
-        .on_conflict(OnConflict::column(setting::Column::Key).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(setting::Column::Key)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(&self.db)
         .await?;
         self.get(key)

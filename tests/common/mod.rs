@@ -39,7 +39,11 @@ impl TestServer {
     }
 
     /// Starts a server on the database in `dir` (reused across restarts).
-    pub async fn start_in(net: &MockNetwork, dir: std::path::PathBuf, extra: &[(&str, &str)]) -> Self {
+    pub async fn start_in(
+        net: &MockNetwork,
+        dir: std::path::PathBuf,
+        extra: &[(&str, &str)],
+    ) -> Self {
         Self::start_with(net, dir, extra, None).await
     }
 
@@ -52,7 +56,10 @@ impl TestServer {
     ) -> Self {
         let mut env = BTreeMap::new();
         for (k, v) in [
-            ("DATABASE_URL", format!("sqlite://{}/db.sqlite", dir.display())),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}/db.sqlite", dir.display()),
+            ),
             ("PORT", "0".into()),
             ("JWT_SECRET", JWT_SECRET.into()),
             ("APP_LOGIN_USERNAME", USER.into()),
@@ -130,10 +137,14 @@ impl TestServer {
     }
 
     /// A request with an optional bearer token; returns (status, JSON body).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method.parse().unwrap(), self.url(path));
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -143,7 +154,10 @@ impl TestServer {
         let resp = r.send().await.expect("request reaches the server");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -168,7 +182,10 @@ impl TestServer {
             if pred(&v["data"]) {
                 return v["data"].clone();
             }
-            assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}: {v}");
+            assert!(
+                tokio::time::Instant::now() < until,
+                "timed out waiting for {what}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -178,8 +195,10 @@ impl TestServer {
         let (id, token) = self.create_instance().await;
         let qr = self.current_qr(&id, &token).await;
         net.scan_qr(&qr, Some(phone)).expect("mock phone scans");
-        self.wait_status(&id, "online", |d| d["status"] == "online" && d["isConnected"] == true)
-            .await;
+        self.wait_status(&id, "online", |d| {
+            d["status"] == "online" && d["isConnected"] == true
+        })
+        .await;
         (id, token)
     }
 
@@ -187,7 +206,9 @@ impl TestServer {
     pub async fn current_qr(&self, id: &str, token: &str) -> String {
         let until = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let (s, v) = self.call("GET", &format!("/api/qr/{id}"), Some(token), None).await;
+            let (s, v) = self
+                .call("GET", &format!("/api/qr/{id}"), Some(token), None)
+                .await;
             assert_eq!(s, 200, "{v}");
             if let Some(q) = v["data"]["qr"].as_str() {
                 return q.to_string();

@@ -218,7 +218,12 @@ impl MockNetwork {
 
     /// Creates a group named `subject` of `creator` and `members` (all registered
     /// accounts); returns its JID (`<id>@g.us`).
-    pub fn create_group(&self, subject: &str, creator: &str, members: &[&str]) -> Result<String, String> {
+    pub fn create_group(
+        &self,
+        subject: &str,
+        creator: &str,
+        members: &[&str],
+    ) -> Result<String, String> {
         let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
         routing::create_group(&self.shared, subject, creator, &members)
     }
@@ -537,7 +542,11 @@ fn routes(
         .and(warp::body::json())
         .and(with.clone())
         .map(|b: GroupBody, s: Shared| {
-            let Some(creator) = b.creator.clone().or_else(|| b.participants.first().cloned()) else {
+            let Some(creator) = b
+                .creator
+                .clone()
+                .or_else(|| b.participants.first().cloned())
+            else {
                 return reply(400, json!({"error": "participants is empty"}));
             };
             match routing::create_group(&s, &b.name, &creator, &b.participants) {

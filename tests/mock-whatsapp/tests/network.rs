@@ -246,7 +246,9 @@ async fn group_messages_fan_out_to_every_member() {
         .create_group("Team", "6281300000001", &["6281300000002", "6281300000003"])
         .unwrap();
     assert!(gid.ends_with("@g.us"));
-    assert!(net.create_group("Bad", "6281300000001", &["6289999999999"]).is_err());
+    assert!(net
+        .create_group("Bad", "6281300000001", &["6289999999999"])
+        .is_err());
 
     let mine = ann.client.groups().get_participating().await.unwrap();
     assert_eq!(mine.len(), 1);
@@ -255,14 +257,29 @@ async fn group_messages_fan_out_to_every_member() {
     assert_eq!(meta.participants.len(), 3);
     let jid: whatsapp_rust::Jid = gid.parse().unwrap();
     let meta = ben.client.groups().get_metadata(&jid).await.unwrap();
-    assert_eq!(meta.creator.as_ref().map(|c| c.user.to_string()), Some("6281300000001".into()));
-    assert!(outsider.client.groups().get_metadata(&jid).await.is_err(), "non-members are refused");
-    assert!(outsider.client.groups().get_participating().await.unwrap().is_empty());
+    assert_eq!(
+        meta.creator.as_ref().map(|c| c.user.to_string()),
+        Some("6281300000001".into())
+    );
+    assert!(
+        outsider.client.groups().get_metadata(&jid).await.is_err(),
+        "non-members are refused"
+    );
+    assert!(outsider
+        .client
+        .groups()
+        .get_participating()
+        .await
+        .unwrap()
+        .is_empty());
 
     let id = ann.send_group_text(&gid, "hello team").await.unwrap();
     for c in [&mut ben, &mut cat] {
         let got = c.next_text().await.unwrap();
-        assert_eq!((got.text.as_str(), got.message_id.as_str()), ("hello team", id.as_str()));
+        assert_eq!(
+            (got.text.as_str(), got.message_id.as_str()),
+            ("hello team", id.as_str())
+        );
         assert!(got.is_group);
         assert_eq!(got.chat, gid);
         assert_eq!(got.from, "6281300000001");
@@ -270,5 +287,8 @@ async fn group_messages_fan_out_to_every_member() {
     // A second message reuses the distributed sender key.
     ben.send_group_text(&gid, "second").await.unwrap();
     let got = cat.next_text().await.unwrap();
-    assert_eq!((got.text.as_str(), got.from.as_str()), ("second", "6281300000002"));
+    assert_eq!(
+        (got.text.as_str(), got.from.as_str()),
+        ("second", "6281300000002")
+    );
 }
