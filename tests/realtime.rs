@@ -212,6 +212,38 @@ async fn listen_socket_carries_incoming_messages() {
         }
     }
     let _ = other;
+
+    // What the instance sends is reported back as message_status when Carol's phone
+    // confirms delivery.
+    let mut carol = carol;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(serde_json::json!({"to": "6281200000031", "message": "did you get this?"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let sent = v["data"]["messageId"].as_str().unwrap().to_string();
+    assert_eq!(carol.next_text().await.unwrap().text, "did you get this?");
+    let ev = loop {
+        let ev = next_event(&mut l1, "message_status").await;
+        if ev["data"]["message_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == sent.as_str())
+        {
+            break ev;
+        }
+    };
+    assert_eq!(ev["data"]["status"], "delivered");
+    assert_eq!(ev["data"]["instance_id"], id.as_str());
+    assert!(ev["data"]["from"]
+        .as_str()
+        .unwrap()
+        .starts_with("6281200000031"));
     srv.stop().await;
 
     // With the listen socket turned off, it is refused with a clear error.

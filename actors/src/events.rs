@@ -130,6 +130,34 @@ impl IncomingMessage {
     }
 }
 
+/// A delivery/read status of messages this instance sent (`message_status` on the
+/// listen socket).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageStatus {
+    pub instance_id: String,
+    pub message_ids: Vec<String>,
+    /// `delivered`, `read`, `played`, `sent`, ... (WhatsApp's receipt type).
+    pub status: String,
+    /// The chat the messages belong to.
+    pub chat: String,
+    /// Who sent the receipt.
+    pub from: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+impl MessageStatus {
+    /// The listen-socket envelope.
+    pub fn to_envelope(&self) -> Value {
+        let at = DateTime::from_timestamp(self.timestamp, 0).unwrap_or_else(Utc::now);
+        json!({
+            "event": "message_status",
+            "timestamp": rfc3339(at),
+            "data": serde_json::to_value(self).unwrap_or(Value::Null),
+        })
+    }
+}
+
 /// `{"event", "timestamp", "data"}` with the current time in RFC 3339 UTC.
 pub fn envelope(event: &str, data: Value) -> Value {
     json!({"event": event, "timestamp": rfc3339(Utc::now()), "data": data})

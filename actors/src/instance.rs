@@ -12,7 +12,9 @@
 //! actor maps what happens to the status words and stops the client itself after
 //! temporary bans and outdated-client failures.
 
-use crate::events::{rfc3339, IncomingMessage, IncomingSink, LifecycleNotice, MediaInfo};
+use crate::events::{
+    rfc3339, IncomingMessage, IncomingSink, LifecycleNotice, MediaInfo, MessageStatus,
+};
 use crate::lifecycle::{self, Action, LifecycleError, LifecycleEvent};
 use crate::status::InstanceStatus;
 use async_trait::async_trait;
@@ -273,6 +275,8 @@ pub enum InstanceMsg {
     Logout(RpcReplyPort<Result<(), InstanceError>>),
     /// A receiver of this instance's incoming messages.
     Subscribe(RpcReplyPort<broadcast::Receiver<IncomingMessage>>),
+    /// A receiver of delivery/read statuses of messages this instance sent.
+    SubscribeStatus(RpcReplyPort<broadcast::Receiver<MessageStatus>>),
     /// Stop the client cleanly (process shutdown).
     Shutdown(RpcReplyPort<()>),
     /// Test-only fault hook.
@@ -306,6 +310,8 @@ pub struct InstanceState {
     heartbeat: Option<JoinHandle<()>>,
     /// Live listeners (bounded; lagging receivers lose old messages, never memory).
     listeners: broadcast::Sender<IncomingMessage>,
+    /// Live listeners of message statuses (bounded like `listeners`).
+    statuses: broadcast::Sender<MessageStatus>,
     phone: Option<String>,
     jid: Option<String>,
     lid: Option<String>,
@@ -325,6 +331,7 @@ impl Actor for InstanceActor {
         args: InstanceArgs,
     ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
+        let (statuses, _) = broadcast::channel(args.env.listener_capacity.max(1));
         let mut state = InstanceState {
             id: args.instance_id,
             device_name: args.device_name,
@@ -338,6 +345,7 @@ impl Actor for InstanceActor {
             qr: None,
             heartbeat: None,
             listeners,
+            statuses,
             phone: None,
             jid: None,
             lid: None,
@@ -440,6 +448,9 @@ impl Actor for InstanceActor {
             }
             InstanceMsg::Subscribe(reply) => {
                 let _ = reply.send(state.listeners.subscribe());
+            }
+            InstanceMsg::SubscribeStatus(reply) => {
+                let _ = reply.send(state.statuses.subscribe());
             }
             InstanceMsg::Shutdown(reply) => {
                 state.apply(&myself, LifecycleEvent::Shutdown).await;
@@ -719,6 +730,26 @@ impl InstanceState {
                     }
                     let _ = self.listeners.send(msg);
                 }
+            }
+            Event::Receipt(r) => {
+                use whatsapp_rust::wacore::types::presence::ReceiptType as T;
+                let status = match &r.r#type {
+                    T::Delivered => "delivered",
+                    T::Read | T::ReadSelf => "read",
+                    T::Played | T::PlayedSelf => "played",
+                    T::Sent => "sent",
+                    T::ServerError => "error",
+                    // Retries and protocol receipts are not statuses of a message.
+                    _ => return,
+                };
+                let _ = self.statuses.send(MessageStatus {
+                    instance_id: self.id.clone(),
+                    message_ids: r.message_ids.iter().map(|m| m.to_string()).collect(),
+                    status: status.to_string(),
+                    chat: r.source.chat.to_non_ad().to_string(),
+                    from: r.source.sender.to_non_ad().to_string(),
+                    timestamp: r.timestamp.timestamp(),
+                });
             }
             _ => {}
         }

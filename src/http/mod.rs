@@ -264,6 +264,19 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     let auth = || authed(api.clone());
     let json = || body_limited(MAX_JSON_BODY);
     use warp::path as p;
+    // path, method, auth, then the handler's extra inputs, the shared state, the handler.
+    macro_rules! authed_route {
+        ($path:expr, $method:expr, $handler:expr $(, $extra:expr)*) => {
+            $path
+                .and($method)
+                .and(auth())
+                $(.and($extra))*
+                .and(a())
+                .then($handler)
+                .map(respond)
+                .boxed()
+        };
+    }
 
     let login_jwt = p!("login-jwt")
         .and(warp::post())
@@ -278,108 +291,72 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .then(handlers::validate)
         .map(respond)
         .boxed();
-    let create = p!("api" / "login")
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::create_instance)
-        .map(respond)
-        .boxed();
-    let qr = p!("api" / "qr" / String)
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::qr)
-        .map(respond)
-        .boxed();
-    let qr_image = p!("api" / "qr" / String / "image")
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::qr_image)
-        .map(respond)
-        .boxed();
-    let qr_cancel = p!("api" / "qr-cancel" / String)
-        .and(warp::delete())
-        .and(auth())
-        .and(a())
-        .then(handlers::qr_cancel)
-        .map(respond)
-        .boxed();
-    let status = p!("api" / "status" / String)
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::status)
-        .map(respond)
-        .boxed();
-    let logout = p!("api" / "logout" / String)
-        .and(warp::post())
-        .and(auth())
-        .and(a())
-        .then(handlers::logout)
-        .map(respond)
-        .boxed();
-    let delete = p!("api" / "instances" / String)
-        .and(warp::delete())
-        .and(auth())
-        .and(a())
-        .then(handlers::delete_instance)
-        .map(respond)
-        .boxed();
-    let list = p!("api" / "instances")
-        .and(warp::get())
-        .and(auth())
-        .and(warp::query::<std::collections::HashMap<String, String>>())
-        .and(a())
-        .then(handlers::list_instances)
-        .map(respond)
-        .boxed();
-    let token_new = p!("api" / "instances" / String / "token")
-        .and(warp::post())
-        .and(auth())
-        .and(a())
-        .then(handlers::new_token)
-        .map(respond)
-        .boxed();
-    let token_revoke = p!("api" / "instances" / String / "token")
-        .and(warp::delete())
-        .and(auth())
-        .and(a())
-        .then(handlers::revoke_tokens)
-        .map(respond)
-        .boxed();
-    let webhook_set = p!("api" / "instances" / String / "webhook-setconfig")
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::webhook_setconfig)
-        .map(respond)
-        .boxed();
-    let webhook_log = p!("api" / "instances" / String / "webhooks")
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::webhook_log)
-        .map(respond)
-        .boxed();
-    let webhook_redeliver = p!("api" / "instances" / String / "webhooks" / String / "redeliver")
-        .and(warp::post())
-        .and(auth())
-        .and(a())
-        .then(handlers::webhook_redeliver)
-        .map(respond)
-        .boxed();
-    let check = p!("api" / "check" / String)
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::check)
-        .map(respond)
-        .boxed();
+    let create = authed_route!(
+        p!("api" / "login"),
+        warp::post(),
+        handlers::create_instance,
+        json()
+    );
+    let qr = authed_route!(p!("api" / "qr" / String), warp::get(), handlers::qr);
+    let qr_image = authed_route!(
+        p!("api" / "qr" / String / "image"),
+        warp::get(),
+        handlers::qr_image
+    );
+    let qr_cancel = authed_route!(
+        p!("api" / "qr-cancel" / String),
+        warp::delete(),
+        handlers::qr_cancel
+    );
+    let status = authed_route!(p!("api" / "status" / String), warp::get(), handlers::status);
+    let logout = authed_route!(
+        p!("api" / "logout" / String),
+        warp::post(),
+        handlers::logout
+    );
+    let delete = authed_route!(
+        p!("api" / "instances" / String),
+        warp::delete(),
+        handlers::delete_instance
+    );
+    let list = authed_route!(
+        p!("api" / "instances"),
+        warp::get(),
+        handlers::list_instances,
+        warp::query::<std::collections::HashMap<String, String>>()
+    );
+    let token_new = authed_route!(
+        p!("api" / "instances" / String / "token"),
+        warp::post(),
+        handlers::new_token
+    );
+    let token_revoke = authed_route!(
+        p!("api" / "instances" / String / "token"),
+        warp::delete(),
+        handlers::revoke_tokens
+    );
+    let webhook_set = authed_route!(
+        p!("api" / "instances" / String / "webhook-setconfig"),
+        warp::post(),
+        handlers::webhook_setconfig,
+        json()
+    );
+    let webhook_log = authed_route!(
+        p!("api" / "instances" / String / "webhooks"),
+        warp::get(),
+        handlers::webhook_log
+    );
+    let webhook_redeliver = authed_route!(
+        p!("api" / "instances" / String / "webhooks" / String / "redeliver"),
+        warp::post(),
+        handlers::webhook_redeliver
+    );
+    let check = authed_route!(
+        p!("api" / "check" / String),
+        warp::post(),
+        handlers::check,
+        json()
+    );
 
     // Sending: by instance id, and by the sender's own number (two spellings).
     let media_limit = api
@@ -389,44 +366,36 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .max(api.config.limits.max_video_bytes)
         + 1024 * 1024;
     let multipart = move || warp::multipart::form().max_length(media_limit);
-    let send_by_number = p!("api" / "by-number" / String)
-        .or(p!("api" / "send" / "by-number" / String))
-        .unify()
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::send_text_by_number)
-        .map(respond)
-        .boxed();
-    let send_url_by_number = p!("api" / "by-number" / String / "media-url")
-        .or(p!("api" / "send" / "by-number" / String / "media-url"))
-        .unify()
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::send_media_url_by_number)
-        .map(respond)
-        .boxed();
-    let send_file_by_number = p!("api" / "by-number" / String / "media-file")
-        .or(p!("api" / "send" / "by-number" / String / "media-file"))
-        .unify()
-        .and(warp::post())
-        .and(auth())
-        .and(multipart())
-        .and(a())
-        .then(handlers::send_media_file_by_number)
-        .map(respond)
-        .boxed();
-    let send = p!("api" / "send" / String)
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::send_text)
-        .map(respond)
-        .boxed();
+    let send_by_number = authed_route!(
+        p!("api" / "by-number" / String)
+            .or(p!("api" / "send" / "by-number" / String))
+            .unify(),
+        warp::post(),
+        handlers::send_text_by_number,
+        json()
+    );
+    let send_url_by_number = authed_route!(
+        p!("api" / "by-number" / String / "media-url")
+            .or(p!("api" / "send" / "by-number" / String / "media-url"))
+            .unify(),
+        warp::post(),
+        handlers::send_media_url_by_number,
+        json()
+    );
+    let send_file_by_number = authed_route!(
+        p!("api" / "by-number" / String / "media-file")
+            .or(p!("api" / "send" / "by-number" / String / "media-file"))
+            .unify(),
+        warp::post(),
+        handlers::send_media_file_by_number,
+        multipart()
+    );
+    let send = authed_route!(
+        p!("api" / "send" / String),
+        warp::post(),
+        handlers::send_text,
+        json()
+    );
     let send_file = p!("api" / "send" / String / "media")
         .and(warp::post())
         .and(auth())
@@ -437,70 +406,50 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .then(handlers::send_media_file)
         .map(respond)
         .boxed();
-    let send_url = p!("api" / "send" / String / "media-url")
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::send_media_url)
-        .map(respond)
-        .boxed();
+    let send_url = authed_route!(
+        p!("api" / "send" / String / "media-url"),
+        warp::post(),
+        handlers::send_media_url,
+        json()
+    );
 
     // Groups.
-    let groups_by_number = p!("api" / "groups" / "by-number" / String)
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::groups_by_number)
-        .map(respond)
-        .boxed();
-    let groups = p!("api" / "groups" / String)
-        .and(warp::get())
-        .and(auth())
-        .and(a())
-        .then(handlers::groups)
-        .map(respond)
-        .boxed();
-    let group_send_by_number = p!("api" / "send-group" / "by-number" / String)
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::group_text_by_number)
-        .map(respond)
-        .boxed();
-    let group_url_by_number = p!("api" / "send-group" / "by-number" / String / "media-url")
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::group_media_url_by_number)
-        .map(respond)
-        .boxed();
-    let group_file_by_number = p!("api" / "send-group" / "by-number" / String / "media")
-        .and(warp::post())
-        .and(auth())
-        .and(multipart())
-        .and(a())
-        .then(handlers::group_media_file_by_number)
-        .map(respond)
-        .boxed();
-    let group_send = p!("api" / "send-group" / String)
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::group_text)
-        .map(respond)
-        .boxed();
-    let group_url = p!("api" / "send-group" / String / "media-url")
-        .and(warp::post())
-        .and(auth())
-        .and(json())
-        .and(a())
-        .then(handlers::group_media_url)
-        .map(respond)
-        .boxed();
+    let groups_by_number = authed_route!(
+        p!("api" / "groups" / "by-number" / String),
+        warp::get(),
+        handlers::groups_by_number
+    );
+    let groups = authed_route!(p!("api" / "groups" / String), warp::get(), handlers::groups);
+    let group_send_by_number = authed_route!(
+        p!("api" / "send-group" / "by-number" / String),
+        warp::post(),
+        handlers::group_text_by_number,
+        json()
+    );
+    let group_url_by_number = authed_route!(
+        p!("api" / "send-group" / "by-number" / String / "media-url"),
+        warp::post(),
+        handlers::group_media_url_by_number,
+        json()
+    );
+    let group_file_by_number = authed_route!(
+        p!("api" / "send-group" / "by-number" / String / "media"),
+        warp::post(),
+        handlers::group_media_file_by_number,
+        multipart()
+    );
+    let group_send = authed_route!(
+        p!("api" / "send-group" / String),
+        warp::post(),
+        handlers::group_text,
+        json()
+    );
+    let group_url = authed_route!(
+        p!("api" / "send-group" / String / "media-url"),
+        warp::post(),
+        handlers::group_media_url,
+        json()
+    );
     let group_file = p!("api" / "send-group" / String / "media")
         .and(warp::post())
         .and(auth())

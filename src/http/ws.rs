@@ -1,5 +1,5 @@
 //! WebSockets: `/ws` (lifecycle events of every instance the token may see) and
-//! `/api/listen/:id` (one instance's `incoming_message` events).
+//! `/api/listen/:id` (one instance's `incoming_message` and `message_status` events).
 //!
 //! Upkeep, the same on both: the server pings every `websocket.ping_interval_secs`;
 //! a connection that has not answered with a pong for `websocket.pong_timeout_secs`
@@ -12,7 +12,7 @@ use super::auth::Principal;
 use super::error::ApiError;
 use super::{handlers, Shared};
 use crate::config::WebsocketConfig;
-use actors::events::{IncomingMessage, LifecycleNotice};
+use actors::events::{IncomingMessage, LifecycleNotice, MessageStatus};
 use actors::instance::InstanceMsg;
 use futures_util::{SinkExt, StreamExt};
 use ractor::call_t;
@@ -53,6 +53,7 @@ enum Source {
     },
     Listen {
         rx: broadcast::Receiver<IncomingMessage>,
+        statuses: broadcast::Receiver<MessageStatus>,
         instance_id: String,
         api: Shared,
     },
@@ -79,16 +80,24 @@ impl Source {
             },
             Source::Listen {
                 rx,
+                statuses,
                 instance_id,
                 api,
             } => loop {
-                match rx.recv().await {
-                    Ok(m) => return Next::Event(m.to_envelope().to_string()),
+                let got = tokio::select! {
+                    m = rx.recv() => m.map(|m| m.to_envelope().to_string()),
+                    st = statuses.recv() => st.map(|st| st.to_envelope().to_string()),
+                };
+                match got {
+                    Ok(text) => return Next::Event(text),
                     Err(RecvError::Lagged(_)) => return Next::Slow,
                     Err(RecvError::Closed) => {
                         // The actor restarted: follow the new one.
                         match resubscribe(api, instance_id).await {
-                            Some(new_rx) => *rx = new_rx,
+                            Some((new_rx, new_statuses)) => {
+                                *rx = new_rx;
+                                *statuses = new_statuses;
+                            }
                             None => return Next::End,
                         }
                     }
@@ -98,13 +107,33 @@ impl Source {
     }
 }
 
+async fn subscribe(
+    a: &ractor::ActorRef<InstanceMsg>,
+) -> Result<
+    (
+        broadcast::Receiver<IncomingMessage>,
+        broadcast::Receiver<MessageStatus>,
+    ),
+    ApiError,
+> {
+    let rx = call_t!(a, InstanceMsg::Subscribe, 5_000).map_err(|_| ApiError::internal())?;
+    let st = call_t!(a, InstanceMsg::SubscribeStatus, 5_000).map_err(|_| ApiError::internal())?;
+    Ok((rx, st))
+}
+
 /// Waits (bounded) for the instance's actor to be back and subscribes again.
-async fn resubscribe(api: &Shared, id: &str) -> Option<broadcast::Receiver<IncomingMessage>> {
+async fn resubscribe(
+    api: &Shared,
+    id: &str,
+) -> Option<(
+    broadcast::Receiver<IncomingMessage>,
+    broadcast::Receiver<MessageStatus>,
+)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(a) = api.runtime.actor(id) {
-            if let Ok(rx) = call_t!(a, InstanceMsg::Subscribe, 5_000) {
-                return Some(rx);
+            if let Ok(pair) = subscribe(&a).await {
+                return Some(pair);
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -208,11 +237,12 @@ pub async fn listen(
         tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
         ApiError::internal()
     })?;
-    let rx = call_t!(actor, InstanceMsg::Subscribe, 5_000).map_err(|_| ApiError::internal())?;
+    let (rx, statuses) = subscribe(&actor).await?;
     let cfg = api.config.websocket.clone();
     let reply = ws.on_upgrade(move |socket| async move {
         let source = Source::Listen {
             rx,
+            statuses,
             instance_id: id,
             api,
         };
