@@ -147,6 +147,20 @@ async fn listen_socket_carries_incoming_messages() {
     let carol = net.add_contact("6281200000031", "Carol").await.unwrap();
     let srv = TestServer::start(&net, "ws-listen", &[]).await;
     let (id, token) = srv.paired_instance(&net, "6281100000031").await;
+    // Online means "available" is announced (the heartbeat's first beat is immediate).
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !net
+        .presences("6281100000031")
+        .iter()
+        .any(|p| p == "available")
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no presence: {:?}",
+            net.presences("6281100000031")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (other, other_token) = srv.create_instance().await;
 
     let e = connect(&srv, &format!("/api/listen/{id}"), None)

@@ -543,14 +543,8 @@ impl InstanceState {
                 self.stop_heartbeat();
                 let me = myself.clone();
                 let period = self.env.timing.presence_interval;
-                self.heartbeat = Some(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(period);
-                    loop {
-                        tick.tick().await; // the first tick is immediate: "available" at once
-                        if me.cast(InstanceMsg::Heartbeat).is_err() {
-                            break;
-                        }
-                    }
+                self.heartbeat = Some(spawn_ticker(period, move || {
+                    me.cast(InstanceMsg::Heartbeat).is_ok()
                 }));
             }
             Action::StopHeartbeat => self.stop_heartbeat(),
@@ -1131,4 +1125,19 @@ fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
         return Err(InstanceError::InvalidGroupJid);
     }
     s.parse().map_err(|_| InstanceError::InvalidGroupJid)
+}
+
+/// Calls `tick` at once and then every `period` until it returns `false` (or the task
+/// is aborted). Drives the presence heartbeat.
+pub fn spawn_ticker(period: Duration, tick: impl Fn() -> bool + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await; // the first tick is immediate: "available" at once
+            if !tick() {
+                break;
+            }
+        }
+    })
 }

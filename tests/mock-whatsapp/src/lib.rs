@@ -228,6 +228,12 @@ impl MockNetwork {
         routing::create_group(&self.shared, subject, creator, &members)
     }
 
+    /// The presence stanzas `phone`'s devices sent, oldest first (`available`, ...).
+    pub fn presences(&self, phone: &str) -> Vec<String> {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        reg.presence_seen.get(phone).cloned().unwrap_or_default()
+    }
+
     /// Delays every outbound frame by `ms`.
     pub fn delay_frames(&self, ms: u64) {
         self.shared.frame_delay.store(ms, Ordering::Relaxed);

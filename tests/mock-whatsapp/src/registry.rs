@@ -119,6 +119,8 @@ pub struct Registry {
     pub faults: Faults,
     /// Groups by id (user part of the JID).
     pub groups: HashMap<String, Group>,
+    /// Presence stanzas each account's devices sent (`available`, `unavailable`, ...).
+    pub presence_seen: HashMap<String, Vec<String>>,
     next_lid: u64,
     next_group: u64,
 }

@@ -328,8 +328,19 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     send_all(out.into_iter().collect()).await;
 }
 
-/// Presence and chat state are accepted; the mock does not route them yet.
-pub(crate) async fn route_presence(_shared: &Shared, _me: Option<&(String, u32)>, _node: Node) {}
+/// Presence and chat state are recorded per account (not routed to subscribers yet).
+pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
+    let Some((phone, _)) = me else { return };
+    let what = match node.tag.as_ref() {
+        "presence" => attr(&node, "type").unwrap_or_else(|| "available".into()),
+        other => other.to_string(),
+    };
+    let mut reg = shared.registry.lock().expect("registry lock");
+    let seen = reg.presence_seen.entry(phone.clone()).or_default();
+    if seen.len() < 1000 {
+        seen.push(what);
+    }
+}
 
 fn group_error(id: &str, code: &str, text: &str) -> Node {
     NodeBuilder::new("iq")
