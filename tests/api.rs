@@ -762,3 +762,33 @@ async fn groups_list_send_and_receive() {
     assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"));
     srv.stop().await;
 }
+
+/// A server restart on the same database: the paired instance is back online without a
+/// QR, the instance that was waiting for a scan is ready for a new QR, tokens still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_brings_paired_and_qr_waiting_instances_back() {
+    let net = MockNetwork::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("sudevwa-api-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = TestServer::start_in(&net, dir.clone(), &[]).await;
+    let (paired, paired_token) = srv.paired_instance(&net, "6281100000091").await;
+    let (waiting, waiting_token) = srv.create_instance().await;
+    let old_qr = srv.current_qr(&waiting, &waiting_token).await;
+    let (_, v) = srv.admin("GET", &format!("/api/status/{waiting}"), None).await;
+    assert_eq!(v["data"]["status"], "qr_pending");
+    srv.stop().await;
+
+    let srv = TestServer::start_in(&net, dir, &[]).await;
+    srv.wait_status(&paired, "paired instance online again", |d| d["status"] == "online" && d["isConnected"] == true)
+        .await;
+    let (s, _) = srv.call("GET", &format!("/api/status/{paired}"), Some(&paired_token), None).await;
+    assert_eq!(s, 200, "instance tokens survive the restart");
+    srv.wait_status(&waiting, "QR-waiting instance ready for a new QR", |d| d["status"] == "qr_required")
+        .await;
+    let new_qr = srv.current_qr(&waiting, &waiting_token).await;
+    assert_ne!(new_qr, old_qr);
+    net.scan_qr(&new_qr, Some("6281100000092")).expect("the new code scans");
+    srv.wait_status(&waiting, "online after the new scan", |d| d["status"] == "online").await;
+    srv.stop().await;
+}
