@@ -775,20 +775,122 @@ async fn restart_brings_paired_and_qr_waiting_instances_back() {
     let (paired, paired_token) = srv.paired_instance(&net, "6281100000091").await;
     let (waiting, waiting_token) = srv.create_instance().await;
     let old_qr = srv.current_qr(&waiting, &waiting_token).await;
-    let (_, v) = srv.admin("GET", &format!("/api/status/{waiting}"), None).await;
+    let (_, v) = srv
+        .admin("GET", &format!("/api/status/{waiting}"), None)
+        .await;
     assert_eq!(v["data"]["status"], "qr_pending");
     srv.stop().await;
 
     let srv = TestServer::start_in(&net, dir, &[]).await;
-    srv.wait_status(&paired, "paired instance online again", |d| d["status"] == "online" && d["isConnected"] == true)
+    srv.wait_status(&paired, "paired instance online again", |d| {
+        d["status"] == "online" && d["isConnected"] == true
+    })
+    .await;
+    let (s, _) = srv
+        .call(
+            "GET",
+            &format!("/api/status/{paired}"),
+            Some(&paired_token),
+            None,
+        )
         .await;
-    let (s, _) = srv.call("GET", &format!("/api/status/{paired}"), Some(&paired_token), None).await;
     assert_eq!(s, 200, "instance tokens survive the restart");
-    srv.wait_status(&waiting, "QR-waiting instance ready for a new QR", |d| d["status"] == "qr_required")
-        .await;
+    srv.wait_status(&waiting, "QR-waiting instance ready for a new QR", |d| {
+        d["status"] == "qr_required"
+    })
+    .await;
     let new_qr = srv.current_qr(&waiting, &waiting_token).await;
     assert_ne!(new_qr, old_qr);
-    net.scan_qr(&new_qr, Some("6281100000092")).expect("the new code scans");
-    srv.wait_status(&waiting, "online after the new scan", |d| d["status"] == "online").await;
+    net.scan_qr(&new_qr, Some("6281100000092"))
+        .expect("the new code scans");
+    srv.wait_status(&waiting, "online after the new scan", |d| {
+        d["status"] == "online"
+    })
+    .await;
+    srv.stop().await;
+}
+
+/// The mock drops every socket: all instances come back online by themselves, with no
+/// new QR code, and keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mass_drop_every_instance_comes_back_without_a_qr() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut hal = net.add_contact("6281200000111", "Hal").await.unwrap();
+    let srv = TestServer::start(&net, "massdrop", &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            srv.paired_instance(&net, &format!("628110000011{i}"))
+                .await
+                .0,
+        );
+    }
+    let mut ws = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/ws", srv.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    let before: usize = net
+        .accounts()
+        .iter()
+        .filter(|a| a.phone.starts_with("62811000001"))
+        .map(|a| a.devices.len())
+        .sum();
+    assert!(
+        net.drop_connections(None) >= 4,
+        "instances and the contact lose their sockets"
+    );
+    // Each instance is seen going down and coming back.
+    let mut back = std::collections::HashSet::new();
+    let mut saw_down = std::collections::HashSet::new();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while back.len() < ids.len() {
+        use futures_util::StreamExt;
+        let m = tokio::time::timeout_at(until, ws.next())
+            .await
+            .expect("all back in time")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        assert_ne!(v["event"], "QR_GENERATED", "no new QR after a drop: {v}");
+        if v["event"] == "INSTANCE_STATUS_CHANGED" {
+            let id = v["data"]["instance_id"].as_str().unwrap().to_string();
+            if v["data"]["is_connected"] == false {
+                saw_down.insert(id);
+            } else if v["data"]["status"] == "online" && saw_down.contains(&id) {
+                back.insert(id);
+            }
+        }
+    }
+    let after: usize = net
+        .accounts()
+        .iter()
+        .filter(|a| a.phone.starts_with("62811000001"))
+        .map(|a| a.devices.len())
+        .sum();
+    assert_eq!(before, after, "no device was re-paired");
+    hal.connected().await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let (s, v) = srv
+            .admin(
+                "POST",
+                &format!("/api/send/{id}"),
+                Some(json!({"to": "6281200000111", "message": format!("back {i}")})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(hal.next_text().await.unwrap().text);
+    }
+    got.sort();
+    assert_eq!(got, vec!["back 0", "back 1", "back 2"]);
     srv.stop().await;
 }
