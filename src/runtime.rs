@@ -91,6 +91,8 @@ pub struct RuntimeConfig {
     pub sink: Arc<dyn IncomingSink>,
     pub listener_capacity: usize,
     pub lifecycle_capacity: usize,
+    /// Limits on connects (first connects, restores and reconnects alike).
+    pub admission: Admission,
 }
 
 impl InstanceRuntime {
@@ -104,6 +106,10 @@ impl InstanceRuntime {
             lifecycle,
             sink: cfg.sink,
             listener_capacity: cfg.listener_capacity,
+            admission: actors::admission::AdmissionGate::new(
+                cfg.admission.max_concurrent,
+                cfg.admission.per_second,
+            ),
         });
         let (supervisor_events, _) = broadcast::channel(256);
         let supervisor = InstanceSupervisor::spawn(SupervisorArgs {
@@ -126,6 +132,16 @@ impl InstanceRuntime {
     /// Lifecycle notices of every instance (for `/ws`).
     pub fn lifecycle(&self) -> broadcast::Receiver<LifecycleNotice> {
         self.env.lifecycle.subscribe()
+    }
+
+    /// Counters of the connect gate.
+    pub fn admission_stats(&self) -> actors::admission::AdmissionStats {
+        self.env.admission.stats()
+    }
+
+    /// The connect gate (tests read when connects were let through).
+    pub fn admission_gate(&self) -> Arc<actors::admission::AdmissionGate> {
+        self.env.admission.clone()
     }
 
     /// Supervision events (restarts, crashes).

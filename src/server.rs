@@ -206,6 +206,7 @@ async fn start_runtime(
             sink,
             listener_capacity: config.websocket.buffer,
             lifecycle_capacity: 1024,
+            admission: Admission::default(),
         },
     )
     .await

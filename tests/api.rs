@@ -583,6 +583,38 @@ async fn send_checks_answer_in_documented_order() {
     let (s, v) = srv.admin("GET", &format!("/api/qr/{id}/image"), None).await;
     assert_eq!((s, code(&v)), (404, "NO_QR_SESSION"));
 
+    // The upload failing, then the send itself failing (a first message to a device
+    // whose keys cannot be fetched).
+    net.fail_uploads(true);
+    let form = reqwest::multipart::Form::new()
+        .text("to", "6281200000003")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(vec![1u8; 500]).file_name("tiny.png"),
+        );
+    let resp = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}/media")))
+        .bearer_auth(ADMIN_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(code(&resp.json::<Value>().await.unwrap()), "UPLOAD_FAILED");
+    net.fail_uploads(false);
+    let _newcomer = net.add_contact("6281200000004", "New").await.unwrap();
+    net.fail_prekey_fetch(true);
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &send(&id),
+            Some(json!({"to": "6281200000004", "message": "x"})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (500, "SEND_FAILED"), "{v}");
+    net.fail_prekey_fetch(false);
+
     // The number check itself failing (WhatsApp does not answer in time).
     net.delay_frames(4_000);
     let (s, v) = srv.admin("POST", &send(&id), Some(ok_body.clone())).await;

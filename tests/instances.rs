@@ -10,7 +10,7 @@ use ractor::call_t;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sudevwa::config::{Config, Sources};
-use sudevwa::runtime::{InstanceRuntime, RuntimeConfig};
+use sudevwa::runtime::{Admission, InstanceRuntime, RuntimeConfig};
 use sudevwa::store::instances::Instances;
 use tokio::sync::broadcast;
 
@@ -67,6 +67,25 @@ async fn runtime_with(
     restart: RestartPolicy,
     qr_timeout: Duration,
 ) -> InstanceRuntime {
+    runtime_admitted(
+        net,
+        instances,
+        sink,
+        restart,
+        qr_timeout,
+        Admission::default(),
+    )
+    .await
+}
+
+async fn runtime_admitted(
+    net: &MockNetwork,
+    instances: Instances,
+    sink: Arc<RecordingSink>,
+    restart: RestartPolicy,
+    qr_timeout: Duration,
+    admission: Admission,
+) -> InstanceRuntime {
     InstanceRuntime::start(
         instances,
         RuntimeConfig {
@@ -86,6 +105,7 @@ async fn runtime_with(
             sink,
             listener_capacity: 64,
             lifecycle_capacity: 1024,
+            admission,
         },
     )
     .await
@@ -517,4 +537,66 @@ async fn logout_rescan_unlink_and_process_restart() {
         InstanceStatus::LoggedOut
     );
     rt2.shutdown().await;
+}
+
+/// Every socket drops at once: the instances reconnect by themselves, without a new QR,
+/// and their connects pass the admission gate (one at a time, two per second here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mass_drop_reconnects_within_the_admission_cap() {
+    let net = MockNetwork::start().await.unwrap();
+    let instances = database("massdrop").await;
+    let sink = Arc::new(RecordingSink::default());
+    let admission = Admission {
+        max_concurrent: 1,
+        per_second: 2,
+        slot_timeout: Duration::from_secs(30),
+    };
+    let rt = runtime_admitted(
+        &net,
+        instances,
+        sink,
+        RestartPolicy::default(),
+        Duration::from_secs(90),
+        admission,
+    )
+    .await;
+    let ids = ["m-a", "m-b", "m-c", "m-d"];
+    for (i, id) in ids.iter().enumerate() {
+        pair(&rt, &net, id, &format!("628150000000{i}")).await;
+    }
+    let gate = rt.admission_gate();
+    let before = gate.stats().attempts;
+    let mut life = rt.lifecycle();
+    assert!(net.drop_connections(None) >= ids.len());
+    let mut back = std::collections::HashSet::new();
+    while back.len() < ids.len() {
+        if let LifecycleNotice::InstanceStatusChanged {
+            instance_id,
+            status,
+            ..
+        } = notice(&mut life, "all back online", |n| {
+            matches!(n, LifecycleNotice::InstanceStatusChanged { status, .. } if status == "online")
+                || matches!(n, LifecycleNotice::QrGenerated { .. })
+        })
+        .await
+        {
+            assert_eq!(status, "online");
+            back.insert(instance_id);
+        } else {
+            panic!("a QR code after a drop");
+        }
+    }
+    let s = gate.stats();
+    assert!(s.attempts >= before + ids.len() as u64, "{s:?}");
+    assert_eq!(s.max_in_flight, 1, "never more than one connect at a time");
+    let at = gate.admitted_at();
+    let reconnects = &at[before as usize..];
+    for w in reconnects.windows(2) {
+        assert!(
+            w[1] - w[0] >= gate.gap().mul_f64(0.5),
+            "reconnects spaced by the rate: {:?}",
+            w[1] - w[0]
+        );
+    }
+    rt.shutdown().await;
 }

@@ -104,6 +104,8 @@ pub struct InstanceEnv {
     pub sink: Arc<dyn IncomingSink>,
     /// Capacity of each instance's listener broadcast.
     pub listener_capacity: usize,
+    /// Every connect of every instance passes this gate.
+    pub admission: Arc<crate::admission::AdmissionGate>,
 }
 
 /// Start-up arguments of one actor.
@@ -583,7 +585,10 @@ impl InstanceState {
         }
         let builder = Bot::builder()
             .with_backend_arc(self.env.store.backend(&self.id))
-            .with_transport_factory(transport)
+            .with_transport_factory(crate::admission::AdmittedTransport {
+                inner: transport,
+                gate: self.env.admission.clone(),
+            })
             .with_push_name(opts.push_name.clone())
             .with_device_props(
                 whatsapp_rust::wacore::store::DevicePropsOverride::new()

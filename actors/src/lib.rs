@@ -10,6 +10,7 @@
 //! This crate never depends on warp or the database: storage and event sinks reach it
 //! through small traits.
 
+pub mod admission;
 pub mod backoff;
 pub mod events;
 pub mod instance;

@@ -69,6 +69,7 @@ async fn actor(
         lifecycle,
         sink: Arc::new(NoSink),
         listener_capacity: 8,
+        admission: actors::admission::AdmissionGate::new(4, 100),
     });
     let (a, _) = Actor::spawn(
         Some(format!("timers-{name}")),

@@ -370,6 +370,26 @@ impl Session {
                 self.rotate_skey(&node);
                 iq_result(&id, vec![])
             }
+            "encrypt"
+                if node.get_optional_child("key").is_some()
+                    && self
+                        .shared
+                        .registry
+                        .lock()
+                        .expect("registry lock")
+                        .faults
+                        .fail_prekey_fetch =>
+            {
+                NodeBuilder::new("iq")
+                    .attr("from", SERVER)
+                    .attr("type", "error")
+                    .attr("id", id.clone())
+                    .children([NodeBuilder::new("error")
+                        .attr("code", "500")
+                        .attr("text", "internal-server-error")
+                        .build()])
+                    .build()
+            }
             "encrypt" if node.get_optional_child("key").is_some() => {
                 let list =
                     crate::routing::prekey_bundles(&self.shared, node.get_optional_child("key"));

@@ -234,6 +234,27 @@ impl MockNetwork {
         reg.presence_seen.get(phone).cloned().unwrap_or_default()
     }
 
+    /// Makes prekey-bundle fetches fail (so a first message to a device cannot be
+    /// encrypted) while `on`.
+    pub fn fail_prekey_fetch(&self, on: bool) {
+        self.shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .faults
+            .fail_prekey_fetch = on;
+    }
+
+    /// Makes media uploads fail with HTTP 500 while `on`.
+    pub fn fail_uploads(&self, on: bool) {
+        self.shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .faults
+            .fail_uploads = on;
+    }
+
     /// Delays every outbound frame by `ms`.
     pub fn delay_frames(&self, ms: u64) {
         self.shared.frame_delay.store(ms, Ordering::Relaxed);
@@ -577,6 +598,14 @@ fn routes(
              s: Shared| {
                 if q.contains_key("resume") {
                     return reply(404, json!({"resume": "not found"}));
+                }
+                if s.registry
+                    .lock()
+                    .expect("registry lock")
+                    .faults
+                    .fail_uploads
+                {
+                    return reply(500, json!({"error": "upload failed (injected)"}));
                 }
                 let path = format!("/v/t62/{kind}/{token}");
                 let url = format!(

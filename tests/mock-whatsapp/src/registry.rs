@@ -106,6 +106,10 @@ pub struct Group {
 pub struct Faults {
     /// Logins refused (failure 503) until this instant.
     pub refuse_logins_until: Option<std::time::Instant>,
+    /// Prekey-bundle fetches answer with an error (first messages to a device fail).
+    pub fail_prekey_fetch: bool,
+    /// Media uploads answer HTTP 500.
+    pub fail_uploads: bool,
 }
 
 /// Everything.

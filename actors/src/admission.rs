@@ -1,0 +1,139 @@
+//! Admission control for connects: at most `max_concurrent` WebSocket connects at a
+//! time and at most `per_second` started per second (spaced with jitter), for every
+//! instance of the process. It sits in the transport factory, so it covers first
+//! connects, restores after a restart and whatsapp-rust's own reconnects after a
+//! drop alike: a thousand instances losing their sockets at once do not stampede.
+
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use whatsapp_rust::wacore::net::{Transport, TransportEvent, TransportFactory};
+
+/// The shared gate.
+pub struct AdmissionGate {
+    slots: Semaphore,
+    gap: Duration,
+    next: Mutex<Instant>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    attempts: AtomicU64,
+    /// When each of the last connects was let through (bounded; for tests and stats).
+    admitted_at: Mutex<Vec<Instant>>,
+}
+
+/// Counters of a gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionStats {
+    pub attempts: u64,
+    /// Most connects seen in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl AdmissionGate {
+    /// A gate letting `max_concurrent` connects run at once, `per_second` start per second.
+    pub fn new(max_concurrent: usize, per_second: u32) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Semaphore::new(max_concurrent.max(1)),
+            gap: Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))),
+            next: Mutex::new(Instant::now()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            attempts: AtomicU64::new(0),
+            admitted_at: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `connect` once admitted.
+    pub async fn admit<T>(&self, connect: impl std::future::Future<Output = T>) -> T {
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self.slots.acquire().await;
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let at = (*next).max(Instant::now());
+            // Jitter spreads the starts inside each gap (0.5x to 1.5x).
+            *next = at + self.gap.mul_f64(0.5 + crate::backoff::random_unit());
+            at
+        };
+        tokio::time::sleep_until(at).await;
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut log = self.admitted_at.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() < 10_000 {
+                log.push(Instant::now());
+            }
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let out = connect.await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    pub fn stats(&self) -> AdmissionStats {
+        AdmissionStats {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
+        }
+    }
+
+    /// When connects were let through (oldest first).
+    pub fn admitted_at(&self) -> Vec<Instant> {
+        self.admitted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The planned spacing between connect starts (before jitter).
+    pub fn gap(&self) -> Duration {
+        self.gap
+    }
+}
+
+/// A transport factory whose connects pass the gate.
+pub struct AdmittedTransport<F> {
+    pub inner: F,
+    pub gate: Arc<AdmissionGate>,
+}
+
+#[async_trait]
+impl<F: TransportFactory + Send + Sync> TransportFactory for AdmittedTransport<F> {
+    async fn create_transport(
+        &self,
+    ) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
+        self.gate.admit(self.inner.create_transport()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn caps_concurrency_and_spaces_starts() {
+        let gate = AdmissionGate::new(2, 4);
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let g = gate.clone();
+            tasks.push(tokio::spawn(async move {
+                g.admit(tokio::time::sleep(Duration::from_secs(1))).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let s = gate.stats();
+        assert_eq!(s.attempts, 10);
+        assert!(s.max_in_flight <= 2, "{s:?}");
+        let at = gate.admitted_at();
+        for w in at.windows(2) {
+            assert!(
+                w[1] - w[0] >= gate.gap().mul_f64(0.5),
+                "starts spaced by the rate"
+            );
+        }
+    }
+}
