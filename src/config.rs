@@ -144,6 +144,9 @@ pub struct WhatsappConfig {
     pub default_country_code: String,
     pub qr_timeout: Duration,
     pub presence_interval: Duration,
+    /// Connects running at once / started per second (admission control).
+    pub connect_concurrency: usize,
+    pub connects_per_second: u32,
     /// `None`: the real WhatsApp service.
     pub socket_url: Option<String>,
 }
@@ -496,6 +499,8 @@ struct RawWhatsapp {
     default_country_code: String,
     qr_timeout_secs: i64,
     presence_interval_secs: i64,
+    connect_concurrency: i64,
+    connects_per_second: i64,
     socket_url: String,
 }
 
@@ -681,6 +686,18 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             10,
             86400,
         )?,
+        connect_concurrency: c.range(
+            "whatsapp.connect_concurrency",
+            raw.whatsapp.connect_concurrency,
+            1,
+            10_000,
+        )? as usize,
+        connects_per_second: c.range(
+            "whatsapp.connects_per_second",
+            raw.whatsapp.connects_per_second,
+            1,
+            10_000,
+        )? as u32,
         socket_url,
     };
 

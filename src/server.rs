@@ -122,6 +122,15 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Connect admission from `[whatsapp]`.
+fn admission(config: &Config) -> Admission {
+    Admission {
+        max_concurrent: config.whatsapp.connect_concurrency,
+        per_second: config.whatsapp.connects_per_second,
+        ..Admission::default()
+    }
+}
+
 /// The state the HTTP handlers share: auth (secrets loaded or generated), rate limiter,
 /// the runtime and the webhook delivery log.
 pub async fn build_api(
@@ -206,14 +215,15 @@ async fn start_runtime(
             sink,
             listener_capacity: config.websocket.buffer,
             lifecycle_capacity: 1024,
-            admission: Admission::default(),
+            admission: admission(config),
         },
     )
     .await
     .map_err(|e| StartError::Runtime(e.to_string()))?;
     let rt = runtime.clone();
+    let limits = admission(config);
     tokio::spawn(async move {
-        match rt.restore(Admission::default()).await {
+        match rt.restore(limits).await {
             Ok(n) => tracing::info!(instances = n, "stored instances restored"),
             Err(e) => tracing::error!(error = %e, "restoring instances failed"),
         }
