@@ -721,6 +721,11 @@ impl InstanceState {
             }
             Event::Messages(batch) => {
                 for m in batch.messages.iter() {
+                    if is_signalling(&m.message) {
+                        // Key shares, sender-key distributions and other protocol
+                        // traffic between devices: not a message anybody wrote.
+                        continue;
+                    }
                     let msg = self.incoming(&m.message, &m.info);
                     // Durable first: the webhook outbox, then live listeners.
                     if let Err(e) = self.env.sink.record(&msg).await {
@@ -999,6 +1004,16 @@ impl InstanceState {
     }
 }
 
+/// Whether a decrypted message is device-to-device signalling (a protocol message
+/// such as the phone's app-state key share, or a bare sender-key distribution)
+/// rather than something a person sent.
+pub fn is_signalling(m: &wa::Message) -> bool {
+    if m.protocol_message.is_set() {
+        return true;
+    }
+    m.sender_key_distribution_message.is_set() && describe(m).0 == "other"
+}
+
 /// The message type, its text (or caption) and media metadata.
 pub fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
     let opt = |s: &Option<String>| s.clone().unwrap_or_default();
@@ -1145,4 +1160,49 @@ pub fn spawn_ticker(period: Duration, tick: impl Fn() -> bool + Send + 'static) 
             }
         }
     })
+}
+
+#[cfg(test)]
+mod signalling_tests {
+    use super::{describe, is_signalling};
+    use whatsapp_rust::waproto::whatsapp as wa;
+
+    #[test]
+    fn key_shares_and_bare_sender_keys_are_not_user_messages() {
+        let share = wa::Message {
+            protocol_message: wa::message::ProtocolMessage {
+                r#type: Some(wa::message::protocol_message::Type::APP_STATE_SYNC_KEY_SHARE),
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        };
+        assert!(is_signalling(&share));
+        let skdm = wa::Message {
+            sender_key_distribution_message: wa::message::SenderKeyDistributionMessage {
+                group_id: Some("1203@g.us".into()),
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        };
+        assert!(is_signalling(&skdm));
+        let text = wa::Message {
+            conversation: Some("hi".into()),
+            ..skdm.clone()
+        };
+        assert!(
+            !is_signalling(&text),
+            "a text that carries sender keys is a text"
+        );
+        assert_eq!(describe(&text).0, "text");
+        let location = wa::Message {
+            location_message: wa::message::LocationMessage::default().into(),
+            ..Default::default()
+        };
+        assert!(
+            !is_signalling(&location),
+            "unknown kinds still reach users as 'other'"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! Outbound stanzas go through a bounded queue to a writer task that owns the write
 //! cipher; the reader owns the read cipher, so the two counters never race.
 
-use crate::noise::Responder;
+use crate::noise::{Established, Hello, Responder};
 use crate::registry::{ConnHandle, DeviceKeys, Outbound, PendingRegistration};
 use crate::Shared;
 use futures_util::{SinkExt, StreamExt};
@@ -60,6 +60,7 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
     let (mut sink, mut stream) = ws.split();
     let mut decoder = FrameDecoder::new();
     let mut first = true;
+    let mut established: Option<Established> = None;
 
     // --- handshake ---
     let next_frame = |decoder: &mut FrameDecoder| decoder.decode_frame().map(|b| b.to_vec());
@@ -80,8 +81,14 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
         }
         decoder.feed(data);
     };
-    let (responder, server_hello) = match Responder::hello(&shared.identity, &hello) {
-        Ok(r) => r,
+    let accept_ik = shared.accept_ik.load(Ordering::Relaxed);
+    let (next, server_hello) = match Responder::hello(&shared.identity, &hello, accept_ik) {
+        Ok(Hello::Continue(r, reply)) => (Some(r), reply),
+        Ok(Hello::Done(done, reply)) => {
+            shared.ik_accepted.fetch_add(1, Ordering::Relaxed);
+            established = Some(*done);
+            (None, reply)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "bad client hello");
             return;
@@ -93,21 +100,37 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
     if sink.send(WsMessage::binary(frame)).await.is_err() {
         return;
     }
-    let finish = loop {
-        if let Some(f) = next_frame(&mut decoder) {
-            break f;
-        }
-        let Some(Ok(msg)) = stream.next().await else {
-            return;
+    if let Some(responder) = next {
+        let fallback = responder.fallback;
+        let finish = loop {
+            if let Some(f) = next_frame(&mut decoder) {
+                break f;
+            }
+            let Some(Ok(msg)) = stream.next().await else {
+                return;
+            };
+            decoder.feed(msg.as_bytes());
         };
-        decoder.feed(msg.as_bytes());
-    };
-    let (client_static, payload, transport) = match responder.finish(&finish) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "bad client finish");
-            return;
+        match responder.finish(&finish) {
+            Ok(r) => {
+                if fallback {
+                    shared.xx_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                established = Some(r)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bad client finish");
+                return;
+            }
         }
+    }
+    let Some(Established {
+        client_static,
+        payload,
+        transport,
+    }) = established
+    else {
+        return;
     };
     let (mut reader, mut writer) = transport.split();
 
@@ -363,8 +386,19 @@ impl Session {
         let xmlns = attr(&node, "xmlns").unwrap_or_default();
         let reply = match xmlns.as_str() {
             "encrypt" if node.get_optional_child("registration").is_some() => {
-                self.store_prekeys(&node);
-                iq_result(&id, vec![])
+                let share = self.store_prekeys(&node);
+                self.send(iq_result(&id, vec![])).await;
+                if let (true, Some((phone, dev))) = (share, self.me.clone()) {
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            crate::phone::share_app_state_key(&shared, &phone, dev).await
+                        {
+                            tracing::warn!(error = %e, "app-state key share failed");
+                        }
+                    });
+                }
+                return;
             }
             "encrypt" if node.get_optional_child("rotate").is_some() => {
                 self.rotate_skey(&node);
@@ -423,8 +457,12 @@ impl Session {
         self.send(reply).await;
     }
 
-    fn store_prekeys(&self, node: &Node) {
-        let Some((phone, dev)) = &self.me else { return };
+    /// Stores an uploaded bundle; true when this is a new companion's first upload
+    /// (time for the phone's key share).
+    fn store_prekeys(&self, node: &Node) -> bool {
+        let Some((phone, dev)) = &self.me else {
+            return false;
+        };
         let mut keys = DeviceKeys {
             registration_id: child_bytes(node, "registration"),
             identity: child_bytes(node, "identity"),
@@ -448,7 +486,9 @@ impl Session {
             .and_then(|a| a.devices.get_mut(dev))
         {
             d.keys = keys;
+            return std::mem::take(&mut d.awaiting_key_share);
         }
+        false
     }
 
     fn rotate_skey(&self, node: &Node) {
@@ -490,6 +530,8 @@ impl Session {
                     conn: None,
                     offline: Default::default(),
                     delivered: 0,
+                    awaiting_key_share: true,
+                    key_share_sent: false,
                 },
             );
             true

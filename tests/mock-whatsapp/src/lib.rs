@@ -18,6 +18,7 @@
 mod conn;
 pub mod contact;
 pub mod noise;
+mod phone;
 mod registry;
 mod routing;
 
@@ -29,7 +30,7 @@ use serde_json::json;
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use warp::Filter;
 use whatsapp_rust::buffa::Message as _;
@@ -50,6 +51,12 @@ pub(crate) struct Inner {
     /// Uploaded media by direct path.
     pub media: Mutex<HashMap<String, Vec<u8>>>,
     pub addr: Mutex<Option<SocketAddr>>,
+    /// Whether IK hellos of paired devices are accepted (else: XXfallback).
+    pub accept_ik: AtomicBool,
+    /// Handshakes completed by accepting IK.
+    pub ik_accepted: AtomicU64,
+    /// IK attempts answered with XXfallback and completed.
+    pub xx_fallbacks: AtomicU64,
 }
 
 impl std::ops::Deref for Shared {
@@ -101,6 +108,8 @@ pub struct AccountInfo {
     pub phone: String,
     pub lid: String,
     pub push_name: String,
+    /// Hex id of the app-state sync key the phone shares with new companions.
+    pub app_state_key_id: String,
     pub devices: Vec<DeviceInfo>,
 }
 
@@ -112,6 +121,24 @@ pub struct DeviceInfo {
     pub offline_queue: usize,
     pub delivered: u64,
     pub prekeys_left: usize,
+    /// The phone sent this device the app-state key share (Signal-encrypted).
+    pub key_share_sent: bool,
+}
+
+/// Counts of paired-device handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HandshakeStats {
+    /// Completed by accepting the client's IK hello.
+    pub ik_accepted: u64,
+    /// IK attempts answered with XXfallback and completed.
+    pub xx_fallbacks: u64,
+}
+
+fn handshake_stats(shared: &Shared) -> HandshakeStats {
+    HandshakeStats {
+        ik_accepted: shared.ik_accepted.load(Ordering::Relaxed),
+        xx_fallbacks: shared.xx_fallbacks.load(Ordering::Relaxed),
+    }
 }
 
 impl MockNetwork {
@@ -135,6 +162,9 @@ impl MockNetwork {
             frame_delay: Arc::new(AtomicU64::new(0)),
             media: Mutex::new(HashMap::new()),
             addr: Mutex::new(None),
+            accept_ik: AtomicBool::new(true),
+            ik_accepted: AtomicU64::new(0),
+            xx_fallbacks: AtomicU64::new(0),
         }));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -255,6 +285,17 @@ impl MockNetwork {
             .fail_uploads = on;
     }
 
+    /// Whether paired devices reconnecting with IK are accepted (the default) or
+    /// answered with XXfallback, as WhatsApp does after rotating its static key.
+    pub fn accept_ik(&self, on: bool) {
+        self.shared.accept_ik.store(on, Ordering::Relaxed);
+    }
+
+    /// How handshakes of paired devices went so far.
+    pub fn handshake_stats(&self) -> HandshakeStats {
+        handshake_stats(&self.shared)
+    }
+
     /// Delays every outbound frame by `ms`.
     pub fn delay_frames(&self, ms: u64) {
         self.shared.frame_delay.store(ms, Ordering::Relaxed);
@@ -339,6 +380,12 @@ fn accounts(shared: &Shared) -> Vec<AccountInfo> {
             phone: a.phone.clone(),
             lid: a.lid.clone(),
             push_name: a.push_name.clone(),
+            app_state_key_id: a
+                .app_state_key
+                .id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             devices: a
                 .devices
                 .values()
@@ -348,6 +395,7 @@ fn accounts(shared: &Shared) -> Vec<AccountInfo> {
                     offline_queue: d.offline.len(),
                     delivered: d.delivered,
                     prekeys_left: d.keys.prekeys.len(),
+                    key_share_sent: d.key_share_sent,
                 })
                 .collect(),
         })
@@ -494,6 +542,11 @@ struct DropBody {
     phone: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+struct IkBody {
+    accept: bool,
+}
+
 fn reply(status: u16, body: serde_json::Value) -> warp::reply::Response {
     use warp::Reply as _;
     let code = warp::http::StatusCode::from_u16(status).unwrap_or(warp::http::StatusCode::OK);
@@ -561,6 +614,18 @@ fn routes(
             reply(
                 200,
                 json!({"dropped": drop_connections(&s, b.phone.as_deref())}),
+            )
+        });
+    let ik_r = warp::path!("admin" / "faults" / "ik")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: IkBody, s: Shared| {
+            s.accept_ik.store(b.accept, Ordering::Relaxed);
+            reply(
+                200,
+                json!({"accept_ik": b.accept, "handshakes": handshake_stats(&s)}),
             )
         });
     let groups_r = warp::path!("admin" / "groups")
@@ -643,6 +708,8 @@ fn routes(
         .or(unlink_r)
         .unify()
         .or(drop_r)
+        .unify()
+        .or(ik_r)
         .unify()
         .or(groups_r)
         .unify()

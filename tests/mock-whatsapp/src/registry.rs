@@ -50,6 +50,11 @@ pub struct Device {
     pub offline: VecDeque<Node>,
     /// How many message stanzas were delivered to this device.
     pub delivered: u64,
+    /// Paired but its first prekey upload has not arrived yet: the mock phone shares
+    /// the app-state key as soon as it does.
+    pub awaiting_key_share: bool,
+    /// The mock phone's app-state key share was encrypted and sent to this device.
+    pub key_share_sent: bool,
 }
 
 /// A phone-number account with its primary (the mock phone) and companions.
@@ -66,6 +71,8 @@ pub struct Account {
     pub phone_reg_id: u32,
     pub devices: BTreeMap<u32, Device>,
     pub next_device: u32,
+    /// The app-state sync key the phone shares with every new companion.
+    pub app_state_key: crate::phone::AppStateKey,
 }
 
 /// A device that connected without a session and is waiting for a QR scan.
@@ -162,6 +169,7 @@ impl Registry {
                 phone_reg_id: (rand::random::<u32>() >> 18) + 1,
                 devices: BTreeMap::new(),
                 next_device: 1,
+                app_state_key: crate::phone::AppStateKey::generate(),
             };
             self.accounts.insert(phone.to_string(), account);
         }

@@ -16,7 +16,7 @@ use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
 use whatsapp_rust::waproto::whatsapp as wa;
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -204,7 +204,12 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
 }
 
 /// Delivers `node` to a device: now if it is connected, else into its offline queue.
-fn deliver(reg: &mut Registry, phone: &str, device: u32, node: Node) -> Option<(ConnHandle, Node)> {
+pub(crate) fn deliver(
+    reg: &mut Registry,
+    phone: &str,
+    device: u32,
+    node: Node,
+) -> Option<(ConnHandle, Node)> {
     let d = reg.accounts.get_mut(phone)?.devices.get_mut(&device)?;
     if node.tag == "message" {
         d.delivered += 1;

@@ -97,7 +97,14 @@ async fn image_and_document_round_trip_byte_exact() {
             .expect("send media");
         let got = b
             .wait("a media message", |e| match e {
-                Event::Messages(batch) => batch.messages.first().map(|m| m.message.clone()),
+                // Skips the phone's key share and other protocol messages.
+                Event::Messages(batch) => batch
+                    .messages
+                    .iter()
+                    .find(|m| {
+                        m.message.image_message.is_set() || m.message.document_message.is_set()
+                    })
+                    .map(|m| m.message.clone()),
                 _ => None,
             })
             .await
@@ -157,8 +164,8 @@ async fn offline_device_gets_queued_messages_and_restart_needs_no_qr() {
         assert!(tokio::time::Instant::now() < until, "message never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A new process state on the same store: no QR, straight to Connected (IK hello
-    // answered with XX fallback), then the queued message.
+    // A new process state on the same store: no QR, straight to Connected (its IK
+    // hello accepted), then the queued message.
     let mut b2 = Contact::start(&net, "15550000022", "Bob", Some(backend))
         .await
         .unwrap();
@@ -219,6 +226,63 @@ async fn dropped_socket_reconnects_by_itself() {
     .unwrap();
     a.connected().await.unwrap();
     assert!(net.accounts()[0].devices[0].connected);
+}
+
+/// The mock phone's Signal-encrypted app-state key share reached the new device: the
+/// key is in the client's own store under the id the phone used.
+#[tokio::test]
+async fn a_fresh_pairing_receives_the_phones_app_state_key_share() {
+    let net = MockNetwork::start().await.unwrap();
+    let a = contact(&net, "Alice", "15550000071").await;
+    let acc = net.accounts().remove(0);
+    assert!(acc.devices[0].key_share_sent, "the phone sent the share");
+    let key_id: Vec<u8> = (0..acc.app_state_key_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&acc.app_state_key_id[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(key_id.len(), 6);
+    // Connected may come before the share is stored only if the client sat out its
+    // grace; wait on the store with a deadline instead of assuming either order.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let key = loop {
+        if let Some(k) = a.backend.get_sync_key(&key_id).await.unwrap() {
+            break k;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the client never stored the shared key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(key.key_data.len(), 32);
+    assert!(key.timestamp > 0);
+}
+
+/// A paired client's reconnects: IK accepted by default; with IK refused, the
+/// XXfallback path; both end connected.
+#[tokio::test]
+async fn paired_reconnect_works_with_ik_and_with_the_xx_fallback() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut a = contact(&net, "Alice", "15550000081").await;
+    let before = net.handshake_stats();
+    for accept in [true, false, true] {
+        net.accept_ik(accept);
+        assert_eq!(net.drop_connections(None), 1);
+        a.wait("Disconnected", |e| {
+            matches!(e, Event::Disconnected(_)).then_some(())
+        })
+        .await
+        .unwrap();
+        a.connected().await.unwrap();
+        assert!(net.accounts()[0].devices[0].connected);
+    }
+    let after = net.handshake_stats();
+    assert_eq!(after.ik_accepted - before.ik_accepted, 2, "{after:?}");
+    assert_eq!(after.xx_fallbacks - before.xx_fallbacks, 1, "{after:?}");
+    // Still usable after the switches.
+    let mut b = contact(&net, "Bob", "15550000082").await;
+    a.send_text("15550000082", "after fallback").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "after fallback");
 }
 
 #[tokio::test]
