@@ -4,7 +4,7 @@
 //!
 //! One `std::sync::Mutex` guards it all; it is never held across an await.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use tokio::sync::mpsc;
 use whatsapp_rust::wacore::libsignal::protocol::KeyPair;
 use whatsapp_rust::wacore_binary::Node;
@@ -132,6 +132,10 @@ pub struct Registry {
     pub groups: HashMap<String, Group>,
     /// Presence stanzas each account's devices sent (`available`, `unavailable`, ...).
     pub presence_seen: HashMap<String, Vec<String>>,
+    /// Presence subscriptions: target phone → subscribing devices (phone, device).
+    pub presence_subs: HashMap<String, BTreeSet<(String, u32)>>,
+    /// Each account's last announced presence: (available, unix seconds).
+    pub presence_state: HashMap<String, (bool, u64)>,
     next_lid: u64,
     next_group: u64,
 }

@@ -334,17 +334,125 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
 }
 
 /// Presence and chat state are recorded per account (not routed to subscribers yet).
-pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
-    let Some((phone, _)) = me else { return };
-    let what = match node.tag.as_ref() {
-        "presence" => attr(&node, "type").unwrap_or_else(|| "available".into()),
-        other => other.to_string(),
-    };
-    let mut reg = shared.registry.lock().expect("registry lock");
-    let seen = reg.presence_seen.entry(phone.clone()).or_default();
-    if seen.len() < 1000 {
-        seen.push(what);
+/// The live connections of an account's devices (presence is never queued).
+fn live_conns(reg: &Registry, phone: &str, except: Option<u32>) -> Vec<ConnHandle> {
+    reg.accounts
+        .get(phone)
+        .map(|a| {
+            a.devices
+                .values()
+                .filter(|d| Some(d.id) != except)
+                .filter_map(|d| d.conn.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn presence_node(phone: &str, available: bool, last: u64) -> Node {
+    let mut b = NodeBuilder::new("presence").attr("from", format!("{phone}@s.whatsapp.net"));
+    if !available {
+        b = b.attr("type", "unavailable").attr("last", last.to_string());
     }
+    b.build()
+}
+
+/// Presence and chat state: subscriptions, availability fanned out to subscribers,
+/// typing/recording forwarded to the chat's other side. Only live devices get them.
+pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
+    let Some((phone, dev)) = me else { return };
+    let mut out = Vec::new();
+    {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let target = attr(&node, "to").and_then(|t| {
+            if t.ends_with("@g.us") {
+                return Some(t);
+            }
+            let j = t.parse::<Jid>().ok()?;
+            reg.find_user(&j.user).map(|a| a.phone.clone())
+        });
+        let what = match node.tag.as_ref() {
+            "presence" => attr(&node, "type").unwrap_or_else(|| "available".into()),
+            other => other.to_string(),
+        };
+        let seen = reg.presence_seen.entry(phone.clone()).or_default();
+        if seen.len() < 1000 {
+            seen.push(what.clone());
+        }
+        match (node.tag.as_ref(), what.as_str(), target) {
+            ("presence", "subscribe", Some(t)) => {
+                reg.presence_subs
+                    .entry(t.clone())
+                    .or_default()
+                    .insert((phone.clone(), *dev));
+                // The subscriber learns the current state at once.
+                if let (Some(&(available, last)), Some(c)) = (
+                    reg.presence_state.get(&t),
+                    reg.accounts
+                        .get(phone)
+                        .and_then(|a| a.devices.get(dev))
+                        .and_then(|d| d.conn.clone()),
+                ) {
+                    out.push((c, presence_node(&t, available, last)));
+                }
+            }
+            ("presence", "unsubscribe", Some(t)) => {
+                if let Some(subs) = reg.presence_subs.get_mut(&t) {
+                    subs.remove(&(phone.clone(), *dev));
+                }
+            }
+            ("presence", "available" | "unavailable", _) => {
+                let available = what == "available";
+                let at = now();
+                reg.presence_state.insert(phone.clone(), (available, at));
+                let subs: Vec<(String, u32)> = reg
+                    .presence_subs
+                    .get(phone)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                for (p, d) in subs {
+                    if let Some(c) = reg
+                        .accounts
+                        .get(&p)
+                        .and_then(|a| a.devices.get(&d))
+                        .and_then(|x| x.conn.clone())
+                    {
+                        out.push((c, presence_node(phone, available, at)));
+                    }
+                }
+            }
+            ("chatstate", _, Some(t)) => {
+                let children: Vec<Node> = node.children().map(|c| c.to_vec()).unwrap_or_default();
+                if let Some(gid) = t.strip_suffix("@g.us") {
+                    let members = reg
+                        .groups
+                        .get(gid)
+                        .filter(|g| g.participants.contains(phone))
+                        .map(|g| g.participants.clone())
+                        .unwrap_or_default();
+                    for m in members.iter().filter(|m| *m != phone) {
+                        for c in live_conns(&reg, m, None) {
+                            let n = NodeBuilder::new("chatstate")
+                                .attr("from", t.clone())
+                                .attr("participant", format!("{phone}@s.whatsapp.net"))
+                                .children(children.clone())
+                                .build();
+                            out.push((c, n));
+                        }
+                    }
+                } else if t != *phone {
+                    for c in live_conns(&reg, &t, None) {
+                        let n = NodeBuilder::new("chatstate")
+                            .attr("from", format!("{phone}@s.whatsapp.net"))
+                            .children(children.clone())
+                            .build();
+                        out.push((c, n));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    send_all(out).await;
 }
 
 fn group_error(id: &str, code: &str, text: &str) -> Node {

@@ -285,6 +285,69 @@ async fn paired_reconnect_works_with_ik_and_with_the_xx_fallback() {
     assert_eq!(b.next_text().await.unwrap().text, "after fallback");
 }
 
+/// Presence reaches subscribers (the current state at once, then changes) and typing
+/// reaches the other side of the chat.
+#[tokio::test]
+async fn presence_and_typing_reach_subscribers() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut a = contact(&net, "Alice", "15550000091").await;
+    let b = contact(&net, "Bob", "15550000092").await;
+    b.client.presence().set_available().await.unwrap();
+    // Wait until the network holds Bob's state, so the subscription sees it.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !net
+        .presences("15550000092")
+        .iter()
+        .any(|p| p == "available")
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "presence never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.client
+        .presence()
+        .subscribe(Jid::pn("15550000092"))
+        .await
+        .unwrap();
+    let first = a
+        .wait("Bob's presence", |e| match e {
+            Event::Presence(p) if p.from.user == "15550000092" => Some(p.unavailable),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(!first, "Bob is available");
+    b.client.presence().set_unavailable().await.unwrap();
+    let (unavailable, last) = a
+        .wait("Bob going away", |e| match e {
+            Event::Presence(p) if p.from.user == "15550000092" && p.unavailable => {
+                Some((p.unavailable, p.last_seen))
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(unavailable && last.is_some());
+
+    b.client
+        .chatstate()
+        .send_composing(&Jid::pn("15550000091"))
+        .await
+        .unwrap();
+    let state = a
+        .wait("Bob typing", |e| match e {
+            Event::ChatPresence(c) if c.source.chat.user == "15550000092" => {
+                Some(format!("{:?}", c.state))
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(state, "Composing");
+}
+
 #[tokio::test]
 async fn replaced_stream_is_reported() {
     let net = MockNetwork::start().await.unwrap();
