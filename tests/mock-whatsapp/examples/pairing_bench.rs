@@ -30,6 +30,9 @@ async fn main() -> Result<(), String> {
         let scanned = Instant::now();
         net.scan_qr(&qr, Some(&phone)).map_err(|e| e.to_string())?;
         c.connected().await?;
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("{i}: scan -> Connected {:?}", scanned.elapsed());
+        }
         scan_to_connected.push(scanned.elapsed());
         start_to_connected.push(started.elapsed());
     }
@@ -37,12 +40,12 @@ async fn main() -> Result<(), String> {
         v.sort();
         let mean = v.iter().sum::<Duration>() / v.len() as u32;
         println!(
-            "{name}: n={} min={:.2}s median={:.2}s mean={:.2}s max={:.2}s",
+            "{name}: n={} min={:.1}ms median={:.1}ms mean={:.1}ms max={:.1}ms",
             v.len(),
-            v[0].as_secs_f64(),
-            v[v.len() / 2].as_secs_f64(),
-            mean.as_secs_f64(),
-            v[v.len() - 1].as_secs_f64()
+            v[0].as_secs_f64() * 1e3,
+            v[v.len() / 2].as_secs_f64() * 1e3,
+            mean.as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3
         );
     };
     report("scan -> Connected", &mut scan_to_connected);
