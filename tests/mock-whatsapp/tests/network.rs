@@ -218,13 +218,18 @@ async fn logout_and_unlink_end_logged_out() {
 async fn dropped_socket_reconnects_by_itself() {
     let net = MockNetwork::start().await.unwrap();
     let mut a = contact(&net, "Alice", "15550000041").await;
+    drop_and_reconnect(&net, &mut a).await;
+}
+
+/// Drops the only connection on `net` and waits for `c` to notice and come back.
+async fn drop_and_reconnect(net: &MockNetwork, c: &mut Contact) {
     assert_eq!(net.drop_connections(None), 1);
-    a.wait("Disconnected", |e| {
+    c.wait("Disconnected", |e| {
         matches!(e, Event::Disconnected(_)).then_some(())
     })
     .await
     .unwrap();
-    a.connected().await.unwrap();
+    c.connected().await.unwrap();
     assert!(net.accounts()[0].devices[0].connected);
 }
 
@@ -267,14 +272,7 @@ async fn paired_reconnect_works_with_ik_and_with_the_xx_fallback() {
     let before = net.handshake_stats();
     for accept in [true, false, true] {
         net.accept_ik(accept);
-        assert_eq!(net.drop_connections(None), 1);
-        a.wait("Disconnected", |e| {
-            matches!(e, Event::Disconnected(_)).then_some(())
-        })
-        .await
-        .unwrap();
-        a.connected().await.unwrap();
-        assert!(net.accounts()[0].devices[0].connected);
+        drop_and_reconnect(&net, &mut a).await;
     }
     let after = net.handshake_stats();
     assert_eq!(after.ik_accepted - before.ik_accepted, 2, "{after:?}");
