@@ -53,9 +53,16 @@ impl Contact {
     ) -> Result<Self, String> {
         let backend = backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new()));
         let (tx, rx) = mpsc::channel(4096);
+        // Over TLS when the network serves it, trusting only its certificate.
+        let transport = match (net.wss_url(), net.tls_connector()) {
+            (Some(url), Some(connector)) => TokioWebSocketTransportFactory::new()
+                .with_url(url)
+                .with_connector(connector),
+            _ => TokioWebSocketTransportFactory::new().with_url(net.ws_url()),
+        };
         let bot = Bot::builder()
             .with_backend_arc(backend.clone())
-            .with_transport_factory(TokioWebSocketTransportFactory::new().with_url(net.ws_url()))
+            .with_transport_factory(transport)
             .with_http_client(net.http_client())
             .with_version((2, 3000, 0))
             .with_push_name(push_name)

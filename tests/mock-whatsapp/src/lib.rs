@@ -21,6 +21,7 @@ pub mod noise;
 mod phone;
 mod registry;
 mod routing;
+mod tls;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -100,6 +101,7 @@ pub struct MockNetwork {
     shared: Shared,
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    tls: Option<tls::TlsFront>,
 }
 
 /// One account as the admin API shows it.
@@ -184,7 +186,56 @@ impl MockNetwork {
             shared,
             addr,
             shutdown: Some(tx),
+            tls: None,
         })
+    }
+
+    /// Also serves everything over TLS on a second loopback port, with a self-signed
+    /// certificate made now. Contacts started afterwards connect over `wss://`.
+    pub async fn enable_tls(&mut self) -> std::io::Result<()> {
+        if self.tls.is_none() {
+            self.tls = Some(tls::start(self.addr).await?);
+        }
+        Ok(())
+    }
+
+    /// `wss://127.0.0.1:TLSPORT/ws/chat` once TLS is enabled.
+    pub fn wss_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|t| format!("wss://{}/ws/chat", t.addr))
+    }
+
+    /// `https://127.0.0.1:TLSPORT` (the admin API over TLS) once TLS is enabled.
+    pub fn https_base_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| format!("https://{}", t.addr))
+    }
+
+    /// The TLS certificate (PEM), for clients that should trust it.
+    pub fn tls_cert_pem(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.cert_pem.clone())
+    }
+
+    /// A whatsapp-rust transport connector that trusts exactly this network's TLS
+    /// certificate (for `TokioWebSocketTransportFactory::with_connector`).
+    pub fn tls_connector(&self) -> Option<whatsapp_rust::transport::Connector> {
+        let config = self.tls_client_config()?;
+        Some(whatsapp_rust::transport::Connector::Rustls(
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+        ))
+    }
+
+    /// A rustls client config whose only root is this network's certificate.
+    pub fn tls_client_config(&self) -> Option<rustls::ClientConfig> {
+        tls::client_config(&self.tls.as_ref()?.cert).ok()
+    }
+
+    /// TLS handshakes the TLS front completed.
+    pub fn tls_handshakes(&self) -> u64 {
+        self.tls
+            .as_ref()
+            .map(|t| t.handshakes.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// `ws://127.0.0.1:PORT/ws/chat`, for `TokioWebSocketTransportFactory::with_url`.

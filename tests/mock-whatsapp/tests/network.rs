@@ -346,6 +346,58 @@ async fn presence_and_typing_reach_subscribers() {
     assert_eq!(state, "Composing");
 }
 
+/// The same network over TLS: contacts pair, connect and talk over `wss://`, trusting
+/// only the network's self-signed certificate; the admin API answers over https.
+#[tokio::test]
+async fn contacts_work_over_tls() {
+    let mut net = MockNetwork::start().await.unwrap();
+    net.enable_tls().await.unwrap();
+    assert!(net.wss_url().unwrap().starts_with("wss://127.0.0.1:"));
+    let a = contact(&net, "Alice", "15550000101").await;
+    let mut b = contact(&net, "Bob", "15550000102").await;
+    a.send_text("15550000102", "over tls").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "over tls");
+    // Two pairings, each a registration connection and a login connection, at least.
+    assert!(net.tls_handshakes() >= 4, "{}", net.tls_handshakes());
+    assert!(net
+        .tls_cert_pem()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // The admin API over https, with the certificate trusted...
+    let addr = net.https_base_url().unwrap()["https://".len()..].to_string();
+    let get = |config: rustls::ClientConfig| {
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, tcp)
+                .await?;
+            tls.write_all(
+                b"GET /admin/accounts HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+            let mut out = Vec::new();
+            tls.read_to_end(&mut out).await?;
+            Ok::<String, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+    let page = get(net.tls_client_config().unwrap()).await.unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("15550000101"));
+    // ...and refused by a client that does not trust it (nothing is loosened).
+    let untrusting = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    assert!(get(untrusting).await.is_err());
+}
+
 #[tokio::test]
 async fn replaced_stream_is_reported() {
     let net = MockNetwork::start().await.unwrap();
