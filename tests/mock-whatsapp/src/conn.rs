@@ -443,6 +443,12 @@ impl Session {
             "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
             "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
             "w:g2" => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
+            "md" if node.get_optional_child("link_code_companion_reg").is_some() => {
+                match node.get_optional_child("link_code_companion_reg") {
+                    Some(r) => crate::paircode::handle(&self.shared, self.conn.id, &id, r),
+                    None => iq_result(&id, vec![]),
+                }
+            }
             "md" if node.get_optional_child("remove-companion-device").is_some() => {
                 if let Some((phone, dev)) = &self.me {
                     let mut reg = self.shared.registry.lock().expect("registry lock");

@@ -18,6 +18,7 @@
 mod conn;
 pub mod contact;
 pub mod noise;
+mod paircode;
 mod phone;
 mod registry;
 mod routing;
@@ -25,7 +26,7 @@ mod tls;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use registry::{Outbound, PendingSign, Registry};
+use registry::{Outbound, PendingRegistration, PendingSign, Registry};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
@@ -94,6 +95,10 @@ pub enum ScanError {
     UnknownRef,
     #[error("a phone number is needed (digits, at least 8)")]
     NeedPhone,
+    #[error("a pairing code is 8 letters or digits")]
+    BadCode,
+    #[error("no device asked for a pairing code for this number")]
+    NoCodeRequest,
 }
 
 /// A running mock network.
@@ -336,6 +341,13 @@ impl MockNetwork {
             .fail_uploads = on;
     }
 
+    /// The person types `code` (shown by a companion that asked for a pairing code for
+    /// `phone`) on that phone. Pairing then completes as after a QR scan; a wrong code
+    /// makes the companion's next step fail.
+    pub fn enter_pairing_code(&self, phone: &str, code: &str) -> Result<(), ScanError> {
+        paircode::enter_code(&self.shared, phone, code)
+    }
+
     /// Whether paired devices reconnecting with IK are accepted (the default) or
     /// answered with XXfallback, as WhatsApp does after rotating its static key.
     pub fn accept_ik(&self, on: bool) {
@@ -485,6 +497,23 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
                 .ok_or(ScanError::NeedPhone)?
         }
     };
+    let node = pair_success(&mut reg, &pending, &phone, &identity_pub, &adv_secret)?;
+    drop(reg);
+    let _ = pending.conn.tx.try_send(Outbound::Node(node));
+    Ok(())
+}
+
+/// The phone's half of pairing once it knows the companion's identity key and the ADV
+/// secret (from the QR code, or derived in the pairing-code flow): signs the device
+/// identity, records the pending sign, and returns the `pair-success` to send.
+pub(crate) fn pair_success(
+    reg: &mut Registry,
+    pending: &PendingRegistration,
+    phone: &str,
+    identity_pub: &[u8],
+    adv_secret: &[u8],
+) -> Result<Node, ScanError> {
+    let phone = phone.to_string();
     // This device's refs are used up.
     reg.pending.retain(|_, p| p.conn.id != pending.conn.id);
     let acc = reg.account_mut(&phone, pending.push_name.as_deref());
@@ -506,7 +535,7 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
     .encode_to_vec();
     let mut to_sign = vec![6u8, 0];
     to_sign.extend_from_slice(&details);
-    to_sign.extend_from_slice(&identity_pub);
+    to_sign.extend_from_slice(identity_pub);
     let account_signature = acc
         .account_key
         .calculate_signature(&to_sign, &mut rand::rng())
@@ -518,7 +547,7 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
         device_signature: None,
     }
     .encode_to_vec();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&adv_secret).map_err(|_| ScanError::Malformed)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(adv_secret).map_err(|_| ScanError::Malformed)?;
     mac.update(&signed);
     let container = wa::ADVSignedDeviceIdentityHMAC {
         details: Some(signed),
@@ -539,7 +568,6 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
             keys: pending.keys.clone(),
         },
     );
-    drop(reg);
     let node = NodeBuilder::new("iq")
         .attr("from", "s.whatsapp.net")
         .attr("type", "set")
@@ -565,8 +593,7 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
             ])
             .build()])
         .build();
-    let _ = pending.conn.tx.try_send(Outbound::Node(node));
-    Ok(())
+    Ok(node)
 }
 
 #[derive(Deserialize)]
@@ -591,6 +618,12 @@ struct GroupBody {
 #[derive(Deserialize)]
 struct DropBody {
     phone: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct CodeBody {
+    phone: String,
+    code: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -667,6 +700,17 @@ fn routes(
                 json!({"dropped": drop_connections(&s, b.phone.as_deref())}),
             )
         });
+    let code_r = warp::path!("admin" / "mock-phone" / "enter-code")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(
+            |b: CodeBody, s: Shared| match paircode::enter_code(&s, &b.phone, &b.code) {
+                Ok(()) => reply(200, json!({"entered": true})),
+                Err(e) => reply(400, json!({"error": e.to_string()})),
+            },
+        );
     let ik_r = warp::path!("admin" / "faults" / "ik")
         .and(warp::post())
         .and(warp::body::content_length_limit(4096))
@@ -761,6 +805,8 @@ fn routes(
         .or(drop_r)
         .unify()
         .or(ik_r)
+        .unify()
+        .or(code_r)
         .unify()
         .or(groups_r)
         .unify()

@@ -84,6 +84,19 @@ pub struct PendingRegistration {
     pub push_name: Option<String>,
 }
 
+/// A device that asked for a pairing code (link-code pairing), by pairing ref.
+#[derive(Clone)]
+pub struct CodePairing {
+    pub registration: PendingRegistration,
+    /// The number the code is for.
+    pub phone: String,
+    /// The companion's ephemeral key, wrapped with the code (salt ‖ iv ‖ ciphertext).
+    pub wrapped_companion_ephemeral: Vec<u8>,
+    /// After the code was entered on the phone: the companion's ephemeral key and the
+    /// phone's ephemeral key pair.
+    pub keys: Option<([u8; 32], KeyPair)>,
+}
+
 /// A pairing sent to a device and waiting for its pair-device-sign.
 #[derive(Debug, Clone)]
 pub struct PendingSign {
@@ -125,6 +138,8 @@ pub struct Registry {
     pub accounts: HashMap<String, Account>,
     /// QR ref → registration.
     pub pending: HashMap<String, PendingRegistration>,
+    /// Pairing ref → pairing-code flow.
+    pub code_pairings: HashMap<String, CodePairing>,
     /// pair-success iq id → pairing.
     pub signing: HashMap<String, PendingSign>,
     pub faults: Faults,

@@ -398,6 +398,66 @@ async fn contacts_work_over_tls() {
     assert!(get(untrusting).await.is_err());
 }
 
+/// Pairing by code: the client asks for a code, the person types it on the mock phone,
+/// and the client pairs and connects (no QR scanned). A wrong code is refused.
+#[tokio::test]
+async fn pairing_by_code_with_the_right_and_a_wrong_code() {
+    use whatsapp_rust::wacore::pair_code::PairCodeOptions;
+    let net = MockNetwork::start().await.unwrap();
+    let start = |phone: &'static str| {
+        let net = &net;
+        async move {
+            let mut c = Contact::start(net, phone, "Coder", None).await.unwrap();
+            // The device registered (it shows QR codes) before it can ask for a code.
+            c.wait("a QR code", |e| {
+                matches!(e, Event::PairingQrCode(_)).then_some(())
+            })
+            .await
+            .unwrap();
+            let code = c
+                .client
+                .pair_with_code(PairCodeOptions {
+                    phone_number: phone.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .expect("a pairing code");
+            (c, code)
+        }
+    };
+    let (mut a, code) = start("15550000111").await;
+    assert_eq!(
+        code.chars().filter(|c| c.is_ascii_alphanumeric()).count(),
+        8
+    );
+    net.enter_pairing_code("15550000111", &code).unwrap();
+    a.connected().await.unwrap();
+    let acc = net
+        .accounts()
+        .into_iter()
+        .find(|x| x.phone == "15550000111")
+        .unwrap();
+    assert_eq!(acc.devices.len(), 1);
+    assert!(acc.devices[0].connected);
+
+    let (mut b, code) = start("15550000112").await;
+    let wrong: String = code
+        .chars()
+        .map(|c| if c == 'A' { 'B' } else { 'A' })
+        .collect();
+    net.enter_pairing_code("15550000112", &wrong).unwrap();
+    b.wait("the pairing failing", |e| {
+        matches!(e, Event::PairingCodeError(_) | Event::PairError(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(net
+        .accounts()
+        .iter()
+        .find(|x| x.phone == "15550000112")
+        .is_none_or(|x| x.devices.is_empty()));
+}
+
 #[tokio::test]
 async fn replaced_stream_is_reported() {
     let net = MockNetwork::start().await.unwrap();
