@@ -19,7 +19,8 @@ use whatsapp_rust::wacore_binary::{marshal, util, Node, NodeContent};
 
 pub(crate) const SERVER: &str = "s.whatsapp.net";
 
-fn now() -> u64 {
+/// Unix seconds.
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -39,8 +40,21 @@ fn bytes_of(n: &Node) -> Vec<u8> {
     }
 }
 
-fn child_bytes(n: &Node, tag: &str) -> Vec<u8> {
+pub(crate) fn child_bytes(n: &Node, tag: &str) -> Vec<u8> {
     n.get_optional_child(tag).map(bytes_of).unwrap_or_default()
+}
+
+/// `<iq type="error"><error code text/></iq>` answering request `id`.
+pub(crate) fn iq_error(id: &str, code: &str, text: &str) -> Node {
+    NodeBuilder::new("iq")
+        .attr("from", SERVER)
+        .attr("type", "error")
+        .attr("id", id.to_string())
+        .children([NodeBuilder::new("error")
+            .attr("code", code.to_string())
+            .attr("text", text.to_string())
+            .build()])
+        .build()
 }
 
 pub(crate) fn iq_result(id: &str, children: Vec<Node>) -> Node {
@@ -414,15 +428,7 @@ impl Session {
                         .faults
                         .fail_prekey_fetch =>
             {
-                NodeBuilder::new("iq")
-                    .attr("from", SERVER)
-                    .attr("type", "error")
-                    .attr("id", id.clone())
-                    .children([NodeBuilder::new("error")
-                        .attr("code", "500")
-                        .attr("text", "internal-server-error")
-                        .build()])
-                    .build()
+                iq_error(&id, "500", "internal-server-error")
             }
             "encrypt" if node.get_optional_child("key").is_some() => {
                 let list =
@@ -443,17 +449,22 @@ impl Session {
             "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
             "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
             "w:g2" => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
-            "md" if node.get_optional_child("link_code_companion_reg").is_some() => {
-                match node.get_optional_child("link_code_companion_reg") {
-                    Some(r) => crate::paircode::handle(&self.shared, self.conn.id, &id, r),
-                    None => iq_result(&id, vec![]),
+            "md" => {
+                if let Some(r) = node.get_optional_child("link_code_companion_reg") {
+                    let (reply, then) = crate::paircode::handle(&self.shared, self.conn.id, &id, r);
+                    self.send(reply).await;
+                    // pair-success strictly after the answer to companion_finish.
+                    if let Some(n) = then {
+                        self.send(n).await;
+                    }
+                    return;
                 }
-            }
-            "md" if node.get_optional_child("remove-companion-device").is_some() => {
-                if let Some((phone, dev)) = &self.me {
-                    let mut reg = self.shared.registry.lock().expect("registry lock");
-                    if let Some(acc) = reg.accounts.get_mut(phone) {
-                        acc.devices.remove(dev);
+                if node.get_optional_child("remove-companion-device").is_some() {
+                    if let Some((phone, dev)) = &self.me {
+                        let mut reg = self.shared.registry.lock().expect("registry lock");
+                        if let Some(acc) = reg.accounts.get_mut(phone) {
+                            acc.devices.remove(dev);
+                        }
                     }
                 }
                 iq_result(&id, vec![])

@@ -522,12 +522,7 @@ pub(crate) fn pair_success(
     let key_index = device_id;
     let details = wa::ADVDeviceIdentity {
         raw_id: Some(acc.raw_id),
-        timestamp: Some(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        ),
+        timestamp: Some(conn::now()),
         key_index: Some(key_index),
         account_type: Some(wa::ADVEncryptionType::E2EE),
         device_type: Some(wa::ADVEncryptionType::E2EE),
@@ -573,14 +568,7 @@ pub(crate) fn pair_success(
         .attr("type", "set")
         .attr("id", iq_id)
         .attr("xmlns", "md")
-        .attr(
-            "t",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                .to_string(),
-        )
+        .attr("t", conn::now().to_string())
         .children([NodeBuilder::new("pair-success")
             .children([
                 NodeBuilder::new("device-identity").bytes(container).build(),

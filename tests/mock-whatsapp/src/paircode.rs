@@ -9,7 +9,7 @@
 //! A wrong code is not detectable when typed (the phone only gets a wrong key out of it);
 //! the companion's bundle then fails to decrypt and `companion_finish` is refused.
 
-use crate::conn::{attr, iq_result, SERVER};
+use crate::conn::{attr, child_bytes, iq_error, iq_result, SERVER};
 use crate::registry::{CodePairing, Outbound};
 use crate::{ScanError, Shared};
 use aes_gcm::aead::{Aead, KeyInit};
@@ -18,34 +18,20 @@ use whatsapp_rust::wacore::crypto::hkdf_sha256_into;
 use whatsapp_rust::wacore::libsignal::protocol::{KeyPair, PublicKey};
 use whatsapp_rust::wacore::pair_code::PairCodeUtils;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
-use whatsapp_rust::wacore_binary::{Node, NodeContent};
+use whatsapp_rust::wacore_binary::Node;
 
-fn bytes_child(n: &Node, tag: &str) -> Option<Vec<u8>> {
-    match &n.get_optional_child(tag)?.content {
-        Some(NodeContent::Bytes(b)) => Some(b.clone()),
-        Some(NodeContent::String(s)) => Some(s.as_bytes().to_vec()),
-        _ => None,
-    }
-}
-
-fn iq_error(id: &str, code: &str, text: &str) -> Node {
-    NodeBuilder::new("iq")
-        .attr("from", SERVER)
-        .attr("type", "error")
-        .attr("id", id.to_string())
-        .children([NodeBuilder::new("error")
-            .attr("code", code.to_string())
-            .attr("text", text.to_string())
-            .build()])
-        .build()
-}
-
-/// `<iq xmlns="md"><link_code_companion_reg …>`: both stages. Returns the reply.
-pub(crate) fn handle(shared: &Shared, conn_id: u64, id: &str, reg_node: &Node) -> Node {
+/// `<iq xmlns="md"><link_code_companion_reg …>`: both stages. Returns the reply and,
+/// once pairing completes, the `pair-success` to send right after it.
+pub(crate) fn handle(
+    shared: &Shared,
+    conn_id: u64,
+    id: &str,
+    reg_node: &Node,
+) -> (Node, Option<Node>) {
     match attr(reg_node, "stage").as_deref() {
-        Some("companion_hello") => companion_hello(shared, conn_id, id, reg_node),
+        Some("companion_hello") => (companion_hello(shared, conn_id, id, reg_node), None),
         Some("companion_finish") => companion_finish(shared, id, reg_node),
-        _ => iq_error(id, "400", "bad-request"),
+        _ => (iq_error(id, "400", "bad-request"), None),
     }
 }
 
@@ -53,8 +39,11 @@ fn companion_hello(shared: &Shared, conn_id: u64, id: &str, n: &Node) -> Node {
     let phone = attr(n, "jid")
         .and_then(|j| j.split('@').next().map(str::to_string))
         .filter(|p| p.len() >= 8 && p.chars().all(|c| c.is_ascii_digit()));
-    let wrapped = bytes_child(n, "link_code_pairing_wrapped_companion_ephemeral_pub")
-        .filter(|w| w.len() == 80);
+    let wrapped = Some(child_bytes(
+        n,
+        "link_code_pairing_wrapped_companion_ephemeral_pub",
+    ))
+    .filter(|w| w.len() == 80);
     let (Some(phone), Some(wrapped)) = (phone, wrapped) else {
         return iq_error(id, "400", "bad-request");
     };
@@ -128,7 +117,7 @@ pub(crate) fn enter_code(shared: &Shared, phone: &str, code: &str) -> Result<(),
         .attr("from", SERVER)
         .attr("type", "link_code_companion_reg")
         .attr("id", format!("{:X}", rand::random::<u64>()))
-        .attr("t", crate::routing::now().to_string())
+        .attr("t", crate::conn::now().to_string())
         .children([NodeBuilder::new("link_code_companion_reg")
             .attr("stage", "primary_hello")
             .children([
@@ -197,18 +186,17 @@ fn open_bundle(
     Some((companion_identity, adv_secret))
 }
 
-fn companion_finish(shared: &Shared, id: &str, n: &Node) -> Node {
-    let pairing_ref = bytes_child(n, "link_code_pairing_ref")
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_default();
-    let wrapped = bytes_child(n, "link_code_pairing_wrapped_key_bundle").unwrap_or_default();
-    let claimed_identity = bytes_child(n, "companion_identity_public").unwrap_or_default();
+fn companion_finish(shared: &Shared, id: &str, n: &Node) -> (Node, Option<Node>) {
+    let pairing_ref =
+        String::from_utf8(child_bytes(n, "link_code_pairing_ref")).unwrap_or_default();
+    let wrapped = child_bytes(n, "link_code_pairing_wrapped_key_bundle");
+    let claimed_identity = child_bytes(n, "companion_identity_public");
     let mut reg = shared.registry.lock().expect("registry lock");
     let Some(pairing) = reg.code_pairings.get(&pairing_ref).cloned() else {
-        return iq_error(id, "404", "item-not-found");
+        return (iq_error(id, "404", "item-not-found"), None);
     };
     let Some((companion_eph, ephemeral)) = &pairing.keys else {
-        return iq_error(id, "400", "bad-request");
+        return (iq_error(id, "400", "bad-request"), None);
     };
     let account_key = reg.account_mut(&pairing.phone, None).account_key.clone();
     let Some((identity, adv_secret)) =
@@ -217,7 +205,7 @@ fn companion_finish(shared: &Shared, id: &str, n: &Node) -> Node {
     else {
         // Wrong code (or a forged bundle): this attempt is over.
         reg.code_pairings.remove(&pairing_ref);
-        return iq_error(id, "401", "not-authorized");
+        return (iq_error(id, "401", "not-authorized"), None);
     };
     reg.code_pairings.remove(&pairing_ref);
     match crate::pair_success(
@@ -227,14 +215,7 @@ fn companion_finish(shared: &Shared, id: &str, n: &Node) -> Node {
         &identity,
         &adv_secret,
     ) {
-        Ok(node) => {
-            // After the iq result, which the caller sends first.
-            let tx = pairing.registration.conn.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(Outbound::Node(node)).await;
-            });
-            iq_result(id, vec![])
-        }
-        Err(_) => iq_error(id, "500", "internal-server-error"),
+        Ok(node) => (iq_result(id, vec![]), Some(node)),
+        Err(_) => (iq_error(id, "500", "internal-server-error"), None),
     }
 }

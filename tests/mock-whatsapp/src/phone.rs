@@ -254,7 +254,7 @@ pub(crate) async fn share_app_state_key(
         .attr("id", id)
         .attr("type", "protocol")
         .attr("category", "peer")
-        .attr("t", crate::routing::now().to_string())
+        .attr("t", crate::conn::now().to_string())
         .children([NodeBuilder::new("enc")
             .attr("v", "2")
             .attr("type", enc_type)

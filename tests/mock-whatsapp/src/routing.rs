@@ -7,7 +7,7 @@
 //! for its own devices and its own phone's bundle by LID), and every requested JID is
 //! echoed exactly as asked.
 
-use crate::conn::{attr, iq_result, SERVER};
+use crate::conn::{attr, iq_error, iq_result, now};
 use crate::registry::{ConnHandle, Outbound, Registry};
 use crate::Shared;
 use std::collections::HashMap;
@@ -15,13 +15,6 @@ use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
 use whatsapp_rust::waproto::whatsapp as wa;
-
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn text_of(n: &Node) -> String {
     match &n.content {
@@ -455,18 +448,6 @@ pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, 
     send_all(out).await;
 }
 
-fn group_error(id: &str, code: &str, text: &str) -> Node {
-    NodeBuilder::new("iq")
-        .attr("from", SERVER)
-        .attr("type", "error")
-        .attr("id", id.to_string())
-        .children([NodeBuilder::new("error")
-            .attr("code", code.to_string())
-            .attr("text", text.to_string())
-            .build()])
-        .build()
-}
-
 /// A group as `w:g2` answers describe it (phone-number addressing).
 fn group_node(g: &crate::registry::Group) -> Node {
     let participants = g.participants.iter().map(|p| {
@@ -496,7 +477,7 @@ pub(crate) fn groups_iq(
     id: &str,
 ) -> Node {
     let Some((my_phone, _)) = me else {
-        return group_error(id, "401", "not-authorized");
+        return iq_error(id, "401", "not-authorized");
     };
     let reg = shared.registry.lock().expect("registry lock");
     if node.get_optional_child("participating").is_some() {
@@ -516,11 +497,11 @@ pub(crate) fn groups_iq(
         let gid = to.strip_suffix("@g.us").unwrap_or_default();
         return match reg.groups.get(gid) {
             Some(g) if g.participants.contains(my_phone) => iq_result(id, vec![group_node(g)]),
-            Some(_) => group_error(id, "403", "forbidden"),
-            None => group_error(id, "404", "item-not-found"),
+            Some(_) => iq_error(id, "403", "forbidden"),
+            None => iq_error(id, "404", "item-not-found"),
         };
     }
-    group_error(id, "501", "not-implemented")
+    iq_error(id, "501", "not-implemented")
 }
 
 /// Routes a group message: ack to the sender, then to every device of every member
