@@ -49,12 +49,18 @@ async fn two_clients_pair_and_exchange_text_with_receipts() {
     .await
     .unwrap();
 
-    b.send_text("15550000001", "hi alice").await.expect("reply");
+    let reply = b.send_text("15550000001", "hi alice").await.expect("reply");
     let got = a.next_text().await.unwrap();
     assert_eq!(
         (got.from.as_str(), got.text.as_str()),
         ("15550000002", "hi alice")
     );
+    b.wait("delivery receipt of the reply", |e| match e {
+        Event::Receipt(r) if r.message_ids.iter().any(|m| *m == reply) => Some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
