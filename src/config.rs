@@ -75,7 +75,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub websocket: WebsocketConfig,
     pub webhook: WebhookConfig,
+    pub messages: MessagesConfig,
     pub log: LogConfig,
+}
+
+/// `[messages]`: the durable message path.
+#[derive(Debug, Clone)]
+pub struct MessagesConfig {
+    /// Acknowledge incoming messages to WhatsApp only after they are committed.
+    pub ack_after_commit: bool,
+    /// Local directory for pending-inbound rows while the database refuses writes.
+    pub spool_dir: PathBuf,
+    /// Message log / event log retention in days; 0 keeps everything.
+    pub retention_days: u32,
+    /// At most this many messages per instance in the log; 0: no cap.
+    pub retention_max_rows: u64,
+    pub prune_interval: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
 }
 
 /// `[server]`
@@ -149,6 +166,8 @@ pub struct WhatsappConfig {
     pub connects_per_second: u32,
     /// `None`: the real WhatsApp service.
     pub socket_url: Option<String>,
+    /// Fixed WhatsApp Web client version `(major, minor, patch)`; `None`: looked up.
+    pub client_version: Option<(u32, u32, u32)>,
 }
 
 /// `[websocket]`: upkeep of `/ws` and `/api/listen/:id`.
@@ -455,7 +474,19 @@ struct RawConfig {
     limits: RawLimits,
     websocket: RawWebsocket,
     webhook: RawWebhook,
+    messages: RawMessages,
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMessages {
+    ack_after_commit: bool,
+    spool_dir: String,
+    retention_days: i64,
+    retention_max_rows: i64,
+    prune_interval_secs: i64,
+    idempotency_window_secs: i64,
 }
 
 #[derive(Deserialize)]
@@ -502,6 +533,7 @@ struct RawWhatsapp {
     connect_concurrency: i64,
     connects_per_second: i64,
     socket_url: String,
+    client_version: String,
 }
 
 #[derive(Deserialize)]
@@ -671,7 +703,23 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             return Err(c.err("whatsapp.socket_url", "must start with ws:// or wss://"));
         }
     }
+    let client_version = match non_empty(raw.whatsapp.client_version) {
+        None => None,
+        Some(v) => {
+            let parts: Vec<Option<u32>> = v.split('.').map(|p| p.trim().parse().ok()).collect();
+            match parts.as_slice() {
+                [Some(a), Some(b), Some(c)] => Some((*a, *b, *c)),
+                _ => {
+                    return Err(c.err(
+                        "whatsapp.client_version",
+                        "must look like 2.3000.1027868186 (three numbers)",
+                    ))
+                }
+            }
+        }
+    };
     let whatsapp = WhatsappConfig {
+        client_version,
         device_name,
         default_country_code: cc,
         qr_timeout: c.secs(
@@ -783,7 +831,44 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         allowed_targets,
     };
 
+    let spool_dir = match non_empty(raw.messages.spool_dir) {
+        Some(d) => PathBuf::from(d),
+        None => match database.sqlite_path.as_ref().and_then(|p| p.parent()) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("spool"),
+            _ => PathBuf::from("./data/spool"),
+        },
+    };
+    let messages = MessagesConfig {
+        ack_after_commit: raw.messages.ack_after_commit,
+        spool_dir,
+        retention_days: c.range(
+            "messages.retention_days",
+            raw.messages.retention_days,
+            0,
+            36_500,
+        )? as u32,
+        retention_max_rows: c.range(
+            "messages.retention_max_rows",
+            raw.messages.retention_max_rows,
+            0,
+            i64::MAX,
+        )? as u64,
+        prune_interval: c.secs(
+            "messages.prune_interval_secs",
+            raw.messages.prune_interval_secs,
+            1,
+            86_400,
+        )?,
+        idempotency_window: c.secs(
+            "messages.idempotency_window_secs",
+            raw.messages.idempotency_window_secs,
+            1,
+            30 * 86_400,
+        )?,
+    };
+
     Ok(Config {
+        messages,
         server,
         database,
         auth,

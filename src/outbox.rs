@@ -1,9 +1,9 @@
-//! Durable webhooks: every incoming message is written to the `webhook_outbox` table
-//! before anything else is done with it ([`OutboxSink`]), then a worker
-//! ([`WebhookWorker`]) delivers it.
+//! Durable webhooks: every event an instance's webhook takes is written to the
+//! `webhook_outbox` table in the same transaction that stores it in the event log
+//! ([`crate::store::journal::Journal`]), then a worker ([`WebhookWorker`]) delivers it.
 //!
-//! Delivery: `POST` of the stored bytes (the `incoming_message` envelope, serialized
-//! once at enqueue time, so every retry sends identical bytes) with
+//! Delivery: `POST` of the stored bytes (the event's envelope with its cursor,
+//! serialized once at enqueue time, so every retry sends identical bytes) with
 //! `X-SUDEVWA-Signature` (lowercase hex HMAC-SHA256 of the raw body with the
 //! instance's secret), `webhook-id` (the row id, stable across retries) and
 //! `webhook-timestamp` (unix seconds of the attempt). A 2xx answer is delivered;
@@ -22,7 +22,7 @@
 use crate::config::Cidr;
 use crate::net::fetch::{self, FetchPolicy};
 use crate::store::instances::entity as instance;
-use actors::events::{IncomingMessage, IncomingSink};
+use actors::events::IncomingMessage;
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sea_orm::entity::prelude::*;
@@ -211,41 +211,6 @@ impl crate::http::DeliveryLog for Outbox {
     async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
         let found = Outbox::redeliver(self, instance_id, id).await?;
         Ok(found)
-    }
-}
-
-/// The actors' durable sink: writes each incoming message to the outbox (when webhooks
-/// are enabled) and wakes the worker.
-pub struct OutboxSink {
-    outbox: Outbox,
-    enabled: bool,
-    wake: Arc<Notify>,
-}
-
-impl OutboxSink {
-    pub fn new(outbox: Outbox, enabled: bool, wake: Arc<Notify>) -> Self {
-        Self {
-            outbox,
-            enabled,
-            wake,
-        }
-    }
-}
-
-#[async_trait]
-impl IncomingSink for OutboxSink {
-    async fn record(&self, msg: &IncomingMessage) -> Result<(), String> {
-        if !self.enabled {
-            return Ok(());
-        }
-        match self.outbox.enqueue(msg).await {
-            Ok(Some(_)) => {
-                self.wake.notify_one();
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(format!("writing the webhook outbox failed: {e}")),
-        }
     }
 }
 

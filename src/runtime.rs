@@ -5,9 +5,9 @@
 //! by `instance:<id>`) and messages with timeouts; nothing here caches an actor ref.
 
 use crate::store::instances::{DbInstanceStore, Instances};
-use actors::events::{IncomingSink, LifecycleNotice};
+use actors::events::{EventSink, LifecycleNotice};
 use actors::instance::{
-    InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions,
+    Durability, InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions,
 };
 use actors::{
     actor_name, InstanceFactory, InstanceStatus, InstanceSupervisor, RestartPolicy, SupervisorArgs,
@@ -88,7 +88,9 @@ pub struct RuntimeConfig {
     pub options: WaOptions,
     pub timing: InstanceTiming,
     pub restart: RestartPolicy,
-    pub sink: Arc<dyn IncomingSink>,
+    pub sink: Arc<dyn EventSink>,
+    /// How incoming messages are made durable.
+    pub durability: Durability,
     pub listener_capacity: usize,
     pub lifecycle_capacity: usize,
     /// Limits on connects (first connects, restores and reconnects alike).
@@ -105,6 +107,7 @@ impl InstanceRuntime {
             store: Arc::new(DbInstanceStore::new(instances.clone())),
             lifecycle,
             sink: cfg.sink,
+            durability: cfg.durability,
             listener_capacity: cfg.listener_capacity,
             admission: actors::admission::AdmissionGate::new(
                 cfg.admission.max_concurrent,

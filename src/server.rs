@@ -7,12 +7,14 @@ use crate::config::Config;
 use crate::http::auth::Auth;
 use crate::http::ratelimit::RateLimiter;
 use crate::http::{Api, DeliveryLog, Shared};
-use crate::outbox::{Outbox, OutboxSink, WebhookWorker, WorkerSettings};
+use crate::outbox::{Outbox, WebhookWorker, WorkerSettings};
+use crate::store::journal::{Journal, Retention};
+use crate::store::wa::spool::Spool;
 use crate::runtime::{Admission, InstanceRuntime, RuntimeConfig};
 use crate::store::db;
 use crate::store::instances::Instances;
 use crate::store::settings::{Settings, Tokens};
-use actors::instance::{InstanceTiming, WaOptions};
+use actors::instance::{Durability, InstanceTiming, WaOptions};
 use actors::RestartPolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,14 +68,18 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = db::open(&config.database).await?;
-    // Incoming messages go to the outbox before anything else; the worker delivers them.
+    // Everything an instance observes is committed to the journal (message log, event
+    // log, webhook outbox) before anything else; the worker delivers the outbox.
     let outbox = Outbox::new(db.clone());
     let wake = Arc::new(tokio::sync::Notify::new());
-    let sink = Arc::new(OutboxSink::new(
-        outbox.clone(),
-        config.features.enable_webhook,
-        wake.clone(),
-    ));
+    let journal = Journal::new(db.clone(), config.features.enable_webhook, wake.clone());
+    journal.clone().spawn_pruner(
+        Retention {
+            days: config.messages.retention_days,
+            max_rows_per_instance: config.messages.retention_max_rows,
+        },
+        config.messages.prune_interval,
+    );
     let worker = config.features.enable_webhook.then(|| {
         WebhookWorker::spawn(
             outbox.clone(),
@@ -87,8 +93,22 @@ pub async fn run_with(
             wake,
         )
     });
-    let runtime = start_runtime(&config, db.clone(), sink, overrides.wa, overrides.timing).await?;
-    let api = build_api(&config, db.clone(), runtime.clone(), Some(Arc::new(outbox))).await?;
+    let runtime = start_runtime(
+        &config,
+        db.clone(),
+        Arc::new(journal.clone()),
+        overrides.wa,
+        overrides.timing,
+    )
+    .await?;
+    let api = build_api(
+        &config,
+        db.clone(),
+        runtime.clone(),
+        Some(Arc::new(outbox)),
+        journal,
+    )
+    .await?;
     let listener = TcpListener::bind(config.server.addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -138,6 +158,7 @@ pub async fn build_api(
     db: sea_orm::DatabaseConnection,
     runtime: InstanceRuntime,
     webhooks: Option<Arc<dyn DeliveryLog>>,
+    journal: Journal,
 ) -> Result<Shared, StartError> {
     let settings = Settings::new(db.clone());
     let auth = Auth::init(&config.auth, &settings, Tokens::new(db.clone()))
@@ -145,14 +166,15 @@ pub async fn build_api(
         .map_err(|e| StartError::Runtime(format!("loading auth settings: {e}")))?;
     Ok(Arc::new(Api {
         config: Arc::new(config.clone()),
+        instances: runtime.instances().clone(),
         runtime,
-        instances: Instances::new(db),
         auth,
         limiter: RateLimiter::new(
             config.limits.rate_limit_per_sec,
             config.limits.rate_limit_burst,
         ),
         webhooks,
+        journal,
     }))
 }
 
@@ -189,11 +211,13 @@ pub async fn shutdown_signal() {
 async fn start_runtime(
     config: &Config,
     db: sea_orm::DatabaseConnection,
-    sink: Arc<dyn actors::events::IncomingSink>,
+    sink: Arc<dyn actors::events::EventSink>,
     wa: Option<WaOptions>,
     timing: Option<InstanceTiming>,
 ) -> Result<InstanceRuntime, StartError> {
-    let instances = Instances::new(db);
+    let instances = Instances::new(db).with_spool(Some(Arc::new(Spool::new(
+        config.messages.spool_dir.clone(),
+    ))));
     let options = wa;
     let wa = &config.whatsapp;
     let runtime = InstanceRuntime::start(
@@ -201,7 +225,7 @@ async fn start_runtime(
         RuntimeConfig {
             options: options.unwrap_or_else(|| WaOptions {
                 socket_url: wa.socket_url.clone(),
-                version: None,
+                version: wa.client_version,
                 push_name: wa.device_name.clone(),
                 http: None,
                 force_active_receipts: false,
@@ -213,6 +237,10 @@ async fn start_runtime(
             }),
             restart: RestartPolicy::default(),
             sink,
+            durability: Durability {
+                ack_after_commit: config.messages.ack_after_commit,
+                park_before_commit: park_fault(),
+            },
             listener_capacity: config.websocket.buffer,
             lifecycle_capacity: 1024,
             admission: admission(config),
@@ -229,4 +257,12 @@ async fn start_runtime(
         }
     });
     Ok(runtime)
+}
+
+/// Test-only fault (sandbox builds only): `SUDEVWA_FAULT_PARK_INBOUND_COMMIT=1` makes
+/// the inbound durability hook park before committing, so a test can SIGKILL the
+/// process between delivery and commit. Production builds never read it.
+fn park_fault() -> bool {
+    cfg!(feature = "sandbox")
+        && std::env::var("SUDEVWA_FAULT_PARK_INBOUND_COMMIT").is_ok_and(|v| v == "1")
 }

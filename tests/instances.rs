@@ -1,7 +1,9 @@
 //! Instance actors end to end: the real runtime on a real database (SQLite) against the
 //! mock WhatsApp network, with simulated contacts on the other side.
 
-use actors::events::{IncomingMessage, IncomingSink, LifecycleNotice};
+use actors::events::{
+    EventSink, IncomingMessage, LifecycleNotice, LiveEvent, MessageStatus, NoSink, SentRecord,
+};
 use actors::instance::{InstanceMsg, InstanceTiming, WaOptions};
 use actors::{InstanceStatus, RestartPolicy};
 use async_trait::async_trait;
@@ -21,10 +23,39 @@ const DEADLINE: Duration = Duration::from_secs(60);
 struct RecordingSink(Mutex<Vec<IncomingMessage>>);
 
 #[async_trait]
-impl IncomingSink for RecordingSink {
-    async fn record(&self, msg: &IncomingMessage) -> Result<(), String> {
-        self.0.lock().unwrap().push(msg.clone());
+impl EventSink for RecordingSink {
+    async fn commit_incoming(
+        &self,
+        instance_id: &str,
+        msgs: &[IncomingMessage],
+    ) -> Result<Vec<LiveEvent>, String> {
+        self.0.lock().unwrap().extend(msgs.iter().cloned());
+        NoSink.commit_incoming(instance_id, msgs).await
+    }
+    async fn record_sent(&self, _sent: &SentRecord) -> Result<(), String> {
         Ok(())
+    }
+    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
+        NoSink.record_status(status).await
+    }
+    async fn record_lifecycle(&self, _notice: &LifecycleNotice) -> Result<(), String> {
+        Ok(())
+    }
+    async fn probe_writable(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The next `incoming_message` a listener sees, as its JSON envelope.
+async fn next_incoming(listener: &mut broadcast::Receiver<LiveEvent>) -> serde_json::Value {
+    loop {
+        let e = tokio::time::timeout(DEADLINE, listener.recv())
+            .await
+            .expect("incoming before deadline")
+            .unwrap();
+        if e.event == "incoming_message" {
+            return serde_json::from_str(&e.json).unwrap();
+        }
     }
 }
 
@@ -103,6 +134,7 @@ async fn runtime_admitted(
             },
             restart,
             sink,
+            durability: Default::default(),
             listener_capacity: 64,
             lifecycle_capacity: 1024,
             admission,
@@ -185,6 +217,7 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
         |reply| InstanceMsg::SendText {
             to: "6281200000002".into(),
             text: "hello carol".into(),
+            message_id: None,
             reply
         },
         30_000
@@ -203,6 +236,7 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
         |reply| InstanceMsg::SendText {
             to: "123".into(),
             text: "x".into(),
+            message_id: None,
             reply
         },
         30_000
@@ -214,6 +248,7 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
         |reply| InstanceMsg::SendText {
             to: "6289999999999".into(),
             text: "x".into(),
+            message_id: None,
             reply
         },
         30_000
@@ -238,17 +273,15 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
         .send_text("6281100000001", "hi instance")
         .await
         .unwrap();
-    let msg = tokio::time::timeout(DEADLINE, listener.recv())
-        .await
-        .expect("incoming before deadline")
-        .unwrap();
-    assert_eq!(msg.instance_id, "inst-a");
-    assert_eq!(msg.message, "hi instance");
-    assert_eq!(msg.kind, "text");
-    assert_eq!(msg.from_phone.as_deref(), Some("6281200000002"));
-    assert!(!msg.from_me && !msg.is_group);
-    assert_eq!(sink.0.lock().unwrap().last(), Some(&msg));
-    let env = msg.to_envelope();
+    let env = next_incoming(&mut listener).await;
+    let data = &env["data"];
+    assert_eq!(data["instance_id"], "inst-a");
+    assert_eq!(data["message"], "hi instance");
+    assert_eq!(data["type"], "text");
+    assert_eq!(data["from_phone"], "6281200000002");
+    assert!(data["from_me"] == false && data["is_group"] == false);
+    let stored = sink.0.lock().unwrap().last().cloned().expect("stored before broadcast");
+    assert_eq!(stored.to_envelope()["data"], env["data"]);
     assert_eq!(env["event"], "incoming_message");
     assert_eq!(env["data"]["message"], "hi instance");
 
@@ -266,6 +299,7 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
         |reply| InstanceMsg::SendMedia {
             to: "6281200000002".into(),
             media,
+            message_id: None,
             reply
         },
         60_000
@@ -437,6 +471,7 @@ async fn panicking_instance_is_parked_while_the_others_keep_messaging() {
             |reply| InstanceMsg::SendText {
                 to: "6281300000009".into(),
                 text: text.clone(),
+                message_id: None,
                 reply
             },
             30_000
@@ -447,11 +482,8 @@ async fn panicking_instance_is_parked_while_the_others_keep_messaging() {
         let mut listener = call_t!(b, InstanceMsg::Subscribe, 5000).unwrap();
         let back = format!("to b, round {round}");
         dave.send_text("6281300000002", &back).await.unwrap();
-        let got = tokio::time::timeout(DEADLINE, listener.recv())
-            .await
-            .expect("b receives")
-            .unwrap();
-        assert_eq!(got.message, back);
+        let got = next_incoming(&mut listener).await;
+        assert_eq!(got["data"]["message"], back.as_str());
     }
     assert!(rt.actor("c-a").is_none(), "parked instance has no actor");
     // B and C were never restarted.

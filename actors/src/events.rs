@@ -142,6 +142,10 @@ pub struct MessageStatus {
     pub chat: String,
     /// Who sent the receipt.
     pub from: String,
+    /// The device that sent the receipt (`from` with its device part), for the
+    /// per-recipient-device timeline of group messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
     /// Unix seconds.
     pub timestamp: i64,
 }
@@ -171,18 +175,99 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// Where incoming messages must go durably (the webhook outbox) before anything else
 /// is done with them. An error is logged by the actor and reported as INSTANCE_ERROR;
 /// it never crashes the actor.
-#[async_trait]
-pub trait IncomingSink: Send + Sync + 'static {
-    /// Records `msg` durably.
-    async fn record(&self, msg: &IncomingMessage) -> Result<(), String>;
+/// An event as the durable event log holds it: its cursor (the log's sequence number,
+/// as a string: opaque to clients) and the exact JSON text sent to listeners and
+/// webhooks (`{"event", "timestamp", "data", "cursor"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEvent {
+    pub cursor: i64,
+    /// `incoming_message`, `message_status` or a lifecycle event name.
+    pub event: String,
+    pub json: std::sync::Arc<str>,
 }
 
-/// A sink that keeps nothing (webhooks disabled).
+/// Adds the cursor to an envelope built by [`envelope`] and friends.
+pub fn with_cursor(mut envelope: Value, cursor: i64) -> Value {
+    if let Some(o) = envelope.as_object_mut() {
+        o.insert("cursor".into(), Value::String(cursor.to_string()));
+    }
+    envelope
+}
+
+/// A message this instance sent, for the message log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SentRecord {
+    pub instance_id: String,
+    pub message_id: String,
+    /// The chat (recipient JID or group JID).
+    pub chat: String,
+    pub is_group: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Text or caption.
+    pub body: String,
+    pub media: Option<MediaInfo>,
+    /// Unix seconds.
+    pub timestamp: i64,
+}
+
+/// Where everything an instance observes is made durable: the message log, the status
+/// timeline, the durable event log (cursors) and the webhook outbox.
+///
+/// `commit_incoming` is called from whatsapp-rust's inbound durability hook, before the
+/// client acknowledges the messages to WhatsApp: it must be all-or-nothing and
+/// idempotent on (chat, sender, message id). It returns the events it newly stored
+/// (already-stored messages produce none), which the caller then broadcasts live.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    async fn commit_incoming(
+        &self,
+        instance_id: &str,
+        msgs: &[IncomingMessage],
+    ) -> Result<Vec<LiveEvent>, String>;
+    /// A message the instance sent (status `sent`).
+    async fn record_sent(&self, sent: &SentRecord) -> Result<(), String>;
+    /// A status of sent messages (server ack, delivered, read, played, error).
+    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String>;
+    /// A lifecycle notice, for the event log and subscribed webhooks.
+    async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String>;
+    /// Succeeds when the storage takes writes again (after a failed commit).
+    async fn probe_writable(&self) -> Result<(), String>;
+}
+
+/// A sink that stores nothing; events still reach live listeners (cursor 0).
 pub struct NoSink;
 
 #[async_trait]
-impl IncomingSink for NoSink {
-    async fn record(&self, _msg: &IncomingMessage) -> Result<(), String> {
+impl EventSink for NoSink {
+    async fn commit_incoming(
+        &self,
+        _instance_id: &str,
+        msgs: &[IncomingMessage],
+    ) -> Result<Vec<LiveEvent>, String> {
+        Ok(msgs
+            .iter()
+            .map(|m| LiveEvent {
+                cursor: 0,
+                event: "incoming_message".into(),
+                json: m.to_envelope().to_string().into(),
+            })
+            .collect())
+    }
+    async fn record_sent(&self, _sent: &SentRecord) -> Result<(), String> {
+        Ok(())
+    }
+    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
+        Ok(Some(LiveEvent {
+            cursor: 0,
+            event: "message_status".into(),
+            json: status.to_envelope().to_string().into(),
+        }))
+    }
+    async fn record_lifecycle(&self, _notice: &LifecycleNotice) -> Result<(), String> {
+        Ok(())
+    }
+    async fn probe_writable(&self) -> Result<(), String> {
         Ok(())
     }
 }

@@ -13,7 +13,8 @@
 //! temporary bans and outdated-client failures.
 
 use crate::events::{
-    rfc3339, IncomingMessage, IncomingSink, LifecycleNotice, MediaInfo, MessageStatus,
+    rfc3339, EventSink, IncomingMessage, LifecycleNotice, LiveEvent, MediaInfo, MessageStatus,
+    SentRecord,
 };
 use crate::lifecycle::{self, Action, LifecycleError, LifecycleEvent};
 use crate::status::InstanceStatus;
@@ -29,6 +30,7 @@ use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::wacore::store::traits::Backend;
 use whatsapp_rust::wacore::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
+use whatsapp_rust::wacore_binary::JidExt;
 use whatsapp_rust::{Client, Jid};
 
 /// How instances reach WhatsApp: the same code runs against the real service and the
@@ -100,12 +102,35 @@ pub struct InstanceEnv {
     pub store: Arc<dyn InstanceStore>,
     /// Global lifecycle broadcast (bounded; slow receivers lag).
     pub lifecycle: broadcast::Sender<LifecycleNotice>,
-    /// Durable destination of incoming messages.
-    pub sink: Arc<dyn IncomingSink>,
+    /// Durable destination of messages, statuses and lifecycle events.
+    pub sink: Arc<dyn EventSink>,
+    /// How incoming messages are made durable (see [`Durability`]).
+    pub durability: Durability,
     /// Capacity of each instance's listener broadcast.
     pub listener_capacity: usize,
     /// Every connect of every instance passes this gate.
     pub admission: Arc<crate::admission::AdmissionGate>,
+}
+
+/// How incoming messages are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durability {
+    /// Register the inbound durability hook: WhatsApp gets its ack only after the
+    /// message is committed (message log + event log + outbox). `false` is the old
+    /// at-most-once path (ack on decrypt, commit afterwards), kept for benchmarks.
+    pub ack_after_commit: bool,
+    /// Test-only fault: the hook parks forever before committing (and says so on
+    /// stdout), so a test can kill the process between delivery and commit.
+    pub park_before_commit: bool,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Self {
+            ack_after_commit: true,
+            park_before_commit: false,
+        }
+    }
 }
 
 /// Start-up arguments of one actor.
@@ -248,16 +273,19 @@ pub enum InstanceMsg {
     CancelQr(RpcReplyPort<Result<(), InstanceError>>),
     /// Current status.
     Status(RpcReplyPort<InstanceSnapshot>),
-    /// Send a text to a phone number (digits) or a JID.
+    /// Send a text to a phone number (digits) or a JID. `message_id`: a caller-chosen
+    /// WhatsApp message id (idempotent sends), else one is generated.
     SendText {
         to: String,
         text: String,
+        message_id: Option<String>,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
     },
     /// Send media to a phone number or a JID.
     SendMedia {
         to: String,
         media: OutgoingMedia,
+        message_id: Option<String>,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
     },
     /// Check which numbers are on WhatsApp.
@@ -271,14 +299,14 @@ pub enum InstanceMsg {
     SendGroupText {
         group_jid: String,
         text: String,
+        message_id: Option<String>,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
     },
     /// Unlink on WhatsApp and wipe the keys; the instance stays.
     Logout(RpcReplyPort<Result<(), InstanceError>>),
-    /// A receiver of this instance's incoming messages.
-    Subscribe(RpcReplyPort<broadcast::Receiver<IncomingMessage>>),
-    /// A receiver of delivery/read statuses of messages this instance sent.
-    SubscribeStatus(RpcReplyPort<broadcast::Receiver<MessageStatus>>),
+    /// A receiver of this instance's stored events (`incoming_message` and
+    /// `message_status`, with their cursors).
+    Subscribe(RpcReplyPort<broadcast::Receiver<LiveEvent>>),
     /// Stop the client cleanly (process shutdown).
     Shutdown(RpcReplyPort<()>),
     /// Test-only fault hook.
@@ -289,6 +317,12 @@ pub enum InstanceMsg {
     QrDeadline(u64),
     /// Internal: presence heartbeat tick.
     Heartbeat,
+    /// Internal: client generation `.0` could not commit incoming messages; their
+    /// acks were withheld, so WhatsApp still holds them.
+    CommitFailed(u64),
+    /// Internal: the storage takes writes again; reconnect so WhatsApp redelivers
+    /// what was not acknowledged.
+    StorageRecovered,
 }
 
 /// The actor's behaviour.
@@ -310,10 +344,11 @@ pub struct InstanceState {
     qr_flow: u64,
     qr: Option<QrCode>,
     heartbeat: Option<JoinHandle<()>>,
-    /// Live listeners (bounded; lagging receivers lose old messages, never memory).
-    listeners: broadcast::Sender<IncomingMessage>,
-    /// Live listeners of message statuses (bounded like `listeners`).
-    statuses: broadcast::Sender<MessageStatus>,
+    /// Live listeners of stored events (bounded; lagging receivers are cut off,
+    /// memory never grows; they can resume from their last cursor).
+    listeners: broadcast::Sender<LiveEvent>,
+    /// A storage probe is running after a failed commit.
+    recovering: bool,
     phone: Option<String>,
     jid: Option<String>,
     lid: Option<String>,
@@ -333,7 +368,6 @@ impl Actor for InstanceActor {
         args: InstanceArgs,
     ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
-        let (statuses, _) = broadcast::channel(args.env.listener_capacity.max(1));
         let mut state = InstanceState {
             id: args.instance_id,
             device_name: args.device_name,
@@ -347,7 +381,7 @@ impl Actor for InstanceActor {
             qr: None,
             heartbeat: None,
             listeners,
-            statuses,
+            recovering: false,
             phone: None,
             jid: None,
             lid: None,
@@ -410,7 +444,8 @@ impl Actor for InstanceActor {
                             instance_id: state.id.clone(),
                             status: "cancelled",
                             message: "QR login cancelled".into(),
-                        });
+                        })
+                        .await;
                         Ok(())
                     }
                     Err(e) => Err(e.into()),
@@ -420,12 +455,22 @@ impl Actor for InstanceActor {
             InstanceMsg::Status(reply) => {
                 let _ = reply.send(state.snapshot());
             }
-            InstanceMsg::SendText { to, text, reply } => {
-                let r = state.send_text(&to, text).await;
+            InstanceMsg::SendText {
+                to,
+                text,
+                message_id,
+                reply,
+            } => {
+                let r = state.send_text(&to, text, message_id).await;
                 let _ = reply.send(r);
             }
-            InstanceMsg::SendMedia { to, media, reply } => {
-                let r = state.send_media(&to, media).await;
+            InstanceMsg::SendMedia {
+                to,
+                media,
+                message_id,
+                reply,
+            } => {
+                let r = state.send_media(&to, media, message_id).await;
                 let _ = reply.send(r);
             }
             InstanceMsg::CheckNumbers { phones, reply } => {
@@ -439,9 +484,10 @@ impl Actor for InstanceActor {
             InstanceMsg::SendGroupText {
                 group_jid,
                 text,
+                message_id,
                 reply,
             } => {
-                let r = state.send_group_text(&group_jid, text).await;
+                let r = state.send_group_text(&group_jid, text, message_id).await;
                 let _ = reply.send(r);
             }
             InstanceMsg::Logout(reply) => {
@@ -450,9 +496,6 @@ impl Actor for InstanceActor {
             }
             InstanceMsg::Subscribe(reply) => {
                 let _ = reply.send(state.listeners.subscribe());
-            }
-            InstanceMsg::SubscribeStatus(reply) => {
-                let _ = reply.send(state.statuses.subscribe());
             }
             InstanceMsg::Shutdown(reply) => {
                 state.apply(&myself, LifecycleEvent::Shutdown).await;
@@ -471,13 +514,32 @@ impl Actor for InstanceActor {
                     state.notify(LifecycleNotice::QrTimeout {
                         instance_id: state.id.clone(),
                         status: "timeout",
-                    });
+                    })
+                    .await;
                 }
             }
             InstanceMsg::Heartbeat => {
                 if let (Some(client), InstanceStatus::Online) = (&state.client, state.status) {
                     if let Err(e) = client.presence().set_available().await {
                         tracing::debug!(instance_id = %state.id, error = %e, "presence heartbeat failed");
+                    }
+                }
+            }
+            InstanceMsg::CommitFailed(generation) => {
+                if generation == state.generation && !state.recovering {
+                    state.recovering = true;
+                    tracing::warn!(instance_id = %state.id, "incoming messages could not be committed; acks withheld until storage recovers");
+                    crate::durability::spawn_storage_probe(state.env.sink.clone(), myself.clone());
+                }
+            }
+            InstanceMsg::StorageRecovered => {
+                state.recovering = false;
+                if let Some(client) = state.client.clone() {
+                    if state.status.is_connected() || state.status == InstanceStatus::Reconnecting {
+                        // WhatsApp redelivers what was not acknowledged on the next
+                        // connect; the hook then commits it from the buffered copy.
+                        tracing::info!(instance_id = %state.id, "storage recovered; reconnecting for redelivery");
+                        client.reconnect_immediately().await;
                     }
                 }
             }
@@ -517,7 +579,8 @@ impl InstanceState {
                 is_connected: tr.status.is_connected(),
                 connected_at: self.connected_at.map(rfc3339),
                 disconnected_at: self.disconnected_at.map(rfc3339),
-            });
+            })
+            .await;
         }
     }
 
@@ -566,7 +629,7 @@ impl InstanceState {
                 self.lid = None;
                 if let Err(e) = self.env.store.wipe_session(&self.id).await {
                     tracing::error!(instance_id = %self.id, error = %e, "wiping the session failed");
-                    self.error("STORAGE_FAILED", "wiping the session failed");
+                    self.error("STORAGE_FAILED", "wiping the session failed").await;
                 }
             }
         }
@@ -594,7 +657,20 @@ impl InstanceState {
                 whatsapp_rust::wacore::store::DevicePropsOverride::new()
                     .with_os(self.device_name.clone()),
             )
-            .skip_history_sync()
+            .skip_history_sync();
+        let builder = if self.env.durability.ack_after_commit {
+            builder.with_inbound_durability_hook(crate::durability::CommitHook {
+                instance_id: self.id.clone(),
+                sink: self.env.sink.clone(),
+                listeners: self.listeners.clone(),
+                actor: myself.clone(),
+                generation,
+                park: self.env.durability.park_before_commit,
+            })
+        } else {
+            builder
+        };
+        let builder = builder
             .on_event(move |event, _client| {
                 let me = me.clone();
                 async move {
@@ -626,7 +702,7 @@ impl InstanceState {
             }
             Err(e) => {
                 tracing::error!(instance_id = %self.id, error = %e, "building the WhatsApp client failed");
-                self.error("CLIENT_FAILED", "the WhatsApp client could not be started");
+                self.error("CLIENT_FAILED", "the WhatsApp client could not be started").await;
             }
         }
     }
@@ -666,7 +742,8 @@ impl InstanceState {
                     phone_number: None,
                     qr_data: qr.code.clone(),
                     expires_at: rfc3339(expires_at),
-                });
+                })
+                .await;
             }
             Event::PairingQrCodesExhausted(_) => {
                 // The client ran out of refs before our own timeout: start a new one
@@ -683,7 +760,8 @@ impl InstanceState {
                 self.notify(LifecycleNotice::QrSuccess {
                     instance_id: self.id.clone(),
                     status: "connected",
-                });
+                })
+                .await;
             }
             Event::Connected(_) => {
                 if let Some(client) = &self.client {
@@ -720,19 +798,32 @@ impl InstanceState {
                 self.apply(myself, LifecycleEvent::ClientOutdated).await;
             }
             Event::Messages(batch) => {
-                for m in batch.messages.iter() {
-                    if is_signalling(&m.message) {
-                        // Key shares, sender-key distributions and other protocol
-                        // traffic between devices: not a message anybody wrote.
-                        continue;
+                if batch.hook_committed {
+                    // The durability hook stored and broadcast them before the ack.
+                    return;
+                }
+                // Without the hook (or for what bypasses it: newsletters, PDO
+                // recoveries) the client acked already: store now, then broadcast.
+                let msgs: Vec<IncomingMessage> = batch
+                    .messages
+                    .iter()
+                    .filter(|m| !is_signalling(&m.message))
+                    .map(|m| incoming(&self.id, &m.message, &m.info))
+                    .collect();
+                if msgs.is_empty() {
+                    return;
+                }
+                match self.env.sink.commit_incoming(&self.id, &msgs).await {
+                    Ok(events) => {
+                        for e in events {
+                            let _ = self.listeners.send(e);
+                        }
                     }
-                    let msg = self.incoming(&m.message, &m.info);
-                    // Durable first: the webhook outbox, then live listeners.
-                    if let Err(e) = self.env.sink.record(&msg).await {
-                        tracing::error!(instance_id = %self.id, error = %e, "recording an incoming message failed");
-                        self.error("SINK_FAILED", "an incoming message could not be recorded");
+                    Err(e) => {
+                        tracing::error!(instance_id = %self.id, error = %e, "recording incoming messages failed");
+                        self.error("SINK_FAILED", "an incoming message could not be recorded")
+                            .await;
                     }
-                    let _ = self.listeners.send(msg);
                 }
             }
             Event::Receipt(r) => {
@@ -746,53 +837,47 @@ impl InstanceState {
                     // Retries and protocol receipts are not statuses of a message.
                     _ => return,
                 };
-                let _ = self.statuses.send(MessageStatus {
+                let st = MessageStatus {
                     instance_id: self.id.clone(),
                     message_ids: r.message_ids.iter().map(|m| m.to_string()).collect(),
                     status: status.to_string(),
                     chat: r.source.chat.to_non_ad().to_string(),
                     from: r.source.sender.to_non_ad().to_string(),
+                    recipient: Some(r.source.sender.to_string()),
                     timestamp: r.timestamp.timestamp(),
-                });
+                };
+                self.status_event(st).await;
+            }
+            Event::ServerAck(a) if a.class.as_deref() == Some("message") => {
+                let st = MessageStatus {
+                    instance_id: self.id.clone(),
+                    message_ids: vec![a.id.clone()],
+                    status: if a.error.is_some() { "error" } else { "server_ack" }.to_string(),
+                    chat: a
+                        .from
+                        .as_ref()
+                        .map(|j| j.to_non_ad().to_string())
+                        .unwrap_or_default(),
+                    from: String::new(),
+                    recipient: None,
+                    timestamp: a.timestamp.unwrap_or_else(Utc::now).timestamp(),
+                };
+                self.status_event(st).await;
             }
             _ => {}
         }
     }
 
-    fn incoming(
-        &self,
-        m: &wa::Message,
-        info: &whatsapp_rust::wacore::types::message::MessageInfo,
-    ) -> IncomingMessage {
-        let src = &info.source;
-        let (kind, text, media) = describe(m);
-        let sender = src.sender.to_non_ad();
-        let alt = src.sender_alt.as_ref().map(|j| j.to_non_ad());
-        let (from_phone, from_lid) = match (sender.is_pn(), sender.is_lid()) {
-            (true, _) => (
-                Some(sender.user.to_string()),
-                alt.filter(|a| a.is_lid()).map(|a| a.to_string()),
-            ),
-            (_, true) => (
-                alt.filter(|a| a.is_pn()).map(|a| a.user.to_string()),
-                Some(sender.to_string()),
-            ),
-            _ => (None, None),
-        };
-        IncomingMessage {
-            instance_id: self.id.clone(),
-            from: sender.to_string(),
-            from_me: src.is_from_me,
-            message: text,
-            timestamp: info.timestamp.timestamp(),
-            is_group: src.is_group,
-            message_id: info.id.to_string(),
-            push_name: info.push_name.clone(),
-            chat: src.chat.to_non_ad().to_string(),
-            from_phone,
-            from_lid,
-            kind: kind.to_string(),
-            media,
+    /// Stores a message status (timeline, event log, outbox) and broadcasts it.
+    async fn status_event(&self, st: MessageStatus) {
+        match self.env.sink.record_status(&st).await {
+            Ok(Some(e)) => {
+                let _ = self.listeners.send(e);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(instance_id = %self.id, error = %e, "recording a message status failed")
+            }
         }
     }
 
@@ -834,10 +919,17 @@ impl InstanceState {
         client: &Arc<Client>,
         to: Jid,
         message: wa::Message,
+        message_id: Option<String>,
     ) -> Result<Sent, InstanceError> {
+        let (kind, body, media) = describe(&message);
+        let (kind, is_group) = (kind.to_string(), to.is_group());
+        let mut options = whatsapp_rust::send::SendOptions::default();
+        if let Some(id) = message_id {
+            options = options.with_message_id(id);
+        }
         let r = tokio::time::timeout(
             self.env.timing.request_timeout,
-            client.send_message(to, message),
+            client.send_message_with_options(to, message, options),
         )
         .await
         .map_err(|_| InstanceError::SendFailed)?
@@ -845,24 +937,49 @@ impl InstanceState {
             tracing::warn!(instance_id = %self.id, error = %e, "send failed");
             InstanceError::SendFailed
         })?;
-        Ok(Sent {
+        let sent = Sent {
             message_id: r.message_id,
             timestamp: Utc::now().timestamp(),
             to: r.to.to_string(),
-        })
+        };
+        let record = SentRecord {
+            instance_id: self.id.clone(),
+            message_id: sent.message_id.clone(),
+            chat: r.to.to_non_ad().to_string(),
+            is_group,
+            kind,
+            body,
+            media,
+            timestamp: sent.timestamp,
+        };
+        if let Err(e) = self.env.sink.record_sent(&record).await {
+            // The message is on its way; only its log row is missing.
+            tracing::warn!(instance_id = %self.id, error = %e, "recording a sent message failed");
+        }
+        Ok(sent)
     }
 
-    async fn send_text(&self, to: &str, text: String) -> Result<Sent, InstanceError> {
+    async fn send_text(
+        &self,
+        to: &str,
+        text: String,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
         let client = self.logged_in_client()?;
         let jid = self.recipient(&client, to).await?;
         let message = wa::Message {
             conversation: Some(text),
             ..Default::default()
         };
-        self.send(&client, jid, message).await
+        self.send(&client, jid, message, message_id).await
     }
 
-    async fn send_media(&self, to: &str, media: OutgoingMedia) -> Result<Sent, InstanceError> {
+    async fn send_media(
+        &self,
+        to: &str,
+        media: OutgoingMedia,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
         use whatsapp_rust::download::MediaType;
         let client = self.logged_in_client()?;
         let jid = self.recipient(&client, to).await?;
@@ -889,7 +1006,7 @@ impl InstanceState {
             media.caption,
             media.file_name,
         );
-        self.send(&client, jid, message).await
+        self.send(&client, jid, message, message_id).await
     }
 
     async fn list_groups(&self) -> Result<Vec<GroupInfo>, InstanceError> {
@@ -919,14 +1036,19 @@ impl InstanceState {
         Ok(out)
     }
 
-    async fn send_group_text(&self, group_jid: &str, text: String) -> Result<Sent, InstanceError> {
+    async fn send_group_text(
+        &self,
+        group_jid: &str,
+        text: String,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
         let client = self.logged_in_client()?;
         let jid = group_jid_of(group_jid)?;
         let message = wa::Message {
             conversation: Some(text),
             ..Default::default()
         };
-        self.send(&client, jid, message).await
+        self.send(&client, jid, message, message_id).await
     }
 
     async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
@@ -990,17 +1112,61 @@ impl InstanceState {
         }
     }
 
-    fn notify(&self, notice: LifecycleNotice) {
+    /// Records a lifecycle notice in the event log (for webhooks that subscribe to
+    /// lifecycle events and for catch-up), then broadcasts it to `/ws`.
+    async fn notify(&self, notice: LifecycleNotice) {
+        if let Err(e) = self.env.sink.record_lifecycle(&notice).await {
+            tracing::warn!(instance_id = %self.id, error = %e, "recording a lifecycle event failed");
+        }
         // No receiver is fine: nobody is watching /ws.
         let _ = self.env.lifecycle.send(notice);
     }
 
-    fn error(&self, code: &str, message: &str) {
+    async fn error(&self, code: &str, message: &str) {
         self.notify(LifecycleNotice::InstanceError {
             instance_id: self.id.clone(),
             code: code.to_string(),
             message: message.to_string(),
-        });
+        })
+        .await;
+    }
+}
+
+/// The `incoming_message` payload of a decrypted message.
+pub fn incoming(
+instance_id: &str,
+m: &wa::Message,
+info: &whatsapp_rust::wacore::types::message::MessageInfo,
+) -> IncomingMessage {
+    let src = &info.source;
+    let (kind, text, media) = describe(m);
+    let sender = src.sender.to_non_ad();
+    let alt = src.sender_alt.as_ref().map(|j| j.to_non_ad());
+    let (from_phone, from_lid) = match (sender.is_pn(), sender.is_lid()) {
+        (true, _) => (
+            Some(sender.user.to_string()),
+            alt.filter(|a| a.is_lid()).map(|a| a.to_string()),
+        ),
+        (_, true) => (
+            alt.filter(|a| a.is_pn()).map(|a| a.user.to_string()),
+            Some(sender.to_string()),
+        ),
+        _ => (None, None),
+    };
+    IncomingMessage {
+        instance_id: instance_id.to_string(),
+        from: sender.to_string(),
+        from_me: src.is_from_me,
+        message: text,
+        timestamp: info.timestamp.timestamp(),
+        is_group: src.is_group,
+        message_id: info.id.to_string(),
+        push_name: info.push_name.clone(),
+        chat: src.chat.to_non_ad().to_string(),
+        from_phone,
+        from_lid,
+        kind: kind.to_string(),
+        media,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`lifecycle`]: the state machine, `(status, event) → (status, actions)`.
 //! - [`events`]: lifecycle notices and `incoming_message` payloads.
 //! - [`instance`]: `InstanceActor`, the owner of one whatsapp-rust client.
+//! - [`durability`]: its inbound durability hook (ack only after commit).
 //! - [`supervisor`]: `InstanceSupervisor`, one_for_one restarts, parking as crashed.
 //!
 //! This crate never depends on warp or the database: storage and event sinks reach it
@@ -12,6 +13,7 @@
 
 pub mod admission;
 pub mod backoff;
+pub mod durability;
 pub mod events;
 pub mod instance;
 pub mod lifecycle;

@@ -68,6 +68,7 @@ async fn actor(
         store: Arc::new(MemStore::default()),
         lifecycle,
         sink: Arc::new(NoSink),
+        durability: Default::default(),
         listener_capacity: 8,
         admission: actors::admission::AdmissionGate::new(4, 100),
     });

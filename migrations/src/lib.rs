@@ -5,7 +5,9 @@
 //! - application tables (`m20261123_000001_app_tables`): instances, API tokens,
 //!   webhook outbox and deliveries, message log;
 //! - whatsapp-rust session storage (`m20261123_000002_whatsapp_store`): the
-//!   tables behind our implementation of whatsapp-rust's `Backend` traits.
+//!   tables behind our implementation of whatsapp-rust's `Backend` traits;
+//! - the durable message path (`m20261203_000003_message_log`): message log,
+//!   status timeline, event log (cursors), idempotency keys, webhook event filter.
 //!
 //! Migrations run at server start and through `sudevwa migrate`.
 
@@ -13,6 +15,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_app_tables;
 mod m20261123_000002_whatsapp_store;
+mod m20261203_000003_message_log;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -23,6 +26,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_app_tables::Migration),
             Box::new(m20261123_000002_whatsapp_store::Migration),
+            Box::new(m20261203_000003_message_log::Migration),
         ]
     }
 }

@@ -229,7 +229,12 @@ async fn send_text_with(
 ) -> Result<Sent, ApiError> {
     call_t!(
         actor,
-        |reply| InstanceMsg::SendText { to, text, reply },
+        |reply| InstanceMsg::SendText {
+            to,
+            text,
+            message_id: None,
+            reply
+        },
         SEND_MS
     )
     .map_err(actor_unreachable)?
@@ -838,7 +843,12 @@ async fn send_media_with(
     };
     let sent = call_t!(
         actor,
-        |reply| InstanceMsg::SendMedia { to, media, reply },
+        |reply| InstanceMsg::SendMedia {
+            to,
+            media,
+            message_id: None,
+            reply
+        },
         MEDIA_MS
     )
     .map_err(actor_unreachable)?
@@ -998,6 +1008,7 @@ async fn do_group_text(
         |reply| InstanceMsg::SendGroupText {
             group_jid: g,
             text,
+            message_id: None,
             reply
         },
         SEND_MS

@@ -51,6 +51,8 @@ pub struct Api {
     pub limiter: ratelimit::RateLimiter,
     /// The webhook delivery log.
     pub webhooks: Option<Arc<dyn DeliveryLog>>,
+    /// Message log, status timeline and durable event log.
+    pub journal: crate::store::journal::Journal,
 }
 
 /// The webhook delivery log as the API needs it (implemented by the outbox).
@@ -476,6 +478,11 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .and_then(scoped)
         .untuple_one()
         .and(listen_enabled(api.clone()))
+        .and(
+            warp::query::raw()
+                .or(warp::any().map(String::new))
+                .unify(),
+        )
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())

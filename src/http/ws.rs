@@ -12,7 +12,7 @@ use super::auth::Principal;
 use super::error::ApiError;
 use super::{handlers, Shared};
 use crate::config::WebsocketConfig;
-use actors::events::{IncomingMessage, LifecycleNotice, MessageStatus};
+use actors::events::{LifecycleNotice, LiveEvent};
 use actors::instance::InstanceMsg;
 use futures_util::{SinkExt, StreamExt};
 use ractor::call_t;
@@ -52,12 +52,20 @@ enum Source {
         principal: Principal,
     },
     Listen {
-        rx: broadcast::Receiver<IncomingMessage>,
-        statuses: broadcast::Receiver<MessageStatus>,
+        rx: broadcast::Receiver<LiveEvent>,
+        /// Stored events still to replay before going live.
+        backlog: std::collections::VecDeque<LiveEvent>,
+        /// The cursor to read the next replay page after; `None` once caught up.
+        replay_after: Option<i64>,
+        /// The last cursor sent: live events at or below it were replayed already.
+        last: i64,
         instance_id: String,
         api: Shared,
     },
 }
+
+/// Events read from the log per replay page.
+const REPLAY_PAGE: u64 = 256;
 
 enum Next {
     Event(String),
@@ -80,23 +88,53 @@ impl Source {
             },
             Source::Listen {
                 rx,
-                statuses,
+                backlog,
+                replay_after,
+                last,
                 instance_id,
                 api,
             } => loop {
-                let got = tokio::select! {
-                    m = rx.recv() => m.map(|m| m.to_envelope().to_string()),
-                    st = statuses.recv() => st.map(|st| st.to_envelope().to_string()),
-                };
-                match got {
-                    Ok(text) => return Next::Event(text),
+                if let Some(e) = backlog.pop_front() {
+                    *last = e.cursor;
+                    return Next::Event(e.json.to_string());
+                }
+                if let Some(after) = *replay_after {
+                    match api
+                        .journal
+                        .events_after(instance_id, after, REPLAY_PAGE, Some(LISTEN_EVENTS))
+                        .await
+                    {
+                        Ok(page) => {
+                            *replay_after = match page.last() {
+                                Some(e) if page.len() as u64 == REPLAY_PAGE => Some(e.cursor),
+                                _ => None,
+                            };
+                            backlog.extend(page);
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance_id = %instance_id, error = %e, "replaying the event log failed");
+                            return Next::End;
+                        }
+                    }
+                    continue;
+                }
+                match rx.recv().await {
+                    // Already replayed from the log.
+                    Ok(e) if e.cursor != 0 && e.cursor <= *last => {}
+                    Ok(e) => {
+                        *last = (*last).max(e.cursor);
+                        return Next::Event(e.json.to_string());
+                    }
                     Err(RecvError::Lagged(_)) => return Next::Slow,
                     Err(RecvError::Closed) => {
-                        // The actor restarted: follow the new one.
+                        // The actor restarted: follow the new one, and fill the gap
+                        // from the log.
                         match resubscribe(api, instance_id).await {
-                            Some((new_rx, new_statuses)) => {
+                            Some(new_rx) => {
                                 *rx = new_rx;
-                                *statuses = new_statuses;
+                                if *last > 0 {
+                                    *replay_after = Some(*last);
+                                }
                             }
                             None => return Next::End,
                         }
@@ -107,28 +145,17 @@ impl Source {
     }
 }
 
+/// The events the listen socket carries (and replays).
+const LISTEN_EVENTS: &[&str] = &["incoming_message", "message_status"];
+
 async fn subscribe(
     a: &ractor::ActorRef<InstanceMsg>,
-) -> Result<
-    (
-        broadcast::Receiver<IncomingMessage>,
-        broadcast::Receiver<MessageStatus>,
-    ),
-    ApiError,
-> {
-    let rx = call_t!(a, InstanceMsg::Subscribe, 5_000).map_err(|_| ApiError::internal())?;
-    let st = call_t!(a, InstanceMsg::SubscribeStatus, 5_000).map_err(|_| ApiError::internal())?;
-    Ok((rx, st))
+) -> Result<broadcast::Receiver<LiveEvent>, ApiError> {
+    call_t!(a, InstanceMsg::Subscribe, 5_000).map_err(|_| ApiError::internal())
 }
 
 /// Waits (bounded) for the instance's actor to be back and subscribes again.
-async fn resubscribe(
-    api: &Shared,
-    id: &str,
-) -> Option<(
-    broadcast::Receiver<IncomingMessage>,
-    broadcast::Receiver<MessageStatus>,
-)> {
+async fn resubscribe(api: &Shared, id: &str) -> Option<broadcast::Receiver<LiveEvent>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(a) = api.runtime.actor(id) {
@@ -224,25 +251,46 @@ pub fn global(p: Principal, ws: Ws, proto: Option<String>, api: Shared) -> Respo
     with_protocol(reply, proto)
 }
 
-/// `GET /api/listen/:id`.
+/// The `after` cursor of `?after=N` (absent: live only).
+pub fn after_cursor(query: &str) -> Result<Option<i64>, ApiError> {
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == "after" {
+            return v.parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or_else(|| {
+                ApiError::bad_request(
+                    "VALIDATION_ERROR",
+                    "after must be a cursor from an earlier event (a non-negative integer)",
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// `GET /api/listen/:id[?after=CURSOR]`: with `after`, the stored events after the
+/// cursor are sent first, then live ones, without a gap or a repeat.
 pub async fn listen(
     id: String,
     p: Principal,
+    query: String,
     ws: Ws,
     proto: Option<String>,
     api: Shared,
 ) -> Result<Response, ApiError> {
+    let after = after_cursor(&query)?;
     let instance = handlers::instance_for_ws(&api, &p, &id).await?;
     let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
         tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
         ApiError::internal()
     })?;
-    let (rx, statuses) = subscribe(&actor).await?;
+    // Subscribed before the log is read: nothing committed in between is missed.
+    let rx = subscribe(&actor).await?;
     let cfg = api.config.websocket.clone();
     let reply = ws.on_upgrade(move |socket| async move {
         let source = Source::Listen {
             rx,
-            statuses,
+            backlog: Default::default(),
+            replay_after: after,
+            last: after.unwrap_or(0),
             instance_id: id,
             api,
         };

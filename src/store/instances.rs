@@ -4,6 +4,7 @@
 //! Invariant: deleting an instance removes its whatsapp-rust rows first and the
 //! instance row last, so a crash midway leaves an instance that can be deleted again.
 
+use super::wa::spool::Spool;
 use super::wa::WaStore;
 use actors::instance::{InstanceRecord, InstanceStore};
 use actors::InstanceStatus;
@@ -31,6 +32,11 @@ pub mod entity {
         pub device_name: String,
         pub webhook_url: Option<String>,
         pub webhook_secret: Option<String>,
+        /// Webhook event filter: a JSON array of event names (`incoming_message`,
+        /// `message_status`, lifecycle names such as `INSTANCE_STATUS_CHANGED`, or
+        /// `*` for everything). `None`: the message events (`incoming_message`,
+        /// `message_status`).
+        pub webhook_events: Option<String>,
         /// Unix milliseconds.
         pub created_at: i64,
         pub updated_at: i64,
@@ -54,12 +60,25 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug)]
 pub struct Instances {
     db: DatabaseConnection,
+    /// Local spool of pending-inbound rows (see [`super::wa::spool`]).
+    spool: Option<Arc<Spool>>,
 }
 
 impl Instances {
     /// Over an already migrated database.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, spool: None }
+    }
+
+    /// With the spool whatsapp-rust's pending-inbound rows fall back to.
+    pub fn with_spool(mut self, spool: Option<Arc<Spool>>) -> Self {
+        self.spool = spool;
+        self
+    }
+
+    /// The whatsapp-rust store of one instance.
+    pub fn wa_store(&self, id: &str) -> WaStore {
+        WaStore::new(self.db.clone(), id).with_spool(self.spool.clone())
     }
 
     /// The pool (for stores that share it).
@@ -82,6 +101,7 @@ impl Instances {
             device_name: Set(device_name.to_string()),
             webhook_url: Set(None),
             webhook_secret: Set(None),
+            webhook_events: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
             connected_at: Set(None),
@@ -109,10 +129,31 @@ impl Instances {
 
     /// Deletes the instance and every row that belongs to it.
     pub async fn delete(&self, id: &str) -> Result<bool, DbErr> {
-        WaStore::new(self.db.clone(), id)
+        self.wa_store(id)
             .wipe()
             .await
             .map_err(|e| DbErr::Custom(e.to_string()))?;
+        // The message log, timeline, event log, idempotency keys and outbox rows hold
+        // message bodies: they go with the instance.
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        for table in [
+            "messages",
+            "message_status",
+            "events",
+            "idempotency_keys",
+            "webhook_outbox",
+        ] {
+            use sea_orm::sea_query::{Alias, Query};
+            let stmt = Query::delete()
+                .from_table(Alias::new(table))
+                .and_where(sea_orm::sea_query::ExprTrait::eq(
+                    Expr::col(Alias::new("instance_id")),
+                    id,
+                ))
+                .to_owned();
+            sea_orm::ConnectionTrait::execute(&txn, &stmt).await?;
+        }
+        txn.commit().await?;
         let r = entity::Entity::delete_by_id(id.to_string())
             .exec(&self.db)
             .await?;
@@ -135,6 +176,18 @@ impl Instances {
                 entity::Column::WebhookSecret,
                 Expr::value(secret.map(str::to_string)),
             )
+            .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (or with `None`, resets to the default) the webhook event filter.
+    pub async fn set_webhook_events(&self, id: &str, events: Option<&[String]>) -> Result<(), DbErr> {
+        let v = events.map(|e| serde_json::Value::from(e.to_vec()).to_string());
+        entity::Entity::update_many()
+            .col_expr(entity::Column::WebhookEvents, Expr::value(v))
             .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
             .filter(entity::Column::Id.eq(id))
             .exec(&self.db)
@@ -183,11 +236,12 @@ impl DbInstanceStore {
 #[async_trait]
 impl InstanceStore for DbInstanceStore {
     fn backend(&self, instance_id: &str) -> Arc<dyn whatsapp_rust::wacore::store::traits::Backend> {
-        Arc::new(WaStore::new(self.instances.db().clone(), instance_id))
+        Arc::new(self.instances.wa_store(instance_id))
     }
 
     async fn wipe_session(&self, instance_id: &str) -> Result<(), String> {
-        WaStore::new(self.instances.db().clone(), instance_id)
+        self.instances
+            .wa_store(instance_id)
             .wipe()
             .await
             .map_err(|e| e.to_string())

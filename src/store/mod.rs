@@ -3,5 +3,6 @@
 
 pub mod db;
 pub mod instances;
+pub mod journal;
 pub mod settings;
 pub mod wa;

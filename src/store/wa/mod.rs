@@ -32,6 +32,7 @@ pub mod entities;
 mod msg_secret;
 mod protocol;
 mod signal;
+pub mod spool;
 
 use std::sync::Arc;
 
@@ -61,6 +62,8 @@ pub struct WaStore {
     db: DatabaseConnection,
     /// The owning instance: the first primary-key column of every row written.
     instance_id: Arc<str>,
+    /// Where pending-inbound rows go while the database refuses them ([`spool`]).
+    spool: Option<Arc<spool::Spool>>,
 }
 
 impl WaStore {
@@ -69,7 +72,20 @@ impl WaStore {
         Self {
             db,
             instance_id: instance_id.into(),
+            spool: None,
         }
+    }
+
+    /// The same store, with a local spool for pending-inbound rows the database
+    /// refuses (see [`spool`]).
+    pub fn with_spool(mut self, spool: Option<Arc<spool::Spool>>) -> Self {
+        self.spool = spool;
+        self
+    }
+
+    /// The spool, if any.
+    pub(crate) fn spool(&self) -> Option<&spool::Spool> {
+        self.spool.as_deref()
     }
 
     /// The instance whose rows this store reads and writes.
@@ -98,7 +114,12 @@ impl WaStore {
             };
         }
         entities::with_wa_tables!(wipe);
-        txn.commit().await.map_err(db_err)
+        txn.commit().await.map_err(db_err)?;
+        if let Some(s) = self.spool() {
+            s.wipe(self.instance_id())
+                .map_err(|e| StoreError::Database(Box::new(e)))?;
+        }
+        Ok(())
     }
 
     /// `SELECT … WHERE instance_id = <this instance>`.

@@ -626,11 +626,28 @@ impl ProtocolStore for WaStore {
             .filter(pending_inbound::Column::StanzaId.eq(id))
             .one(&self.db)
             .await
-            .map_err(db_err)?;
-        Ok(row.map(|r| r.message))
+            .map_err(db_err);
+        match (row, self.spool()) {
+            (Ok(Some(r)), _) => Ok(Some(r.message)),
+            (Ok(None), None) => Ok(None),
+            (Ok(None), Some(s)) => s
+                .get(self.instance_id(), chat, sender, id)
+                .map_err(|e| StoreError::Database(Box::new(e))),
+            // The database is down: a spooled copy still answers; without one, fail
+            // closed (whatsapp-rust then withholds the ack instead of dropping).
+            (Err(e), Some(s)) => match s.get(self.instance_id(), chat, sender, id) {
+                Ok(Some(b)) => Ok(Some(b)),
+                _ => Err(e),
+            },
+            (Err(e), None) => Err(e),
+        }
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
+        if let Some(s) = self.spool() {
+            s.delete(self.instance_id(), chat, sender, id)
+                .map_err(|e| StoreError::Database(Box::new(e)))?;
+        }
         self.scoped_delete::<pending_inbound::Entity>()
             .filter(pending_inbound::Column::Chat.eq(chat))
             .filter(pending_inbound::Column::Sender.eq(sender))
@@ -642,6 +659,10 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
+        let spooled = self
+            .spool()
+            .map(|s| s.expire(self.instance_id(), cutoff_timestamp))
+            .unwrap_or(0);
         let cond = Condition::all().add(pending_inbound::Column::InsertedAt.lt(cutoff_timestamp));
         let res = self
             .scoped_delete::<pending_inbound::Entity>()
@@ -649,10 +670,11 @@ impl ProtocolStore for WaStore {
             .exec(&self.db)
             .await
             .map_err(db_err)?;
-        Ok(count(res.rows_affected))
+        Ok(count(res.rows_affected) + spooled)
     }
 
     async fn store_pending_inbound_batch(&self, rows: &[PendingInboundRow<'_>]) -> Result<()> {
+        let raw = rows;
         let now = wacore::time::now_secs();
         let rows = last_wins(rows.iter().map(|r| ((r.chat, r.sender, r.id), r.message)))
             .into_iter()
@@ -670,7 +692,23 @@ impl ProtocolStore for WaStore {
                 pending_inbound::Column::InsertedAt,
             ],
         );
-        self.upsert_batch(rows, on_conflict).await
+        match self.upsert_batch(rows, on_conflict).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let Some(spool) = self.spool() else {
+                    return Err(e);
+                };
+                // The database refuses the write: keep the buffered copies on disk so
+                // a redelivery can still be replayed (see the spool module).
+                tracing::warn!(instance_id = %self.instance_id(), rows = raw.len(), error = %e, "pending-inbound buffer spooled to disk");
+                for r in raw {
+                    spool
+                        .put(self.instance_id(), r.chat, r.sender, r.id, r.message)
+                        .map_err(|e| StoreError::Database(Box::new(e)))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> Result<()> {
@@ -682,6 +720,12 @@ impl ProtocolStore for WaStore {
             keys.iter().map(|k| (k.chat, k.sender, k.id)).collect();
         keys.sort_unstable();
         keys.dedup();
+        if let Some(s) = self.spool() {
+            for (chat, sender, id) in &keys {
+                s.delete(self.instance_id(), chat, sender, id)
+                    .map_err(|e| StoreError::Database(Box::new(e)))?;
+            }
+        }
         let txn = self.begin_write().await?;
         for (chat, sender, id) in keys {
             self.scoped_delete::<pending_inbound::Entity>()

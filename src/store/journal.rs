@@ -1,0 +1,798 @@
+//! The durable message path: the message log, the status timeline of sent messages,
+//! the durable event log (whose sequence numbers are the cursors clients resume from),
+//! and the webhook outbox rows derived from it — [`Journal`], the actors'
+//! [`EventSink`].
+//!
+//! Invariants:
+//! - Incoming messages are committed in one transaction per batch: message-log rows
+//!   (one per (chat, sender, message id); a repeat is ignored), one event per newly
+//!   stored message, and an outbox row per event the instance's webhook takes. A
+//!   replayed message therefore produces no second event and no second delivery.
+//! - Cursors only grow per instance, in commit order: every event-log write of one
+//!   instance runs under that instance's stripe lock, so a reader that saw cursor N has
+//!   already seen every smaller cursor of that instance that will ever exist.
+//! - The JSON an event is sent with (listen socket, webhook, catch-up) is built the same
+//!   way everywhere — the stored envelope plus its cursor — so the bytes are identical.
+
+use crate::outbox::entity as outbox;
+use crate::store::instances::entity as instance;
+use actors::events::{
+    with_cursor, EventSink, IncomingMessage, LifecycleNotice, LiveEvent, MessageStatus, SentRecord,
+};
+use async_trait::async_trait;
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The `messages` table: one row per message of an instance, in or out.
+pub mod message {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "messages")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub instance_id: String,
+        /// `in` or `out`.
+        pub direction: String,
+        pub message_id: String,
+        pub chat: String,
+        /// The sender's JID for incoming messages; empty for messages sent here.
+        pub sender: String,
+        pub sender_phone: Option<String>,
+        pub sender_lid: Option<String>,
+        pub push_name: Option<String>,
+        pub from_me: bool,
+        pub is_group: bool,
+        pub kind: String,
+        pub body: Option<String>,
+        /// Media metadata as JSON.
+        pub media: Option<String>,
+        /// Incoming: `received`. Outgoing: the furthest status reached.
+        pub status: String,
+        /// Unix milliseconds (the message's own time).
+        pub timestamp: i64,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `message_status` table: the timeline of sent messages, one row per
+/// (message, recipient device, status).
+pub mod status {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "message_status")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub instance_id: String,
+        pub message_id: String,
+        /// The device that reported it (empty for the server's ack and our own send).
+        pub recipient: String,
+        pub status: String,
+        /// Unix milliseconds.
+        pub at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `events` table: the durable event log.
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        /// The cursor.
+        #[sea_orm(primary_key)]
+        pub seq: i64,
+        pub instance_id: String,
+        pub event: String,
+        /// The envelope without its cursor.
+        pub payload: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Event names of the message events (the default webhook subscription).
+pub const MESSAGE_EVENTS: &[&str] = &["incoming_message", "message_status"];
+
+/// Every event name a webhook filter may list (`*` means all of them).
+pub const EVENT_NAMES: &[&str] = &[
+    "incoming_message",
+    "message_status",
+    "QR_GENERATED",
+    "QR_SUCCESS",
+    "QR_TIMEOUT",
+    "QR_CANCELLED",
+    "INSTANCE_STATUS_CHANGED",
+    "INSTANCE_ERROR",
+];
+
+/// Order of outbound statuses: a message's row only moves forward.
+fn rank(status: &str) -> i32 {
+    match status {
+        "pending" => 0,
+        "sent" => 1,
+        "server_ack" => 2,
+        "delivered" => 3,
+        "read" => 4,
+        "played" => 5,
+        _ => -1,
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether the filter (stored JSON array, `None` = default) takes `event`.
+pub fn filter_takes(filter: Option<&str>, event: &str) -> bool {
+    match filter {
+        None => MESSAGE_EVENTS.contains(&event),
+        Some(f) => match serde_json::from_str::<Vec<String>>(f) {
+            Ok(list) => list.iter().any(|e| e == "*" || e == event),
+            // An unreadable filter (never written by us) falls back to the default.
+            Err(_) => MESSAGE_EVENTS.contains(&event),
+        },
+    }
+}
+
+/// The JSON text an event is sent with.
+fn event_json(payload: &str, seq: i64) -> Arc<str> {
+    let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+    with_cursor(v, seq).to_string().into()
+}
+
+/// Filters of [`Journal::list_messages`].
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    pub chat: Option<String>,
+    /// `in` or `out`.
+    pub direction: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub before: Option<i64>,
+    /// Page size (1-500).
+    pub limit: u64,
+    /// From a previous page's `next_cursor`: only older rows.
+    pub cursor: Option<i64>,
+}
+
+/// A page of the message log, newest first.
+#[derive(Debug, Clone)]
+pub struct MessagePage {
+    pub messages: Vec<Value>,
+    /// Pass as `cursor` for the next (older) page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+/// What [`Journal::prune_at`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub messages: u64,
+    pub statuses: u64,
+    pub events: u64,
+    pub outbox: u64,
+}
+
+/// Retention of the message log and the event log.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Rows older than this many days go; 0 keeps them forever.
+    pub days: u32,
+    /// At most this many messages per instance (the oldest go first); 0: no cap.
+    pub max_rows_per_instance: u64,
+}
+
+/// The message log, status timeline, event log and outbox writer.
+#[derive(Clone)]
+pub struct Journal {
+    db: DatabaseConnection,
+    /// Webhooks on (`features.enable_webhook`): outbox rows are written.
+    webhooks: bool,
+    /// Rings the webhook worker.
+    wake: Arc<Notify>,
+    stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+}
+
+const STRIPES: usize = 64;
+
+impl Journal {
+    pub fn new(db: DatabaseConnection, webhooks: bool, wake: Arc<Notify>) -> Self {
+        Self {
+            db,
+            webhooks,
+            wake,
+            stripes: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
+        }
+    }
+
+    fn stripe(&self, instance_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        instance_id.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// The webhook target's filter, when the instance has a webhook and webhooks are on.
+    async fn webhook_filter(&self, instance_id: &str) -> Result<Option<Option<String>>, DbErr> {
+        if !self.webhooks {
+            return Ok(None);
+        }
+        let row = instance::Entity::find_by_id(instance_id.to_string())
+            .one(&self.db)
+            .await?;
+        Ok(row
+            .filter(|r| r.webhook_url.is_some())
+            .map(|r| r.webhook_events))
+    }
+
+    /// Appends an event (and its outbox row when the webhook takes it) inside `txn`.
+    async fn append<C: ConnectionTrait>(
+        txn: &C,
+        instance_id: &str,
+        event: &str,
+        envelope: &Value,
+        webhook: &Option<Option<String>>,
+        now: i64,
+    ) -> Result<(LiveEvent, bool), DbErr> {
+        let payload = envelope.to_string();
+        let res = event::Entity::insert(event::ActiveModel {
+            instance_id: Set(instance_id.to_string()),
+            event: Set(event.to_string()),
+            payload: Set(payload.clone()),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .exec(txn)
+        .await?;
+        let seq = res.last_insert_id;
+        let json = event_json(&payload, seq);
+        let mut queued = false;
+        if let Some(filter) = webhook {
+            if filter_takes(filter.as_deref(), event) {
+                outbox::Entity::insert(outbox::ActiveModel {
+                    id: Set(format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()))),
+                    instance_id: Set(instance_id.to_string()),
+                    event: Set(event.to_string()),
+                    payload: Set(json.to_string()),
+                    status: Set(crate::outbox::PENDING.into()),
+                    attempts: Set(0),
+                    next_attempt_at: Set(now),
+                    last_status_code: Set(None),
+                    last_error: Set(None),
+                    created_at: Set(now),
+                    delivered_at: Set(None),
+                })
+                .exec_without_returning(txn)
+                .await?;
+                queued = true;
+            }
+        }
+        Ok((
+            LiveEvent {
+                cursor: seq,
+                event: event.to_string(),
+                json,
+            },
+            queued,
+        ))
+    }
+
+    /// Commits incoming messages (see the module invariants); returns the new events.
+    pub async fn commit_incoming(
+        &self,
+        instance_id: &str,
+        msgs: &[IncomingMessage],
+    ) -> Result<Vec<LiveEvent>, DbErr> {
+        let webhook = self.webhook_filter(instance_id).await?;
+        let _order = self.stripe(instance_id).lock().await;
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let mut out = Vec::new();
+        let mut queued = false;
+        for m in msgs {
+            let row = message::ActiveModel {
+                instance_id: Set(instance_id.to_string()),
+                direction: Set(if m.from_me { "out" } else { "in" }.into()),
+                message_id: Set(m.message_id.clone()),
+                chat: Set(m.chat.clone()),
+                sender: Set(m.from.clone()),
+                sender_phone: Set(m.from_phone.clone()),
+                sender_lid: Set(m.from_lid.clone()),
+                push_name: Set(Some(m.push_name.clone()).filter(|p| !p.is_empty())),
+                from_me: Set(m.from_me),
+                is_group: Set(m.is_group),
+                kind: Set(m.kind.clone()),
+                body: Set(Some(m.message.clone()).filter(|b| !b.is_empty())),
+                media: Set(m
+                    .media
+                    .as_ref()
+                    .map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())),
+                status: Set(if m.from_me { "sent" } else { "received" }.into()),
+                timestamp: Set(m.timestamp * 1000),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            };
+            let inserted = message::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::columns([
+                        message::Column::InstanceId,
+                        message::Column::Chat,
+                        message::Column::Sender,
+                        message::Column::MessageId,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            if inserted == 0 {
+                continue; // already stored: a replay after a lost ack
+            }
+            let (e, q) = Self::append(
+                &txn,
+                instance_id,
+                "incoming_message",
+                &m.to_envelope(),
+                &webhook,
+                now,
+            )
+            .await?;
+            queued |= q;
+            out.push(e);
+        }
+        txn.commit().await?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Logs a message this instance sent, with `sent` as its first status.
+    pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        message::Entity::insert(message::ActiveModel {
+            instance_id: Set(s.instance_id.clone()),
+            direction: Set("out".into()),
+            message_id: Set(s.message_id.clone()),
+            chat: Set(s.chat.clone()),
+            sender: Set(String::new()),
+            sender_phone: Set(None),
+            sender_lid: Set(None),
+            push_name: Set(None),
+            from_me: Set(true),
+            is_group: Set(s.is_group),
+            kind: Set(s.kind.clone()),
+            body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
+            media: Set(s
+                .media
+                .as_ref()
+                .map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())),
+            status: Set("sent".into()),
+            timestamp: Set(s.timestamp * 1000),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::columns([
+                message::Column::InstanceId,
+                message::Column::Chat,
+                message::Column::Sender,
+                message::Column::MessageId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
+        txn.commit().await
+    }
+
+    async fn timeline<C: ConnectionTrait>(
+        txn: &C,
+        instance_id: &str,
+        message_id: &str,
+        recipient: &str,
+        st: &str,
+        at: i64,
+    ) -> Result<u64, DbErr> {
+        status::Entity::insert(status::ActiveModel {
+            instance_id: Set(instance_id.to_string()),
+            message_id: Set(message_id.to_string()),
+            recipient: Set(recipient.to_string()),
+            status: Set(st.to_string()),
+            at: Set(at),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::columns([
+                status::Column::InstanceId,
+                status::Column::MessageId,
+                status::Column::Recipient,
+                status::Column::Status,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await
+    }
+
+    /// Records a status of sent messages: timeline rows, the messages' furthest
+    /// status, a `message_status` event (and outbox row). A server ack for a message
+    /// the log does not know is ignored (acks cover every stanza we send).
+    pub async fn record_status(&self, st: &MessageStatus) -> Result<Option<LiveEvent>, DbErr> {
+        let webhook = self.webhook_filter(&st.instance_id).await?;
+        let _order = self.stripe(&st.instance_id).lock().await;
+        let now = now_ms();
+        let at = if st.timestamp > 0 {
+            st.timestamp * 1000
+        } else {
+            now
+        };
+        let txn = self.db.begin().await?;
+        let mut known = false;
+        for id in &st.message_ids {
+            let rows = message::Entity::find()
+                .filter(message::Column::InstanceId.eq(st.instance_id.as_str()))
+                .filter(message::Column::MessageId.eq(id.as_str()))
+                .filter(message::Column::Direction.eq("out"))
+                .all(&txn)
+                .await?;
+            known |= !rows.is_empty();
+            if rows.is_empty() && st.status == "server_ack" {
+                continue;
+            }
+            let recipient = st.recipient.clone().unwrap_or_default();
+            Self::timeline(&txn, &st.instance_id, id, &recipient, &st.status, at).await?;
+            for r in rows {
+                let new = if st.status == "error" {
+                    "failed"
+                } else {
+                    st.status.as_str()
+                };
+                if rank(new) > rank(&r.status) || (new == "failed" && rank(&r.status) < 3) {
+                    message::Entity::update_many()
+                        .col_expr(message::Column::Status, Expr::value(new))
+                        .col_expr(message::Column::UpdatedAt, Expr::value(now))
+                        .filter(message::Column::Seq.eq(r.seq))
+                        .exec(&txn)
+                        .await?;
+                }
+            }
+        }
+        if !known && st.status == "server_ack" {
+            txn.commit().await?;
+            return Ok(None);
+        }
+        let (e, queued) = Self::append(
+            &txn,
+            &st.instance_id,
+            "message_status",
+            &st.to_envelope(),
+            &webhook,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok(Some(e))
+    }
+
+    /// Appends a lifecycle notice to the event log (and the outbox if subscribed).
+    pub async fn record_lifecycle(&self, n: &LifecycleNotice) -> Result<(), DbErr> {
+        let id = n.instance_id().to_string();
+        let webhook = self.webhook_filter(&id).await?;
+        let env = n.to_envelope();
+        let name = env["event"].as_str().unwrap_or_default().to_string();
+        let _order = self.stripe(&id).lock().await;
+        let txn = self.db.begin().await?;
+        let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
+        txn.commit().await?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Events of an instance after `after` (exclusive), oldest first; `kinds` limits
+    /// them to those event names.
+    pub async fn events_after(
+        &self,
+        instance_id: &str,
+        after: i64,
+        limit: u64,
+        kinds: Option<&[&str]>,
+    ) -> Result<Vec<LiveEvent>, DbErr> {
+        let mut q = event::Entity::find()
+            .filter(event::Column::InstanceId.eq(instance_id))
+            .filter(event::Column::Seq.gt(after));
+        if let Some(k) = kinds {
+            q = q.filter(event::Column::Event.is_in(k.iter().copied()));
+        }
+        Ok(q.order_by_asc(event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| LiveEvent {
+                json: event_json(&r.payload, r.seq),
+                cursor: r.seq,
+                event: r.event,
+            })
+            .collect())
+    }
+
+    /// A page of an instance's message log, newest first.
+    pub async fn list_messages(
+        &self,
+        instance_id: &str,
+        q: &MessageQuery,
+    ) -> Result<MessagePage, DbErr> {
+        let limit = q.limit.clamp(1, 500);
+        let mut s = message::Entity::find().filter(message::Column::InstanceId.eq(instance_id));
+        if let Some(c) = &q.chat {
+            s = s.filter(message::Column::Chat.eq(c.as_str()));
+        }
+        if let Some(d) = &q.direction {
+            s = s.filter(message::Column::Direction.eq(d.as_str()));
+        }
+        if let Some(t) = q.since {
+            s = s.filter(message::Column::Timestamp.gte(t));
+        }
+        if let Some(t) = q.before {
+            s = s.filter(message::Column::Timestamp.lt(t));
+        }
+        if let Some(c) = q.cursor {
+            s = s.filter(message::Column::Seq.lt(c));
+        }
+        let mut rows = s
+            .order_by_desc(message::Column::Seq)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(|r| r.seq) } else { None };
+        Ok(MessagePage {
+            messages: rows.iter().map(message_json).collect(),
+            next_cursor,
+        })
+    }
+
+    /// One message (the newest with that id) with its status timeline.
+    pub async fn get_message(
+        &self,
+        instance_id: &str,
+        message_id: &str,
+    ) -> Result<Option<Value>, DbErr> {
+        let Some(row) = message::Entity::find()
+            .filter(message::Column::InstanceId.eq(instance_id))
+            .filter(message::Column::MessageId.eq(message_id))
+            .order_by_desc(message::Column::Seq)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let timeline = status::Entity::find()
+            .filter(status::Column::InstanceId.eq(instance_id))
+            .filter(status::Column::MessageId.eq(message_id))
+            .order_by_asc(status::Column::At)
+            .order_by_asc(status::Column::Seq)
+            .all(&self.db)
+            .await?;
+        let mut v = message_json(&row);
+        v["statuses"] = Value::Array(
+            timeline
+                .iter()
+                .map(|t| {
+                    json!({
+                        "status": t.status,
+                        "recipient": Some(&t.recipient).filter(|r| !r.is_empty()),
+                        "at": ms_rfc3339(t.at),
+                    })
+                })
+                .collect(),
+        );
+        Ok(Some(v))
+    }
+
+    /// Removes what retention says is old, as of `now` (unix ms). Outbox rows go only
+    /// once delivered or dead.
+    pub async fn prune_at(&self, r: Retention, now: i64) -> Result<Pruned, DbErr> {
+        let mut p = Pruned::default();
+        if r.days > 0 {
+            let cutoff = now - i64::from(r.days) * 86_400_000;
+            p.messages += message::Entity::delete_many()
+                .filter(message::Column::CreatedAt.lt(cutoff))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            p.statuses += status::Entity::delete_many()
+                .filter(status::Column::At.lt(cutoff))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            p.events += event::Entity::delete_many()
+                .filter(event::Column::CreatedAt.lt(cutoff))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            p.outbox += outbox::Entity::delete_many()
+                .filter(outbox::Column::CreatedAt.lt(cutoff))
+                .filter(outbox::Column::Status.ne(crate::outbox::PENDING))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+        }
+        if r.max_rows_per_instance > 0 {
+            let ids: Vec<String> = message::Entity::find()
+                .select_only()
+                .column(message::Column::InstanceId)
+                .distinct()
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            for id in ids {
+                // The seq of the newest row past the cap: it and everything older go.
+                let edge: Option<i64> = message::Entity::find()
+                    .select_only()
+                    .column(message::Column::Seq)
+                    .filter(message::Column::InstanceId.eq(id.as_str()))
+                    .order_by_desc(message::Column::Seq)
+                    .offset(r.max_rows_per_instance)
+                    .into_tuple()
+                    .one(&self.db)
+                    .await?;
+                if let Some(edge) = edge {
+                    p.messages += message::Entity::delete_many()
+                        .filter(message::Column::InstanceId.eq(id.as_str()))
+                        .filter(message::Column::Seq.lte(edge))
+                        .exec(&self.db)
+                        .await?
+                        .rows_affected;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Prunes every `every` until the process ends.
+    pub fn spawn_pruner(self, r: Retention, every: std::time::Duration) {
+        if r.days == 0 && r.max_rows_per_instance == 0 {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match self.prune_at(r, now_ms()).await {
+                    Ok(p) if p != Pruned::default() => tracing::info!(?p, "retention pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+                }
+            }
+        });
+    }
+
+    /// Whether the database takes writes: one tiny write transaction.
+    pub async fn probe_writable(&self) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        event::Entity::delete_many()
+            .filter(event::Column::Seq.lt(0))
+            .exec(&txn)
+            .await?;
+        // An UPDATE that matches nothing still needs the write lock on SQLite.
+        crate::store::settings::setting::Entity::update_many()
+            .col_expr(
+                crate::store::settings::setting::Column::UpdatedAt,
+                Expr::value(0),
+            )
+            .filter(crate::store::settings::setting::Column::Key.eq("\u{0}probe"))
+            .exec(&txn)
+            .await?;
+        txn.commit().await
+    }
+}
+
+fn ms_rfc3339(ms: i64) -> Value {
+    json!(chrono::DateTime::from_timestamp_millis(ms).map(actors::events::rfc3339))
+}
+
+/// A message-log row as the API shows it.
+pub fn message_json(r: &message::Model) -> Value {
+    let media: Value = r
+        .media
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or(Value::Null);
+    json!({
+        "messageId": r.message_id,
+        "direction": r.direction,
+        "chat": r.chat,
+        "from": Some(&r.sender).filter(|s| !s.is_empty()),
+        "fromPhone": r.sender_phone,
+        "fromLid": r.sender_lid,
+        "pushName": r.push_name,
+        "fromMe": r.from_me,
+        "isGroup": r.is_group,
+        "type": r.kind,
+        "text": r.body,
+        "media": media,
+        "status": r.status,
+        "timestamp": ms_rfc3339(r.timestamp),
+        "storedAt": ms_rfc3339(r.created_at),
+        "cursor": r.seq.to_string(),
+    })
+}
+
+#[async_trait]
+impl EventSink for Journal {
+    async fn commit_incoming(
+        &self,
+        instance_id: &str,
+        msgs: &[IncomingMessage],
+    ) -> Result<Vec<LiveEvent>, String> {
+        Journal::commit_incoming(self, instance_id, msgs)
+            .await
+            .map_err(|e| format!("committing incoming messages failed: {e}"))
+    }
+
+    async fn record_sent(&self, sent: &SentRecord) -> Result<(), String> {
+        Journal::record_sent(self, sent)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
+        Journal::record_status(self, status)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String> {
+        Journal::record_lifecycle(self, notice)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn probe_writable(&self) -> Result<(), String> {
+        Journal::probe_writable(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
