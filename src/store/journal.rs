@@ -722,7 +722,7 @@ impl Journal {
                 crate::store::settings::setting::Column::UpdatedAt,
                 Expr::value(0),
             )
-            .filter(crate::store::settings::setting::Column::Key.eq("\u{0}probe"))
+            .filter(crate::store::settings::setting::Column::Key.eq("sudevwa.write-probe"))
             .exec(&txn)
             .await?;
         txn.commit().await

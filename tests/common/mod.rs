@@ -54,6 +54,13 @@ impl TestServer {
         extra: &[(&str, &str)],
         timing: Option<actors::instance::InstanceTiming>,
     ) -> Self {
+        // SUDEVWA_TEST_LOG=<filter> prints the server's logs while debugging a test.
+        if let Ok(filter) = std::env::var("SUDEVWA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let mut env = BTreeMap::new();
         for (k, v) in [
             (

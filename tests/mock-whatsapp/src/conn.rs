@@ -262,8 +262,10 @@ impl Session {
                 .get_mut(phone)
                 .and_then(|a| a.devices.get_mut(dev))
             {
+                // Unacked messages stay unacked: redelivered at the next login.
                 if d.conn.as_ref().is_some_and(|c| c.id == self.conn.id) {
                     d.conn = None;
+                    d.draining = false;
                 }
             }
         }
@@ -314,7 +316,7 @@ impl Session {
     }
 
     async fn login(&mut self, phone: String, device: u32, noise_pub: [u8; 32]) {
-        let (lid, queued, refused) = {
+        let (lid, refused) = {
             let mut reg = self.shared.registry.lock().expect("registry lock");
             let refused = reg
                 .faults
@@ -330,15 +332,14 @@ impl Session {
                                     let _ = old.tx.try_send(Outbound::Close);
                                 }
                             }
-                            let queued: Vec<Node> = d.offline.drain(..).collect();
-                            d.delivered +=
-                                queued.iter().filter(|n| n.tag == "message").count() as u64;
-                            (Some(lid), queued, false)
+                            // Until the backlog is out, new stanzas queue behind it.
+                            d.draining = true;
+                            (Some(lid), false)
                         }
-                        _ => (None, Vec::new(), false),
+                        _ => (None, false),
                     }
                 }
-                _ => (None, Vec::new(), refused),
+                _ => (None, refused),
             }
         };
         if refused {
@@ -353,16 +354,49 @@ impl Session {
             self.close().await;
             return;
         };
-        self.me = Some((phone, device));
+        self.me = Some((phone.clone(), device));
         let success = NodeBuilder::new("success")
             .attr("t", now().to_string())
             .attr("lid", format!("{lid}:{device}@lid"))
             .build();
         self.send(success).await;
-        let count = queued.len();
-        for mut n in queued {
-            n.attrs.insert("offline", "1");
-            self.send(n).await;
+        // The backlog: every still-unacked message (first pass only), then the offline
+        // queue, drained until it stays empty; the connection goes live under the same
+        // lock as the last (empty) drain, so nothing can overtake the backlog.
+        let mut count = 0usize;
+        let mut first = true;
+        loop {
+            let (batch, close) = {
+                let mut reg = self.shared.registry.lock().expect("registry lock");
+                let Some(d) = reg
+                    .accounts
+                    .get_mut(&phone)
+                    .and_then(|a| a.devices.get_mut(&device))
+                    .filter(|d| d.conn.as_ref().is_some_and(|c| c.id == self.conn.id))
+                else {
+                    // Unlinked or taken over by a newer connection meanwhile.
+                    return;
+                };
+                let (batch, close) = take_backlog(d, first);
+                if batch.is_empty() || close {
+                    d.draining = false;
+                }
+                (batch, close)
+            };
+            first = false;
+            if batch.is_empty() {
+                break;
+            }
+            count += batch.len();
+            for mut n in batch {
+                n.attrs.insert("offline", "1");
+                self.send(n).await;
+            }
+            if close {
+                // Drop-before-ack fault: the socket goes before the client can ack.
+                self.close().await;
+                return;
+            }
         }
         let ib = NodeBuilder::new("ib")
             .attr("from", SERVER)
@@ -381,6 +415,7 @@ impl Session {
                     .await
             }
             "receipt" => crate::routing::route_receipt(&self.shared, self.me.as_ref(), node).await,
+            "ack" => crate::routing::route_ack(&self.shared, self.me.as_ref(), &node),
             "presence" | "chatstate" => {
                 crate::routing::route_presence(&self.shared, self.me.as_ref(), node).await
             }
@@ -538,18 +573,13 @@ impl Session {
             let acc = reg.account_mut(&p.phone, None);
             acc.devices.insert(
                 p.device_id,
-                crate::registry::Device {
-                    id: p.device_id,
-                    noise_pub: p.noise_pub,
-                    key_index: p.key_index,
-                    keys: p.keys,
-                    device_identity: identity,
-                    conn: None,
-                    offline: Default::default(),
-                    delivered: 0,
-                    awaiting_key_share: true,
-                    key_share_sent: false,
-                },
+                crate::registry::Device::new(
+                    p.device_id,
+                    p.noise_pub,
+                    p.key_index,
+                    p.keys,
+                    identity,
+                ),
             );
             true
         };
@@ -559,6 +589,35 @@ impl Session {
             self.close().await;
         }
     }
+}
+
+/// The next part of a login's backlog for `d`: on the first pass every unacked
+/// message again (counted as redelivered), then what the offline queue holds, its
+/// messages becoming unacked (counted as delivered). With the drop-before-ack fault
+/// armed the batch ends at its first message and `true` says to close after it.
+fn take_backlog(d: &mut crate::registry::Device, first: bool) -> (Vec<Node>, bool) {
+    let mut batch = Vec::new();
+    if first {
+        for u in &d.unacked {
+            batch.push(u.node.clone());
+            d.redelivered += 1;
+            if std::mem::take(&mut d.drop_before_ack) {
+                return (batch, true);
+            }
+        }
+    }
+    while let Some(n) = d.offline.pop_front() {
+        let message = n.tag == "message";
+        if message {
+            d.delivered += 1;
+            d.track(n.clone());
+        }
+        batch.push(n);
+        if message && std::mem::take(&mut d.drop_before_ack) {
+            return (batch, true);
+        }
+    }
+    (batch, false)
 }
 
 /// Every requested collection, synced at version 0 with nothing in it.

@@ -1,7 +1,7 @@
 //! A mock WhatsApp network that speaks the real protocol (Noise over WebSocket, binary
-//! nodes, QR pairing by a mock phone, prekeys, 1:1 routing with acks, receipts and
-//! offline queues, media) to the real, unmodified whatsapp-rust 0.7 client, on
-//! loopback only. Tests and the server's sandbox mode embed it; `cargo run -p
+//! nodes, QR pairing by a mock phone, prekeys, 1:1 routing with acks, receipts,
+//! offline queues and redelivery of messages a device has not acked, media) to the
+//! real, unmodified whatsapp-rust 0.7 client, on loopback only. Tests and the server's sandbox mode embed it; `cargo run -p
 //! mock-whatsapp` runs it alone.
 //!
 //! Layout: [`contact`] (simulated contacts: real clients driven from Rust), [`noise`] (handshake responder, transport ciphers), `conn` (one client
@@ -126,10 +126,46 @@ pub struct DeviceInfo {
     pub id: u32,
     pub connected: bool,
     pub offline_queue: usize,
+    /// Message stanzas written to this device for the first time.
     pub delivered: u64,
+    /// Unacked messages written again at a later login.
+    pub redelivered: u64,
+    /// Messages the device acknowledged.
+    pub acked: u64,
+    /// Messages written and not acknowledged yet (redelivered at the next login).
+    pub unacked: usize,
     pub prekeys_left: usize,
     /// The phone sent this device the app-state key share (Signal-encrypted).
     pub key_share_sent: bool,
+}
+
+/// One device's message acknowledgements (`GET /admin/devices/:phone/:device/acks`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AckStats {
+    /// The account's phone number.
+    pub phone: String,
+    /// The companion device id.
+    pub device: u32,
+    /// Whether it has a live connection.
+    pub connected: bool,
+    /// Ids of the messages written to the device and not acknowledged yet, oldest
+    /// first; they are redelivered (with `offline="1"`) at its next login.
+    pub unacked: Vec<String>,
+    /// Stanzas (messages and receipts) queued while it was offline.
+    pub offline_queue: usize,
+    /// Message stanzas written to a live connection for the first time (live, or out
+    /// of the offline queue at login).
+    pub delivered: u64,
+    /// Unacked messages written again at a later login.
+    pub redelivered: u64,
+    /// Unacked messages cleared by the device's `<ack class="message">` or receipt.
+    pub acked: u64,
+    /// Acks that matched an unacked message but were ignored because acks are held.
+    pub held_acks: u64,
+    /// Whether its acks are being ignored now ([`MockNetwork::hold_acks`]).
+    pub acks_held: bool,
+    /// Whether the drop-before-ack fault is armed ([`MockNetwork::drop_before_ack`]).
+    pub drop_before_ack: bool,
 }
 
 /// Counts of paired-device handshakes.
@@ -341,6 +377,40 @@ impl MockNetwork {
             .fail_uploads = on;
     }
 
+    /// While `on`, acks (`<ack class="message">` and receipts) from `phone`'s device
+    /// `device`, or from every device of the account with `None`, are ignored: the
+    /// messages stay unacked and are redelivered at the device's next login. Off for
+    /// one device releases it even from an account-wide hold; off with `None`
+    /// releases every hold of the account. False (nothing changed) when there is no
+    /// such account or device.
+    pub fn hold_acks(&self, phone: &str, device: Option<u32>, on: bool) -> bool {
+        hold_acks(&self.shared, phone, device, on)
+    }
+
+    /// Arms (or with `on` false disarms) a one-shot fault on `phone`'s device
+    /// `device`, or on every device of the account with `None`: the next message
+    /// stanza delivered to it (live, or in the backlog at its next login) is written
+    /// and the socket closed right after it, before the client can ack. The message
+    /// stays unacked and is redelivered at the next login. False when there is no
+    /// such account or device.
+    pub fn drop_before_ack(&self, phone: &str, device: Option<u32>, on: bool) -> bool {
+        drop_before_ack(&self.shared, phone, device, on)
+    }
+
+    /// Ids of the messages written to `phone`'s device `device` and not acknowledged
+    /// yet, oldest first (empty for an unknown device).
+    pub fn unacked(&self, phone: &str, device: u32) -> Vec<String> {
+        ack_stats(&self.shared, phone, device)
+            .map(|s| s.unacked)
+            .unwrap_or_default()
+    }
+
+    /// One device's ack tracking: unacked ids and the delivered, redelivered, acked
+    /// and held counters; `None` for an unknown device.
+    pub fn ack_stats(&self, phone: &str, device: u32) -> Option<AckStats> {
+        ack_stats(&self.shared, phone, device)
+    }
+
     /// The person types `code` (shown by a companion that asked for a pairing code for
     /// `phone`) on that phone. Pairing then completes as after a QR scan; a wrong code
     /// makes the companion's next step fail.
@@ -434,6 +504,71 @@ fn drop_connections(shared: &Shared, phone: Option<&str>) -> usize {
     conns.len()
 }
 
+fn hold_acks(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> bool {
+    let mut reg = shared.registry.lock().expect("registry lock");
+    let Some(acc) = reg.accounts.get(phone) else {
+        return false;
+    };
+    let others: Vec<u32> = match device {
+        Some(d) if !acc.devices.contains_key(&d) => return false,
+        Some(d) => acc.devices.keys().copied().filter(|x| *x != d).collect(),
+        None => Vec::new(),
+    };
+    let holds = &mut reg.faults.hold_acks;
+    let account_wide = (phone.to_string(), None);
+    match (device, on) {
+        (d, true) => {
+            holds.insert((phone.to_string(), d));
+        }
+        (None, false) => holds.retain(|(p, _)| p != phone),
+        (Some(d), false) => {
+            holds.remove(&(phone.to_string(), Some(d)));
+            // An account-wide hold now covers only the other devices.
+            if holds.remove(&account_wide) {
+                for o in others {
+                    holds.insert((phone.to_string(), Some(o)));
+                }
+            }
+        }
+    }
+    true
+}
+
+fn drop_before_ack(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> bool {
+    let mut reg = shared.registry.lock().expect("registry lock");
+    let Some(acc) = reg.accounts.get_mut(phone) else {
+        return false;
+    };
+    let mut any = false;
+    for d in acc
+        .devices
+        .values_mut()
+        .filter(|d| device.is_none_or(|x| x == d.id))
+    {
+        d.drop_before_ack = on;
+        any = true;
+    }
+    any || device.is_none()
+}
+
+fn ack_stats(shared: &Shared, phone: &str, device: u32) -> Option<AckStats> {
+    let reg = shared.registry.lock().expect("registry lock");
+    let d = reg.accounts.get(phone)?.devices.get(&device)?;
+    Some(AckStats {
+        phone: phone.to_string(),
+        device,
+        connected: d.conn.is_some(),
+        unacked: d.unacked.iter().map(|u| u.id.clone()).collect(),
+        offline_queue: d.offline.len(),
+        delivered: d.delivered,
+        redelivered: d.redelivered,
+        acked: d.acked,
+        held_acks: d.held_acks,
+        acks_held: reg.faults.acks_held(phone, device),
+        drop_before_ack: d.drop_before_ack,
+    })
+}
+
 fn accounts(shared: &Shared) -> Vec<AccountInfo> {
     let reg = shared.registry.lock().expect("registry lock");
     let mut v: Vec<AccountInfo> = reg
@@ -457,6 +592,9 @@ fn accounts(shared: &Shared) -> Vec<AccountInfo> {
                     connected: d.conn.is_some(),
                     offline_queue: d.offline.len(),
                     delivered: d.delivered,
+                    redelivered: d.redelivered,
+                    acked: d.acked,
+                    unacked: d.unacked.len(),
                     prekeys_left: d.keys.prekeys.len(),
                     key_share_sent: d.key_share_sent,
                 })
@@ -619,6 +757,14 @@ struct IkBody {
     accept: bool,
 }
 
+/// Body of the per-device fault switches (`hold-acks`, `drop-before-ack`).
+#[derive(serde::Deserialize)]
+struct DeviceFaultBody {
+    phone: String,
+    device: Option<u32>,
+    on: bool,
+}
+
 fn reply(status: u16, body: serde_json::Value) -> warp::reply::Response {
     use warp::Reply as _;
     let code = warp::http::StatusCode::from_u16(status).unwrap_or(warp::http::StatusCode::OK);
@@ -711,6 +857,38 @@ fn routes(
                 json!({"accept_ik": b.accept, "handshakes": handshake_stats(&s)}),
             )
         });
+    // `POST /admin/faults/<name>` with a `DeviceFaultBody`.
+    let device_fault = |name: &'static str, apply: fn(&Shared, &str, Option<u32>, bool) -> bool| {
+        warp::path("admin")
+            .and(warp::path("faults"))
+            .and(warp::path(name))
+            .and(warp::path::end())
+            .and(warp::post())
+            .and(warp::body::content_length_limit(4096))
+            .and(warp::body::json())
+            .and(with.clone())
+            .map(move |b: DeviceFaultBody, s: Shared| {
+                if apply(&s, &b.phone, b.device, b.on) {
+                    reply(
+                        200,
+                        json!({"phone": b.phone, "device": b.device, name: b.on}),
+                    )
+                } else {
+                    reply(404, json!({"error": "no such account or device"}))
+                }
+            })
+    };
+    let hold_r = device_fault("hold-acks", hold_acks);
+    let drop_ack_r = device_fault("drop-before-ack", drop_before_ack);
+    let acks_r = warp::path!("admin" / "devices" / String / u32 / "acks")
+        .and(warp::get())
+        .and(with.clone())
+        .map(
+            |phone: String, device: u32, s: Shared| match ack_stats(&s, &phone, device) {
+                Some(st) => reply(200, json!(st)),
+                None => reply(404, json!({"error": "no such account or device"})),
+            },
+        );
     let groups_r = warp::path!("admin" / "groups")
         .and(warp::post())
         .and(warp::body::content_length_limit(64 * 1024))
@@ -793,6 +971,12 @@ fn routes(
         .or(drop_r)
         .unify()
         .or(ik_r)
+        .unify()
+        .or(hold_r)
+        .unify()
+        .or(drop_ack_r)
+        .unify()
+        .or(acks_r)
         .unify()
         .or(code_r)
         .unify()

@@ -7,7 +7,6 @@
 //! Each share opens a fresh session: the phone never talks to that device again, so
 //! its Signal state lives only for the duration of one encryption.
 
-use crate::registry::Outbound;
 use crate::Shared;
 use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::libsignal::protocol::{
@@ -272,8 +271,8 @@ pub(crate) async fn share_app_state_key(
         }
         crate::routing::deliver(&mut reg, phone, device, stanza)
     };
-    if let Some((conn, node)) = out {
-        let _ = conn.tx.send(Outbound::Node(node)).await;
+    if let Some(d) = out {
+        d.send().await;
     }
     Ok(())
 }

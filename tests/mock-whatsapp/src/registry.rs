@@ -1,6 +1,6 @@
 //! The network's state: accounts (phone numbers), their companion devices with the
-//! Signal keys those devices uploaded, pending QR pairings, live connections and
-//! per-device offline queues.
+//! Signal keys those devices uploaded, pending QR pairings, live connections,
+//! per-device offline queues and the message stanzas each device has not acked yet.
 //!
 //! One `std::sync::Mutex` guards it all; it is never held across an await.
 
@@ -36,6 +36,50 @@ pub struct DeviceKeys {
     pub prekeys: VecDeque<(Vec<u8>, Vec<u8>)>,
 }
 
+/// A message stanza written to a device's live connection and not acknowledged yet
+/// (by an `<ack class="message">` or a `<receipt>` from that device). It is
+/// redelivered at the device's next login until it is.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    /// The stanza's `id`.
+    pub id: String,
+    /// Its `from`: the sending device, the group, or the account's phone.
+    pub from: String,
+    /// Its `participant` (the sending member of a group), if any.
+    pub participant: Option<String>,
+    /// The stanza as first written (no `offline` attribute).
+    pub node: Node,
+}
+
+/// What identifies a message stanza for acks: `id`, `from`, `participant`.
+type MessageKey = (String, String, Option<String>);
+
+fn key_of(node: &Node) -> MessageKey {
+    let get = |k: &str| node.attrs.get(k).map(|v| v.to_string());
+    (
+        get("id").unwrap_or_default(),
+        get("from").unwrap_or_default(),
+        get("participant"),
+    )
+}
+
+impl Unacked {
+    /// The entry for a message stanza, keyed by its `id`, `from` and `participant`.
+    pub fn of(node: Node) -> Self {
+        let (id, from, participant) = key_of(&node);
+        Self {
+            id,
+            from,
+            participant,
+            node,
+        }
+    }
+
+    fn has_key(&self, key: &MessageKey) -> bool {
+        self.id == key.0 && self.from == key.1 && self.participant == key.2
+    }
+}
+
 /// A companion device of an account.
 #[derive(Debug)]
 pub struct Device {
@@ -46,15 +90,102 @@ pub struct Device {
     /// The companion's signed device identity (from pair-device-sign).
     pub device_identity: Option<Vec<u8>>,
     pub conn: Option<ConnHandle>,
-    /// Stanzas waiting for the next login.
+    /// The connection in `conn` is logging in: it is still being sent the unacked and
+    /// queued stanzas, so new ones join the offline queue behind them (order kept).
+    pub draining: bool,
+    /// Stanzas waiting for the next login. Never holds a message that is in `unacked`.
     pub offline: VecDeque<Node>,
-    /// How many message stanzas were delivered to this device.
+    /// Message stanzas written to a live connection and not acked yet, oldest first.
+    pub unacked: Vec<Unacked>,
+    /// Message stanzas written to a live connection for the first time (live, or out
+    /// of the offline queue at login).
     pub delivered: u64,
+    /// Unacked message stanzas written again at a later login.
+    pub redelivered: u64,
+    /// Unacked entries cleared by the device's ack or receipt.
+    pub acked: u64,
+    /// Acks that matched an unacked entry but were ignored (acks held).
+    pub held_acks: u64,
+    /// One-shot fault: close the socket right after the next message stanza.
+    pub drop_before_ack: bool,
     /// Paired but its first prekey upload has not arrived yet: the mock phone shares
     /// the app-state key as soon as it does.
     pub awaiting_key_share: bool,
     /// The mock phone's app-state key share was encrypted and sent to this device.
     pub key_share_sent: bool,
+}
+
+impl Device {
+    /// A companion that just finished pairing (not connected yet).
+    pub fn new(
+        id: u32,
+        noise_pub: [u8; 32],
+        key_index: u32,
+        keys: DeviceKeys,
+        device_identity: Option<Vec<u8>>,
+    ) -> Self {
+        Self {
+            id,
+            noise_pub,
+            key_index,
+            keys,
+            device_identity,
+            conn: None,
+            draining: false,
+            offline: VecDeque::new(),
+            unacked: Vec::new(),
+            delivered: 0,
+            redelivered: 0,
+            acked: 0,
+            held_acks: 0,
+            drop_before_ack: false,
+            awaiting_key_share: true,
+            key_share_sent: false,
+        }
+    }
+
+    /// The live connection new stanzas may be written to now (none while offline or
+    /// while a login is still draining).
+    pub fn live(&self) -> Option<ConnHandle> {
+        self.conn.clone().filter(|_| !self.draining)
+    }
+
+    /// Records a message stanza being written to the live connection. A stanza with
+    /// the key of an entry already waiting (the sender sent the same id again)
+    /// replaces that entry in place, so nothing is redelivered twice.
+    pub fn track(&mut self, node: Node) {
+        let entry = Unacked::of(node);
+        let key = (
+            entry.id.clone(),
+            entry.from.clone(),
+            entry.participant.clone(),
+        );
+        match self.unacked.iter_mut().find(|u| u.has_key(&key)) {
+            Some(u) => *u = entry,
+            None => self.unacked.push(entry),
+        }
+    }
+
+    /// Queues a stanza for the next login. A message whose key is already waiting
+    /// (unacked, or queued) replaces that copy instead of being queued twice.
+    pub fn queue(&mut self, node: Node) {
+        if node.tag == "message" {
+            let key = key_of(&node);
+            if let Some(u) = self.unacked.iter_mut().find(|u| u.has_key(&key)) {
+                *u = Unacked::of(node);
+                return;
+            }
+            if let Some(q) = self
+                .offline
+                .iter_mut()
+                .find(|q| q.tag == "message" && key_of(q) == key)
+            {
+                *q = node;
+                return;
+            }
+        }
+        self.offline.push_back(node);
+    }
 }
 
 /// A phone-number account with its primary (the mock phone) and companions.
@@ -130,6 +261,17 @@ pub struct Faults {
     pub fail_prekey_fetch: bool,
     /// Media uploads answer HTTP 500.
     pub fail_uploads: bool,
+    /// Acks ignored: (phone, Some(device)) for one device, (phone, None) for every
+    /// device of the account.
+    pub hold_acks: BTreeSet<(String, Option<u32>)>,
+}
+
+impl Faults {
+    /// Whether acks from `phone`'s device `device` are being ignored.
+    pub fn acks_held(&self, phone: &str, device: u32) -> bool {
+        self.hold_acks.contains(&(phone.to_string(), None))
+            || self.hold_acks.contains(&(phone.to_string(), Some(device)))
+    }
 }
 
 /// Everything.

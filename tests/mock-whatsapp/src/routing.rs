@@ -196,23 +196,55 @@ pub(crate) fn prekey_bundles(shared: &Shared, key: Option<&Node>) -> Node {
     NodeBuilder::new("list").children(users).build()
 }
 
-/// Delivers `node` to a device: now if it is connected, else into its offline queue.
+/// A stanza to write to a live connection, then maybe close it.
+pub(crate) struct Delivery {
+    /// The device's live connection.
+    pub conn: ConnHandle,
+    /// The stanza to write.
+    pub node: Node,
+    /// The drop-before-ack fault fired: close the socket right after `node`.
+    pub close_after: bool,
+}
+
+impl Delivery {
+    /// Writes the stanza (and the close, if due).
+    pub(crate) async fn send(self) {
+        let _ = self.conn.tx.send(Outbound::Node(self.node)).await;
+        if self.close_after {
+            let _ = self.conn.tx.send(Outbound::Close).await;
+        }
+    }
+}
+
+/// Delivers `node` to a device: now if it is connected (a message stays unacked
+/// until the device acks it), else into its offline queue.
 pub(crate) fn deliver(
     reg: &mut Registry,
     phone: &str,
     device: u32,
     node: Node,
-) -> Option<(ConnHandle, Node)> {
+) -> Option<Delivery> {
     let d = reg.accounts.get_mut(phone)?.devices.get_mut(&device)?;
+    let Some(conn) = d.live() else {
+        d.queue(node);
+        return None;
+    };
+    let mut close_after = false;
     if node.tag == "message" {
         d.delivered += 1;
+        d.track(node.clone());
+        close_after = std::mem::take(&mut d.drop_before_ack);
     }
-    match &d.conn {
-        Some(c) => Some((c.clone(), node)),
-        None => {
-            d.offline.push_back(node);
-            None
-        }
+    Some(Delivery {
+        conn,
+        node,
+        close_after,
+    })
+}
+
+async fn send_deliveries(out: Vec<Delivery>) {
+    for d in out {
+        d.send().await;
     }
 }
 
@@ -220,6 +252,93 @@ async fn send_all(out: Vec<(ConnHandle, Node)>) {
     for (c, n) in out {
         let _ = c.tx.send(Outbound::Node(n)).await;
     }
+}
+
+/// The other side a message stanza or an ack names, comparable across addressing:
+/// `g:<id>` for a group, else the account's phone (a LID user is mapped to its
+/// phone) or the bare user; the device suffix is ignored.
+fn party(reg: &Registry, jid: &str) -> String {
+    match jid.parse::<Jid>() {
+        Ok(j) if j.server == "g.us" => format!("g:{}", j.user),
+        Ok(j) => reg
+            .find_user(&j.user)
+            .map(|a| a.phone.clone())
+            .unwrap_or_else(|| j.user.to_string()),
+        Err(_) => jid.to_string(),
+    }
+}
+
+/// A device acknowledged messages it received: `ids` sent by `to` (the other side of
+/// the original stanza's `from`), in a group by `participant`. Matching entries leave
+/// the device's unacked list, unless its acks are held. whatsapp-rust acks a 1:1 or
+/// group message it decrypted with a `<receipt>` (type delivery, `peer_msg`, `sender`
+/// or `inactive`; offline ones aggregated with a `<list>`) and the rest with an
+/// `<ack class="message">`; both name the stanza's `from` in `to` and, in groups, its
+/// `participant`.
+pub(crate) fn apply_acks(
+    reg: &mut Registry,
+    me: &(String, u32),
+    ids: &[String],
+    to: &str,
+    participant: Option<&str>,
+) {
+    let (phone, dev) = me;
+    let held = reg.faults.acks_held(phone, *dev);
+    let to = party(reg, to);
+    let participant = participant.map(|p| party(reg, p));
+    let Some(d) = reg.accounts.get(phone).and_then(|a| a.devices.get(dev)) else {
+        return;
+    };
+    let matched: Vec<usize> = d
+        .unacked
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| {
+            ids.contains(&u.id)
+                && party(reg, &u.from) == to
+                && match (&u.participant, &participant) {
+                    (Some(a), Some(b)) => party(reg, a) == *b,
+                    _ => true,
+                }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if matched.is_empty() {
+        return;
+    }
+    let Some(d) = reg
+        .accounts
+        .get_mut(phone)
+        .and_then(|a| a.devices.get_mut(dev))
+    else {
+        return;
+    };
+    if held {
+        d.held_acks += matched.len() as u64;
+        return;
+    }
+    d.acked += matched.len() as u64;
+    let mut i = 0usize;
+    d.unacked.retain(|_| {
+        let keep = !matched.contains(&i);
+        i += 1;
+        keep
+    });
+}
+
+/// `<ack class="message" id to [participant]>` from a device: clears the matching
+/// unacked message. Other ack classes are ignored.
+pub(crate) fn route_ack(shared: &Shared, me: Option<&(String, u32)>, node: &Node) {
+    let Some(me) = me else { return };
+    if attr(node, "class").as_deref() != Some("message") {
+        return;
+    }
+    let (Some(id), Some(to)) = (attr(node, "id"), attr(node, "to")) else {
+        return;
+    };
+    let participant = attr(node, "participant");
+    let mut reg = shared.registry.lock().expect("registry lock");
+    apply_acks(&mut reg, me, &[id], &to, participant.as_deref());
 }
 
 /// Routes a 1:1 message: ack to the sender, one stanza per addressed device.
@@ -296,34 +415,75 @@ pub(crate) async fn route_message(
             }
         }
     }
-    send_all(out).await;
+    send_deliveries(out).await;
 }
 
 /// Forwards a receipt to the device it is addressed to.
 pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
     let Some((my_phone, my_dev)) = me else { return };
-    let Some(to) = attr(&node, "to").and_then(|j| j.parse::<Jid>().ok()) else {
+    let Some(to_s) = attr(&node, "to") else {
+        return;
+    };
+    let typ = attr(&node, "type");
+    // Any receipt but a retry request says the device has the message(s).
+    if !matches!(typ.as_deref(), Some("retry" | "enc_rekey_retry")) {
+        let mut ids: Vec<String> = attr(&node, "id").into_iter().collect();
+        if let Some(list) = node.get_optional_child("list") {
+            ids.extend(
+                list.get_children_by_tag("item")
+                    .filter_map(|i| attr(i, "id")),
+            );
+        }
+        let participant = attr(&node, "participant");
+        let mut reg = shared.registry.lock().expect("registry lock");
+        apply_acks(
+            &mut reg,
+            &(my_phone.clone(), *my_dev),
+            &ids,
+            &to_s,
+            participant.as_deref(),
+        );
+    }
+    let Ok(to) = to_s.parse::<Jid>() else {
         return;
     };
     let mut b = NodeBuilder::new("receipt")
         .attr("from", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
         .attr("id", attr(&node, "id").unwrap_or_default())
         .attr("t", now().to_string());
-    if let Some(t) = attr(&node, "type") {
+    if let Some(t) = typ {
         b = b.attr("type", t);
     }
     let stanza = b.build();
-    let out = {
+    let out: Vec<Delivery> = {
         let mut reg = shared.registry.lock().expect("registry lock");
         let Some(phone) = reg.find_user(&to.user).map(|a| a.phone.clone()) else {
             return;
         };
-        if to.device == 0 {
-            return;
-        }
-        deliver(&mut reg, &phone, u32::from(to.device), stanza)
+        // Addressed to a device: that device. Addressed to the user (read receipts
+        // name the chat): every companion device of the account but the sender.
+        let targets: Vec<u32> = if to.device != 0 {
+            vec![u32::from(to.device)]
+        } else {
+            reg.accounts
+                .get(&phone)
+                .map(|a| {
+                    a.devices
+                        .keys()
+                        .copied()
+                        .filter(|d| *d != 0 && !(phone == *my_phone && *d == *my_dev))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        targets
+            .into_iter()
+            .filter_map(|d| deliver(&mut reg, &phone, d, stanza.clone()))
+            .collect()
     };
-    send_all(out.into_iter().collect()).await;
+    for d in out {
+        d.send().await;
+    }
 }
 
 /// Presence and chat state are recorded per account (not routed to subscribers yet).
@@ -595,7 +755,7 @@ pub(crate) async fn route_group_message(
             }
         }
     }
-    send_all(out).await;
+    send_deliveries(out).await;
 }
 
 /// Creates a group; every member must be a registered account.

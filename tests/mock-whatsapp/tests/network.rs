@@ -1,6 +1,7 @@
 //! The real whatsapp-rust client against the mock network: QR pairing by the mock
 //! phone, login, text both ways with receipts, media round trips, restart from the
-//! persisted store, number checks, logout and unlink, dropped sockets, IK fallback.
+//! persisted store, number checks, logout and unlink, dropped sockets, IK fallback,
+//! ack tracking (held acks, drop before ack, redelivery at the next login).
 //! Every wait has a deadline; nothing sleeps for a fixed time.
 
 use mock_whatsapp::contact::Contact;
@@ -534,4 +535,229 @@ async fn group_messages_fan_out_to_every_member() {
         (got.text.as_str(), got.from.as_str()),
         ("second", "6281300000002")
     );
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after 30 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One request to the admin API over plain HTTP: (status, JSON body).
+async fn admin(
+    net: &MockNetwork,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(net.addr()).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text}"));
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or_else(|| panic!("no JSON body: {text}"));
+    (status, json)
+}
+
+/// Waits until `phone`'s device 1 got the phone's key share and acked everything
+/// written to it, so a test's own messages are the only ones in flight.
+async fn settled(net: &MockNetwork, phone: &str) {
+    until(&format!("{phone} settled"), || {
+        let shared = net
+            .accounts()
+            .into_iter()
+            .find(|a| a.phone == phone)
+            .is_some_and(|a| a.devices.iter().all(|d| d.key_share_sent));
+        shared && net.unacked(phone, 1).is_empty()
+    })
+    .await;
+}
+
+/// Waits for `c` to see its socket go and come back.
+async fn reconnected(c: &mut Contact) {
+    c.wait("Disconnected", |e| {
+        matches!(e, Event::Disconnected(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    c.connected().await.unwrap();
+}
+
+/// With the recipient's acks held, a message stays unacked; after its socket drops
+/// the client reconnects by itself and the message is redelivered (and acked again,
+/// still held); once the hold is off the next redelivery's ack clears it.
+#[tokio::test]
+async fn held_acks_keep_a_message_unacked_and_it_is_redelivered() {
+    let net = MockNetwork::start().await.unwrap();
+    let a = contact(&net, "Alice", "15550000121").await;
+    let mut b = contact(&net, "Bob", "15550000122").await;
+    settled(&net, "15550000122").await;
+    let stats = || net.ack_stats("15550000122", 1).expect("Bob's device");
+    assert!(net.hold_acks("15550000122", None, true));
+    assert!(stats().acks_held);
+    assert!(!net.hold_acks("15559999999", None, true), "unknown account");
+
+    let id = a.send_text("15550000122", "held").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "held");
+    // Bob's client acked (its delivery receipt), and the ack was ignored.
+    until("Bob's held ack", || stats().held_acks >= 1).await;
+    assert_eq!(net.unacked("15550000122", 1), vec![id.clone()]);
+    let before = stats();
+    assert_eq!(before.redelivered, 0);
+
+    assert_eq!(net.drop_connections(Some("15550000122")), 1);
+    reconnected(&mut b).await;
+    until("the redelivery and its (held) ack", || {
+        let s = stats();
+        s.redelivered == 1 && s.held_acks > before.held_acks
+    })
+    .await;
+    assert_eq!(net.unacked("15550000122", 1), vec![id.clone()]);
+
+    // Released through the admin API this time.
+    let (status, body) = admin(
+        &net,
+        "POST",
+        "/admin/faults/hold-acks",
+        Some(serde_json::json!({"phone": "15550000122", "on": false})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["hold-acks"]),
+        (200, &serde_json::json!(false))
+    );
+    assert!(!stats().acks_held);
+    assert_eq!(net.drop_connections(Some("15550000122")), 1);
+    reconnected(&mut b).await;
+    until("the message acked", || {
+        net.unacked("15550000122", 1).is_empty()
+    })
+    .await;
+    let after = stats();
+    assert_eq!(after.redelivered, 2, "{after:?}");
+    assert_eq!(after.delivered, before.delivered, "{after:?}");
+    assert!(after.acked > before.acked, "{after:?}");
+    assert_eq!(after.offline_queue, 0);
+}
+
+/// The drop-before-ack fault: the message is written, the socket closes at once, the
+/// client reconnects, the message is redelivered and acked; the text was seen.
+#[tokio::test]
+async fn drop_before_ack_redelivers_the_message_after_the_reconnect() {
+    let net = MockNetwork::start().await.unwrap();
+    let a = contact(&net, "Alice", "15550000131").await;
+    let mut b = contact(&net, "Bob", "15550000132").await;
+    settled(&net, "15550000132").await;
+    let stats = || net.ack_stats("15550000132", 1).expect("Bob's device");
+    // Armed through the admin API (the Rust API's `drop_before_ack` does the same).
+    let arm = |device: u32| {
+        admin(
+            &net,
+            "POST",
+            "/admin/faults/drop-before-ack",
+            Some(serde_json::json!({"phone": "15550000132", "device": device, "on": true})),
+        )
+    };
+    assert_eq!(arm(9).await.0, 404, "no such device");
+    assert_eq!(arm(1).await.0, 200);
+    assert!(stats().drop_before_ack);
+
+    let id = a.send_text("15550000132", "dropped").await.unwrap();
+    let got = b.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str()),
+        ("dropped", id.as_str())
+    );
+    b.wait("Disconnected", |e| {
+        matches!(e, Event::Disconnected(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    b.connected().await.unwrap();
+    until("the redelivered message acked", || {
+        let s = stats();
+        s.redelivered == 1 && s.unacked.is_empty()
+    })
+    .await;
+    let s = stats();
+    assert!(!s.drop_before_ack, "one-shot: {s:?}");
+    assert!(s.acked >= 1 && s.connected, "{s:?}");
+    let (status, body) = admin(&net, "GET", "/admin/devices/15550000132/1/acks", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["redelivered"], 1);
+    assert_eq!(body["unacked"], serde_json::json!([]));
+    assert_eq!(
+        admin(&net, "GET", "/admin/devices/15550000132/7/acks", None)
+            .await
+            .0,
+        404
+    );
+    assert!(
+        !net.drop_before_ack("15550000132", Some(9), true),
+        "no such device"
+    );
+}
+
+/// Ordinary traffic (1:1 both ways, to and from a second device of the same account,
+/// and a group) leaves every device's unacked list empty: acks and receipts match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ordinary_traffic_leaves_nothing_unacked() {
+    let net = MockNetwork::start().await.unwrap();
+    let a = contact(&net, "Alice", "15550000141").await;
+    // Alice's second device gets copies of what she sends and what she is sent.
+    let _a2 = contact(&net, "Alice", "15550000141").await;
+    let mut b = contact(&net, "Bob", "15550000142").await;
+    let mut c = contact(&net, "Cat", "15550000143").await;
+    assert_eq!(net.accounts()[0].devices.len(), 2);
+    a.send_text("15550000142", "one").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "one");
+    b.send_text("15550000141", "two").await.unwrap();
+    let gid = net
+        .create_group("Acks", "15550000141", &["15550000142", "15550000143"])
+        .unwrap();
+    a.send_group_text(&gid, "to all").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "to all");
+    assert_eq!(c.next_text().await.unwrap().text, "to all");
+    c.send_group_text(&gid, "back").await.unwrap();
+    assert_eq!(b.next_text().await.unwrap().text, "back");
+
+    let devices = || {
+        net.accounts()
+            .into_iter()
+            .flat_map(|acc| acc.devices.into_iter().map(move |d| (acc.phone.clone(), d)))
+            .collect::<Vec<_>>()
+    };
+    until("every device's acks", || {
+        devices().iter().all(|(_, d)| d.unacked == 0)
+    })
+    .await;
+    assert_eq!(devices().len(), 4);
+    for (phone, d) in devices() {
+        let s = net.ack_stats(&phone, d.id).unwrap();
+        // A sender's resend (after a retry receipt) is delivered again under the same
+        // key, so acks can be fewer than deliveries, never more.
+        assert!(s.acked >= 2 && s.acked <= s.delivered, "{s:?}");
+        assert_eq!(s.redelivered, 0, "{s:?}");
+    }
 }
