@@ -548,7 +548,6 @@ async fn dropped_before_ack_is_redelivered_and_reported_once() {
     let mid = contact.send_text("6281500000031", "dropped once").await.unwrap();
     let stats = eventually("the redelivery acknowledged", DEADLINE, || {
         let s = net.ack_stats("6281500000031", 1)?;
-        eprintln!("ack stats: {s:?}");
         (s.redelivered >= 1 && s.unacked.is_empty()).then_some(s)
     })
     .await;
@@ -605,7 +604,6 @@ async fn message_status_reaches_the_webhook_in_order() {
     };
     let seen = eventually("server_ack, delivered and read", DEADLINE, || {
         let s = statuses(&hook.hits());
-        eprintln!("statuses so far: {s:?}");
         ["server_ack", "delivered", "read"]
             .iter()
             .all(|w| s.iter().any(|x| x == w))
@@ -642,6 +640,72 @@ async fn message_status_reaches_the_webhook_in_order() {
     for w in ["sent", "server_ack", "delivered", "read"] {
         assert!(timeline.contains(&w), "{w} in {timeline:?}");
     }
+    srv.stop().await;
+}
+
+/// A group message's timeline shows each member's device: delivered by both
+/// members, read by the one who read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_message_timeline_is_per_recipient() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "dur-group", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281500000071").await;
+    let mut ana = net.add_contact("6281500000072", "Ana").await.unwrap();
+    let mut ben = net.add_contact("6281500000073", "Ben").await.unwrap();
+    let gid = net
+        .create_group("Timeline", "6281500000071", &["6281500000072", "6281500000073"])
+        .unwrap();
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send-group/{id}"),
+            Some(&token),
+            Some(json!({"groupJid": gid, "message": "per recipient"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mid = v["data"]["messageId"].as_str().unwrap().to_string();
+    for c in [&mut ana, &mut ben] {
+        assert_eq!(c.next_text().await.unwrap().message_id, mid);
+    }
+    let group: whatsapp_rust::Jid = gid.parse().unwrap();
+    let sender: whatsapp_rust::Jid = "6281500000071@s.whatsapp.net".parse().unwrap();
+    ana.client
+        .mark_as_read(&group, Some(&sender), &[mid.as_str()])
+        .await
+        .unwrap();
+    let journal = journal_for(&format!("sqlite://{}/db.sqlite", srv.dir.display())).await;
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let timeline = loop {
+        let m = journal.get_message(&id, &mid).await.unwrap().expect("logged");
+        let t: Vec<(String, String)> = m["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["status"].as_str().unwrap_or("").to_string(),
+                    s["recipient"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let delivered: std::collections::BTreeSet<&str> = t
+            .iter()
+            .filter(|(s, _)| s == "delivered")
+            .map(|(_, r)| r.split(['@', ':']).next().unwrap_or(""))
+            .collect();
+        let read: Vec<&str> = t
+            .iter()
+            .filter(|(s, _)| s == "read")
+            .map(|(_, r)| r.split(['@', ':']).next().unwrap_or(""))
+            .collect();
+        if delivered.contains("6281500000072") && delivered.contains("6281500000073") && read == ["6281500000072"] {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < until, "per-recipient timeline: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(timeline.iter().any(|(s, r)| s == "sent" && r.is_empty()));
     srv.stop().await;
 }
 

@@ -444,15 +444,30 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
             participant.as_deref(),
         );
     }
-    let Ok(to) = to_s.parse::<Jid>() else {
+    let Ok(mut to) = to_s.parse::<Jid>() else {
         return;
     };
+    let me_jid = format!("{my_phone}:{my_dev}@s.whatsapp.net");
     let mut b = NodeBuilder::new("receipt")
-        .attr("from", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
         .attr("id", attr(&node, "id").unwrap_or_default())
         .attr("t", now().to_string());
+    if to.server == "g.us" {
+        // A receipt for a group message names the group and, as participant, the
+        // message's sender: it goes to the sender, from the group, with the
+        // receipt's author as participant.
+        let Some(sender) = attr(&node, "participant").and_then(|p| p.parse::<Jid>().ok()) else {
+            return;
+        };
+        b = b.attr("from", to_s.clone()).attr("participant", me_jid);
+        to = sender;
+    } else {
+        b = b.attr("from", me_jid);
+    }
     if let Some(t) = typ {
         b = b.attr("type", t);
+    }
+    if let Some(list) = node.get_optional_child("list") {
+        b = b.children([list.clone()]);
     }
     let stanza = b.build();
     let out: Vec<Delivery> = {
