@@ -17,6 +17,7 @@ mod common;
 
 use common::TestServer;
 use futures_util::StreamExt;
+use warp::Filter;
 use mock_whatsapp::MockNetwork;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -150,6 +150,15 @@ struct DropBody {
     instance_id: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+struct AckFaultBody {
+    instance_id: Option<String>,
+    /// Ignore the instance's acks (messages stay queued and come again on reconnect).
+    hold_acks: Option<bool>,
+    /// Close the instance's socket right after the next message is written to it.
+    drop_before_ack: Option<bool>,
+}
+
 fn phone(api: &Shared, raw: &str) -> Result<String, ApiError> {
     util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
 }
@@ -429,6 +438,40 @@ async fn drop_sockets(
     Ok(ok("Sockets dropped", json!({"dropped": n})))
 }
 
+/// `POST /sandbox/faults/acks`: the mock network's ack faults for an instance's
+/// number (every linked device), and what is still unacknowledged.
+async fn ack_faults(
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
+    admin_only(&p)?;
+    let b: AckFaultBody = parse(&body)?;
+    let id = required(&b.instance_id, "instance_id")?;
+    let number = instance_phone(&api, &p, &id).await?;
+    if let Some(on) = b.hold_acks {
+        sb.net.hold_acks(&number, None, on);
+    }
+    if let Some(on) = b.drop_before_ack {
+        sb.net.drop_before_ack(&number, None, on);
+    }
+    let devices: Vec<Value> = sb
+        .net
+        .accounts()
+        .into_iter()
+        .filter(|a| a.phone == number)
+        .flat_map(|a| a.devices.into_iter().map(|d| d.id))
+        .filter(|d| *d != 0)
+        .filter_map(|d| sb.net.ack_stats(&number, d))
+        .map(|s| json!({"device": s.device, "unacked": s.unacked, "acked": s.acked, "redelivered": s.redelivered, "hold_acks": s.acks_held, "drop_before_ack": s.drop_before_ack}))
+        .collect();
+    Ok(ok(
+        "Ack faults set",
+        json!({"instance_id": id, "devices": devices}),
+    ))
+}
+
 /// The `/sandbox/...` routes.
 pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
     let a = || with_api(api.clone());
@@ -503,7 +546,16 @@ pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
         .then(drop_sockets)
         .map(respond)
         .boxed();
-    [contacts, send, msgs, groups, unlink_r, drop_r]
+    let acks_r = p!("sandbox" / "faults" / "acks")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(ack_faults)
+        .map(respond)
+        .boxed();
+    [contacts, send, msgs, groups, unlink_r, drop_r, acks_r]
         .into_iter()
         .fold(scan_r, |acc, r| acc.or(r).unify().boxed())
 }
