@@ -175,6 +175,12 @@ pub async fn build_api(
         ),
         webhooks,
         journal,
+        idempotency: crate::store::idempotency::IdempotencyKeys::new(
+            db.clone(),
+            config.messages.idempotency_window,
+            // A pending key older than the longest send (media, 300 s) is abandoned.
+            std::time::Duration::from_secs(330),
+        ),
     }))
 }
 

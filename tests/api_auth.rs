@@ -103,6 +103,9 @@ fn routes(a: &str) -> Vec<(&'static str, String, Scope)> {
             format!("/api/instances/{a}/webhooks/d1/redeliver"),
             Instance,
         ),
+        ("GET", format!("/api/instances/{a}/messages"), Instance),
+        ("GET", format!("/api/instances/{a}/messages/M1"), Instance),
+        ("GET", format!("/api/instances/{a}/events"), Instance),
         ("GET", format!("/api/listen/{a}"), Instance),
         ("GET", "/ws".into(), Any),
     ]
@@ -434,7 +437,8 @@ async fn openapi_document_validates_and_lists_every_route() {
         let templ = path
             .replace(&a, "{id}")
             .replace("6281100000001", "{phone}")
-            .replace("/d1/", "/{delivery}/");
+            .replace("/d1/", "/{delivery}/")
+            .replace("/messages/M1", "/messages/{messageId}");
         let op = &doc["paths"][&templ][method.to_lowercase()];
         assert!(
             op.is_object(),

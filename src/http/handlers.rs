@@ -216,6 +216,99 @@ fn sent_data(sent: &Sent) -> Value {
     json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "to": sent.to, "verified": true})
 }
 
+/// A send's `Idempotency-Key` (checked) and the instance it is scoped to.
+pub struct Idem {
+    instance_id: String,
+    key: Option<String>,
+}
+
+impl Idem {
+    /// `raw`: the header value, if any: 1-255 printable ASCII characters.
+    pub fn new(instance_id: &str, raw: Option<String>) -> Result<Self, ApiError> {
+        if let Some(k) = &raw {
+            if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(ApiError::bad_request(
+                    "VALIDATION_ERROR",
+                    "Idempotency-Key must be 1-255 printable ASCII characters",
+                ));
+            }
+        }
+        Ok(Self {
+            instance_id: instance_id.to_string(),
+            key: raw,
+        })
+    }
+}
+
+/// SHA-256 (hex) over the parts of a request, each length-prefixed.
+fn request_hash(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Runs `send` at most once per `Idempotency-Key`: the first request sends (with the
+/// message id the key derives) and stores the answer; repeats with the same request
+/// get that answer, repeats with another request 409 `IDEMPOTENCY_KEY_REUSED`, and
+/// repeats while the first is still sending wait for it. Without a key: just `send`.
+async fn idempotent<F, Fut>(api: &Shared, idem: &Idem, hash: String, send: F) -> Result<Value, ApiError>
+where
+    F: FnOnce(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+{
+    use crate::store::idempotency::Begin;
+    let Some(key) = &idem.key else {
+        return send(None).await;
+    };
+    let keys = &api.idempotency;
+    let until = tokio::time::Instant::now() + Duration::from_millis(MEDIA_MS);
+    let message_id = loop {
+        match keys.begin(&idem.instance_id, key, &hash).await.map_err(db_error)? {
+            Begin::Send(id) => break id,
+            Begin::Replay(body) => {
+                return serde_json::from_str(&body).map_err(|_| ApiError::internal())
+            }
+            Begin::Conflict => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "This Idempotency-Key was used for a different request",
+                ))
+            }
+            Begin::Pending if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Begin::Pending => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_IN_PROGRESS",
+                    "A request with this Idempotency-Key is still being processed",
+                ))
+            }
+        }
+    };
+    match send(Some(message_id)).await {
+        Ok(v) => {
+            if let Err(e) = keys.finish(&idem.instance_id, key, &v.to_string()).await {
+                // Sent, but the answer is not stored: a repeat will wait for the
+                // stale-pending takeover and send again with the same message id.
+                tracing::warn!(error = %e, "storing an idempotent answer failed");
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(err) = keys.forget(&idem.instance_id, key).await {
+                tracing::warn!(error = %err, "releasing an idempotency key failed");
+            }
+            Err(e)
+        }
+    }
+}
+
 fn with_from(mut v: Value, from: &Instance) -> Value {
     v["from"] = json!(from.phone);
     v["instanceId"] = json!(from.id);
@@ -226,13 +319,14 @@ async fn send_text_with(
     actor: &ActorRef<InstanceMsg>,
     to: String,
     text: String,
+    message_id: Option<String>,
 ) -> Result<Sent, ApiError> {
     call_t!(
         actor,
         |reply| InstanceMsg::SendText {
             to,
             text,
-            message_id: None,
+            message_id,
             reply
         },
         SEND_MS
@@ -612,27 +706,40 @@ async fn do_send_text(
     actor: ActorRef<InstanceMsg>,
     to: String,
     text: String,
+    idem: Idem,
 ) -> Result<Value, ApiError> {
     let phone = util::normalize_phone(&to, &api.config.whatsapp.default_country_code)?;
-    let sent = send_text_with(&actor, phone, text).await?;
-    Ok(sent_data(&sent))
+    let hash = request_hash(&[b"text", phone.as_bytes(), text.as_bytes()]);
+    idempotent(api, &idem, hash, |id| async move {
+        let sent = send_text_with(&actor, phone, text, id).await?;
+        Ok(sent_data(&sent))
+    })
+    .await
 }
 
 /// `POST /api/send/:id`.
-pub async fn send_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn send_text(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
     guard(&p, &id)?;
     let (to, text) = text_body(&body)?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    let data = do_send_text(&api, a, to, text).await?;
+    let data = do_send_text(&api, a, to, text, idem).await?;
     Ok(ok("Message sent", data))
 }
 
 /// `POST /api/by-number/:phone`.
-pub async fn send_text_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn send_text_by_number(
+    phone: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     let (to, text) = text_body(&body)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    let data = do_send_text(&api, a, to, text).await?;
+    let idem = Idem::new(&row.id, key)?;
+    let data = do_send_text(&api, a, to, text, idem).await?;
     Ok(ok("Message sent", with_from(data, &row)))
 }
 
@@ -829,9 +936,29 @@ async fn url_media(api: &Shared, b: &MediaUrlBody) -> Result<MediaInput, ApiErro
 }
 
 async fn send_media_with(
+    api: &Shared,
     actor: &ActorRef<InstanceMsg>,
     to: String,
     m: MediaInput,
+    idem: &Idem,
+) -> Result<Value, ApiError> {
+    let hash = request_hash(&[
+        b"media",
+        to.as_bytes(),
+        util::media_kind_word(m.kind).as_bytes(),
+        m.mimetype.as_bytes(),
+        m.file_name.as_bytes(),
+        m.caption.as_deref().unwrap_or("").as_bytes(),
+        &m.bytes,
+    ]);
+    idempotent(api, idem, hash, |id| send_media_once(actor, to, m, id)).await
+}
+
+async fn send_media_once(
+    actor: &ActorRef<InstanceMsg>,
+    to: String,
+    m: MediaInput,
+    message_id: Option<String>,
 ) -> Result<Value, ApiError> {
     let (kind, size, file_name) = (m.kind, m.bytes.len(), m.file_name.clone());
     let media = OutgoingMedia {
@@ -846,7 +973,7 @@ async fn send_media_with(
         |reply| InstanceMsg::SendMedia {
             to,
             media,
-            message_id: None,
+            message_id,
             reply
         },
         MEDIA_MS
@@ -883,10 +1010,11 @@ async fn media_file(
     actor: ActorRef<InstanceMsg>,
     up: Upload,
     group: bool,
+    idem: Idem,
 ) -> Result<Value, ApiError> {
     let (raw, m) = upload_media(&api, up, if group { "groupJid" } else { "to" })?;
     let to = target(&api, &raw, group)?;
-    let v = send_media_with(&actor, to.clone(), m).await?;
+    let v = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
     Ok(if group { group_data(v, &to) } else { v })
 }
 
@@ -895,6 +1023,7 @@ async fn media_url(
     actor: ActorRef<InstanceMsg>,
     b: MediaUrlBody,
     group: bool,
+    idem: Idem,
 ) -> Result<Value, ApiError> {
     let raw = if group {
         required(&b.group_jid, "groupJid")?
@@ -903,7 +1032,7 @@ async fn media_url(
     };
     let to = target(&api, &raw, group)?;
     let m = url_media(&api, &b).await?;
-    let v = send_media_with(&actor, to.clone(), m).await?;
+    let v = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
     Ok(if group { group_data(v, &to) } else { v })
 }
 
@@ -924,29 +1053,45 @@ pub async fn send_media_file(
     id: String,
     p: Principal,
     form: warp::multipart::FormData,
+    key: Option<String>,
     api: Shared,
 ) -> R {
     guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_file(api, a, up, false).await?))
+    Ok(ok("Media sent", media_file(api, a, up, false, idem).await?))
 }
 
 /// `POST /api/send/:id/media-url`.
-pub async fn send_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn send_media_url(
+    id: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let b = media_url_body(&body, false)?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_url(api, a, b, false).await?))
+    Ok(ok("Media sent", media_url(api, a, b, false, idem).await?))
 }
 
 /// `POST /api/by-number/:phone/media-url`.
-pub async fn send_media_url_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn send_media_url_by_number(
+    phone: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     let b = media_url_body(&body, false)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    let v = media_url(api, a, b, false).await?;
+    let idem = Idem::new(&row.id, key)?;
+    let v = media_url(api, a, b, false, idem).await?;
     Ok(ok("Media sent", with_from(v, &row)))
 }
 
@@ -955,11 +1100,13 @@ pub async fn send_media_file_by_number(
     phone: String,
     p: Principal,
     form: warp::multipart::FormData,
+    key: Option<String>,
     api: Shared,
 ) -> R {
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    let v = media_file(api, a, up, false).await?;
+    let idem = Idem::new(&row.id, key)?;
+    let v = media_file(api, a, up, false, idem).await?;
     Ok(ok("Media sent", with_from(v, &row)))
 }
 
@@ -994,46 +1141,66 @@ fn group_text_body(body: &Bytes) -> Result<(String, String), ApiError> {
 }
 
 async fn do_group_text(
+    api: &Shared,
     actor: &ActorRef<InstanceMsg>,
     group_jid: String,
     text: String,
+    idem: Idem,
 ) -> Result<Value, ApiError> {
     let jid = group_jid.trim().to_string();
     if !util::is_group_jid(&jid) {
         return Err(instance_error(InstanceError::InvalidGroupJid));
     }
-    let g = jid.clone();
-    let sent = call_t!(
-        actor,
-        |reply| InstanceMsg::SendGroupText {
-            group_jid: g,
-            text,
-            message_id: None,
-            reply
-        },
-        SEND_MS
-    )
-    .map_err(actor_unreachable)?
-    .map_err(instance_error)?;
-    Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
+    let hash = request_hash(&[b"group-text", jid.as_bytes(), text.as_bytes()]);
+    idempotent(api, &idem, hash, |message_id| async move {
+        let g = jid.clone();
+        let sent = call_t!(
+            actor,
+            |reply| InstanceMsg::SendGroupText {
+                group_jid: g,
+                text,
+                message_id,
+                reply
+            },
+            SEND_MS
+        )
+        .map_err(actor_unreachable)?
+        .map_err(instance_error)?;
+        Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
+    })
+    .await
 }
 
 /// `POST /api/send-group/:id`.
-pub async fn group_text(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn group_text(
+    id: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let (gid, text) = group_text_body(&body)?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Message sent", do_group_text(&a, gid, text).await?))
+    Ok(ok("Message sent", do_group_text(&api, &a, gid, text, idem).await?))
 }
 
 /// `POST /api/send-group/by-number/:phone`.
-pub async fn group_text_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn group_text_by_number(
+    phone: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     let (gid, text) = group_text_body(&body)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
+    let idem = Idem::new(&row.id, key)?;
     Ok(ok(
         "Message sent",
-        with_from(do_group_text(&a, gid, text).await?, &row),
+        with_from(do_group_text(&api, &a, gid, text, idem).await?, &row),
     ))
 }
 
@@ -1042,22 +1209,31 @@ pub async fn group_media_file(
     id: String,
     p: Principal,
     form: warp::multipart::FormData,
+    key: Option<String>,
     api: Shared,
 ) -> R {
     guard(&p, &id)?;
     let up = read_upload(&api, form).await?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_file(api, a, up, true).await?))
+    Ok(ok("Media sent", media_file(api, a, up, true, idem).await?))
 }
 
 /// `POST /api/send-group/:id/media-url`.
-pub async fn group_media_url(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn group_media_url(
+    id: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let b = media_url_body(&body, true)?;
     let row = instance(&api, &p, &id).await?;
+    let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_url(api, a, b, true).await?))
+    Ok(ok("Media sent", media_url(api, a, b, true, idem).await?))
 }
 
 /// `POST /api/send-group/by-number/:phone/media`.
@@ -1065,19 +1241,28 @@ pub async fn group_media_file_by_number(
     phone: String,
     p: Principal,
     form: warp::multipart::FormData,
+    key: Option<String>,
     api: Shared,
 ) -> R {
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    let v = media_file(api, a, up, true).await?;
+    let idem = Idem::new(&row.id, key)?;
+    let v = media_file(api, a, up, true, idem).await?;
     Ok(ok("Media sent", with_from(v, &row)))
 }
 
 /// `POST /api/send-group/by-number/:phone/media-url`.
-pub async fn group_media_url_by_number(phone: String, p: Principal, body: Bytes, api: Shared) -> R {
+pub async fn group_media_url_by_number(
+    phone: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     let b = media_url_body(&body, true)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
-    let v = media_url(api, a, b, true).await?;
+    let idem = Idem::new(&row.id, key)?;
+    let v = media_url(api, a, b, true, idem).await?;
     Ok(ok("Media sent", with_from(v, &row)))
 }
 
@@ -1087,6 +1272,39 @@ pub async fn group_media_url_by_number(phone: String, p: Principal, body: Bytes,
 struct WebhookBody {
     url: Option<String>,
     secret: Option<String>,
+    /// Event names the webhook takes (absent: the message events).
+    events: Option<Vec<String>>,
+}
+
+/// Checks a webhook event filter against the known event names.
+fn webhook_events(events: &Option<Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
+    use crate::store::journal::EVENT_NAMES;
+    let Some(list) = events else {
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            "events must name at least one event (or be left out for the default)",
+        ));
+    }
+    if let Some(bad) = list.iter().find(|e| *e != "*" && !EVENT_NAMES.contains(&e.as_str())) {
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            format!(
+                "Unknown event {bad:?}: use * or any of {}",
+                EVENT_NAMES.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(list.clone()))
+}
+
+fn events_shown(events: &Option<Vec<String>>) -> Value {
+    match events {
+        Some(e) => json!(e),
+        None => json!(crate::store::journal::MESSAGE_EVENTS),
+    }
 }
 
 /// `POST /api/instances/:id/webhook-setconfig`: `{url, secret?}`; an empty url
@@ -1094,11 +1312,16 @@ struct WebhookBody {
 pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     guard(&p, &id)?;
     let b: WebhookBody = parse(&body)?;
+    let events = webhook_events(&b.events)?;
     let url = b.url.map(|u| u.trim().to_string()).unwrap_or_default();
     instance(&api, &p, &id).await?;
     if url.is_empty() {
         api.instances
             .set_webhook(&id, None, None)
+            .await
+            .map_err(db_error)?;
+        api.instances
+            .set_webhook_events(&id, None)
             .await
             .map_err(db_error)?;
         return Ok(ok(
@@ -1129,12 +1352,17 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
         .set_webhook(&id, Some(&url), Some(&secret))
         .await
         .map_err(db_error)?;
+    api.instances
+        .set_webhook_events(&id, events.as_deref())
+        .await
+        .map_err(db_error)?;
     Ok(ok(
         "Webhook configured",
         json!({
             "instanceId": id,
             "webhookUrl": url,
             "secret": secret,
+            "events": events_shown(&events),
             "enabled": api.config.features.enable_webhook,
         }),
     ))
@@ -1176,4 +1404,120 @@ pub async fn webhook_redeliver(id: String, delivery: String, p: Principal, api: 
 /// The id of an instance the caller may listen to (for `/api/listen/:id`).
 pub async fn instance_for_ws(api: &Shared, p: &Principal, id: &str) -> Result<String, ApiError> {
     Ok(instance(api, p, id).await?.id)
+}
+
+// ---------- message log and event log ----------
+
+/// A query string's pairs.
+fn query_pairs(query: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn bad_query(name: &str, what: &str) -> ApiError {
+    ApiError::bad_request("VALIDATION_ERROR", format!("{name} must be {what}"))
+}
+
+/// A time filter: RFC 3339 or unix milliseconds.
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(v) = q.get(name) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| bad_query(name, "an RFC 3339 time or unix milliseconds"))
+}
+
+fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| bad_query(name, &format!("an integer from {min} to {max}"))),
+    }
+}
+
+/// `GET /api/instances/:id/messages`: the message log, newest first.
+pub async fn messages_list(id: String, p: Principal, query: String, api: Shared) -> R {
+    use crate::store::journal::MessageQuery;
+    let q = query_pairs(&query);
+    let direction = match q.get("direction").map(String::as_str) {
+        None => None,
+        Some(d @ ("in" | "out")) => Some(d.to_string()),
+        Some(_) => return Err(bad_query("direction", "in or out")),
+    };
+    let mq = MessageQuery {
+        chat: q.get("chat").filter(|c| !c.is_empty()).cloned(),
+        direction,
+        since: time_param(&q, "since")?,
+        before: time_param(&q, "before")?,
+        limit: int_param(&q, "limit", 1, 500)?.unwrap_or(50) as u64,
+        cursor: int_param(&q, "cursor", 0, i64::MAX)?,
+    };
+    let row = instance(&api, &p, &id).await?;
+    let page = api
+        .journal
+        .list_messages(&row.id, &mq)
+        .await
+        .map_err(db_error)?;
+    Ok(ok(
+        "Messages",
+        json!({
+            "instanceId": row.id,
+            "messages": page.messages,
+            "nextCursor": page.next_cursor.map(|c| c.to_string()),
+        }),
+    ))
+}
+
+/// `GET /api/instances/:id/messages/:messageId`: one message with its status timeline.
+pub async fn message_get(id: String, message_id: String, p: Principal, api: Shared) -> R {
+    let row = instance(&api, &p, &id).await?;
+    match api
+        .journal
+        .get_message(&row.id, &message_id)
+        .await
+        .map_err(db_error)?
+    {
+        Some(m) => Ok(ok("Message", m)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MESSAGE_NOT_FOUND",
+            "No such message in this instance's log",
+        )),
+    }
+}
+
+/// `GET /api/instances/:id/events?after=&limit=`: the durable event log, oldest first.
+pub async fn events_list(id: String, p: Principal, query: String, api: Shared) -> R {
+    let q = query_pairs(&query);
+    let after = int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0);
+    let limit = int_param(&q, "limit", 1, 1000)?.unwrap_or(100) as u64;
+    let row = instance(&api, &p, &id).await?;
+    let events = api
+        .journal
+        .events_after(&row.id, after, limit, None)
+        .await
+        .map_err(db_error)?;
+    let next = events.last().map(|e| e.cursor).unwrap_or(after);
+    let list: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap_or(Value::Null))
+        .collect();
+    Ok(ok(
+        "Events",
+        json!({"instanceId": row.id, "events": list, "nextCursor": next.to_string()}),
+    ))
 }

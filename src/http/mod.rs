@@ -53,6 +53,8 @@ pub struct Api {
     pub webhooks: Option<Arc<dyn DeliveryLog>>,
     /// Message log, status timeline and durable event log.
     pub journal: crate::store::journal::Journal,
+    /// `Idempotency-Key`s of sends.
+    pub idempotency: crate::store::idempotency::IdempotencyKeys,
 }
 
 /// The webhook delivery log as the API needs it (implemented by the outbox).
@@ -353,6 +355,28 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         warp::post(),
         handlers::webhook_redeliver
     );
+    let raw_query = || {
+        warp::query::raw()
+            .or(warp::any().map(String::new))
+            .unify()
+    };
+    let messages = authed_route!(
+        p!("api" / "instances" / String / "messages"),
+        warp::get(),
+        handlers::messages_list,
+        raw_query()
+    );
+    let message = authed_route!(
+        p!("api" / "instances" / String / "messages" / String),
+        warp::get(),
+        handlers::message_get
+    );
+    let events = authed_route!(
+        p!("api" / "instances" / String / "events"),
+        warp::get(),
+        handlers::events_list,
+        raw_query()
+    );
     let check = authed_route!(
         p!("api" / "check" / String),
         warp::post(),
@@ -368,13 +392,15 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .max(api.config.limits.max_video_bytes)
         + 1024 * 1024;
     let multipart = move || warp::multipart::form().max_length(media_limit);
+    let idem = || warp::header::optional::<String>("idempotency-key");
     let send_by_number = authed_route!(
         p!("api" / "by-number" / String)
             .or(p!("api" / "send" / "by-number" / String))
             .unify(),
         warp::post(),
         handlers::send_text_by_number,
-        json()
+        json(),
+        idem()
     );
     let send_url_by_number = authed_route!(
         p!("api" / "by-number" / String / "media-url")
@@ -382,7 +408,8 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
             .unify(),
         warp::post(),
         handlers::send_media_url_by_number,
-        json()
+        json(),
+        idem()
     );
     let send_file_by_number = authed_route!(
         p!("api" / "by-number" / String / "media-file")
@@ -390,13 +417,15 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
             .unify(),
         warp::post(),
         handlers::send_media_file_by_number,
-        multipart()
+        multipart(),
+        idem()
     );
     let send = authed_route!(
         p!("api" / "send" / String),
         warp::post(),
         handlers::send_text,
-        json()
+        json(),
+        idem()
     );
     let send_file = p!("api" / "send" / String / "media")
         .and(warp::post())
@@ -404,6 +433,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .and_then(scoped)
         .untuple_one()
         .and(multipart())
+        .and(idem())
         .and(a())
         .then(handlers::send_media_file)
         .map(respond)
@@ -412,7 +442,8 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         p!("api" / "send" / String / "media-url"),
         warp::post(),
         handlers::send_media_url,
-        json()
+        json(),
+        idem()
     );
 
     // Groups.
@@ -426,31 +457,36 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         p!("api" / "send-group" / "by-number" / String),
         warp::post(),
         handlers::group_text_by_number,
-        json()
+        json(),
+        idem()
     );
     let group_url_by_number = authed_route!(
         p!("api" / "send-group" / "by-number" / String / "media-url"),
         warp::post(),
         handlers::group_media_url_by_number,
-        json()
+        json(),
+        idem()
     );
     let group_file_by_number = authed_route!(
         p!("api" / "send-group" / "by-number" / String / "media"),
         warp::post(),
         handlers::group_media_file_by_number,
-        multipart()
+        multipart(),
+        idem()
     );
     let group_send = authed_route!(
         p!("api" / "send-group" / String),
         warp::post(),
         handlers::group_text,
-        json()
+        json(),
+        idem()
     );
     let group_url = authed_route!(
         p!("api" / "send-group" / String / "media-url"),
         warp::post(),
         handlers::group_media_url,
-        json()
+        json(),
+        idem()
     );
     let group_file = p!("api" / "send-group" / String / "media")
         .and(warp::post())
@@ -458,6 +494,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .and_then(scoped)
         .untuple_one()
         .and(multipart())
+        .and(idem())
         .and(a())
         .then(handlers::group_media_file)
         .map(respond)
@@ -507,6 +544,9 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         webhook_set,
         webhook_log,
         webhook_redeliver,
+        messages,
+        message,
+        events,
         delete,
         list,
         check,

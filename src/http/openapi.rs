@@ -63,6 +63,7 @@ const GROUP_FILE: &[(&str, &str, bool)] = &[
     ("mediaType", "string", false),
 ];
 const SEND_ERRORS: &[&str] = &[
+    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -75,6 +76,7 @@ const SEND_ERRORS: &[&str] = &[
     "SEND_FAILED",
 ];
 const MEDIA_ERRORS: &[&str] = &[
+    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -92,6 +94,7 @@ const MEDIA_ERRORS: &[&str] = &[
 ];
 const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
 const GROUP_ERRORS: &[&str] = &[
+    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "SESSION_NOT_FOUND",
     "NOT_CONNECTED",
@@ -159,20 +162,27 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("post", "/api/send-group/by-number/{phone}/media", "groups", "Send an uploaded file to a group, by sender number", true, Body::Multipart(GROUP_FILE), BY_NUMBER),
     route!("post", "/api/send-group/by-number/{phone}/media-url", "groups", "Send a file from a URL to a group, by sender number", true, Body::Json(GROUP_URL), BY_NUMBER),
     route!("post", "/api/instances/{id}/webhook-setconfig", "webhooks", "Set the webhook URL and secret (empty url: off)", true,
-        Body::Json(&[("url", "string", true), ("secret", "string", false)]), &["VALIDATION_ERROR", "INVALID_WEBHOOK_URL", "SESSION_NOT_FOUND", "FORBIDDEN"]),
+        Body::Json(&[("url", "string", true), ("secret", "string", false), ("events", "array", false)]), &["VALIDATION_ERROR", "INVALID_WEBHOOK_URL", "SESSION_NOT_FOUND", "FORBIDDEN"]),
     route!("get", "/api/instances/{id}/webhooks", "webhooks", "Recent webhook deliveries", true, Body::None, INSTANCE),
     route!("post", "/api/instances/{id}/webhooks/{delivery}/redeliver", "webhooks", "Deliver one event again", true, Body::None,
         &["SESSION_NOT_FOUND", "FORBIDDEN", "DELIVERY_NOT_FOUND"]),
+    route!("get", "/api/instances/{id}/messages", "log", "The message log, newest first (query: chat, direction=in|out, since, before, limit 1-500, cursor)", true, Body::None,
+        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
+    route!("get", "/api/instances/{id}/messages/{messageId}", "log", "One message with its status timeline", true, Body::None,
+        &["SESSION_NOT_FOUND", "FORBIDDEN", "MESSAGE_NOT_FOUND"]),
+    route!("get", "/api/instances/{id}/events", "log", "The instance's events from the durable log, oldest first (query: after=cursor, limit 1-1000)", true, Body::None,
+        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
     route!("get", "/ws", "events", "WebSocket: lifecycle events (QR_GENERATED, QR_SUCCESS, QR_TIMEOUT, QR_CANCELLED, INSTANCE_STATUS_CHANGED, INSTANCE_ERROR)", true, Body::None, &[]),
-    route!("get", "/api/listen/{id}", "events", "WebSocket: the instance's incoming_message events", true, Body::None,
+    route!("get", "/api/listen/{id}", "events", "WebSocket: the instance's incoming_message and message_status events (?after=cursor replays the stored ones first)", true, Body::None,
         &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED"]),
 ];
 
 fn status_of(code: &str) -> u16 {
     match code {
-        "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND" => 404,
+        "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
+        | "MESSAGE_NOT_FOUND" => 404,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
-        "QR_IN_PROGRESS" => 409,
+        "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
         _ => 400,
@@ -184,6 +194,8 @@ fn body_schema(fields: &[(&str, &str, bool)]) -> Value {
     for (name, ty, _) in fields {
         let schema = if *ty == "binary" {
             json!({"type": "string", "format": "binary"})
+        } else if *ty == "array" {
+            json!({"type": "array", "items": {"type": "string"}})
         } else {
             json!({"type": ty})
         };

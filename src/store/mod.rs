@@ -2,6 +2,7 @@
 //! whatsapp-rust's session storage on sea-orm (`wa`).
 
 pub mod db;
+pub mod idempotency;
 pub mod instances;
 pub mod journal;
 pub mod settings;
