@@ -1,0 +1,369 @@
+//! The message log, the event log and idempotent sends over HTTP: paging and filters
+//! of `GET /api/instances/:id/messages`, one message with its timeline, `events?after=`
+//! returning exactly what came after a cursor, the webhook `events` filter, and
+//! `Idempotency-Key` (concurrent repeats, a different body, a restart).
+
+mod common;
+
+use common::{code, TestServer, DEADLINE};
+use mock_whatsapp::MockNetwork;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn get(srv: &TestServer, token: &str, path: &str) -> (u16, Value) {
+    srv.call("GET", path, Some(token), None).await
+}
+
+/// Waits until the instance's log holds `n` incoming messages.
+async fn wait_logged(srv: &TestServer, token: &str, id: &str, n: usize) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (s, v) = get(
+            srv,
+            token,
+            &format!("/api/instances/{id}/messages?direction=in&limit=500"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        if v["data"]["messages"].as_array().unwrap().len() >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "log never reached {n}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn message_log_pages_filters_and_shows_timelines() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "msglog", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281600000001").await;
+    let mut kiki = net.add_contact("6281600000002", "Kiki").await.unwrap();
+    let lulu = net.add_contact("6281600000003", "Lulu").await.unwrap();
+    let mut sent_by_kiki = Vec::new();
+    for i in 0..5 {
+        sent_by_kiki.push(kiki.send_text("6281600000001", &format!("k{i}")).await.unwrap());
+    }
+    for i in 0..3 {
+        lulu.send_text("6281600000001", &format!("l{i}")).await.unwrap();
+    }
+    wait_logged(&srv, &token, &id, 8).await;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6281600000002", "message": "out one"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out_id = v["data"]["messageId"].as_str().unwrap().to_string();
+    assert_eq!(kiki.next_text().await.unwrap().message_id, out_id);
+
+    // Three pages of 3 over 9 messages, newest first, no overlap, no gap.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..3 {
+        let path = match &cursor {
+            Some(c) => format!("/api/instances/{id}/messages?limit=3&cursor={c}"),
+            None => format!("/api/instances/{id}/messages?limit=3"),
+        };
+        let (s, v) = get(&srv, &token, &path).await;
+        assert_eq!(s, 200, "{v}");
+        let msgs = v["data"]["messages"].as_array().unwrap().clone();
+        assert_eq!(msgs.len(), 3, "page {page}: {v}");
+        seen.extend(msgs.iter().map(|m| m["messageId"].as_str().unwrap().to_string()));
+        cursor = v["data"]["nextCursor"].as_str().map(str::to_string);
+        if page < 2 {
+            assert!(cursor.is_some(), "page {page} has a next page");
+        }
+    }
+    assert_eq!(cursor, None, "the third page is the last");
+    assert_eq!(seen.len(), 9);
+    assert_eq!(seen[0], out_id, "newest first");
+    let uniq: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(uniq.len(), 9);
+
+    // Filters.
+    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?direction=out")).await;
+    let outs = v["data"]["messages"].as_array().unwrap();
+    assert_eq!(outs.len(), 1);
+    assert_eq!(outs[0]["messageId"], out_id.as_str());
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages?chat=6281600000003%40s.whatsapp.net"),
+    )
+    .await;
+    let lulus = v["data"]["messages"].as_array().unwrap();
+    assert_eq!(lulus.len(), 3, "{v}");
+    assert!(lulus.iter().all(|m| m["fromPhone"] == "6281600000003" && m["pushName"] == "Lulu"));
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages?since={}", urlenc(&future)),
+    )
+    .await;
+    assert_eq!(v["data"]["messages"].as_array().unwrap().len(), 0);
+    for bad in ["direction=sideways", "limit=0", "limit=501", "since=yesterday", "cursor=-1"] {
+        let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?{bad}")).await;
+        assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{bad}");
+    }
+
+    // One message, with its timeline (sent, then the server's ack and delivery).
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/{out_id}")).await;
+        assert_eq!(s, 200, "{v}");
+        let statuses: Vec<&str> = v["data"]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["status"].as_str().unwrap())
+            .collect();
+        if ["sent", "server_ack", "delivered"].iter().all(|w| statuses.contains(w)) {
+            assert_eq!(v["data"]["text"], "out one");
+            assert_eq!(v["data"]["direction"], "out");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "timeline: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/NOPE")).await;
+    assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"));
+    let incoming = &sent_by_kiki[2];
+    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/{incoming}")).await;
+    assert_eq!(v["data"]["text"], "k2");
+    assert_eq!(v["data"]["status"], "received");
+    srv.stop().await;
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_after_a_cursor_are_exactly_the_later_ones() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "evlog", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281600000011").await;
+    let mimi = net.add_contact("6281600000012", "Mimi").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(mimi.send_text("6281600000011", &format!("e{i}")).await.unwrap());
+    }
+    wait_logged(&srv, &token, &id, 6).await;
+    let incoming = |v: &Value| -> Vec<String> {
+        v["data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "incoming_message")
+            .map(|e| e["data"]["message_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, all) = get(&srv, &token, &format!("/api/instances/{id}/events?limit=1000")).await;
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(incoming(&all), ids, "every incoming message, in order");
+    let evs = all["data"]["events"].as_array().unwrap();
+    let cursors: Vec<i64> = evs
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    // After the cursor of the third incoming message: exactly the last three.
+    let third = evs
+        .iter()
+        .find(|e| e["data"]["message_id"] == ids[2].as_str())
+        .unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/events?after={third}")).await;
+    assert_eq!(incoming(&v), ids[3..].to_vec());
+    // Paging with limit and nextCursor covers the same list.
+    let mut after = "0".to_string();
+    let mut paged = Vec::new();
+    loop {
+        let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/events?after={after}&limit=2")).await;
+        let n = v["data"]["events"].as_array().unwrap().len();
+        paged.extend(incoming(&v));
+        after = v["data"]["nextCursor"].as_str().unwrap().to_string();
+        if n < 2 {
+            break;
+        }
+    }
+    assert_eq!(paged, ids);
+    for bad in ["after=x", "limit=0", "limit=1001"] {
+        let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/events?{bad}")).await;
+        assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{bad}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_events_filter_is_validated_and_honoured() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "whfilter", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
+    let (id, token) = srv.paired_instance(&net, "6281600000021").await;
+    let hits: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let h = hits.clone();
+    use warp::Filter;
+    let route = warp::post().and(warp::body::json()).map(move |v: Value| {
+        h.lock().unwrap().push(v);
+        warp::reply()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    let url = format!("http://{addr}/hook");
+    let path = format!("/api/instances/{id}/webhook-setconfig");
+    for bad in [json!([]), json!(["incoming_message", "nope"]), json!("incoming_message")] {
+        let (s, v) = srv
+            .call("POST", &path, Some(&token), Some(json!({"url": url, "events": bad})))
+            .await;
+        assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{bad}");
+    }
+    let (s, v) = srv.call("POST", &path, Some(&token), Some(json!({"url": url}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["events"], json!(["incoming_message", "message_status"]));
+    // Only statuses: an incoming message is not delivered, a status is.
+    let (s, v) = srv
+        .call(
+            "POST",
+            &path,
+            Some(&token),
+            Some(json!({"url": url, "events": ["message_status"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["events"], json!(["message_status"]));
+    let nana = net.add_contact("6281600000022", "Nana").await.unwrap();
+    let incoming = nana.send_text("6281600000021", "not for the webhook").await.unwrap();
+    wait_logged(&srv, &token, &id, 1).await;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6281600000022", "message": "statuses please"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let out = v["data"]["messageId"].as_str().unwrap().to_string();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let got = hits.lock().unwrap().clone();
+        if got.iter().any(|e| {
+            e["event"] == "message_status" && e["data"]["message_ids"][0] == out.as_str()
+        }) {
+            assert!(
+                got.iter().all(|e| e["event"] == "message_status"),
+                "only statuses: {got:?}"
+            );
+            assert!(!got.iter().any(|e| e["data"]["message_id"] == incoming.as_str()));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "no status delivered: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Lifecycle events can be subscribed to: a logout reaches the webhook.
+    let (s, _) = srv
+        .call(
+            "POST",
+            &path,
+            Some(&token),
+            Some(json!({"url": url, "events": ["INSTANCE_STATUS_CHANGED"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = srv.call("POST", &format!("/api/logout/{id}"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !hits.lock().unwrap().iter().any(|e| {
+        e["event"] == "INSTANCE_STATUS_CHANGED" && e["data"]["status"] == "logged_out"
+    }) {
+        assert!(tokio::time::Instant::now() < until, "no lifecycle event delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "idem", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281600000031").await;
+    let mut oki = net.add_contact("6281600000032", "Oki").await.unwrap();
+    let send = |key: &str, text: &str| {
+        let req = srv
+            .http
+            .post(srv.url(&format!("/api/send/{id}")))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&json!({"to": "6281600000032", "message": text}));
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap())
+        }
+    };
+    // Five at once with one key: five identical answers, one message.
+    let answers = futures_util::future::join_all((0..5).map(|_| send("order-42", "your order shipped"))).await;
+    for (s, body) in &answers {
+        assert_eq!(*s, 200, "{body}");
+    }
+    let datas: Vec<Value> = answers
+        .iter()
+        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["data"].clone())
+        .collect();
+    assert!(datas.windows(2).all(|w| w[0] == w[1]), "{datas:?}");
+    let mid = datas[0]["messageId"].as_str().unwrap().to_string();
+    let got = oki.next_text().await.unwrap();
+    assert_eq!((got.text.as_str(), got.message_id.as_str()), ("your order shipped", mid.as_str()));
+
+    // Same key, another body: refused, nothing sent.
+    let (s, body) = send("order-42", "something else").await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(code(&serde_json::from_str(&body).unwrap()), "IDEMPOTENCY_KEY_REUSED");
+    let (s, body) = send(&"x".repeat(300), "too long a key").await;
+    assert_eq!(s, 400, "{body}");
+
+    // After a restart the key still answers the same, and sends nothing.
+    let dir = srv.dir.clone();
+    srv.stop().await;
+    let srv = TestServer::start_in(&net, dir, &[]).await;
+    srv.wait_status(&id, "online again", |d| d["status"] == "online").await;
+    let req = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}")))
+        .bearer_auth(&token)
+        .header("idempotency-key", "order-42")
+        .json(&json!({"to": "6281600000032", "message": "your order shipped"}));
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["data"], datas[0], "the stored answer");
+    // A marker sent afterwards is the next thing Oki receives: nothing in between.
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6281600000032", "message": "marker"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(oki.next_text().await.unwrap().text, "marker", "the repeat sent nothing");
+    // The log holds the message once.
+    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?direction=out")).await;
+    let n = v["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["messageId"] == mid.as_str())
+        .count();
+    assert_eq!(n, 1);
+    srv.stop().await;
+}
