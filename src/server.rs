@@ -78,6 +78,7 @@ pub async fn run_with(
             days: config.messages.retention_days,
             max_rows_per_instance: config.messages.retention_max_rows,
         },
+        idempotency_keys(&config, &db),
         config.messages.prune_interval,
     );
     let worker = config.features.enable_webhook.then(|| {
@@ -175,13 +176,21 @@ pub async fn build_api(
         ),
         webhooks,
         journal,
-        idempotency: crate::store::idempotency::IdempotencyKeys::new(
-            db.clone(),
-            config.messages.idempotency_window,
-            // A pending key older than the longest send (media, 300 s) is abandoned.
-            std::time::Duration::from_secs(330),
-        ),
+        idempotency: idempotency_keys(config, &db),
     }))
+}
+
+/// The idempotency-key table with the configured window.
+fn idempotency_keys(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+) -> crate::store::idempotency::IdempotencyKeys {
+    crate::store::idempotency::IdempotencyKeys::new(
+        db.clone(),
+        config.messages.idempotency_window,
+        // A pending key older than the longest send (media, 300 s) was abandoned.
+        std::time::Duration::from_secs(330),
+    )
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

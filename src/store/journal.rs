@@ -690,20 +690,27 @@ impl Journal {
         Ok(p)
     }
 
-    /// Prunes every `every` until the process ends.
-    pub fn spawn_pruner(self, r: Retention, every: std::time::Duration) {
-        if r.days == 0 && r.max_rows_per_instance == 0 {
-            return;
-        }
+    /// Prunes every `every` until the process ends (and expired idempotency keys).
+    pub fn spawn_pruner(
+        self,
+        r: Retention,
+        keys: crate::store::idempotency::IdempotencyKeys,
+        every: std::time::Duration,
+    ) {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match self.prune_at(r, now_ms()).await {
-                    Ok(p) if p != Pruned::default() => tracing::info!(?p, "retention pruned"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+                if r.days > 0 || r.max_rows_per_instance > 0 {
+                    match self.prune_at(r, now_ms()).await {
+                        Ok(p) if p != Pruned::default() => tracing::info!(?p, "retention pruned"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention pruning failed"),
+                    }
+                }
+                if let Err(e) = keys.prune().await {
+                    tracing::warn!(error = %e, "pruning idempotency keys failed");
                 }
             }
         });
