@@ -532,33 +532,68 @@ async fn sigkill_between_delivery_and_commit_loses_nothing() {
     child.wait().unwrap();
 }
 
-/// The instance's socket dropped right after a message was written to it, before the
-/// client could ack: the message comes again on reconnect and is reported once.
+/// The instance's socket dropped between delivery and ack: the message comes again on
+/// reconnect and is reported once. Deterministic variant: the mock ignores the
+/// instance's ack (as if it never arrived), then the socket drops. Then the one-shot
+/// fault that closes the socket right after writing the next message (the client may
+/// or may not have acked in between: either way it is reported once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dropped_before_ack_is_redelivered_and_reported_once() {
+    const ME: &str = "6281500000031";
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "dur-drop", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
-    let (id, _) = srv.paired_instance(&net, "6281500000031").await;
+    let (id, _) = srv.paired_instance(&net, ME).await;
     let hook = Collector::start().await;
     set_webhook(&srv, &id, &hook.url).await;
     let contact = net.add_contact("6281500000032", "Vera").await.unwrap();
     let journal = journal_for(&format!("sqlite://{}/db.sqlite", srv.dir.display())).await;
+    let stats = || net.ack_stats(ME, 1).expect("the instance's device");
 
-    net.drop_before_ack("6281500000031", None, true);
-    let mid = contact.send_text("6281500000031", "dropped once").await.unwrap();
-    let stats = eventually("the redelivery acknowledged", DEADLINE, || {
-        let s = net.ack_stats("6281500000031", 1)?;
-        (s.redelivered >= 1 && s.unacked.is_empty()).then_some(s)
+    // 1. The ack is lost: committed and reported, but the mock still holds it.
+    assert!(net.hold_acks(ME, None, true));
+    let mid = contact.send_text(ME, "ack lost").await.unwrap();
+    account("ack lost", &hook, &journal, &id, &[mid.clone()]).await;
+    eventually("the ack ignored", DEADLINE, || {
+        let s = stats();
+        (s.held_acks >= 1 && s.unacked == [mid.clone()]).then_some(())
     })
     .await;
-    account("dropped before ack", &hook, &journal, &id, &[mid.clone()]).await;
-    // A later message proves the instance is past the redelivery; the first stays single.
-    let later = contact.send_text("6281500000031", "after").await.unwrap();
-    account("after the drop", &hook, &journal, &id, &[later]).await;
-    assert_eq!(hook.incoming_ids()[&mid], 1, "reported once");
+    assert!(net.hold_acks(ME, None, false));
+    net.drop_connections(Some(ME));
+    let until = tokio::time::Instant::now() + OUTAGE_DEADLINE;
+    let s = loop {
+        let s = stats();
+        if s.redelivered >= 1 && s.unacked.is_empty() {
+            break s;
+        }
+        if tokio::time::Instant::now() >= until {
+            let (_, st) = srv.admin("GET", &format!("/api/status/{id}"), None).await;
+            panic!("redelivery never acknowledged: {s:?}, instance {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("ack lost, socket dropped: mock counters {s:?}");
+
+    // 2. The socket closes right after the next message is written.
+    assert!(net.drop_before_ack(ME, None, true));
+    let mid2 = contact.send_text(ME, "dropped right after").await.unwrap();
+    account("dropped right after delivery", &hook, &journal, &id, &[mid2.clone()]).await;
+    eventually("everything acknowledged", OUTAGE_DEADLINE, || {
+        let s = stats();
+        (!s.drop_before_ack && s.unacked.is_empty()).then_some(())
+    })
+    .await;
+    println!("dropped right after delivery: mock counters {:?}", stats());
+
+    // A later message proves the instance is past both; each stays single.
+    let later = contact.send_text(ME, "after").await.unwrap();
+    account("after the drops", &hook, &journal, &id, &[later]).await;
+    let delivered = hook.incoming_ids();
+    assert_eq!((delivered[&mid], delivered[&mid2]), (1, 1), "reported once");
     let rows = logged_ids(&journal, &id).await;
-    assert_eq!(rows.iter().filter(|r| **r == mid).count(), 1, "one log row");
-    println!("dropped before ack: mock counters {stats:?}");
+    for m in [&mid, &mid2] {
+        assert_eq!(rows.iter().filter(|r| *r == m).count(), 1, "one log row");
+    }
     srv.stop().await;
 }
 

@@ -243,11 +243,13 @@ async fn listen_socket_carries_incoming_messages() {
     assert_eq!(carol.next_text().await.unwrap().text, "did you get this?");
     let ev = loop {
         let ev = next_event(&mut l1, "message_status").await;
-        if ev["data"]["message_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m == sent.as_str())
+        // The server's ack comes first; wait for the contact's delivery receipt.
+        if ev["data"]["status"] == "delivered"
+            && ev["data"]["message_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m == sent.as_str())
         {
             break ev;
         }

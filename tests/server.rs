@@ -317,7 +317,7 @@ async fn runs_on_postgresql() {
         .expect("query")
         .expect("one row");
     let n: i64 = row.try_get("", "n").expect("count");
-    assert_eq!(n, 2, "both migrations applied on PostgreSQL");
+    assert_eq!(n, 3, "every migration applied on PostgreSQL");
     db.close().await.ok();
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

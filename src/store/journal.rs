@@ -161,6 +161,22 @@ pub fn filter_takes(filter: Option<&str>, event: &str) -> bool {
     }
 }
 
+/// A message is stored once per (instance, chat, sender, id): a repeat is ignored.
+fn message_key_conflict() -> OnConflict {
+    OnConflict::columns([
+        message::Column::InstanceId,
+        message::Column::Chat,
+        message::Column::Sender,
+        message::Column::MessageId,
+    ])
+    .do_nothing()
+    .to_owned()
+}
+
+fn media_text(m: Option<&actors::events::MediaInfo>) -> Option<String> {
+    m.map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())
+}
+
 /// The JSON text an event is sent with.
 fn event_json(payload: &str, seq: i64) -> Arc<str> {
     let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
@@ -330,10 +346,7 @@ impl Journal {
                 is_group: Set(m.is_group),
                 kind: Set(m.kind.clone()),
                 body: Set(Some(m.message.clone()).filter(|b| !b.is_empty())),
-                media: Set(m
-                    .media
-                    .as_ref()
-                    .map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())),
+                media: Set(media_text(m.media.as_ref())),
                 status: Set(if m.from_me { "sent" } else { "received" }.into()),
                 timestamp: Set(m.timestamp * 1000),
                 created_at: Set(now),
@@ -341,16 +354,7 @@ impl Journal {
                 ..Default::default()
             };
             let inserted = message::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::columns([
-                        message::Column::InstanceId,
-                        message::Column::Chat,
-                        message::Column::Sender,
-                        message::Column::MessageId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
+                .on_conflict(message_key_conflict())
                 .exec_without_returning(&txn)
                 .await?;
             if inserted == 0 {
@@ -392,26 +396,14 @@ impl Journal {
             is_group: Set(s.is_group),
             kind: Set(s.kind.clone()),
             body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
-            media: Set(s
-                .media
-                .as_ref()
-                .map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())),
+            media: Set(media_text(s.media.as_ref())),
             status: Set("sent".into()),
             timestamp: Set(s.timestamp * 1000),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         })
-        .on_conflict(
-            OnConflict::columns([
-                message::Column::InstanceId,
-                message::Column::Chat,
-                message::Column::Sender,
-                message::Column::MessageId,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
+        .on_conflict(message_key_conflict())
         .exec_without_returning(&txn)
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
