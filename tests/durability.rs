@@ -221,10 +221,10 @@ async fn sqlite_write_lock_for_20s_loses_nothing() {
     use sea_orm::sqlx::Connection;
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "dur-sqlite", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
+    let contact = net.add_contact("6281500000002", "Sri").await.unwrap();
     let (id, _) = srv.paired_instance(&net, "6281500000001").await;
     let hook = Collector::start().await;
     set_webhook(&srv, &id, &hook.url).await;
-    let contact = net.add_contact("6281500000002", "Sri").await.unwrap();
     let url = format!("sqlite://{}/db.sqlite", srv.dir.display());
     let journal = journal_for(&url).await;
 
@@ -372,10 +372,10 @@ async fn postgres_stopped_for_20s_loses_nothing() {
         ],
     )
     .await;
+    let contact = net.add_contact("6281500000012", "Tari").await.unwrap();
     let (id, _) = srv.paired_instance(&net, "6281500000011").await;
     let hook = Collector::start().await;
     set_webhook(&srv, &id, &hook.url).await;
-    let contact = net.add_contact("6281500000012", "Tari").await.unwrap();
     let journal = journal_for(&pg.url()).await;
     let first = contact.send_text("6281500000011", "before").await.unwrap();
     account("postgres warm-up", &hook, &journal, &id, &[first]).await;
@@ -603,10 +603,10 @@ async fn dropped_before_ack_is_redelivered_and_reported_once() {
 async fn message_status_reaches_the_webhook_in_order() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "dur-status", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
+    let mut contact = net.add_contact("6281500000042", "Wati").await.unwrap();
     let (id, _) = srv.paired_instance(&net, "6281500000041").await;
     let hook = Collector::start().await;
     set_webhook(&srv, &id, &hook.url).await;
-    let mut contact = net.add_contact("6281500000042", "Wati").await.unwrap();
     let (s, v) = srv
         .admin(
             "POST",
@@ -684,8 +684,8 @@ async fn message_status_reaches_the_webhook_in_order() {
 async fn group_message_timeline_is_per_recipient() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "dur-group", &[]).await;
-    let (id, token) = srv.paired_instance(&net, "6281500000071").await;
     let mut ana = net.add_contact("6281500000072", "Ana").await.unwrap();
+    let (id, token) = srv.paired_instance(&net, "6281500000071").await;
     let mut ben = net.add_contact("6281500000073", "Ben").await.unwrap();
     let gid = net
         .create_group("Timeline", "6281500000071", &["6281500000072", "6281500000073"])
@@ -749,8 +749,8 @@ async fn group_message_timeline_is_per_recipient() {
 async fn listen_after_a_cursor_replays_exactly_what_was_missed() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "dur-listen", &[]).await;
-    let (id, token) = srv.paired_instance(&net, "6281500000051").await;
     let contact = net.add_contact("6281500000052", "Yuni").await.unwrap();
+    let (id, token) = srv.paired_instance(&net, "6281500000051").await;
     let connect = |after: Option<String>| {
         let url = match after {
             Some(c) => format!("ws://{}/api/listen/{id}?after={c}", srv.addr),

@@ -6,12 +6,22 @@
 mod common;
 
 use common::{code, TestServer, DEADLINE};
+use mock_whatsapp::contact::Contact;
 use mock_whatsapp::MockNetwork;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn get(srv: &TestServer, token: &str, path: &str) -> (u16, Value) {
     srv.call("GET", path, Some(token), None).await
+}
+
+/// A contact that is ready to send. Contacts are added before the instance pairs: a
+/// contact's client reconnects once right after its own pairing, and a message it
+/// sends in that gap is lost on the contact's side (it never reaches the network).
+async fn contact(net: &MockNetwork, phone: &str, name: &str) -> Contact {
+    let c = net.add_contact(phone, name).await.unwrap();
+    c.client.wait_for_connected(DEADLINE).await.unwrap();
+    c
 }
 
 /// Waits until the instance's log holds `n` incoming messages.
@@ -28,7 +38,10 @@ async fn wait_logged(srv: &TestServer, token: &str, id: &str, n: usize) {
         if v["data"]["messages"].as_array().unwrap().len() >= n {
             return;
         }
-        assert!(tokio::time::Instant::now() < until, "log never reached {n}: {v}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "log never reached {n}: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -37,15 +50,21 @@ async fn wait_logged(srv: &TestServer, token: &str, id: &str, n: usize) {
 async fn message_log_pages_filters_and_shows_timelines() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "msglog", &[]).await;
+    let mut kiki = contact(&net, "6281600000002", "Kiki").await;
+    let lulu = contact(&net, "6281600000003", "Lulu").await;
     let (id, token) = srv.paired_instance(&net, "6281600000001").await;
-    let mut kiki = net.add_contact("6281600000002", "Kiki").await.unwrap();
-    let lulu = net.add_contact("6281600000003", "Lulu").await.unwrap();
     let mut sent_by_kiki = Vec::new();
     for i in 0..5 {
-        sent_by_kiki.push(kiki.send_text("6281600000001", &format!("k{i}")).await.unwrap());
+        sent_by_kiki.push(
+            kiki.send_text("6281600000001", &format!("k{i}"))
+                .await
+                .unwrap(),
+        );
     }
     for i in 0..3 {
-        lulu.send_text("6281600000001", &format!("l{i}")).await.unwrap();
+        lulu.send_text("6281600000001", &format!("l{i}"))
+            .await
+            .unwrap();
     }
     wait_logged(&srv, &token, &id, 8).await;
     let (s, v) = srv
@@ -58,7 +77,8 @@ async fn message_log_pages_filters_and_shows_timelines() {
         .await;
     assert_eq!(s, 200, "{v}");
     let out_id = v["data"]["messageId"].as_str().unwrap().to_string();
-    assert_eq!(kiki.next_text().await.unwrap().message_id, out_id);
+    let got = kiki.next_text().await.unwrap();
+    assert_eq!(got.message_id, out_id);
 
     // Three pages of 3 over 9 messages, newest first, no overlap, no gap.
     let mut seen = Vec::new();
@@ -72,7 +92,10 @@ async fn message_log_pages_filters_and_shows_timelines() {
         assert_eq!(s, 200, "{v}");
         let msgs = v["data"]["messages"].as_array().unwrap().clone();
         assert_eq!(msgs.len(), 3, "page {page}: {v}");
-        seen.extend(msgs.iter().map(|m| m["messageId"].as_str().unwrap().to_string()));
+        seen.extend(
+            msgs.iter()
+                .map(|m| m["messageId"].as_str().unwrap().to_string()),
+        );
         cursor = v["data"]["nextCursor"].as_str().map(str::to_string);
         if page < 2 {
             assert!(cursor.is_some(), "page {page} has a next page");
@@ -85,7 +108,12 @@ async fn message_log_pages_filters_and_shows_timelines() {
     assert_eq!(uniq.len(), 9);
 
     // Filters.
-    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?direction=out")).await;
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages?direction=out"),
+    )
+    .await;
     let outs = v["data"]["messages"].as_array().unwrap();
     assert_eq!(outs.len(), 1);
     assert_eq!(outs[0]["messageId"], out_id.as_str());
@@ -97,7 +125,9 @@ async fn message_log_pages_filters_and_shows_timelines() {
     .await;
     let lulus = v["data"]["messages"].as_array().unwrap();
     assert_eq!(lulus.len(), 3, "{v}");
-    assert!(lulus.iter().all(|m| m["fromPhone"] == "6281600000003" && m["pushName"] == "Lulu"));
+    assert!(lulus
+        .iter()
+        .all(|m| m["fromPhone"] == "6281600000003" && m["pushName"] == "Lulu"));
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (_, v) = get(
         &srv,
@@ -106,15 +136,32 @@ async fn message_log_pages_filters_and_shows_timelines() {
     )
     .await;
     assert_eq!(v["data"]["messages"].as_array().unwrap().len(), 0);
-    for bad in ["direction=sideways", "limit=0", "limit=501", "since=yesterday", "cursor=-1"] {
+    for bad in [
+        "direction=sideways",
+        "limit=0",
+        "limit=501",
+        "since=yesterday",
+        "cursor=-1",
+    ] {
         let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?{bad}")).await;
         assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{bad}");
     }
 
-    // One message, with its timeline (sent, then the server's ack and delivery).
+    // One message, with its timeline: sent, delivered (Kiki's client acknowledges on
+    // receipt), read (Kiki reads it).
+    let chat: whatsapp_rust::Jid = got.chat.parse().unwrap();
+    kiki.client
+        .mark_as_read(&chat, None, &[out_id.as_str()])
+        .await
+        .unwrap();
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/{out_id}")).await;
+        let (s, v) = get(
+            &srv,
+            &token,
+            &format!("/api/instances/{id}/messages/{out_id}"),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         let statuses: Vec<&str> = v["data"]["statuses"]
             .as_array()
@@ -122,9 +169,13 @@ async fn message_log_pages_filters_and_shows_timelines() {
             .iter()
             .map(|x| x["status"].as_str().unwrap())
             .collect();
-        if ["sent", "server_ack", "delivered"].iter().all(|w| statuses.contains(w)) {
+        if ["sent", "delivered", "read"]
+            .iter()
+            .all(|w| statuses.contains(w))
+        {
             assert_eq!(v["data"]["text"], "out one");
             assert_eq!(v["data"]["direction"], "out");
+            assert_eq!(v["data"]["status"], "read", "the furthest status");
             break;
         }
         assert!(tokio::time::Instant::now() < until, "timeline: {v}");
@@ -133,7 +184,12 @@ async fn message_log_pages_filters_and_shows_timelines() {
     let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/NOPE")).await;
     assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"));
     let incoming = &sent_by_kiki[2];
-    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages/{incoming}")).await;
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages/{incoming}"),
+    )
+    .await;
     assert_eq!(v["data"]["text"], "k2");
     assert_eq!(v["data"]["status"], "received");
     srv.stop().await;
@@ -147,11 +203,15 @@ fn urlenc(s: &str) -> String {
 async fn events_after_a_cursor_are_exactly_the_later_ones() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "evlog", &[]).await;
+    let mimi = contact(&net, "6281600000012", "Mimi").await;
     let (id, token) = srv.paired_instance(&net, "6281600000011").await;
-    let mimi = net.add_contact("6281600000012", "Mimi").await.unwrap();
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(mimi.send_text("6281600000011", &format!("e{i}")).await.unwrap());
+        ids.push(
+            mimi.send_text("6281600000011", &format!("e{i}"))
+                .await
+                .unwrap(),
+        );
     }
     wait_logged(&srv, &token, &id, 6).await;
     let incoming = |v: &Value| -> Vec<String> {
@@ -163,7 +223,12 @@ async fn events_after_a_cursor_are_exactly_the_later_ones() {
             .map(|e| e["data"]["message_id"].as_str().unwrap().to_string())
             .collect()
     };
-    let (s, all) = get(&srv, &token, &format!("/api/instances/{id}/events?limit=1000")).await;
+    let (s, all) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/events?limit=1000"),
+    )
+    .await;
     assert_eq!(s, 200, "{all}");
     assert_eq!(incoming(&all), ids, "every incoming message, in order");
     let evs = all["data"]["events"].as_array().unwrap();
@@ -180,13 +245,23 @@ async fn events_after_a_cursor_are_exactly_the_later_ones() {
         .as_str()
         .unwrap()
         .to_string();
-    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/events?after={third}")).await;
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/events?after={third}"),
+    )
+    .await;
     assert_eq!(incoming(&v), ids[3..].to_vec());
     // Paging with limit and nextCursor covers the same list.
     let mut after = "0".to_string();
     let mut paged = Vec::new();
     loop {
-        let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/events?after={after}&limit=2")).await;
+        let (_, v) = get(
+            &srv,
+            &token,
+            &format!("/api/instances/{id}/events?after={after}&limit=2"),
+        )
+        .await;
         let n = v["data"]["events"].as_array().unwrap().len();
         paged.extend(incoming(&v));
         after = v["data"]["nextCursor"].as_str().unwrap().to_string();
@@ -206,6 +281,7 @@ async fn events_after_a_cursor_are_exactly_the_later_ones() {
 async fn webhook_events_filter_is_validated_and_honoured() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "whfilter", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
+    let nana = contact(&net, "6281600000022", "Nana").await;
     let (id, token) = srv.paired_instance(&net, "6281600000021").await;
     let hits: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
     let h = hits.clone();
@@ -219,15 +295,29 @@ async fn webhook_events_filter_is_validated_and_honoured() {
     tokio::spawn(warp::serve(route).incoming(listener).run());
     let url = format!("http://{addr}/hook");
     let path = format!("/api/instances/{id}/webhook-setconfig");
-    for bad in [json!([]), json!(["incoming_message", "nope"]), json!("incoming_message")] {
+    for bad in [
+        json!([]),
+        json!(["incoming_message", "nope"]),
+        json!("incoming_message"),
+    ] {
         let (s, v) = srv
-            .call("POST", &path, Some(&token), Some(json!({"url": url, "events": bad})))
+            .call(
+                "POST",
+                &path,
+                Some(&token),
+                Some(json!({"url": url, "events": bad})),
+            )
             .await;
         assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{bad}");
     }
-    let (s, v) = srv.call("POST", &path, Some(&token), Some(json!({"url": url}))).await;
+    let (s, v) = srv
+        .call("POST", &path, Some(&token), Some(json!({"url": url})))
+        .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["data"]["events"], json!(["incoming_message", "message_status"]));
+    assert_eq!(
+        v["data"]["events"],
+        json!(["incoming_message", "message_status"])
+    );
     // Only statuses: an incoming message is not delivered, a status is.
     let (s, v) = srv
         .call(
@@ -239,8 +329,10 @@ async fn webhook_events_filter_is_validated_and_honoured() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["events"], json!(["message_status"]));
-    let nana = net.add_contact("6281600000022", "Nana").await.unwrap();
-    let incoming = nana.send_text("6281600000021", "not for the webhook").await.unwrap();
+    let incoming = nana
+        .send_text("6281600000021", "not for the webhook")
+        .await
+        .unwrap();
     wait_logged(&srv, &token, &id, 1).await;
     let (s, v) = srv
         .call(
@@ -255,17 +347,23 @@ async fn webhook_events_filter_is_validated_and_honoured() {
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let got = hits.lock().unwrap().clone();
-        if got.iter().any(|e| {
-            e["event"] == "message_status" && e["data"]["message_ids"][0] == out.as_str()
-        }) {
+        if got
+            .iter()
+            .any(|e| e["event"] == "message_status" && e["data"]["message_ids"][0] == out.as_str())
+        {
             assert!(
                 got.iter().all(|e| e["event"] == "message_status"),
                 "only statuses: {got:?}"
             );
-            assert!(!got.iter().any(|e| e["data"]["message_id"] == incoming.as_str()));
+            assert!(!got
+                .iter()
+                .any(|e| e["data"]["message_id"] == incoming.as_str()));
             break;
         }
-        assert!(tokio::time::Instant::now() < until, "no status delivered: {got:?}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no status delivered: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Lifecycle events can be subscribed to: a logout reaches the webhook.
@@ -278,15 +376,33 @@ async fn webhook_events_filter_is_validated_and_honoured() {
         )
         .await;
     assert_eq!(s, 200);
-    let (s, v) = srv.call("POST", &format!("/api/logout/{id}"), Some(&token), None).await;
+    let (s, v) = srv
+        .call("POST", &format!("/api/logout/{id}"), Some(&token), None)
+        .await;
     assert_eq!(s, 200, "{v}");
     let until = tokio::time::Instant::now() + DEADLINE;
-    while !hits.lock().unwrap().iter().any(|e| {
-        e["event"] == "INSTANCE_STATUS_CHANGED" && e["data"]["status"] == "logged_out"
-    }) {
-        assert!(tokio::time::Instant::now() < until, "no lifecycle event delivered");
+    while !hits
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "INSTANCE_STATUS_CHANGED" && e["data"]["status"] == "logged_out")
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no lifecycle event delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Removing the webhook resets the filter to the default.
+    let (s, v) = srv
+        .call("POST", &path, Some(&token), Some(json!({"url": ""})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["webhookUrl"], Value::Null);
+    assert_eq!(
+        v["data"]["events"],
+        json!(["incoming_message", "message_status"])
+    );
     srv.stop().await;
 }
 
@@ -294,8 +410,8 @@ async fn webhook_events_filter_is_validated_and_honoured() {
 async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
     let net = MockNetwork::start().await.unwrap();
     let srv = TestServer::start(&net, "idem", &[]).await;
+    let mut oki = contact(&net, "6281600000032", "Oki").await;
     let (id, token) = srv.paired_instance(&net, "6281600000031").await;
-    let mut oki = net.add_contact("6281600000032", "Oki").await.unwrap();
     let send = |key: &str, text: &str| {
         let req = srv
             .http
@@ -306,35 +422,71 @@ async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
         async move {
             let r = req.send().await.unwrap();
             let s = r.status().as_u16();
-            (s, r.text().await.unwrap())
+            let replayed = r
+                .headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v == "true");
+            (s, r.text().await.unwrap(), replayed)
         }
     };
     // Five at once with one key: five identical answers, one message.
-    let answers = futures_util::future::join_all((0..5).map(|_| send("order-42", "your order shipped"))).await;
-    for (s, body) in &answers {
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| send("order-42", "your order shipped")))
+            .await;
+    for (s, body, _) in &answers {
         assert_eq!(*s, 200, "{body}");
     }
+    assert!(
+        answers.windows(2).all(|w| w[0].1 == w[1].1),
+        "five byte-identical answers: {answers:?}"
+    );
+    let replays = answers.iter().filter(|a| a.2).count();
+    assert_eq!(replays, 4, "all but the first are marked as replays");
     let datas: Vec<Value> = answers
         .iter()
-        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["data"].clone())
+        .map(|(_, b, _)| serde_json::from_str::<Value>(b).unwrap()["data"].clone())
         .collect();
-    assert!(datas.windows(2).all(|w| w[0] == w[1]), "{datas:?}");
     let mid = datas[0]["messageId"].as_str().unwrap().to_string();
     let got = oki.next_text().await.unwrap();
-    assert_eq!((got.text.as_str(), got.message_id.as_str()), ("your order shipped", mid.as_str()));
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str()),
+        ("your order shipped", mid.as_str())
+    );
 
     // Same key, another body: refused, nothing sent.
-    let (s, body) = send("order-42", "something else").await;
+    let (s, body, _) = send("order-42", "something else").await;
     assert_eq!(s, 409, "{body}");
-    assert_eq!(code(&serde_json::from_str(&body).unwrap()), "IDEMPOTENCY_KEY_REUSED");
-    let (s, body) = send(&"x".repeat(300), "too long a key").await;
+    assert_eq!(
+        code(&serde_json::from_str(&body).unwrap()),
+        "IDEMPOTENCY_KEY_REUSED"
+    );
+    let (s, body, _) = send(&"x".repeat(300), "too long a key").await;
     assert_eq!(s, 400, "{body}");
+    assert_eq!(
+        code(&serde_json::from_str(&body).unwrap()),
+        "VALIDATION_ERROR"
+    );
+    let r = srv
+        .http
+        .post(srv.url(&format!("/api/send/{id}")))
+        .bearer_auth(&token)
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .json(&json!({"to": "6281600000032", "message": "not ASCII"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(code(&r.json().await.unwrap()), "VALIDATION_ERROR");
 
     // After a restart the key still answers the same, and sends nothing.
     let dir = srv.dir.clone();
     srv.stop().await;
     let srv = TestServer::start_in(&net, dir, &[]).await;
-    srv.wait_status(&id, "online again", |d| d["status"] == "online").await;
+    srv.wait_status(&id, "online again", |d| d["status"] == "online")
+        .await;
     let req = srv
         .http
         .post(srv.url(&format!("/api/send/{id}")))
@@ -343,8 +495,9 @@ async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
         .json(&json!({"to": "6281600000032", "message": "your order shipped"}));
     let r = req.send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let again: Value = r.json().await.unwrap();
-    assert_eq!(again["data"], datas[0], "the stored answer");
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    let again = r.text().await.unwrap();
+    assert_eq!(again, answers[0].1, "the stored answer, byte for byte");
     // A marker sent afterwards is the next thing Oki receives: nothing in between.
     let (s, v) = srv
         .call(
@@ -355,9 +508,18 @@ async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(oki.next_text().await.unwrap().text, "marker", "the repeat sent nothing");
+    assert_eq!(
+        oki.next_text().await.unwrap().text,
+        "marker",
+        "the repeat sent nothing"
+    );
     // The log holds the message once.
-    let (_, v) = get(&srv, &token, &format!("/api/instances/{id}/messages?direction=out")).await;
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages?direction=out"),
+    )
+    .await;
     let n = v["data"]["messages"]
         .as_array()
         .unwrap()

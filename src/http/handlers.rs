@@ -251,26 +251,78 @@ fn request_hash(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
+/// What a send answered: its `data`, and whether it is the stored answer of an earlier
+/// request with the same `Idempotency-Key` (then nothing was sent).
+pub struct Outcome {
+    data: Value,
+    replayed: bool,
+}
+
+impl Outcome {
+    /// The same outcome with its `data` changed by `f`.
+    fn map(self, f: impl FnOnce(Value) -> Value) -> Self {
+        Self {
+            data: f(self.data),
+            replayed: self.replayed,
+        }
+    }
+
+    /// The success envelope; replays carry `Idempotent-Replayed: true`.
+    fn reply(self, message: &str) -> Response {
+        let mut r = ok(message, self.data);
+        if self.replayed {
+            r.headers_mut().insert(
+                "idempotent-replayed",
+                warp::http::HeaderValue::from_static("true"),
+            );
+        }
+        r
+    }
+}
+
 /// Runs `send` at most once per `Idempotency-Key`: the first request sends (with the
 /// message id the key derives) and stores the answer; repeats with the same request
 /// get that answer, repeats with another request 409 `IDEMPOTENCY_KEY_REUSED`, and
 /// repeats while the first is still sending wait for it. Without a key: just `send`.
-async fn idempotent<F, Fut>(api: &Shared, idem: &Idem, hash: String, send: F) -> Result<Value, ApiError>
+///
+/// The keyed send runs in its own task: a client that hangs up mid-send (and retries
+/// with the same key) does not cancel it, so its answer is still stored and the retry
+/// gets it instead of waiting for the pending row to go stale.
+async fn idempotent<F, Fut>(
+    api: &Shared,
+    idem: &Idem,
+    hash: String,
+    send: F,
+) -> Result<Outcome, ApiError>
 where
-    F: FnOnce(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+    F: FnOnce(Option<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Value, ApiError>> + Send + 'static,
 {
     use crate::store::idempotency::Begin;
     let Some(key) = &idem.key else {
-        return send(None).await;
+        return send(None).await.map(|data| Outcome {
+            data,
+            replayed: false,
+        });
     };
     let keys = &api.idempotency;
     let until = tokio::time::Instant::now() + Duration::from_millis(MEDIA_MS);
     let message_id = loop {
-        match keys.begin(&idem.instance_id, key, &hash).await.map_err(db_error)? {
+        match keys
+            .begin(&idem.instance_id, key, &hash)
+            .await
+            .map_err(db_error)?
+        {
             Begin::Send(id) => break id,
             Begin::Replay(body) => {
-                return serde_json::from_str(&body).map_err(|_| ApiError::internal())
+                let data = serde_json::from_str(&body).map_err(|e| {
+                    tracing::error!(error = %e, "a stored idempotent answer is not JSON");
+                    ApiError::internal()
+                })?;
+                return Ok(Outcome {
+                    data,
+                    replayed: true,
+                });
             }
             Begin::Conflict => {
                 return Err(ApiError::new(
@@ -291,22 +343,34 @@ where
             }
         }
     };
-    match send(Some(message_id)).await {
-        Ok(v) => {
-            if let Err(e) = keys.finish(&idem.instance_id, key, &v.to_string()).await {
-                // Sent, but the answer is not stored: a repeat will wait for the
-                // stale-pending takeover and send again with the same message id.
-                tracing::warn!(error = %e, "storing an idempotent answer failed");
+    let keys = keys.clone();
+    let (instance_id, key) = (idem.instance_id.clone(), key.clone());
+    let task = tokio::spawn(async move {
+        match send(Some(message_id)).await {
+            Ok(v) => {
+                if let Err(e) = keys.finish(&instance_id, &key, &v.to_string()).await {
+                    // Sent, but the answer is not stored: a repeat will wait for the
+                    // stale-pending takeover and send again with the same message id.
+                    tracing::warn!(error = %e, "storing an idempotent answer failed");
+                }
+                Ok(v)
             }
-            Ok(v)
-        }
-        Err(e) => {
-            if let Err(err) = keys.forget(&idem.instance_id, key).await {
-                tracing::warn!(error = %err, "releasing an idempotency key failed");
+            Err(e) => {
+                if let Err(err) = keys.forget(&instance_id, &key).await {
+                    tracing::warn!(error = %err, "releasing an idempotency key failed");
+                }
+                Err(e)
             }
-            Err(e)
         }
-    }
+    });
+    let data = task.await.map_err(|e| {
+        tracing::error!(error = %e, "an idempotent send task failed");
+        ApiError::internal()
+    })??;
+    Ok(Outcome {
+        data,
+        replayed: false,
+    })
 }
 
 fn with_from(mut v: Value, from: &Instance) -> Value {
@@ -707,7 +771,7 @@ async fn do_send_text(
     to: String,
     text: String,
     idem: Idem,
-) -> Result<Value, ApiError> {
+) -> Result<Outcome, ApiError> {
     let phone = util::normalize_phone(&to, &api.config.whatsapp.default_country_code)?;
     let hash = request_hash(&[b"text", phone.as_bytes(), text.as_bytes()]);
     idempotent(api, &idem, hash, |id| async move {
@@ -718,14 +782,20 @@ async fn do_send_text(
 }
 
 /// `POST /api/send/:id`.
-pub async fn send_text(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
+pub async fn send_text(
+    id: String,
+    p: Principal,
+    body: Bytes,
+    key: Option<String>,
+    api: Shared,
+) -> R {
     guard(&p, &id)?;
     let (to, text) = text_body(&body)?;
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    let data = do_send_text(&api, a, to, text, idem).await?;
-    Ok(ok("Message sent", data))
+    let out = do_send_text(&api, a, to, text, idem).await?;
+    Ok(out.reply("Message sent"))
 }
 
 /// `POST /api/by-number/:phone`.
@@ -739,8 +809,8 @@ pub async fn send_text_by_number(
     let (to, text) = text_body(&body)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    let data = do_send_text(&api, a, to, text, idem).await?;
-    Ok(ok("Message sent", with_from(data, &row)))
+    let out = do_send_text(&api, a, to, text, idem).await?;
+    Ok(out.map(|d| with_from(d, &row)).reply("Message sent"))
 }
 
 /// `POST /api/check/:id`.
@@ -941,7 +1011,7 @@ async fn send_media_with(
     to: String,
     m: MediaInput,
     idem: &Idem,
-) -> Result<Value, ApiError> {
+) -> Result<Outcome, ApiError> {
     let hash = request_hash(&[
         b"media",
         to.as_bytes(),
@@ -951,7 +1021,11 @@ async fn send_media_with(
         m.caption.as_deref().unwrap_or("").as_bytes(),
         &m.bytes,
     ]);
-    idempotent(api, idem, hash, |id| send_media_once(actor, to, m, id)).await
+    let actor = actor.clone();
+    idempotent(api, idem, hash, move |id| async move {
+        send_media_once(&actor, to, m, id).await
+    })
+    .await
 }
 
 async fn send_media_once(
@@ -1011,11 +1085,15 @@ async fn media_file(
     up: Upload,
     group: bool,
     idem: Idem,
-) -> Result<Value, ApiError> {
+) -> Result<Outcome, ApiError> {
     let (raw, m) = upload_media(&api, up, if group { "groupJid" } else { "to" })?;
     let to = target(&api, &raw, group)?;
-    let v = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
-    Ok(if group { group_data(v, &to) } else { v })
+    let out = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
+    Ok(if group {
+        out.map(|v| group_data(v, &to))
+    } else {
+        out
+    })
 }
 
 async fn media_url(
@@ -1024,7 +1102,7 @@ async fn media_url(
     b: MediaUrlBody,
     group: bool,
     idem: Idem,
-) -> Result<Value, ApiError> {
+) -> Result<Outcome, ApiError> {
     let raw = if group {
         required(&b.group_jid, "groupJid")?
     } else {
@@ -1032,8 +1110,12 @@ async fn media_url(
     };
     let to = target(&api, &raw, group)?;
     let m = url_media(&api, &b).await?;
-    let v = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
-    Ok(if group { group_data(v, &to) } else { v })
+    let out = send_media_with(&api, &actor, to.clone(), m, &idem).await?;
+    Ok(if group {
+        out.map(|v| group_data(v, &to))
+    } else {
+        out
+    })
 }
 
 fn media_url_body(body: &Bytes, group: bool) -> Result<MediaUrlBody, ApiError> {
@@ -1061,7 +1143,9 @@ pub async fn send_media_file(
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_file(api, a, up, false, idem).await?))
+    Ok(media_file(api, a, up, false, idem)
+        .await?
+        .reply("Media sent"))
 }
 
 /// `POST /api/send/:id/media-url`.
@@ -1077,7 +1161,7 @@ pub async fn send_media_url(
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_url(api, a, b, false, idem).await?))
+    Ok(media_url(api, a, b, false, idem).await?.reply("Media sent"))
 }
 
 /// `POST /api/by-number/:phone/media-url`.
@@ -1091,8 +1175,8 @@ pub async fn send_media_url_by_number(
     let b = media_url_body(&body, false)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    let v = media_url(api, a, b, false, idem).await?;
-    Ok(ok("Media sent", with_from(v, &row)))
+    let out = media_url(api, a, b, false, idem).await?;
+    Ok(out.map(|v| with_from(v, &row)).reply("Media sent"))
 }
 
 /// `POST /api/by-number/:phone/media-file`.
@@ -1106,8 +1190,8 @@ pub async fn send_media_file_by_number(
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    let v = media_file(api, a, up, false, idem).await?;
-    Ok(ok("Media sent", with_from(v, &row)))
+    let out = media_file(api, a, up, false, idem).await?;
+    Ok(out.map(|v| with_from(v, &row)).reply("Media sent"))
 }
 
 // ---------- groups ----------
@@ -1146,16 +1230,17 @@ async fn do_group_text(
     group_jid: String,
     text: String,
     idem: Idem,
-) -> Result<Value, ApiError> {
+) -> Result<Outcome, ApiError> {
     let jid = group_jid.trim().to_string();
     if !util::is_group_jid(&jid) {
         return Err(instance_error(InstanceError::InvalidGroupJid));
     }
     let hash = request_hash(&[b"group-text", jid.as_bytes(), text.as_bytes()]);
-    idempotent(api, &idem, hash, |message_id| async move {
+    let actor = actor.clone();
+    idempotent(api, &idem, hash, move |message_id| async move {
         let g = jid.clone();
         let sent = call_t!(
-            actor,
+            &actor,
             |reply| InstanceMsg::SendGroupText {
                 group_jid: g,
                 text,
@@ -1184,7 +1269,9 @@ pub async fn group_text(
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Message sent", do_group_text(&api, &a, gid, text, idem).await?))
+    Ok(do_group_text(&api, &a, gid, text, idem)
+        .await?
+        .reply("Message sent"))
 }
 
 /// `POST /api/send-group/by-number/:phone`.
@@ -1198,10 +1285,8 @@ pub async fn group_text_by_number(
     let (gid, text) = group_text_body(&body)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    Ok(ok(
-        "Message sent",
-        with_from(do_group_text(&api, &a, gid, text, idem).await?, &row),
-    ))
+    let out = do_group_text(&api, &a, gid, text, idem).await?;
+    Ok(out.map(|v| with_from(v, &row)).reply("Message sent"))
 }
 
 /// `POST /api/send-group/:id/media`.
@@ -1217,7 +1302,9 @@ pub async fn group_media_file(
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_file(api, a, up, true, idem).await?))
+    Ok(media_file(api, a, up, true, idem)
+        .await?
+        .reply("Media sent"))
 }
 
 /// `POST /api/send-group/:id/media-url`.
@@ -1233,7 +1320,7 @@ pub async fn group_media_url(
     let row = instance(&api, &p, &id).await?;
     let idem = Idem::new(&row.id, key)?;
     let a = ready(&api, &row).await?;
-    Ok(ok("Media sent", media_url(api, a, b, true, idem).await?))
+    Ok(media_url(api, a, b, true, idem).await?.reply("Media sent"))
 }
 
 /// `POST /api/send-group/by-number/:phone/media`.
@@ -1247,8 +1334,8 @@ pub async fn group_media_file_by_number(
     let up = read_upload(&api, form).await?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    let v = media_file(api, a, up, true, idem).await?;
-    Ok(ok("Media sent", with_from(v, &row)))
+    let out = media_file(api, a, up, true, idem).await?;
+    Ok(out.map(|v| with_from(v, &row)).reply("Media sent"))
 }
 
 /// `POST /api/send-group/by-number/:phone/media-url`.
@@ -1262,8 +1349,8 @@ pub async fn group_media_url_by_number(
     let b = media_url_body(&body, true)?;
     let (row, a) = by_number(&api, &p, &phone).await?;
     let idem = Idem::new(&row.id, key)?;
-    let v = media_url(api, a, b, true, idem).await?;
-    Ok(ok("Media sent", with_from(v, &row)))
+    let out = media_url(api, a, b, true, idem).await?;
+    Ok(out.map(|v| with_from(v, &row)).reply("Media sent"))
 }
 
 // ---------- webhooks ----------
@@ -1288,7 +1375,10 @@ fn webhook_events(events: &Option<Vec<String>>) -> Result<Option<Vec<String>>, A
             "events must name at least one event (or be left out for the default)",
         ));
     }
-    if let Some(bad) = list.iter().find(|e| *e != "*" && !EVENT_NAMES.contains(&e.as_str())) {
+    if let Some(bad) = list
+        .iter()
+        .find(|e| *e != "*" && !EVENT_NAMES.contains(&e.as_str()))
+    {
         return Err(ApiError::bad_request(
             "VALIDATION_ERROR",
             format!(
@@ -1326,7 +1416,12 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
             .map_err(db_error)?;
         return Ok(ok(
             "Webhook removed",
-            json!({"instanceId": id, "webhookUrl": null, "secret": null}),
+            json!({
+                "instanceId": id,
+                "webhookUrl": null,
+                "secret": null,
+                "events": events_shown(&None),
+            }),
         ));
     }
     let parsed = url::Url::parse(&url)

@@ -355,11 +355,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         warp::post(),
         handlers::webhook_redeliver
     );
-    let raw_query = || {
-        warp::query::raw()
-            .or(warp::any().map(String::new))
-            .unify()
-    };
+    let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
     let messages = authed_route!(
         p!("api" / "instances" / String / "messages"),
         warp::get(),
@@ -392,7 +388,14 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .max(api.config.limits.max_video_bytes)
         + 1024 * 1024;
     let multipart = move || warp::multipart::form().max_length(media_limit);
-    let idem = || warp::header::optional::<String>("idempotency-key");
+    // The raw `Idempotency-Key` (checked by the handler, after the instance scope, so a
+    // malformed key is a VALIDATION_ERROR rather than a header rejection).
+    let idem = || {
+        warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
+            h.get("idempotency-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        })
+    };
     let send_by_number = authed_route!(
         p!("api" / "by-number" / String)
             .or(p!("api" / "send" / "by-number" / String))
@@ -515,11 +518,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .and_then(scoped)
         .untuple_one()
         .and(listen_enabled(api.clone()))
-        .and(
-            warp::query::raw()
-                .or(warp::any().map(String::new))
-                .unify(),
-        )
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())
@@ -579,7 +578,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
 
     let limited = rate_limited(api.clone()).and(everything);
     let served = health()
-        .map(|r| Reply::into_response(r))
+        .map(Reply::into_response)
         .or(limited)
         .unify()
         .recover(error::recover)
@@ -591,12 +590,13 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     } else {
         let cors = warp::cors()
             .allow_origins(origins.iter().map(String::as_str))
-            .allow_headers(["authorization", "content-type"])
+            .allow_headers(["authorization", "content-type", "idempotency-key"])
+            .expose_headers(["idempotent-replayed", "retry-after"])
             .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
             .max_age(600);
         served
             .with(cors)
-            .map(|r| Reply::into_response(r))
+            .map(Reply::into_response)
             .recover(error::recover)
             .unify()
             .boxed()

@@ -63,7 +63,6 @@ const GROUP_FILE: &[(&str, &str, bool)] = &[
     ("mediaType", "string", false),
 ];
 const SEND_ERRORS: &[&str] = &[
-    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -76,7 +75,6 @@ const SEND_ERRORS: &[&str] = &[
     "SEND_FAILED",
 ];
 const MEDIA_ERRORS: &[&str] = &[
-    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -94,7 +92,6 @@ const MEDIA_ERRORS: &[&str] = &[
 ];
 const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
 const GROUP_ERRORS: &[&str] = &[
-    "IDEMPOTENCY_KEY_REUSED",
     "VALIDATION_ERROR",
     "SESSION_NOT_FOUND",
     "NOT_CONNECTED",
@@ -182,10 +179,54 @@ fn status_of(code: &str) -> u16 {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
         | "MESSAGE_NOT_FOUND" => 404,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
-        "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" => 409,
+        "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_KEY_IN_PROGRESS" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
         _ => 400,
+    }
+}
+
+/// A route that sends a message (and so takes an `Idempotency-Key`).
+fn is_send(r: &RouteDoc) -> bool {
+    r.method == "post" && (r.path.starts_with("/api/send") || r.path.starts_with("/api/by-number"))
+}
+
+/// The query parameters of the log routes.
+fn query_params(r: &RouteDoc) -> Vec<(&'static str, Value)> {
+    let int = |min: i64, max: i64| json!({"type": "integer", "minimum": min, "maximum": max});
+    match (r.method, r.path) {
+        ("get", "/api/instances/{id}/messages") => vec![
+            ("chat", json!({"type": "string"})),
+            (
+                "direction",
+                json!({"type": "string", "enum": ["in", "out"]}),
+            ),
+            (
+                "since",
+                json!({"type": "string", "description": "RFC 3339 or unix milliseconds"}),
+            ),
+            (
+                "before",
+                json!({"type": "string", "description": "RFC 3339 or unix milliseconds"}),
+            ),
+            ("limit", int(1, 500)),
+            (
+                "cursor",
+                json!({"type": "string", "description": "nextCursor of the previous page"}),
+            ),
+        ],
+        ("get", "/api/instances/{id}/events") => vec![
+            (
+                "after",
+                json!({"type": "string", "description": "an event cursor; 0 or absent: from the start"}),
+            ),
+            ("limit", int(1, 1000)),
+        ],
+        ("get", "/api/listen/{id}") => vec![(
+            "after",
+            json!({"type": "string", "description": "replay the stored events after this cursor first"}),
+        )],
+        _ => Vec::new(),
     }
 }
 
@@ -228,6 +269,16 @@ pub fn document() -> Value {
         if r.path == "/api/instances" && r.method == "get" {
             params.push(json!({"name": "all", "in": "query", "required": false, "schema": {"type": "boolean"}}));
         }
+        for (name, schema) in query_params(r) {
+            params.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
+        }
+        if is_send(r) {
+            params.push(json!({
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "1-255 printable ASCII characters: repeats of the request with the same key send nothing and get the first answer (header Idempotent-Replayed: true)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }));
+        }
         if !params.is_empty() {
             op["parameters"] = json!(params);
         }
@@ -256,7 +307,12 @@ pub fn document() -> Value {
             json!({"description": ok_desc, "content": ok_content}),
         );
         let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
-        for c in r.errors {
+        let idempotency: &[&str] = if is_send(r) {
+            &["IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_KEY_IN_PROGRESS"]
+        } else {
+            &[]
+        };
+        for c in r.errors.iter().chain(idempotency) {
             by_status.entry(status_of(c)).or_default().push(c);
         }
         if r.auth {
