@@ -17,11 +17,11 @@ mod common;
 
 use common::TestServer;
 use futures_util::StreamExt;
-use warp::Filter;
 use mock_whatsapp::MockNetwork;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use warp::Filter;
 
 async fn run(n: usize, contacts: usize, hook: bool) -> f64 {
     let net = MockNetwork::start().await.expect("mock starts");
@@ -39,7 +39,11 @@ async fn run(n: usize, contacts: usize, hook: bool) -> f64 {
     // A receiver that takes every webhook.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(warp::serve(warp::any().map(warp::reply)).incoming(listener).run());
+    tokio::spawn(
+        warp::serve(warp::any().map(warp::reply))
+            .incoming(listener)
+            .run(),
+    );
     let (s, v) = srv
         .admin(
             "POST",
@@ -69,7 +73,9 @@ async fn run(n: usize, contacts: usize, hook: bool) -> f64 {
         .map(|c| {
             tokio::spawn(async move {
                 for i in 0..n {
-                    c.send_text("6281700000001", &format!("bench {i}")).await.unwrap();
+                    c.send_text("6281700000001", &format!("bench {i}"))
+                        .await
+                        .unwrap();
                 }
                 c
             })
@@ -99,7 +105,10 @@ async fn run(n: usize, contacts: usize, hook: bool) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let n = args.first().copied().unwrap_or(200);
     let contacts = args.get(1).copied().unwrap_or(4);
     for hook in [false, true, false, true] {

@@ -54,14 +54,16 @@ impl Collector {
             .and(warp::header::optional::<String>("webhook-id"))
             .and(warp::header::optional::<String>("x-sudevwa-signature"))
             .and(warp::body::bytes())
-            .map(move |id: Option<String>, sig: Option<String>, body: bytes::Bytes| {
-                h.lock().unwrap().push(Hit {
-                    id: id.unwrap_or_default(),
-                    signature: sig.unwrap_or_default(),
-                    body: body.to_vec(),
-                });
-                warp::reply()
-            });
+            .map(
+                move |id: Option<String>, sig: Option<String>, body: bytes::Bytes| {
+                    h.lock().unwrap().push(Hit {
+                        id: id.unwrap_or_default(),
+                        signature: sig.unwrap_or_default(),
+                        body: body.to_vec(),
+                    });
+                    warp::reply()
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -232,13 +234,25 @@ async fn sqlite_write_lock_for_20s_loses_nothing() {
     let first = contact.send_text("6281500000001", "before").await.unwrap();
     account("sqlite warm-up", &hook, &journal, &id, &[first]).await;
 
-    let mut lock = sea_orm::sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let mut lock = sea_orm::sqlx::SqliteConnection::connect(&url)
+        .await
+        .unwrap();
     sea_orm::sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut lock)
         .await
         .unwrap();
-    let ids = send_spread(&contact, "6281500000001", "locked", 50, Duration::from_secs(20)).await;
-    sea_orm::sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    let ids = send_spread(
+        &contact,
+        "6281500000001",
+        "locked",
+        50,
+        Duration::from_secs(20),
+    )
+    .await;
+    sea_orm::sqlx::query("COMMIT")
+        .execute(&mut lock)
+        .await
+        .unwrap();
     drop(lock);
 
     let (sent, stored, delivered, _) =
@@ -381,7 +395,14 @@ async fn postgres_stopped_for_20s_loses_nothing() {
     account("postgres warm-up", &hook, &journal, &id, &[first]).await;
 
     pg.stop("fast");
-    let ids = send_spread(&contact, "6281500000011", "outage", 50, Duration::from_secs(20)).await;
+    let ids = send_spread(
+        &contact,
+        "6281500000011",
+        "outage",
+        50,
+        Duration::from_secs(20),
+    )
+    .await;
     pg.start();
 
     let (sent, stored, delivered, _) =
@@ -577,7 +598,14 @@ async fn dropped_before_ack_is_redelivered_and_reported_once() {
     // 2. The socket closes right after the next message is written.
     assert!(net.drop_before_ack(ME, None, true));
     let mid2 = contact.send_text(ME, "dropped right after").await.unwrap();
-    account("dropped right after delivery", &hook, &journal, &id, &[mid2.clone()]).await;
+    account(
+        "dropped right after delivery",
+        &hook,
+        &journal,
+        &id,
+        &[mid2.clone()],
+    )
+    .await;
     eventually("everything acknowledged", OUTAGE_DEADLINE, || {
         let s = stats();
         (!s.drop_before_ack && s.unacked.is_empty()).then_some(())
@@ -663,7 +691,11 @@ async fn message_status_reaches_the_webhook_in_order() {
     }
 
     let journal = journal_for(&format!("sqlite://{}/db.sqlite", srv.dir.display())).await;
-    let m = journal.get_message(&id, &mid).await.unwrap().expect("logged");
+    let m = journal
+        .get_message(&id, &mid)
+        .await
+        .unwrap()
+        .expect("logged");
     assert_eq!(m["direction"], "out");
     assert_eq!(m["status"], "read");
     let timeline: Vec<&str> = m["statuses"]
@@ -688,7 +720,11 @@ async fn group_message_timeline_is_per_recipient() {
     let (id, token) = srv.paired_instance(&net, "6281500000071").await;
     let mut ben = net.add_contact("6281500000073", "Ben").await.unwrap();
     let gid = net
-        .create_group("Timeline", "6281500000071", &["6281500000072", "6281500000073"])
+        .create_group(
+            "Timeline",
+            "6281500000071",
+            &["6281500000072", "6281500000073"],
+        )
         .unwrap();
     let (s, v) = srv
         .call(
@@ -712,7 +748,11 @@ async fn group_message_timeline_is_per_recipient() {
     let journal = journal_for(&format!("sqlite://{}/db.sqlite", srv.dir.display())).await;
     let until = tokio::time::Instant::now() + DEADLINE;
     let timeline = loop {
-        let m = journal.get_message(&id, &mid).await.unwrap().expect("logged");
+        let m = journal
+            .get_message(&id, &mid)
+            .await
+            .unwrap()
+            .expect("logged");
         let t: Vec<(String, String)> = m["statuses"]
             .as_array()
             .unwrap()
@@ -734,10 +774,16 @@ async fn group_message_timeline_is_per_recipient() {
             .filter(|(s, _)| s == "read")
             .map(|(_, r)| r.split(['@', ':']).next().unwrap_or(""))
             .collect();
-        if delivered.contains("6281500000072") && delivered.contains("6281500000073") && read == ["6281500000072"] {
+        if delivered.contains("6281500000072")
+            && delivered.contains("6281500000073")
+            && read == ["6281500000072"]
+        {
             break t;
         }
-        assert!(tokio::time::Instant::now() < until, "per-recipient timeline: {t:?}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "per-recipient timeline: {t:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(timeline.iter().any(|(s, r)| s == "sent" && r.is_empty()));
@@ -816,7 +862,10 @@ async fn listen_after_a_cursor_replays_exactly_what_was_missed() {
         let logged = logged_ids(&journal, &id).await;
         !missed.iter().all(|m| logged.contains(m))
     } {
-        assert!(tokio::time::Instant::now() < until, "missed messages never stored");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "missed messages never stored"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -824,19 +873,30 @@ async fn listen_after_a_cursor_replays_exactly_what_was_missed() {
     let a = next_incoming(&mut ws).await;
     let b = next_incoming(&mut ws).await;
     assert_eq!(
-        [a["data"]["message_id"].clone(), b["data"]["message_id"].clone()],
+        [
+            a["data"]["message_id"].clone(),
+            b["data"]["message_id"].clone()
+        ],
         [json!(missed[0]), json!(missed[1])],
         "exactly the missed events, in order"
     );
     assert!(a["cursor"].as_str().unwrap().parse::<i64>().unwrap() > cursor.parse::<i64>().unwrap());
     // Then live, with no repeat.
-    let live = contact.send_text("6281500000051", "live again").await.unwrap();
+    let live = contact
+        .send_text("6281500000051", "live again")
+        .await
+        .unwrap();
     let c = next_incoming(&mut ws).await;
     assert_eq!(c["data"]["message_id"], json!(live));
 
     // A bad cursor is a clear 400 before any upgrade.
     let (s, v) = srv
-        .call("GET", &format!("/api/listen/{id}?after=abc"), Some(&token), None)
+        .call(
+            "GET",
+            &format!("/api/listen/{id}?after=abc"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(s, 400, "{v}");
     srv.stop().await;
@@ -852,7 +912,9 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}/db.sqlite", dir.display());
     let cfg = sudevwa::config::Config::load(&sudevwa::config::Sources {
-        env: [("DATABASE_URL".to_string(), url.clone())].into_iter().collect(),
+        env: [("DATABASE_URL".to_string(), url.clone())]
+            .into_iter()
+            .collect(),
         ..Default::default()
     })
     .unwrap();
@@ -915,7 +977,9 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
     assert_eq!((p.messages, p.events, p.outbox), (3, 3, 0));
     let a_ids = logged_ids(&journal, "A").await;
     assert_eq!(a_ids.len(), 5);
-    assert!(a_ids.iter().all(|i| !["A-M0", "A-M1", "A-M2"].contains(&i.as_str())));
+    assert!(a_ids
+        .iter()
+        .all(|i| !["A-M0", "A-M1", "A-M2"].contains(&i.as_str())));
     assert_eq!(logged_ids(&journal, "B").await.len(), 2);
     let ev = journal.events_after("A", 0, 100, None).await.unwrap();
     assert_eq!(ev.len(), 5, "old events pruned, new kept");

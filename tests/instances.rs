@@ -280,7 +280,13 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
     assert_eq!(data["type"], "text");
     assert_eq!(data["from_phone"], "6281200000002");
     assert!(data["from_me"] == false && data["is_group"] == false);
-    let stored = sink.0.lock().unwrap().last().cloned().expect("stored before broadcast");
+    let stored = sink
+        .0
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("stored before broadcast");
     assert_eq!(stored.to_envelope()["data"], env["data"]);
     assert_eq!(env["event"], "incoming_message");
     assert_eq!(env["data"]["message"], "hi instance");

@@ -43,7 +43,11 @@ pub const PARKED_LINE: &str = "fault: inbound commit parked";
 
 #[async_trait::async_trait]
 impl InboundDurabilityHook for CommitHook {
-    async fn on_messages(&self, _client: Arc<Client>, batch: &[InboundMessage]) -> anyhow::Result<()> {
+    async fn on_messages(
+        &self,
+        _client: Arc<Client>,
+        batch: &[InboundMessage],
+    ) -> anyhow::Result<()> {
         let msgs: Vec<_> = batch
             .iter()
             .filter(|m| !is_signalling(&m.message))
@@ -66,9 +70,7 @@ impl InboundDurabilityHook for CommitHook {
             }
             Err(e) => {
                 tracing::warn!(instance_id = %self.instance_id, messages = msgs.len(), error = %e, "commit of incoming messages failed; ack withheld");
-                let _ = self
-                    .actor
-                    .cast(InstanceMsg::CommitFailed(self.generation));
+                let _ = self.actor.cast(InstanceMsg::CommitFailed(self.generation));
                 Err(anyhow::anyhow!(e))
             }
         }

@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 use whatsapp_rust::bot::{Bot, BotHandle};
 use whatsapp_rust::wacore::store::traits::Backend;
 use whatsapp_rust::wacore::types::events::Event;
-use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::wacore_binary::JidExt;
+use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::{Client, Jid};
 
 /// How instances reach WhatsApp: the same code runs against the real service and the
@@ -440,12 +440,13 @@ impl Actor for InstanceActor {
                 let r = match lifecycle::transition(state.status, LifecycleEvent::QrCancelled) {
                     Ok(_) => {
                         state.apply(&myself, LifecycleEvent::QrCancelled).await;
-                        state.notify(LifecycleNotice::QrCancelled {
-                            instance_id: state.id.clone(),
-                            status: "cancelled",
-                            message: "QR login cancelled".into(),
-                        })
-                        .await;
+                        state
+                            .notify(LifecycleNotice::QrCancelled {
+                                instance_id: state.id.clone(),
+                                status: "cancelled",
+                                message: "QR login cancelled".into(),
+                            })
+                            .await;
                         Ok(())
                     }
                     Err(e) => Err(e.into()),
@@ -511,11 +512,12 @@ impl Actor for InstanceActor {
             InstanceMsg::QrDeadline(flow) => {
                 if flow == state.qr_flow && state.status == InstanceStatus::QrPending {
                     state.apply(&myself, LifecycleEvent::QrTimedOut).await;
-                    state.notify(LifecycleNotice::QrTimeout {
-                        instance_id: state.id.clone(),
-                        status: "timeout",
-                    })
-                    .await;
+                    state
+                        .notify(LifecycleNotice::QrTimeout {
+                            instance_id: state.id.clone(),
+                            status: "timeout",
+                        })
+                        .await;
                 }
             }
             InstanceMsg::Heartbeat => {
@@ -629,7 +631,8 @@ impl InstanceState {
                 self.lid = None;
                 if let Err(e) = self.env.store.wipe_session(&self.id).await {
                     tracing::error!(instance_id = %self.id, error = %e, "wiping the session failed");
-                    self.error("STORAGE_FAILED", "wiping the session failed").await;
+                    self.error("STORAGE_FAILED", "wiping the session failed")
+                        .await;
                 }
             }
         }
@@ -670,14 +673,13 @@ impl InstanceState {
         } else {
             builder
         };
-        let builder = builder
-            .on_event(move |event, _client| {
-                let me = me.clone();
-                async move {
-                    // The actor may be gone (stopping); then the event has no one to inform.
-                    let _ = me.cast(InstanceMsg::Wa(generation, event));
-                }
-            });
+        let builder = builder.on_event(move |event, _client| {
+            let me = me.clone();
+            async move {
+                // The actor may be gone (stopping); then the event has no one to inform.
+                let _ = me.cast(InstanceMsg::Wa(generation, event));
+            }
+        });
         let builder = match opts.version {
             Some(v) => builder.with_version(v),
             None => builder,
@@ -702,7 +704,8 @@ impl InstanceState {
             }
             Err(e) => {
                 tracing::error!(instance_id = %self.id, error = %e, "building the WhatsApp client failed");
-                self.error("CLIENT_FAILED", "the WhatsApp client could not be started").await;
+                self.error("CLIENT_FAILED", "the WhatsApp client could not be started")
+                    .await;
             }
         }
     }
@@ -852,7 +855,12 @@ impl InstanceState {
                 let st = MessageStatus {
                     instance_id: self.id.clone(),
                     message_ids: vec![a.id.clone()],
-                    status: if a.error.is_some() { "error" } else { "server_ack" }.to_string(),
+                    status: if a.error.is_some() {
+                        "error"
+                    } else {
+                        "server_ack"
+                    }
+                    .to_string(),
                     chat: a
                         .from
                         .as_ref()
@@ -1134,9 +1142,9 @@ impl InstanceState {
 
 /// The `incoming_message` payload of a decrypted message.
 pub fn incoming(
-instance_id: &str,
-m: &wa::Message,
-info: &whatsapp_rust::wacore::types::message::MessageInfo,
+    instance_id: &str,
+    m: &wa::Message,
+    info: &whatsapp_rust::wacore::types::message::MessageInfo,
 ) -> IncomingMessage {
     let src = &info.source;
     let (kind, text, media) = describe(m);

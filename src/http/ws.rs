@@ -255,12 +255,17 @@ pub fn global(p: Principal, ws: Ws, proto: Option<String>, api: Shared) -> Respo
 pub fn after_cursor(query: &str) -> Result<Option<i64>, ApiError> {
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         if k == "after" {
-            return v.parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or_else(|| {
-                ApiError::bad_request(
-                    "VALIDATION_ERROR",
-                    "after must be a cursor from an earlier event (a non-negative integer)",
-                )
-            });
+            return v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "VALIDATION_ERROR",
+                        "after must be a cursor from an earlier event (a non-negative integer)",
+                    )
+                });
         }
     }
     Ok(None)

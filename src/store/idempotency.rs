@@ -80,7 +80,11 @@ pub struct IdempotencyKeys {
 }
 
 impl IdempotencyKeys {
-    pub fn new(db: DatabaseConnection, window: std::time::Duration, stale: std::time::Duration) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        window: std::time::Duration,
+        stale: std::time::Duration,
+    ) -> Self {
         Self {
             db,
             window_ms: window.as_millis() as i64,
@@ -130,8 +134,14 @@ impl IdempotencyKeys {
             let r = entity::Entity::update_many()
                 .col_expr(entity::Column::RequestHash, Expr::value(hash))
                 .col_expr(entity::Column::State, Expr::value("pending"))
-                .col_expr(entity::Column::Response, Expr::value(Option::<String>::None))
-                .col_expr(entity::Column::CreatedAt, Expr::value(if expired { now } else { row.created_at }))
+                .col_expr(
+                    entity::Column::Response,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    entity::Column::CreatedAt,
+                    Expr::value(if expired { now } else { row.created_at }),
+                )
                 .col_expr(entity::Column::UpdatedAt, Expr::value(now))
                 .filter(entity::Column::InstanceId.eq(instance_id))
                 .filter(entity::Column::Key.eq(key))

@@ -184,7 +184,11 @@ impl Instances {
     }
 
     /// Sets (or with `None`, resets to the default) the webhook event filter.
-    pub async fn set_webhook_events(&self, id: &str, events: Option<&[String]>) -> Result<(), DbErr> {
+    pub async fn set_webhook_events(
+        &self,
+        id: &str,
+        events: Option<&[String]>,
+    ) -> Result<(), DbErr> {
         let v = events.map(|e| serde_json::Value::from(e.to_vec()).to_string());
         entity::Entity::update_many()
             .col_expr(entity::Column::WebhookEvents, Expr::value(v))

@@ -234,6 +234,11 @@ pub struct Journal {
     /// Rings the webhook worker.
     wake: Arc<Notify>,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// SQLite: one writer at a time. All journal writes share stripe 0, so they queue
+    /// in the process (fair, no waiting) instead of colliding in SQLite, where a
+    /// second writer either sleeps in the busy handler (milliseconds at a time) or, in
+    /// a transaction that read first, fails at once with a stale snapshot.
+    single_writer: bool,
 }
 
 const STRIPES: usize = 64;
@@ -241,14 +246,36 @@ const STRIPES: usize = 64;
 impl Journal {
     pub fn new(db: DatabaseConnection, webhooks: bool, wake: Arc<Notify>) -> Self {
         Self {
-            db,
             webhooks,
             wake,
             stripes: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
+            single_writer: db.get_database_backend() == sea_orm::DbBackend::Sqlite,
+            db,
         }
     }
 
+    /// A write transaction that holds SQLite's write lock from its first statement (as
+    /// `BEGIN IMMEDIATE` would). A plain deferred transaction that reads first and then
+    /// writes fails at once with SQLITE_BUSY when another connection (the session store,
+    /// the webhook worker) writes meanwhile: SQLite cannot wait there without risking a
+    /// stale read. Taking the lock first lets the busy timeout wait instead. The opening
+    /// statement deletes nothing (event sequence numbers are positive).
+    async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        let txn = self.db.begin().await?;
+        if self.single_writer {
+            event::Entity::delete_many()
+                .filter(event::Column::Seq.lt(0))
+                .exec(&txn)
+                .await?;
+        }
+        Ok(txn)
+    }
+
+    /// The write lock of `instance_id`'s journal writes (see [`Journal::single_writer`]).
     fn stripe(&self, instance_id: &str) -> &tokio::sync::Mutex<()> {
+        if self.single_writer {
+            return &self.stripes[0];
+        }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         instance_id.hash(&mut h);
@@ -329,7 +356,7 @@ impl Journal {
         let webhook = self.webhook_filter(instance_id).await?;
         let _order = self.stripe(instance_id).lock().await;
         let now = now_ms();
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let mut out = Vec::new();
         let mut queued = false;
         for m in msgs {
@@ -382,7 +409,8 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let txn = self.db.begin().await?;
+        let _order = self.stripe(&s.instance_id).lock().await;
+        let txn = self.begin_write().await?;
         message::Entity::insert(message::ActiveModel {
             instance_id: Set(s.instance_id.clone()),
             direction: Set("out".into()),
@@ -452,7 +480,7 @@ impl Journal {
         } else {
             now
         };
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let mut known = false;
         for id in &st.message_ids {
             let rows = message::Entity::find()
@@ -510,7 +538,7 @@ impl Journal {
         let env = n.to_envelope();
         let name = env["event"].as_str().unwrap_or_default().to_string();
         let _order = self.stripe(&id).lock().await;
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
         txn.commit().await?;
         if queued {
@@ -577,7 +605,11 @@ impl Journal {
             .await?;
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|r| r.seq) } else { None };
+        let next_cursor = if more {
+            rows.last().map(|r| r.seq)
+        } else {
+            None
+        };
         Ok(MessagePage {
             messages: rows.iter().map(message_json).collect(),
             next_cursor,
@@ -710,7 +742,7 @@ impl Journal {
 
     /// Whether the database takes writes: one tiny write transaction.
     pub async fn probe_writable(&self) -> Result<(), DbErr> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         event::Entity::delete_many()
             .filter(event::Column::Seq.lt(0))
             .exec(&txn)

@@ -86,7 +86,13 @@ impl Spool {
     }
 
     /// Removes the row (absent is fine).
-    pub fn delete(&self, instance: &str, chat: &str, sender: &str, id: &str) -> std::io::Result<()> {
+    pub fn delete(
+        &self,
+        instance: &str,
+        chat: &str,
+        sender: &str,
+        id: &str,
+    ) -> std::io::Result<()> {
         match std::fs::remove_file(self.path(instance, chat, sender, id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -152,8 +158,14 @@ mod tests {
         let s = Spool::new(&dir);
         s.put("a", "c@s", "s@s", "M1", b"one").unwrap();
         s.put("b", "c@s", "s@s", "M1", b"other").unwrap();
-        assert_eq!(s.get("a", "c@s", "s@s", "M1").unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(s.get("b", "c@s", "s@s", "M1").unwrap().as_deref(), Some(&b"other"[..]));
+        assert_eq!(
+            s.get("a", "c@s", "s@s", "M1").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            s.get("b", "c@s", "s@s", "M1").unwrap().as_deref(),
+            Some(&b"other"[..])
+        );
         assert_eq!(s.get("a", "c@s", "s@s", "M2").unwrap(), None);
         assert_eq!(s.count("a"), 1);
         s.delete("a", "c@s", "s@s", "M1").unwrap();

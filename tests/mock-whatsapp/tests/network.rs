@@ -759,6 +759,9 @@ async fn ordinary_traffic_leaves_nothing_unacked() {
         // key, so acks can be fewer than deliveries, never more.
         // A reconnect under load may redeliver what was not acked yet; acks still
         // match deliveries (first or repeated), never more.
-        assert!(s.acked >= 2 && s.acked <= s.delivered + s.redelivered, "{s:?}");
+        assert!(
+            s.acked >= 2 && s.acked <= s.delivered + s.redelivered,
+            "{s:?}"
+        );
     }
 }

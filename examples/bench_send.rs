@@ -1,0 +1,128 @@
+//! B2 — send throughput and latency through `POST /api/send/:id`.
+//!
+//! The real server binary (release) against the mock network in this process: 4 sender
+//! and 4 recipient instances, each recipient's `/api/listen` socket counting arrivals.
+//! For webhooks off and on (every instance's webhook pointing at a fast local receiver):
+//! a closed-loop run (8 connections, as fast as answers come) and an open-loop run at a
+//! fixed offered rate (latency counted from the scheduled send time). SQLite always;
+//! PostgreSQL too when `SUDEVWA_BENCH_POSTGRES_URL` is set (its public schema is emptied).
+//!
+//! ```sh
+//! cargo run --release --features sandbox --example bench_send -- [secs=10] [rate=500] [conns=8]
+//! ```
+//! Loopback only; every run is bounded by its duration plus a drain deadline.
+
+#[path = "benchkit/mod.rs"]
+mod benchkit;
+
+use benchkit::{count_listen, load, wait_count, Db, Receiver, Server};
+use mock_whatsapp::MockNetwork;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const SENDERS: usize = 4;
+
+async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64, conns: usize) {
+    let net = MockNetwork::start().await.expect("mock starts");
+    let srv = Server::start(
+        bin,
+        &db,
+        &net,
+        &[
+            (
+                "SUDEVWA_ENABLE_WEBHOOK",
+                if webhooks { "true" } else { "false" },
+            ),
+            ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
+            ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+        ],
+    );
+    let (senders, _) = srv.pair_fleet(&net, "62811", SENDERS, 8).await;
+    let (recipients, _) = srv.pair_fleet(&net, "62812", SENDERS, 8).await;
+    let receiver = Receiver::start(200).await;
+    if webhooks {
+        for (id, _, _) in senders.iter().chain(recipients.iter()) {
+            srv.set_webhook(id, &receiver.url()).await;
+        }
+    }
+    let mut counters = Vec::new();
+    for (id, token, _) in &recipients {
+        counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
+    }
+    let arrived = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let s_ids: Vec<String> = senders.iter().map(|s| s.0.clone()).collect();
+    let r_phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
+    let make = move |i: u64| {
+        let s = (i as usize) % SENDERS;
+        let r = (i as usize / SENDERS + s) % SENDERS;
+        (
+            format!("/api/send/{}", s_ids[s]),
+            json!({"to": r_phones[r], "message": format!("bench {i}")}),
+        )
+    };
+    // Warm-up: one send per pair, so number checks and sessions exist before timing.
+    let _ = load(&srv, 4, Duration::from_secs(2), Some(8.0), make.clone()).await;
+    let label = format!(
+        "{}, webhooks {}",
+        db.name(),
+        if webhooks { "on" } else { "off" }
+    );
+    for offered in [None, Some(rate)] {
+        let base_arrivals = arrived();
+        let base_hooks = receiver.ok.load(Ordering::Relaxed);
+        let mut r = load(
+            &srv,
+            conns,
+            Duration::from_secs(secs),
+            offered,
+            make.clone(),
+        )
+        .await;
+        let got = wait_count(arrived, base_arrivals + r.ok, Duration::from_secs(60)).await;
+        let hooks = receiver.ok.load(Ordering::Relaxed) - base_hooks;
+        let mode = match offered {
+            None => format!("closed loop, {conns} connections"),
+            Some(x) => format!("open loop at {x:.0} msg/s offered, {conns} connections"),
+        };
+        println!(
+            "B2 {label}, {mode}: {} | arrived {}/{} | webhook deliveries {hooks}{}",
+            r.summary(),
+            got - base_arrivals,
+            r.ok,
+            if r.error_samples.is_empty() {
+                String::new()
+            } else {
+                format!(" | errors e.g. {:?}", r.error_samples)
+            }
+        );
+    }
+    srv.terminate();
+    net.shutdown();
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<f64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let secs = args.first().copied().unwrap_or(10.0) as u64;
+    let rate = args.get(1).copied().unwrap_or(500.0);
+    let conns = args.get(2).copied().unwrap_or(8.0) as usize;
+    let bin = benchkit::server_binary();
+    println!("machine: {}", benchkit::machine());
+    for webhooks in [false, true] {
+        let dir = benchkit::scratch(&format!("send-{webhooks}"));
+        run(&bin, Db::Sqlite(dir.clone()), webhooks, secs, rate, conns).await;
+        let _ = std::fs::remove_dir_all(dir);
+        if let Some(pg) = Db::postgres_from_env() {
+            run(&bin, pg, webhooks, secs, rate, conns).await;
+        }
+    }
+}
