@@ -18,6 +18,8 @@
 //! cargo run --release --features sandbox --example bench_fleet -- [N=1000] [idle_secs=30] [--default-gate]
 //! ```
 //! Loopback only; every wait has a deadline.
+// Release builds nest the mock's warp filter chain deeper than the default limit of 128.
+#![recursion_limit = "256"]
 
 #[path = "benchkit/mod.rs"]
 mod benchkit;

@@ -11,6 +11,8 @@
 //! cargo run --release --features sandbox --example bench_send -- [secs=10] [rate=500] [conns=8]
 //! ```
 //! Loopback only; every run is bounded by its duration plus a drain deadline.
+// Release builds nest the mock's warp filter chain deeper than the default limit of 128.
+#![recursion_limit = "256"]
 
 #[path = "benchkit/mod.rs"]
 mod benchkit;

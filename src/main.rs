@@ -2,6 +2,8 @@
 //!
 //! Any start-up failure prints one line (`sudevwa: ...`) on stderr and exits non-zero:
 //! 2 for configuration errors, 1 for everything else.
+// Release builds nest the server's warp filter chain deeper than the default limit of 128.
+#![recursion_limit = "256"]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -157,6 +157,7 @@ impl Instances {
         let r = entity::Entity::delete_by_id(id.to_string())
             .exec(&self.db)
             .await?;
+        bump_webhook_settings();
         Ok(r.rows_affected > 0)
     }
 
@@ -180,6 +181,7 @@ impl Instances {
             .filter(entity::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        bump_webhook_settings();
         Ok(())
     }
 
@@ -196,6 +198,7 @@ impl Instances {
             .filter(entity::Column::Id.eq(id))
             .exec(&self.db)
             .await?;
+        bump_webhook_settings();
         Ok(())
     }
 
@@ -257,4 +260,19 @@ impl InstanceStore for DbInstanceStore {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Counts changes of any instance's webhook settings (URL, secret, event filter,
+/// deletion), so readers that cache them (the journal, per event) know when to read
+/// again. Process-wide: a change in one server of a test process merely makes the
+/// others read once more.
+static WEBHOOK_SETTINGS_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn bump_webhook_settings() {
+    WEBHOOK_SETTINGS_GEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The current webhook-settings generation (read it before reading the settings).
+pub fn webhook_settings_generation() -> u64 {
+    WEBHOOK_SETTINGS_GEN.load(std::sync::atomic::Ordering::SeqCst)
 }

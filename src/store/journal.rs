@@ -27,6 +27,7 @@ use sea_orm::{
     TransactionTrait,
 };
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -239,7 +240,14 @@ pub struct Journal {
     /// second writer either sleeps in the busy handler (milliseconds at a time) or, in
     /// a transaction that read first, fails at once with a stale snapshot.
     single_writer: bool,
+    /// Each instance's webhook filter as last read, with the settings generation it was
+    /// read at (see `instances::webhook_settings_generation`): one row read per change,
+    /// not one per event.
+    webhook_cache: Arc<std::sync::Mutex<HashMap<String, (u64, Option<Option<String>>)>>>,
 }
+
+/// Entries kept in the webhook-filter cache before it is emptied (bounded memory).
+const WEBHOOK_CACHE_MAX: usize = 100_000;
 
 const STRIPES: usize = 64;
 
@@ -250,25 +258,24 @@ impl Journal {
             wake,
             stripes: Arc::new((0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
             single_writer: db.get_database_backend() == sea_orm::DbBackend::Sqlite,
+            webhook_cache: Arc::default(),
             db,
         }
     }
 
-    /// A write transaction that holds SQLite's write lock from its first statement (as
-    /// `BEGIN IMMEDIATE` would). A plain deferred transaction that reads first and then
-    /// writes fails at once with SQLITE_BUSY when another connection (the session store,
-    /// the webhook worker) writes meanwhile: SQLite cannot wait there without risking a
-    /// stale read. Taking the lock first lets the busy timeout wait instead. The opening
-    /// statement deletes nothing (event sequence numbers are positive).
+    /// A write transaction that holds SQLite's write lock from the start
+    /// (`BEGIN IMMEDIATE`; a plain `BEGIN` on PostgreSQL). A deferred transaction that
+    /// reads first and then writes fails at once with SQLITE_BUSY when another
+    /// connection (the session store, the webhook worker) writes meanwhile: SQLite
+    /// cannot wait there without risking a stale read. Taking the lock first lets the
+    /// busy timeout wait instead.
     async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-        let txn = self.db.begin().await?;
-        if self.single_writer {
-            event::Entity::delete_many()
-                .filter(event::Column::Seq.lt(0))
-                .exec(&txn)
-                .await?;
-        }
-        Ok(txn)
+        self.db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
     }
 
     /// The write lock of `instance_id`'s journal writes (see [`Journal::single_writer`]).
@@ -287,12 +294,27 @@ impl Journal {
         if !self.webhooks {
             return Ok(None);
         }
+        let generation = crate::store::instances::webhook_settings_generation();
+        if let Ok(cache) = self.webhook_cache.lock() {
+            if let Some((g, v)) = cache.get(instance_id) {
+                if *g == generation {
+                    return Ok(v.clone());
+                }
+            }
+        }
         let row = instance::Entity::find_by_id(instance_id.to_string())
             .one(&self.db)
             .await?;
-        Ok(row
+        let v = row
             .filter(|r| r.webhook_url.is_some())
-            .map(|r| r.webhook_events))
+            .map(|r| r.webhook_events);
+        if let Ok(mut cache) = self.webhook_cache.lock() {
+            if cache.len() >= WEBHOOK_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(instance_id.to_string(), (generation, v.clone()));
+        }
+        Ok(v)
     }
 
     /// Appends an event (and its outbox row when the webhook takes it) inside `txn`.
