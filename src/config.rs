@@ -183,8 +183,17 @@ pub struct WebsocketConfig {
 /// `[limits]`
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
+    /// Requests per second per client IP over every route; 0 = off (the default).
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    /// Failed authentications and logins per minute per client IP; 0 = off.
+    pub auth_failures_per_min: u32,
+    pub auth_failure_burst: u32,
+    /// Per-instance send governor; zeros = off (the default).
+    pub send_per_sec: u32,
+    pub send_burst: u32,
+    pub send_per_min: u32,
+    pub new_chats_per_hour: u32,
     pub max_image_bytes: u64,
     pub max_video_bytes: u64,
     pub max_audio_bytes: u64,
@@ -541,6 +550,12 @@ struct RawWhatsapp {
 struct RawLimits {
     rate_limit_per_sec: i64,
     rate_limit_burst: i64,
+    auth_failures_per_min: i64,
+    auth_failure_burst: i64,
+    send_per_sec: i64,
+    send_burst: i64,
+    send_per_min: i64,
+    new_chats_per_hour: i64,
     max_image_bytes: i64,
     max_video_bytes: i64,
     max_audio_bytes: i64,
@@ -754,13 +769,34 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         rate_limit_per_sec: c.range(
             "limits.rate_limit_per_sec",
             raw.limits.rate_limit_per_sec,
-            1,
+            0,
             1_000_000,
         )? as u32,
         rate_limit_burst: c.range(
             "limits.rate_limit_burst",
             raw.limits.rate_limit_burst,
             1,
+            1_000_000,
+        )? as u32,
+        auth_failures_per_min: c.range(
+            "limits.auth_failures_per_min",
+            raw.limits.auth_failures_per_min,
+            0,
+            1_000_000,
+        )? as u32,
+        auth_failure_burst: c.range(
+            "limits.auth_failure_burst",
+            raw.limits.auth_failure_burst,
+            1,
+            1_000_000,
+        )? as u32,
+        send_per_sec: c.range("limits.send_per_sec", raw.limits.send_per_sec, 0, 100_000)? as u32,
+        send_burst: c.range("limits.send_burst", raw.limits.send_burst, 0, 100_000)? as u32,
+        send_per_min: c.range("limits.send_per_min", raw.limits.send_per_min, 0, 6_000_000)? as u32,
+        new_chats_per_hour: c.range(
+            "limits.new_chats_per_hour",
+            raw.limits.new_chats_per_hour,
+            0,
             1_000_000,
         )? as u32,
         max_image_bytes: c.range(

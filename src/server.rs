@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::http::auth::Auth;
-use crate::http::ratelimit::RateLimiter;
+use crate::http::ratelimit::{GovernorSettings, RateLimiter, SendGovernor};
 use crate::http::{Api, DeliveryLog, Shared};
 use crate::outbox::{Outbox, WebhookWorker, WorkerSettings};
 use crate::runtime::{Admission, InstanceRuntime, RuntimeConfig};
@@ -171,9 +171,19 @@ pub async fn build_api(
         runtime,
         auth,
         limiter: RateLimiter::new(
-            config.limits.rate_limit_per_sec,
+            f64::from(config.limits.rate_limit_per_sec),
             config.limits.rate_limit_burst,
         ),
+        auth_failures: RateLimiter::new(
+            f64::from(config.limits.auth_failures_per_min) / 60.0,
+            config.limits.auth_failure_burst,
+        ),
+        governor: SendGovernor::new(GovernorSettings {
+            per_sec: config.limits.send_per_sec,
+            burst: config.limits.send_burst,
+            per_min: config.limits.send_per_min,
+            new_chats_per_hour: config.limits.new_chats_per_hour,
+        }),
         webhooks,
         journal,
         idempotency: idempotency_keys(config, &db),

@@ -114,7 +114,14 @@ fn routes(a: &str) -> Vec<(&'static str, String, Scope)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auth_matrix_every_route_every_credential() {
     let net = MockNetwork::start().await.unwrap();
-    let srv = TestServer::start(&net, "authmatrix", &[]).await;
+    // Hundreds of deliberate bad credentials from one IP: the brute-force limit (tested
+    // on its own below) is turned off here so every answer is the authentication verdict.
+    let srv = TestServer::start(
+        &net,
+        "authmatrix",
+        &[("SUDEVWA_LIMITS_AUTH_FAILURES_PER_MIN", "0")],
+    )
+    .await;
     let (a, ta) = srv.create_instance().await;
     let (b, tb) = srv.create_instance().await;
     let now = chrono::Utc::now().timestamp();
@@ -467,5 +474,132 @@ async fn openapi_document_validates_and_lists_every_route() {
         routes(&a).len() + 3,
         "documented routes = served routes"
     );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_limits_admit_integrators_and_stop_guessers() {
+    let net = MockNetwork::start().await.unwrap();
+    // The shipped defaults: no per-IP limit for authenticated callers, failures limited.
+    let srv = TestServer::start(&net, "defaults", &[]).await;
+    let (id, token) = srv.create_instance().await;
+    // A plain integration flow: 100 authenticated calls from one IP within about a
+    // second (10 callers, 10 calls each), none refused.
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for c in 0..10 {
+        let (http, base, id, token) = (srv.http.clone(), srv.url(""), id.clone(), token.clone());
+        calls.spawn(async move {
+            let mut codes = Vec::new();
+            for i in 0..10 {
+                let path = match (c + i) % 3 {
+                    0 => "/api/validate".to_string(),
+                    1 => format!("/api/status/{id}"),
+                    _ => format!("/api/instances/{id}/messages"),
+                };
+                let resp = http
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("answered");
+                codes.push(resp.status().as_u16());
+            }
+            codes
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        codes.extend(r.unwrap());
+    }
+    assert_eq!(codes.len(), 100);
+    assert!(
+        codes.iter().all(|c| *c == 200),
+        "no call refused: {codes:?} (in {:?})",
+        started.elapsed()
+    );
+    // 20 wrong passwords in a row from one IP: the first ones 401, then 429.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let (s, v) = srv
+            .call(
+                "POST",
+                "/login-jwt",
+                None,
+                Some(json!({"username": USER, "password": "guess"})),
+            )
+            .await;
+        seen.push((s, code(&v).to_string()));
+    }
+    assert_eq!(seen[0], (401, "INVALID_CREDENTIALS".to_string()));
+    assert_eq!(
+        seen[19],
+        (429, "RATE_LIMITED".to_string()),
+        "wrong passwords are limited: {seen:?}"
+    );
+    assert!(
+        seen.iter().filter(|(s, _)| *s == 401).count() <= 10,
+        "at most the burst of 10 failures is judged: {seen:?}"
+    );
+    // The address is now refused on authenticated routes too, even with a valid key,
+    // until the bucket refills (Retry-After says when).
+    let resp = srv
+        .http
+        .get(srv.url("/api/validate"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "retry after {retry}s");
+    let (s, _) = srv.call("GET", "/", None, None).await;
+    assert_eq!(s, 200, "health is never limited");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_governor_paces_an_instance_when_configured() {
+    let net = MockNetwork::start().await.unwrap();
+    let _alice = net.add_contact("6281200000002", "Alice").await.unwrap();
+    let _bob = net.add_contact("6281200000003", "Bob").await.unwrap();
+    let srv = TestServer::start(
+        &net,
+        "governor",
+        &[
+            ("SUDEVWA_LIMITS_SEND_PER_MIN", "3"),
+            ("SUDEVWA_LIMITS_NEW_CHATS_PER_HOUR", "1"),
+        ],
+    )
+    .await;
+    let (id, token) = srv.paired_instance(&net, "6281100000001").await;
+    let send = |to: &'static str| {
+        let (srv, id, token) = (&srv, id.clone(), token.clone());
+        async move {
+            srv.call(
+                "POST",
+                &format!("/api/send/{id}"),
+                Some(&token),
+                Some(json!({"to": to, "message": "hi"})),
+            )
+            .await
+        }
+    };
+    let (s, v) = send("6281200000002").await;
+    assert_eq!(s, 200, "{v}");
+    // A second new chat within the hour is over the first-contact limit.
+    let (s, v) = send("6281200000003").await;
+    assert_eq!((s, code(&v)), (429, "RATE_LIMITED"), "{v}");
+    // The known chat still gets its sends, up to 3 a minute.
+    let (s, v) = send("6281200000002").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = send("6281200000002").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = send("6281200000002").await;
+    assert_eq!((s, code(&v)), (429, "RATE_LIMITED"), "{v}");
     srv.stop().await;
 }

@@ -271,3 +271,88 @@ async fn oversize_and_slow_bodies_are_cut_off() {
     assert_eq!(r.unwrap_err(), FetchError::Timeout);
     assert_eq!(FetchError::Timeout.api_code(), "DOWNLOAD_FAILED");
 }
+
+/// A keep-alive HTTP/1.1 receiver: answers every request on a connection with 204 and
+/// counts connections and requests.
+async fn keepalive_receiver() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let reqs = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (conns.clone(), reqs.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if sock
+                        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, reqs)
+}
+
+#[tokio::test]
+async fn deliveries_reuse_one_pooled_client_and_connection() {
+    let (addr, conns, reqs) = keepalive_receiver().await;
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
+    let p = policy(&["127.0.0.1/32"]);
+    let first = sudevwa::net::fetch::post(&url, b"{}".to_vec(), &[], &p)
+        .await
+        .expect("first delivery");
+    assert_eq!(first, 204);
+    let built = sudevwa::net::fetch::clients_built();
+    for i in 0..20 {
+        let body = format!("{{\"n\":{i}}}").into_bytes();
+        let status = sudevwa::net::fetch::post(&url, body, &[("x-n", i.to_string())], &p)
+            .await
+            .expect("delivery");
+        assert_eq!(status, 204);
+    }
+    assert_eq!(reqs.load(Ordering::SeqCst), 21);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "21 sequential deliveries to one receiver share one kept-alive connection"
+    );
+    // Other tests in this binary run concurrently and may build the client for their
+    // own policies (at most one each); 20 deliveries building 20 clients cannot pass.
+    assert!(
+        sudevwa::net::fetch::clients_built() - built <= 3,
+        "deliveries do not build clients"
+    );
+}

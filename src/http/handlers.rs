@@ -291,6 +291,7 @@ impl Outcome {
 async fn idempotent<F, Fut>(
     api: &Shared,
     idem: &Idem,
+    to: &str,
     hash: String,
     send: F,
 ) -> Result<Outcome, ApiError>
@@ -300,6 +301,7 @@ where
 {
     use crate::store::idempotency::Begin;
     let Some(key) = &idem.key else {
+        paced(api, &idem.instance_id, to)?;
         return send(None).await.map(|data| Outcome {
             data,
             replayed: false,
@@ -313,7 +315,15 @@ where
             .await
             .map_err(db_error)?
         {
-            Begin::Send(id) => break id,
+            Begin::Send(id) => {
+                if let Err(e) = paced(api, &idem.instance_id, to) {
+                    if let Err(err) = keys.forget(&idem.instance_id, key).await {
+                        tracing::warn!(error = %err, "releasing an idempotency key failed");
+                    }
+                    return Err(e);
+                }
+                break id;
+            }
             Begin::Replay(body) => {
                 let data = serde_json::from_str(&body).map_err(|e| {
                     tracing::error!(error = %e, "a stored idempotent answer is not JSON");
@@ -373,6 +383,21 @@ where
     })
 }
 
+/// The send governor's verdict for one new send (replays are not sends).
+fn paced(api: &Shared, instance_id: &str, to: &str) -> Result<(), ApiError> {
+    api.governor.admit(instance_id, to).map_err(|p| {
+        let message = match p {
+            super::ratelimit::Paced::Rate(_) => "Send rate limit of this instance reached",
+            super::ratelimit::Paced::NewChats(_) => {
+                "New-chat limit of this instance reached (limits.new_chats_per_hour)"
+            }
+        };
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message);
+        e.retry_after = Some(p.retry_after());
+        e
+    })
+}
+
 fn with_from(mut v: Value, from: &Instance) -> Value {
     v["from"] = json!(from.phone);
     v["instanceId"] = json!(from.id);
@@ -408,7 +433,9 @@ struct LoginBody {
 }
 
 /// `POST /login-jwt`.
-pub async fn login_jwt(body: Bytes, api: Shared) -> R {
+pub async fn login_jwt(body: Bytes, addr: Option<std::net::SocketAddr>, api: Shared) -> R {
+    let ip = super::client_ip(addr);
+    api.auth_failures.peek(&ip).map_err(super::auth_throttled)?;
     let b: LoginBody = parse(&body)?;
     let username = required(&b.username, "username")?;
     let password = b.password.unwrap_or_default();
@@ -426,11 +453,14 @@ pub async fn login_jwt(body: Bytes, api: Shared) -> R {
             "data": {"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()},
         }))
         .into_response()),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_CREDENTIALS",
-            "Invalid username or password",
-        )),
+        None => {
+            let _ = api.auth_failures.check(&ip);
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_CREDENTIALS",
+                "Invalid username or password",
+            ))
+        }
     }
 }
 
@@ -774,7 +804,8 @@ async fn do_send_text(
 ) -> Result<Outcome, ApiError> {
     let phone = util::normalize_phone(&to, &api.config.whatsapp.default_country_code)?;
     let hash = request_hash(&[b"text", phone.as_bytes(), text.as_bytes()]);
-    idempotent(api, &idem, hash, |id| async move {
+    let to = phone.clone();
+    idempotent(api, &idem, &to, hash, |id| async move {
         let sent = send_text_with(&actor, phone, text, id).await?;
         Ok(sent_data(&sent))
     })
@@ -1022,7 +1053,8 @@ async fn send_media_with(
         &m.bytes,
     ]);
     let actor = actor.clone();
-    idempotent(api, idem, hash, move |id| async move {
+    let recipient = to.clone();
+    idempotent(api, idem, &recipient, hash, move |id| async move {
         send_media_once(&actor, to, m, id).await
     })
     .await
@@ -1237,22 +1269,28 @@ async fn do_group_text(
     }
     let hash = request_hash(&[b"group-text", jid.as_bytes(), text.as_bytes()]);
     let actor = actor.clone();
-    idempotent(api, &idem, hash, move |message_id| async move {
-        let g = jid.clone();
-        let sent = call_t!(
-            &actor,
-            |reply| InstanceMsg::SendGroupText {
-                group_jid: g,
-                text,
-                message_id,
-                reply
-            },
-            SEND_MS
-        )
-        .map_err(actor_unreachable)?
-        .map_err(instance_error)?;
-        Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
-    })
+    idempotent(
+        api,
+        &idem,
+        &jid.clone(),
+        hash,
+        move |message_id| async move {
+            let g = jid.clone();
+            let sent = call_t!(
+                &actor,
+                |reply| InstanceMsg::SendGroupText {
+                    group_jid: g,
+                    text,
+                    message_id,
+                    reply
+                },
+                SEND_MS
+            )
+            .map_err(actor_unreachable)?
+            .map_err(instance_error)?;
+            Ok(json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "groupJid": jid}))
+        },
+    )
     .await
 }
 

@@ -48,7 +48,12 @@ pub struct Api {
     pub runtime: InstanceRuntime,
     pub instances: Instances,
     pub auth: Auth,
+    /// General per-IP limit (off by default).
     pub limiter: ratelimit::RateLimiter,
+    /// Failed authentications and logins per IP (brute force).
+    pub auth_failures: ratelimit::RateLimiter,
+    /// Optional per-instance send pacing.
+    pub governor: ratelimit::SendGovernor,
     /// The webhook delivery log.
     pub webhooks: Option<Arc<dyn DeliveryLog>>,
     /// Message log, status timeline and durable event log.
@@ -130,23 +135,55 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
-/// Extracts the authenticated caller or rejects with 401.
+/// Extracts the authenticated caller or rejects with 401. A client IP that has spent
+/// its failed-authentication budget gets 429 before its credentials are looked at.
 pub(crate) fn authed(
     api: Shared,
 ) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(warp::addr::remote())
         .and(with_api(api))
         .and_then(
-            |h: Option<String>, p: Option<String>, api: Shared| async move {
-                let token = bearer(h, p)
-                    .ok_or_else(|| warp::reject::custom(auth_error(AuthError::Missing)))?;
-                api.auth
-                    .authenticate(&token)
-                    .await
-                    .map_err(|e| warp::reject::custom(auth_error(e)))
+            |h: Option<String>,
+             p: Option<String>,
+             addr: Option<std::net::SocketAddr>,
+             api: Shared| async move {
+                let ip = client_ip(addr);
+                api.auth_failures
+                    .peek(&ip)
+                    .map_err(|retry| warp::reject::custom(auth_throttled(retry)))?;
+                let result = match bearer(h, p) {
+                    Some(token) => api.auth.authenticate(&token).await,
+                    None => Err(AuthError::Missing),
+                };
+                result.map_err(|e| {
+                    if matches!(e, AuthError::Invalid | AuthError::Expired) {
+                        // Only wrong credentials count: a request without any is not a
+                        // guess.
+                        let _ = api.auth_failures.check(&ip);
+                    }
+                    warp::reject::custom(auth_error(e))
+                })
             },
         )
+}
+
+/// The client's IP (unspecified when the transport has none).
+pub(crate) fn client_ip(addr: Option<std::net::SocketAddr>) -> std::net::IpAddr {
+    addr.map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// 429 for an IP over its failed-authentication budget.
+pub(crate) fn auth_throttled(retry: u64) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMITED",
+        "Too many failed authentication attempts from this address",
+    );
+    e.retry_after = Some(retry);
+    e
 }
 
 /// Per-client rate limit (429 with `Retry-After`).
@@ -155,10 +192,8 @@ fn rate_limited(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + C
         .and(with_api(api))
         .and_then(
             |addr: Option<std::net::SocketAddr>, api: Shared| async move {
-                let ip = addr
-                    .map(|a| a.ip())
-                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-                api.limiter.check(ip).map_err(|retry| {
+                let ip = client_ip(addr);
+                api.limiter.check(&ip).map_err(|retry| {
                     let mut e = ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "RATE_LIMITED",
@@ -285,6 +320,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     let login_jwt = p!("login-jwt")
         .and(warp::post())
         .and(json())
+        .and(warp::addr::remote())
         .and(a())
         .then(handlers::login_jwt)
         .map(respond)

@@ -1,65 +1,202 @@
-//! Per-client rate limiting: a token bucket per client IP (SUDEVWA: 10 requests per
-//! second, burst 10). The table is bounded: when it grows past `MAX_CLIENTS`, buckets
-//! that have refilled completely (idle clients) are dropped.
+//! Rate limits that protect the server without throttling its users.
+//!
+//! - [`RateLimiter`]: token buckets keyed by anything (client IP, instance id). The
+//!   table is bounded: when it grows past its capacity, buckets that have refilled
+//!   completely (idle keys) are dropped.
+//! - Per client IP, two limiters exist (see `config.toml` `[limits]`): a general one over
+//!   every request, **off by default** (an integrator's backend sits behind one IP and
+//!   sends far more than any per-IP rate a human would hit), and one charged only by
+//!   failed authentications and failed logins (brute force), on by default. An IP whose
+//!   failure bucket is empty gets 429 on every authenticated route and on the login,
+//!   right credentials included, until the bucket refills.
+//! - [`SendGovernor`]: optional anti-ban pacing per instance (messages per second with a
+//!   burst, per minute, and first contacts per hour), off by default.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-const MAX_CLIENTS: usize = 10_000;
+/// Keys kept per limiter before idle ones are dropped.
+const MAX_KEYS: usize = 100_000;
 
 struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// Token buckets keyed by client address.
-pub struct RateLimiter {
+/// Token buckets keyed by `K` (a client address by default).
+pub struct RateLimiter<K = IpAddr> {
     per_sec: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
-    /// `per_sec == 0` disables limiting.
-    pub fn new(per_sec: u32, burst: u32) -> Self {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// `per_sec <= 0` disables limiting.
+    pub fn new(per_sec: f64, burst: u32) -> Self {
         Self {
-            per_sec: f64::from(per_sec),
+            per_sec,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one token for `ip`; `Err(seconds)` tells when to retry.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        if self.per_sec <= 0.0 {
+    /// Whether this limiter limits anything.
+    pub fn enabled(&self) -> bool {
+        self.per_sec > 0.0
+    }
+
+    /// Takes one token for `key`; `Err(seconds)` tells when to retry.
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        self.take(key, true)
+    }
+
+    /// Whether `key` has a token, without taking it; `Err(seconds)` as [`Self::check`].
+    pub fn peek(&self, key: &K) -> Result<(), u64> {
+        self.take(key, false)
+    }
+
+    fn take(&self, key: &K, consume: bool) -> Result<(), u64> {
+        if !self.enabled() {
             return Ok(());
         }
         let now = Instant::now();
         // A poisoned lock only means another request panicked mid-update; the map is
         // still a valid map of buckets.
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CLIENTS && !map.contains_key(&ip) {
-            let (per_sec, burst) = (self.per_sec, self.burst);
-            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
-            if map.len() >= MAX_CLIENTS {
-                return Err(1);
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        let Some(b) = map.get_mut(key) else {
+            if !consume {
+                return Ok(()); // a new key has a full bucket
             }
-        }
-        let b = map.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        b.tokens =
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst);
+            if map.len() >= MAX_KEYS {
+                map.retain(|_, b| {
+                    b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst
+                });
+                if map.len() >= MAX_KEYS {
+                    return Err(1);
+                }
+            }
+            map.insert(
+                key.clone(),
+                Bucket {
+                    tokens: burst - 1.0,
+                    at: now,
+                },
+            );
+            return Ok(());
+        };
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+            if consume {
+                b.tokens -= 1.0;
+            }
             Ok(())
         } else {
-            Err(((1.0 - b.tokens) / self.per_sec).ceil().max(1.0) as u64)
+            Err(((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// Settings of the [`SendGovernor`]; zero turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GovernorSettings {
+    pub per_sec: u32,
+    pub burst: u32,
+    pub per_min: u32,
+    pub new_chats_per_hour: u32,
+}
+
+/// Per-instance send pacing for operators who want it (anti-ban). Off by default.
+///
+/// First contacts are recipients this instance has not sent to since the process
+/// started (the set is kept in memory, at most `MAX_SEEN` per instance, then reset).
+pub struct SendGovernor {
+    per_sec: RateLimiter<String>,
+    per_min: RateLimiter<String>,
+    new_chats: RateLimiter<String>,
+    seen: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// Recipients remembered per instance for the first-contact limit.
+const MAX_SEEN: usize = 50_000;
+
+/// Which governor limit refused a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paced {
+    Rate(u64),
+    NewChats(u64),
+}
+
+impl Paced {
+    /// Seconds until a retry can pass.
+    pub fn retry_after(self) -> u64 {
+        match self {
+            Self::Rate(s) | Self::NewChats(s) => s,
+        }
+    }
+}
+
+impl SendGovernor {
+    pub fn new(s: GovernorSettings) -> Self {
+        Self {
+            per_sec: RateLimiter::new(f64::from(s.per_sec), s.burst.max(s.per_sec).max(1)),
+            per_min: RateLimiter::new(f64::from(s.per_min) / 60.0, s.per_min),
+            new_chats: RateLimiter::new(
+                f64::from(s.new_chats_per_hour) / 3600.0,
+                s.new_chats_per_hour,
+            ),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether any limit is configured.
+    pub fn enabled(&self) -> bool {
+        self.per_sec.enabled() || self.per_min.enabled() || self.new_chats.enabled()
+    }
+
+    /// Admits one send of `instance` to `to`, or says when to retry. Nothing is taken
+    /// from any bucket unless every limit admits the send.
+    pub fn admit(&self, instance: &str, to: &str) -> Result<(), Paced> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let key = instance.to_string();
+        // One lock over the check-then-take so two concurrent sends cannot both pass
+        // on the last token. A poisoned lock only means a panic elsewhere; the set is
+        // still a valid set.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let known = seen.get(instance).is_some_and(|s| s.contains(to));
+        let first_contact = self.new_chats.enabled() && !known;
+        self.per_sec.peek(&key).map_err(Paced::Rate)?;
+        self.per_min.peek(&key).map_err(Paced::Rate)?;
+        if first_contact {
+            self.new_chats.peek(&key).map_err(Paced::NewChats)?;
+        }
+        self.per_sec.check(&key).map_err(Paced::Rate)?;
+        self.per_min.check(&key).map_err(Paced::Rate)?;
+        if first_contact {
+            self.new_chats.check(&key).map_err(Paced::NewChats)?;
+        }
+        if self.new_chats.enabled() && !known {
+            let set = seen.entry(key).or_default();
+            if set.len() >= MAX_SEEN {
+                set.clear();
+            }
+            set.insert(to.to_string());
+        }
+        Ok(())
+    }
+
+    /// Forgets an instance (deleted).
+    pub fn forget(&self, instance: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(instance);
     }
 }
 
@@ -69,14 +206,60 @@ mod tests {
 
     #[test]
     fn burst_then_refuse_per_client() {
-        let r = RateLimiter::new(1, 3);
+        let r = RateLimiter::new(1.0, 3);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(r.check(a).is_ok());
+            assert!(r.check(&a).is_ok());
         }
-        assert_eq!(r.check(a), Err(1));
-        assert!(r.check(b).is_ok(), "another client has its own bucket");
-        assert!(RateLimiter::new(0, 0).check(a).is_ok());
+        assert_eq!(r.check(&a), Err(1));
+        assert_eq!(r.peek(&a), Err(1));
+        assert!(r.check(&b).is_ok(), "another client has its own bucket");
+        assert!(RateLimiter::<IpAddr>::new(0.0, 0).check(&a).is_ok());
+    }
+
+    #[test]
+    fn peek_takes_nothing() {
+        let r = RateLimiter::new(1.0, 2);
+        let a = "x".to_string();
+        for _ in 0..10 {
+            assert!(r.peek(&a).is_ok());
+        }
+        assert!(r.check(&a).is_ok());
+        assert!(r.check(&a).is_ok());
+        assert!(r.check(&a).is_err());
+    }
+
+    #[test]
+    fn governor_paces_rate_and_first_contacts() {
+        let off = SendGovernor::new(GovernorSettings::default());
+        assert!(!off.enabled());
+        for _ in 0..1000 {
+            assert!(off.admit("i", "1").is_ok());
+        }
+        let g = SendGovernor::new(GovernorSettings {
+            per_sec: 1,
+            burst: 3,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            assert!(g.admit("i", "1").is_ok());
+        }
+        assert_eq!(g.admit("i", "1"), Err(Paced::Rate(1)));
+        assert!(g.admit("j", "1").is_ok(), "instances are paced apart");
+
+        let g = SendGovernor::new(GovernorSettings {
+            new_chats_per_hour: 2,
+            ..Default::default()
+        });
+        assert!(g.admit("i", "a").is_ok());
+        assert!(g.admit("i", "b").is_ok());
+        assert!(matches!(g.admit("i", "c"), Err(Paced::NewChats(_))));
+        for _ in 0..10 {
+            assert!(
+                g.admit("i", "a").is_ok(),
+                "known chats are not first contacts"
+            );
+        }
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! Rules, each enforced before any byte is sent to the target:
 //! - only `http` and `https`;
-//! - the host is resolved here, and every resolved address must pass
-//!   [`ip_policy::is_allowed`]; the connection is then pinned to the checked address,
-//!   so a DNS answer that changes between check and connect (rebinding) cannot
-//!   redirect it;
+//! - one pooled client per policy (keep-alive per host, certificates read once); its
+//!   DNS resolver checks every resolved address against [`ip_policy::is_allowed`] and
+//!   hands the connector only checked answers, so a DNS answer that changes between
+//!   check and connect (rebinding) cannot redirect it; IP-literal hosts, which no
+//!   resolver sees, are checked before the request;
 //! - redirects are followed by hand, at most `max_redirects`, each hop checked again;
 //! - no proxy from the environment, a connect timeout, a whole-request deadline, and a
 //!   body cap enforced while streaming (a lying or absent Content-Length cannot
@@ -19,6 +20,8 @@ use super::ip_policy;
 use crate::config::Cidr;
 use reqwest::Url;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Limits for one fetch.
@@ -126,20 +129,105 @@ pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchErro
     }
 }
 
-/// A client for one checked URL: no proxy, no automatic redirects, the connect
-/// timeout, and the URL's host pinned to the addresses [`check_url`] approved.
-async fn pinned_client(url: &Url, policy: &FetchPolicy) -> Result<reqwest::Client, FetchError> {
-    let addrs = check_url(url, &policy.allowed_targets).await?;
-    let mut builder = reqwest::Client::builder()
+/// How many HTTP clients this process has built (one per distinct policy; a test and
+/// the benchmarks read it to show deliveries reuse one pooled client).
+pub fn clients_built() -> usize {
+    CLIENTS_BUILT.load(Ordering::Relaxed)
+}
+
+static CLIENTS_BUILT: AtomicUsize = AtomicUsize::new(0);
+
+type PoolKey = (Vec<Cidr>, Duration);
+
+/// Pooled clients, one per (allow-list, connect timeout): in practice one per process.
+static CLIENTS: Mutex<Vec<(PoolKey, reqwest::Client)>> = Mutex::new(Vec::new());
+
+/// Resolves host names and refuses the whole answer if any address is not allowed, so
+/// the connector only ever sees checked addresses (a rebinding answer cannot slip in
+/// between a check and the connect: the check is the resolution the connect uses).
+struct CheckingResolver {
+    allow: Vec<Cidr>,
+}
+
+/// The resolver's refusal, found again in the error chain by [`map_reqwest`].
+#[derive(Debug, thiserror::Error)]
+#[error("resolved address is not an allowed target")]
+struct Refused;
+
+/// The resolver's lookup failure, told apart from a refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("host could not be resolved")]
+struct NotResolved;
+
+impl reqwest::dns::Resolve for CheckingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|_| Box::new(NotResolved) as Box<dyn std::error::Error + Send + Sync>)?
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(NotResolved) as _);
+            }
+            // Every answer must pass: otherwise a name resolving to one public and one
+            // private address would let the connector pick the private one.
+            if addrs.iter().any(|a| !ip_policy::is_allowed(a.ip(), &allow)) {
+                return Err(Box::new(Refused) as _);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The pooled client for `policy`: no proxy, no automatic redirects, the connect
+/// timeout, keep-alive per host, and every host name resolved through
+/// [`CheckingResolver`]. Built once per policy; the root certificates are read once.
+fn pooled_client(policy: &FetchPolicy) -> Result<reqwest::Client, FetchError> {
+    let key = (policy.allowed_targets.clone(), policy.connect_timeout);
+    // A poisoned lock only means a panic elsewhere while holding it; the list of
+    // built clients is still valid.
+    let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = clients.iter().find(|(k, _)| *k == key) {
+        return Ok(c.clone());
+    }
+    let client = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(policy.connect_timeout)
-        .user_agent(concat!("sudevwa/", env!("CARGO_PKG_VERSION")));
-    if let Some(url::Host::Domain(d)) = url.host() {
-        // Pin the name to the addresses we checked.
-        builder = builder.resolve_to_addrs(d, &addrs);
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .dns_resolver(Arc::new(CheckingResolver {
+            allow: policy.allowed_targets.clone(),
+        }))
+        .user_agent(concat!("sudevwa/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|_| FetchError::Transport)?;
+    CLIENTS_BUILT.fetch_add(1, Ordering::Relaxed);
+    clients.push((key, client.clone()));
+    Ok(client)
+}
+
+/// Checks what can be checked before a request: the scheme, and an IP-literal host
+/// (which no resolver sees). Host names are checked by [`CheckingResolver`].
+fn precheck(url: &Url, allow: &[Cidr]) -> Result<(), FetchError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FetchError::SchemeNotAllowed);
     }
-    builder.build().map_err(|_| FetchError::Transport)
+    url.port_or_known_default().ok_or(FetchError::InvalidUrl)?;
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+        Some(url::Host::Domain(_)) => return Ok(()),
+        None => return Err(FetchError::InvalidUrl),
+    };
+    if ip_policy::is_allowed(ip, allow) {
+        Ok(())
+    } else {
+        Err(FetchError::TargetNotAllowed)
+    }
 }
 
 /// POSTs `body` to `url` under the same rules as [`fetch`] (webhooks). Redirects are
@@ -153,7 +241,8 @@ pub async fn post(
 ) -> Result<u16, FetchError> {
     let url = Url::parse(url).map_err(|_| FetchError::InvalidUrl)?;
     let attempt = async {
-        let client = pinned_client(&url, policy).await?;
+        precheck(&url, &policy.allowed_targets)?;
+        let client = pooled_client(policy)?;
         let mut req = client.post(url.clone()).body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
@@ -178,7 +267,8 @@ pub async fn post(
 async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
     let mut hops = 0;
     loop {
-        let client = pinned_client(&url, policy).await?;
+        precheck(&url, &policy.allowed_targets)?;
+        let client = pooled_client(policy)?;
         let mut resp = client.get(url.clone()).send().await.map_err(map_reqwest)?;
         let status = resp.status();
         if status.is_redirection() {
@@ -222,8 +312,17 @@ async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, Fetc
 
 fn map_reqwest(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
-        FetchError::Timeout
-    } else {
-        FetchError::Transport
+        return FetchError::Timeout;
     }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if c.is::<Refused>() {
+            return FetchError::TargetNotAllowed;
+        }
+        if c.is::<NotResolved>() {
+            return FetchError::Dns;
+        }
+        cause = c.source();
+    }
+    FetchError::Transport
 }

@@ -72,8 +72,6 @@ impl TestServer {
             ("APP_LOGIN_USERNAME", USER.into()),
             ("APP_LOGIN_PASSWORD", PASSWORD.into()),
             ("SUDEVWA_AUTH_ADMIN_API_KEYS", ADMIN_KEY.into()),
-            ("SUDEVWA_LIMITS_RATE_LIMIT_PER_SEC", "100000".into()),
-            ("SUDEVWA_LIMITS_RATE_LIMIT_BURST", "100000".into()),
             ("SUDEVWA_ALLOWED_TARGETS", "127.0.0.0/8".into()),
         ] {
             env.insert(k.to_string(), v);
