@@ -161,6 +161,11 @@ pub struct WhatsappConfig {
     pub default_country_code: String,
     pub qr_timeout: Duration,
     pub presence_interval: Duration,
+    /// Number-check answers reused by sends: registered / not registered.
+    pub number_cache_ttl: Duration,
+    pub number_cache_negative_ttl: Duration,
+    /// Network operations in flight per instance.
+    pub max_ops_per_instance: usize,
     /// Connects running at once / started per second (admission control).
     pub connect_concurrency: usize,
     pub connects_per_second: u32,
@@ -539,6 +544,9 @@ struct RawWhatsapp {
     default_country_code: String,
     qr_timeout_secs: i64,
     presence_interval_secs: i64,
+    number_cache_ttl_secs: i64,
+    number_cache_negative_ttl_secs: i64,
+    max_ops_per_instance: i64,
     connect_concurrency: i64,
     connects_per_second: i64,
     socket_url: String,
@@ -749,6 +757,24 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             10,
             86400,
         )?,
+        number_cache_ttl: c.secs(
+            "whatsapp.number_cache_ttl_secs",
+            raw.whatsapp.number_cache_ttl_secs,
+            0,
+            30 * 86400,
+        )?,
+        number_cache_negative_ttl: c.secs(
+            "whatsapp.number_cache_negative_ttl_secs",
+            raw.whatsapp.number_cache_negative_ttl_secs,
+            0,
+            30 * 86400,
+        )?,
+        max_ops_per_instance: c.range(
+            "whatsapp.max_ops_per_instance",
+            raw.whatsapp.max_ops_per_instance,
+            1,
+            100_000,
+        )? as usize,
         connect_concurrency: c.range(
             "whatsapp.connect_concurrency",
             raw.whatsapp.connect_concurrency,

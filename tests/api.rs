@@ -393,6 +393,7 @@ async fn send_checks_answer_in_documented_order() {
         qr_timeout: Duration::from_secs(180),
         presence_interval: Duration::from_secs(300),
         request_timeout: Duration::from_secs(2),
+        ..Default::default()
     };
     let srv = TestServer::start_with(
         &net,
@@ -925,4 +926,103 @@ async fn mass_drop_every_instance_comes_back_without_a_qr() {
     got.sort();
     assert_eq!(got, vec!["back 0", "back 1", "back 2"]);
     srv.stop().await;
+}
+
+/// The instance actor never waits on the network: while a media upload is held open at
+/// the mock, the same instance answers its status, sends a text (in a chat of its own)
+/// and takes in an incoming message; the upload then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_in_flight_does_not_hold_up_the_instance() {
+    let net = MockNetwork::start().await.unwrap();
+    let mut alice = net.add_contact("6281200000002", "Alice").await.unwrap();
+    let bob = net.add_contact("6281200000003", "Bob").await.unwrap();
+    let srv = TestServer::start(&net, "heldupload", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281100000001").await;
+
+    net.hold_uploads(true);
+    let upload = {
+        let (http, url, token) = (
+            srv.http.clone(),
+            srv.url(&format!("/api/send/{id}/media")),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new()
+                .text("to", "6281200000003")
+                .text("caption", "held")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(vec![7u8; 200_000]).file_name("doc.pdf"),
+                );
+            let resp = http
+                .post(url)
+                .bearer_auth(&token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            let s = resp.status().as_u16();
+            (s, resp.json::<Value>().await.unwrap())
+        })
+    };
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while net.uploads_held() < 1 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the upload never reached the mock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Status answers at once.
+    let (s, v) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (s, v["data"]["status"].as_str()),
+        (200, Some("online")),
+        "{v}"
+    );
+    // A text to another chat goes out and arrives.
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6281200000002", "message": "while uploading"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(alice.next_text().await.unwrap().text, "while uploading");
+    // An incoming message is taken in and logged.
+    bob.send_text("6281100000001", "hello during upload")
+        .await
+        .unwrap();
+    loop {
+        let (s, v) = srv
+            .call(
+                "GET",
+                &format!("/api/instances/{id}/messages?direction=in"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if !v["data"]["messages"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "incoming message never logged: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // All of that happened with the upload still open.
+    assert_eq!(net.uploads_held(), 1);
+    assert!(!upload.is_finished(), "the media send is still waiting");
+
+    net.hold_uploads(false);
+    let (s, v) = upload.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["mediaType"].as_str(), Some("document"));
 }

@@ -131,6 +131,7 @@ async fn runtime_admitted(
                 qr_timeout,
                 presence_interval: Duration::from_secs(300),
                 request_timeout: Duration::from_secs(30),
+                ..Default::default()
             },
             restart,
             sink,

@@ -58,6 +58,13 @@ pub struct InstanceTiming {
     pub presence_interval: Duration,
     /// Deadline for calls into whatsapp-rust (send, check, ...).
     pub request_timeout: Duration,
+    /// How long a number check's "on WhatsApp" answer is reused for sends.
+    pub number_cache_ttl: Duration,
+    /// How long a "not on WhatsApp" answer is reused (shorter: people join).
+    pub number_cache_negative_ttl: Duration,
+    /// Network operations (sends, uploads, checks) in flight per instance; beyond it
+    /// a request is answered `INSTANCE_BUSY`.
+    pub max_ops: usize,
 }
 
 impl Default for InstanceTiming {
@@ -66,6 +73,9 @@ impl Default for InstanceTiming {
             qr_timeout: Duration::from_secs(180),
             presence_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            number_cache_ttl: Duration::from_secs(6 * 3600),
+            number_cache_negative_ttl: Duration::from_secs(600),
+            max_ops: 256,
         }
     }
 }
@@ -166,6 +176,8 @@ pub enum InstanceError {
     Lifecycle(#[from] LifecycleError),
     #[error("instance storage failed")]
     Storage,
+    #[error("instance has too many requests in flight; retry shortly")]
+    Busy,
 }
 
 impl InstanceError {
@@ -184,6 +196,7 @@ impl InstanceError {
             Self::Lifecycle(LifecycleError::AlreadyConnected) => "ALREADY_CONNECTED",
             Self::Lifecycle(LifecycleError::NoQrSession) => "NO_QR_SESSION",
             Self::Storage => "INTERNAL_ERROR",
+            Self::Busy => "INSTANCE_BUSY",
         }
     }
 }
@@ -355,6 +368,10 @@ pub struct InstanceState {
     push_name: Option<String>,
     connected_at: Option<DateTime<Utc>>,
     disconnected_at: Option<DateTime<Utc>>,
+    /// Network operations run as tasks (see [`Ops`]); the actor keeps answering.
+    ops: OpTasks,
+    /// Number checks reused by sends.
+    numbers: Arc<NumberCache>,
 }
 
 impl Actor for InstanceActor {
@@ -368,6 +385,7 @@ impl Actor for InstanceActor {
         args: InstanceArgs,
     ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
+        let env_max_ops = args.env.timing.max_ops;
         let mut state = InstanceState {
             id: args.instance_id,
             device_name: args.device_name,
@@ -388,6 +406,8 @@ impl Actor for InstanceActor {
             push_name: None,
             connected_at: None,
             disconnected_at: None,
+            ops: OpTasks::new(env_max_ops),
+            numbers: Arc::new(NumberCache::default()),
         };
         // Restore: a paired session reconnects, a QR wait becomes "ready for a new QR".
         let backend = state.env.store.backend(&state.id);
@@ -413,6 +433,7 @@ impl Actor for InstanceActor {
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
         state.stop_heartbeat();
+        state.ops.abort_all();
         state.stop_client().await;
         Ok(())
     }
@@ -462,8 +483,10 @@ impl Actor for InstanceActor {
                 message_id,
                 reply,
             } => {
-                let r = state.send_text(&to, text, message_id).await;
-                let _ = reply.send(r);
+                let chat = to.clone();
+                state.run_op(reply, Some(chat), move |ops, turn| async move {
+                    ops.send_text(&to, text, message_id, turn).await
+                });
             }
             InstanceMsg::SendMedia {
                 to,
@@ -471,16 +494,22 @@ impl Actor for InstanceActor {
                 message_id,
                 reply,
             } => {
-                let r = state.send_media(&to, media, message_id).await;
-                let _ = reply.send(r);
+                let chat = to.clone();
+                state.run_op(reply, Some(chat), move |ops, turn| async move {
+                    ops.send_media(&to, media, message_id, turn).await
+                });
             }
             InstanceMsg::CheckNumbers { phones, reply } => {
-                let r = state.check_numbers(&phones).await;
-                let _ = reply.send(r);
+                state.run_op(reply, None, move |ops, _| async move {
+                    ops.check_numbers(&phones).await
+                });
             }
             InstanceMsg::ListGroups(reply) => {
-                let r = state.list_groups().await;
-                let _ = reply.send(r);
+                state.run_op(
+                    reply,
+                    None,
+                    move |ops, _| async move { ops.list_groups().await },
+                );
             }
             InstanceMsg::SendGroupText {
                 group_jid,
@@ -488,8 +517,11 @@ impl Actor for InstanceActor {
                 message_id,
                 reply,
             } => {
-                let r = state.send_group_text(&group_jid, text, message_id).await;
-                let _ = reply.send(r);
+                let chat = group_jid.clone();
+                state.run_op(reply, Some(chat), move |ops, turn| async move {
+                    ops.send_group_text(&group_jid, text, message_id, turn)
+                        .await
+                });
             }
             InstanceMsg::Logout(reply) => {
                 state.apply(&myself, LifecycleEvent::LogoutRequested).await;
@@ -522,9 +554,13 @@ impl Actor for InstanceActor {
             }
             InstanceMsg::Heartbeat => {
                 if let (Some(client), InstanceStatus::Online) = (&state.client, state.status) {
-                    if let Err(e) = client.presence().set_available().await {
-                        tracing::debug!(instance_id = %state.id, error = %e, "presence heartbeat failed");
-                    }
+                    // A round trip: run beside the actor, never inside it.
+                    let (client, id) = (client.clone(), state.id.clone());
+                    state.ops.track(async move {
+                        if let Err(e) = client.presence().set_available().await {
+                            tracing::debug!(instance_id = %id, error = %e, "presence heartbeat failed");
+                        }
+                    });
                 }
             }
             InstanceMsg::CommitFailed(generation) => {
@@ -900,196 +936,6 @@ impl InstanceState {
         Ok(client)
     }
 
-    /// Resolves `to` (digits or a JID) and, for phone numbers, checks it is on WhatsApp.
-    async fn recipient(&self, client: &Arc<Client>, to: &str) -> Result<Jid, InstanceError> {
-        if to.contains('@') {
-            return group_jid_of(to);
-        }
-        if to.len() < 10 || !to.chars().all(|c| c.is_ascii_digit()) {
-            return Err(InstanceError::InvalidPhone);
-        }
-        let jid = Jid::pn(to);
-        let res = tokio::time::timeout(
-            self.env.timing.request_timeout,
-            client.contacts().is_on_whatsapp(&[jid.clone()]),
-        )
-        .await
-        .map_err(|_| InstanceError::VerificationFailed)?
-        .map_err(|_| InstanceError::VerificationFailed)?;
-        match res.first() {
-            Some(r) if r.is_registered => Ok(r.jid.to_non_ad()),
-            _ => Err(InstanceError::PhoneNotRegistered),
-        }
-    }
-
-    async fn send(
-        &self,
-        client: &Arc<Client>,
-        to: Jid,
-        message: wa::Message,
-        message_id: Option<String>,
-    ) -> Result<Sent, InstanceError> {
-        let (kind, body, media) = describe(&message);
-        let (kind, is_group) = (kind.to_string(), to.is_group());
-        let mut options = whatsapp_rust::send::SendOptions::default();
-        if let Some(id) = message_id {
-            options = options.with_message_id(id);
-        }
-        let r = tokio::time::timeout(
-            self.env.timing.request_timeout,
-            client.send_message_with_options(to, message, options),
-        )
-        .await
-        .map_err(|_| InstanceError::SendFailed)?
-        .map_err(|e| {
-            tracing::warn!(instance_id = %self.id, error = %e, "send failed");
-            InstanceError::SendFailed
-        })?;
-        let sent = Sent {
-            message_id: r.message_id,
-            timestamp: Utc::now().timestamp(),
-            to: r.to.to_string(),
-        };
-        let record = SentRecord {
-            instance_id: self.id.clone(),
-            message_id: sent.message_id.clone(),
-            chat: r.to.to_non_ad().to_string(),
-            is_group,
-            kind,
-            body,
-            media,
-            timestamp: sent.timestamp,
-        };
-        if let Err(e) = self.env.sink.record_sent(&record).await {
-            // The message is on its way; only its log row is missing.
-            tracing::warn!(instance_id = %self.id, error = %e, "recording a sent message failed");
-        }
-        Ok(sent)
-    }
-
-    async fn send_text(
-        &self,
-        to: &str,
-        text: String,
-        message_id: Option<String>,
-    ) -> Result<Sent, InstanceError> {
-        let client = self.logged_in_client()?;
-        let jid = self.recipient(&client, to).await?;
-        let message = wa::Message {
-            conversation: Some(text),
-            ..Default::default()
-        };
-        self.send(&client, jid, message, message_id).await
-    }
-
-    async fn send_media(
-        &self,
-        to: &str,
-        media: OutgoingMedia,
-        message_id: Option<String>,
-    ) -> Result<Sent, InstanceError> {
-        use whatsapp_rust::download::MediaType;
-        let client = self.logged_in_client()?;
-        let jid = self.recipient(&client, to).await?;
-        let media_type = match media.kind {
-            MediaKind::Image => MediaType::Image,
-            MediaKind::Video => MediaType::Video,
-            MediaKind::Audio => MediaType::Audio,
-            MediaKind::Document => MediaType::Document,
-        };
-        let up = tokio::time::timeout(
-            self.env.timing.request_timeout * 4,
-            client.upload(media.bytes, media_type, Default::default()),
-        )
-        .await
-        .map_err(|_| InstanceError::UploadFailed)?
-        .map_err(|e| {
-            tracing::warn!(instance_id = %self.id, error = %e, "upload failed");
-            InstanceError::UploadFailed
-        })?;
-        let message = media_message(
-            &media.kind,
-            up,
-            media.mimetype,
-            media.caption,
-            media.file_name,
-        );
-        self.send(&client, jid, message, message_id).await
-    }
-
-    async fn list_groups(&self) -> Result<Vec<GroupInfo>, InstanceError> {
-        let client = self.logged_in_client()?;
-        let groups = tokio::time::timeout(
-            self.env.timing.request_timeout,
-            client.groups().get_participating(),
-        )
-        .await
-        .map_err(|_| InstanceError::SendFailed)?
-        .map_err(|e| {
-            tracing::warn!(instance_id = %self.id, error = %e, "listing groups failed");
-            InstanceError::SendFailed
-        })?;
-        let mut out: Vec<GroupInfo> = groups
-            .into_values()
-            .map(|g| GroupInfo {
-                jid: g.id.to_string(),
-                name: g.subject,
-                topic: g.description,
-                participants: g.participants.iter().map(|p| p.jid.to_string()).collect(),
-                owner_jid: g.creator.map(|c| c.to_string()),
-                created_at: g.creation_time,
-            })
-            .collect();
-        out.sort_by(|a, b| a.jid.cmp(&b.jid));
-        Ok(out)
-    }
-
-    async fn send_group_text(
-        &self,
-        group_jid: &str,
-        text: String,
-        message_id: Option<String>,
-    ) -> Result<Sent, InstanceError> {
-        let client = self.logged_in_client()?;
-        let jid = group_jid_of(group_jid)?;
-        let message = wa::Message {
-            conversation: Some(text),
-            ..Default::default()
-        };
-        self.send(&client, jid, message, message_id).await
-    }
-
-    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
-        let client = self.logged_in_client()?;
-        if phones
-            .iter()
-            .any(|p| p.len() < 10 || !p.chars().all(|c| c.is_ascii_digit()))
-        {
-            return Err(InstanceError::InvalidPhone);
-        }
-        let jids: Vec<Jid> = phones.iter().map(|p| Jid::pn(p.as_str())).collect();
-        let res = tokio::time::timeout(
-            self.env.timing.request_timeout,
-            client.contacts().is_on_whatsapp(&jids),
-        )
-        .await
-        .map_err(|_| InstanceError::VerificationFailed)?
-        .map_err(|_| InstanceError::VerificationFailed)?;
-        Ok(phones
-            .iter()
-            .map(|p| {
-                let hit = res.iter().find(|r| r.jid.user.as_str() == p.as_str());
-                NumberCheck {
-                    phone: p.clone(),
-                    is_registered: hit.is_some_and(|r| r.is_registered),
-                    jid: hit
-                        .filter(|r| r.is_registered)
-                        .map(|r| r.jid.to_non_ad().to_string()),
-                }
-            })
-            .collect())
-    }
-
     fn snapshot(&self) -> InstanceSnapshot {
         InstanceSnapshot {
             instance_id: self.id.clone(),
@@ -1378,5 +1224,400 @@ mod signalling_tests {
             !is_signalling(&location),
             "unknown kinds still reach users as 'other'"
         );
+    }
+}
+
+/// What a network operation of one instance needs, cloned into the task that runs it,
+/// so the actor never awaits a round trip to WhatsApp: sends, uploads, number checks
+/// and group listings run beside it, bounded per instance, and reply when done.
+#[derive(Clone)]
+struct Ops {
+    id: Arc<str>,
+    client: Arc<Client>,
+    env: Arc<InstanceEnv>,
+    numbers: Arc<NumberCache>,
+}
+
+/// A send's place in its chat's queue: the send waits for the previous send to the
+/// same chat to finish (or fail) before it goes out, so order per chat is kept while
+/// different chats, uploads and number checks run in parallel.
+struct Turn {
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped when this operation ends, which releases the next one.
+    _done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    fn free() -> Self {
+        Self {
+            prev: None,
+            _done: None,
+        }
+    }
+
+    async fn wait(&mut self) {
+        if let Some(prev) = self.prev.take() {
+            // Err only means the previous operation ended without a signal: its
+            // sender was dropped, which is the signal.
+            let _ = prev.await;
+        }
+    }
+}
+
+/// The operation tasks of one instance: at most `max` in flight, per-chat turns, and
+/// their handles (aborted when the actor stops).
+struct OpTasks {
+    max: usize,
+    slots: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+    chats: std::collections::HashMap<String, tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl OpTasks {
+    fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            max,
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            tasks: tokio::task::JoinSet::new(),
+            chats: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Runs `fut` as a tracked task (finished ones are reaped on the way).
+    fn track(&mut self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        while self.tasks.try_join_next().is_some() {}
+        self.tasks.spawn(fut);
+    }
+
+    /// The next turn in `chat`'s queue.
+    fn turn(&mut self, chat: String) -> Turn {
+        if self.chats.len() > 2 * self.max {
+            // Drop queues whose last operation has ended.
+            self.chats.retain(|_, rx| {
+                matches!(
+                    rx.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Turn {
+            prev: self.chats.insert(chat, rx),
+            _done: Some(tx),
+        }
+    }
+
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        self.chats.clear();
+    }
+}
+
+/// Number checks per instance: positive answers kept `number_cache_ttl`, negative ones
+/// `number_cache_negative_ttl`; a failed send drops the recipient's entry. Bounded:
+/// past `MAX_NUMBERS` entries, expired ones are dropped, then everything.
+#[derive(Default)]
+struct NumberCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, (Option<Jid>, std::time::Instant)>>,
+}
+
+const MAX_NUMBERS: usize = 20_000;
+
+impl NumberCache {
+    /// `Some(Some(jid))` registered, `Some(None)` not registered, `None` unknown.
+    fn get(&self, phone: &str) -> Option<Option<Jid>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(phone) {
+            Some((answer, until)) if *until > std::time::Instant::now() => Some(answer.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, phone: &str, answer: Option<Jid>, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        // A poisoned lock only means a panic elsewhere; the map is still valid.
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_NUMBERS {
+            map.retain(|_, (_, until)| *until > now);
+            if map.len() >= MAX_NUMBERS {
+                map.clear();
+            }
+        }
+        map.insert(phone.to_string(), (answer, now + ttl));
+    }
+
+    fn forget(&self, phone: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(phone);
+    }
+}
+
+impl InstanceState {
+    /// The context of a network operation, if the instance can run one now.
+    fn ops(&self) -> Result<Ops, InstanceError> {
+        Ok(Ops {
+            id: Arc::from(self.id.as_str()),
+            client: self.logged_in_client()?,
+            env: self.env.clone(),
+            numbers: self.numbers.clone(),
+        })
+    }
+
+    /// Starts `op` as a task and replies with its result when it ends. Refused at once
+    /// (`NOT_CONNECTED`, `NOT_LOGGED_IN`, `INSTANCE_BUSY`) without starting anything.
+    /// With a `chat`, the operation takes the next turn in that chat's queue.
+    fn run_op<T, F, Fut>(
+        &mut self,
+        reply: RpcReplyPort<Result<T, InstanceError>>,
+        chat: Option<String>,
+        op: F,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(Ops, Turn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, InstanceError>> + Send + 'static,
+    {
+        let ops = match self.ops() {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // Taken here, in mailbox order, so turns and slots cannot deadlock: every
+        // operation ahead in a chat's queue already holds its slot.
+        let Ok(permit) = self.ops.slots.clone().try_acquire_owned() else {
+            let _ = reply.send(Err(InstanceError::Busy));
+            return;
+        };
+        let turn = match chat {
+            Some(c) => self.ops.turn(c),
+            None => Turn::free(),
+        };
+        self.ops.track(async move {
+            let r = op(ops, turn).await;
+            drop(permit);
+            let _ = reply.send(r);
+        });
+    }
+}
+
+impl Ops {
+    /// Resolves `to` (digits or a JID) and, for phone numbers, checks it is on WhatsApp.
+    /// Answers from the number cache when it can (see [`NumberCache`]).
+    async fn recipient(&self, to: &str) -> Result<Jid, InstanceError> {
+        if to.contains('@') {
+            return group_jid_of(to);
+        }
+        if to.len() < 10 || !to.chars().all(|c| c.is_ascii_digit()) {
+            return Err(InstanceError::InvalidPhone);
+        }
+        if let Some(known) = self.numbers.get(to) {
+            return known.ok_or(InstanceError::PhoneNotRegistered);
+        }
+        let jid = Jid::pn(to);
+        let res = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            self.client.contacts().is_on_whatsapp(&[jid.clone()]),
+        )
+        .await
+        .map_err(|_| InstanceError::VerificationFailed)?
+        .map_err(|_| InstanceError::VerificationFailed)?;
+        let timing = &self.env.timing;
+        match res.first() {
+            Some(r) if r.is_registered => {
+                let jid = r.jid.to_non_ad();
+                self.numbers
+                    .put(to, Some(jid.clone()), timing.number_cache_ttl);
+                Ok(jid)
+            }
+            _ => {
+                self.numbers.put(to, None, timing.number_cache_negative_ttl);
+                Err(InstanceError::PhoneNotRegistered)
+            }
+        }
+    }
+
+    /// Sends once `turn` comes (the previous send to this chat has ended).
+    async fn send(
+        &self,
+        to: Jid,
+        message: wa::Message,
+        message_id: Option<String>,
+        mut turn: Turn,
+    ) -> Result<Sent, InstanceError> {
+        turn.wait().await;
+        let client = &self.client;
+        let (kind, body, media) = describe(&message);
+        let (kind, is_group) = (kind.to_string(), to.is_group());
+        let chat_user = to.user.to_string();
+        let mut options = whatsapp_rust::send::SendOptions::default();
+        if let Some(id) = message_id {
+            options = options.with_message_id(id);
+        }
+        let r = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.send_message_with_options(to, message, options),
+        )
+        .await
+        .map_err(|_| InstanceError::SendFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "send failed");
+            // The cached check may be what is wrong (the number left WhatsApp).
+            if !is_group {
+                self.numbers.forget(&chat_user);
+            }
+            InstanceError::SendFailed
+        })?;
+        let sent = Sent {
+            message_id: r.message_id,
+            timestamp: Utc::now().timestamp(),
+            to: r.to.to_string(),
+        };
+        let record = SentRecord {
+            instance_id: self.id.to_string(),
+            message_id: sent.message_id.clone(),
+            chat: r.to.to_non_ad().to_string(),
+            is_group,
+            kind,
+            body,
+            media,
+            timestamp: sent.timestamp,
+        };
+        if let Err(e) = self.env.sink.record_sent(&record).await {
+            // The message is on its way; only its log row is missing.
+            tracing::warn!(instance_id = %self.id, error = %e, "recording a sent message failed");
+        }
+        Ok(sent)
+    }
+
+    async fn send_text(
+        &self,
+        to: &str,
+        text: String,
+        message_id: Option<String>,
+        turn: Turn,
+    ) -> Result<Sent, InstanceError> {
+        let jid = self.recipient(to).await?;
+        let message = wa::Message {
+            conversation: Some(text),
+            ..Default::default()
+        };
+        self.send(jid, message, message_id, turn).await
+    }
+
+    /// The upload runs before the chat's turn (uploads overlap); the send keeps order.
+    async fn send_media(
+        &self,
+        to: &str,
+        media: OutgoingMedia,
+        message_id: Option<String>,
+        turn: Turn,
+    ) -> Result<Sent, InstanceError> {
+        use whatsapp_rust::download::MediaType;
+        let client = &self.client;
+        let jid = self.recipient(to).await?;
+        let media_type = match media.kind {
+            MediaKind::Image => MediaType::Image,
+            MediaKind::Video => MediaType::Video,
+            MediaKind::Audio => MediaType::Audio,
+            MediaKind::Document => MediaType::Document,
+        };
+        let up = tokio::time::timeout(
+            self.env.timing.request_timeout * 4,
+            client.upload(media.bytes, media_type, Default::default()),
+        )
+        .await
+        .map_err(|_| InstanceError::UploadFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "upload failed");
+            InstanceError::UploadFailed
+        })?;
+        let message = media_message(
+            &media.kind,
+            up,
+            media.mimetype,
+            media.caption,
+            media.file_name,
+        );
+        self.send(jid, message, message_id, turn).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupInfo>, InstanceError> {
+        let client = &self.client;
+        let groups = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.groups().get_participating(),
+        )
+        .await
+        .map_err(|_| InstanceError::SendFailed)?
+        .map_err(|e| {
+            tracing::warn!(instance_id = %self.id, error = %e, "listing groups failed");
+            InstanceError::SendFailed
+        })?;
+        let mut out: Vec<GroupInfo> = groups
+            .into_values()
+            .map(|g| GroupInfo {
+                jid: g.id.to_string(),
+                name: g.subject,
+                topic: g.description,
+                participants: g.participants.iter().map(|p| p.jid.to_string()).collect(),
+                owner_jid: g.creator.map(|c| c.to_string()),
+                created_at: g.creation_time,
+            })
+            .collect();
+        out.sort_by(|a, b| a.jid.cmp(&b.jid));
+        Ok(out)
+    }
+
+    async fn send_group_text(
+        &self,
+        group_jid: &str,
+        text: String,
+        message_id: Option<String>,
+        turn: Turn,
+    ) -> Result<Sent, InstanceError> {
+        let jid = group_jid_of(group_jid)?;
+        let message = wa::Message {
+            conversation: Some(text),
+            ..Default::default()
+        };
+        self.send(jid, message, message_id, turn).await
+    }
+
+    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
+        let client = &self.client;
+        if phones
+            .iter()
+            .any(|p| p.len() < 10 || !p.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(InstanceError::InvalidPhone);
+        }
+        let jids: Vec<Jid> = phones.iter().map(|p| Jid::pn(p.as_str())).collect();
+        let res = tokio::time::timeout(
+            self.env.timing.request_timeout,
+            client.contacts().is_on_whatsapp(&jids),
+        )
+        .await
+        .map_err(|_| InstanceError::VerificationFailed)?
+        .map_err(|_| InstanceError::VerificationFailed)?;
+        Ok(phones
+            .iter()
+            .map(|p| {
+                let hit = res.iter().find(|r| r.jid.user.as_str() == p.as_str());
+                NumberCheck {
+                    phone: p.clone(),
+                    is_registered: hit.is_some_and(|r| r.is_registered),
+                    jid: hit
+                        .filter(|r| r.is_registered)
+                        .map(|r| r.jid.to_non_ad().to_string()),
+                }
+            })
+            .collect())
     }
 }

@@ -64,6 +64,7 @@ async fn actor(
             qr_timeout,
             presence_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            ..Default::default()
         },
         store: Arc::new(MemStore::default()),
         lifecycle,

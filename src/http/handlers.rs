@@ -107,13 +107,19 @@ pub fn instance_error(e: InstanceError) -> ApiError {
         InstanceError::Lifecycle(LifecycleError::QrInProgress)
         | InstanceError::Lifecycle(LifecycleError::AlreadyConnected) => StatusCode::CONFLICT,
         InstanceError::Lifecycle(LifecycleError::NoQrSession) => StatusCode::NOT_FOUND,
+        InstanceError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     let message = match &e {
         InstanceError::Storage => "Internal server error".to_string(),
         other => capitalize(&other.to_string()),
     };
-    ApiError::new(status, e.code(), message)
+    let busy = matches!(e, InstanceError::Busy);
+    let mut err = ApiError::new(status, e.code(), message);
+    if busy {
+        err.retry_after = Some(1);
+    }
+    err
 }
 
 fn capitalize(s: &str) -> String {

@@ -156,13 +156,29 @@ pub async fn serve(shared: Shared, ws: WebSocket) {
         tx: tx.clone(),
     };
     let delay = shared.frame_delay.clone();
-    let writer_task = tokio::spawn(async move {
+    // The injected delay is latency, not a throughput cap: each frame is stamped when
+    // it is queued and written `delay` after that, in order, so frames queued together
+    // travel together (a delay line, like a long network path).
+    let (stamped_tx, mut stamped) = mpsc::channel::<(tokio::time::Instant, Outbound)>(1024);
+    tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
+            if stamped_tx
+                .send((tokio::time::Instant::now(), out))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let writer_task = tokio::spawn(async move {
+        while let Some((queued, out)) = stamped.recv().await {
             match out {
                 Outbound::Node(node) => {
                     let ms = delay.load(Ordering::Relaxed);
                     if ms > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        tokio::time::sleep_until(queued + std::time::Duration::from_millis(ms))
+                            .await;
                     }
                     let Ok(plain) = marshal::marshal(&node) else {
                         continue;

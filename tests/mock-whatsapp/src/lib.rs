@@ -50,6 +50,12 @@ pub(crate) struct Inner {
     pub next_conn: AtomicU64,
     /// Delay added before every outbound frame (fault injection), in ms.
     pub frame_delay: Arc<AtomicU64>,
+    /// While true, media uploads are held open (not answered) until released.
+    pub hold_uploads: AtomicBool,
+    /// Wakes held uploads when the hold is released.
+    pub uploads_released: tokio::sync::Notify,
+    /// Uploads received and not answered yet because of the hold.
+    pub uploads_held: AtomicU64,
     /// Uploaded media by direct path.
     pub media: Mutex<HashMap<String, Vec<u8>>>,
     pub addr: Mutex<Option<SocketAddr>>,
@@ -203,6 +209,9 @@ impl MockNetwork {
             registry: Mutex::new(Registry::default()),
             next_conn: AtomicU64::new(1),
             frame_delay: Arc::new(AtomicU64::new(0)),
+            hold_uploads: AtomicBool::new(false),
+            uploads_released: tokio::sync::Notify::new(),
+            uploads_held: AtomicU64::new(0),
             media: Mutex::new(HashMap::new()),
             addr: Mutex::new(None),
             accept_ik: AtomicBool::new(true),
@@ -429,7 +438,22 @@ impl MockNetwork {
         handshake_stats(&self.shared)
     }
 
-    /// Delays every outbound frame by `ms`.
+    /// While `on`, media uploads are received but not answered (the upload stays in
+    /// flight at the client) until the hold is turned off.
+    pub fn hold_uploads(&self, on: bool) {
+        self.shared.hold_uploads.store(on, Ordering::SeqCst);
+        if !on {
+            self.shared.uploads_released.notify_waiters();
+        }
+    }
+
+    /// Uploads currently held open by [`MockNetwork::hold_uploads`].
+    pub fn uploads_held(&self) -> u64 {
+        self.shared.uploads_held.load(Ordering::SeqCst)
+    }
+
+    /// Delays every outbound frame by `ms` (latency: frames are written `ms` after
+    /// they are queued, in order, without capping throughput).
     pub fn delay_frames(&self, ms: u64) {
         self.shared.frame_delay.store(ms, Ordering::Relaxed);
     }
@@ -916,12 +940,23 @@ fn routes(
         .and(warp::body::content_length_limit(200 << 20))
         .and(warp::body::bytes())
         .and(with.clone())
-        .map(
+        .then(
             |kind: String,
              token: String,
              q: HashMap<String, String>,
              body: bytes::Bytes,
-             s: Shared| {
+             s: Shared| async move {
+                if s.hold_uploads.load(Ordering::SeqCst) {
+                    s.uploads_held.fetch_add(1, Ordering::SeqCst);
+                    loop {
+                        let released = s.uploads_released.notified();
+                        if !s.hold_uploads.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        released.await;
+                    }
+                    s.uploads_held.fetch_sub(1, Ordering::SeqCst);
+                }
                 if q.contains_key("resume") {
                     return reply(404, json!({"resume": "not found"}));
                 }
