@@ -14,9 +14,10 @@
 //!
 //! Crash safety: rows are claimed from the database, so a process killed hard leaves
 //! them `pending` and the next start delivers them (at-least-once; receivers drop
-//! duplicates by `webhook-id`). Isolation: at most one attempt per instance is in flight
-//! and attempts run concurrently up to `max_in_flight`, so a slow or dead endpoint
-//! holds up only its own instance. This is single-node: two processes on one database
+//! duplicates by `webhook-id`). Isolation: at most one batch per instance is in flight
+//! (its rows delivered in order over one kept-alive connection, successes recorded
+//! 64 per UPDATE) and batches run concurrently up to `max_in_flight`, so a slow or
+//! dead endpoint holds up only its own instance. This is single-node: two processes on one database
 //! could both send a due row (a lease column would fence that; see the README).
 
 use crate::config::Cidr;
@@ -277,17 +278,31 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
-        match outbox.due(256).await {
+        match outbox.due(1024).await {
             Ok(rows) => {
+                // Due rows by instance, oldest first within each.
+                let mut order: Vec<String> = Vec::new();
+                let mut by_instance: std::collections::HashMap<String, Vec<entity::Model>> =
+                    std::collections::HashMap::new();
                 for row in rows {
-                    // One attempt per instance at a time; this also keeps a row from
+                    let list = by_instance.entry(row.instance_id.clone()).or_default();
+                    if list.is_empty() {
+                        order.push(row.instance_id.clone());
+                    }
+                    list.push(row);
+                }
+                for instance_id in order {
+                    let Some(rows) = by_instance.remove(&instance_id) else {
+                        continue;
+                    };
+                    // One batch per instance at a time; this also keeps a row from
                     // being picked twice while its attempt runs.
                     {
                         let mut b = busy.lock().unwrap_or_else(|p| p.into_inner());
-                        if b.contains(&row.instance_id) {
+                        if b.contains(&instance_id) {
                             continue;
                         }
-                        b.insert(row.instance_id.clone());
+                        b.insert(instance_id.clone());
                     }
                     let Ok(permit) = slots.clone().acquire_owned().await else {
                         return;
@@ -295,8 +310,7 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                     let (outbox, settings, busy, wake) =
                         (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
                     tasks.spawn(async move {
-                        let instance_id = row.instance_id.clone();
-                        attempt(&outbox, &settings, row).await;
+                        deliver_batch(&outbox, &settings, &instance_id, rows).await;
                         busy.lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&instance_id);
@@ -326,31 +340,58 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     }
 }
 
-/// One delivery attempt of `row`, recorded in the table.
-async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model) {
-    // The row list may be stale (an attempt of this row may have just finished):
-    // only a row that is still due is sent.
-    let row = match outbox.get(&row.id).await {
-        Ok(Some(r)) if r.status == PENDING && r.next_attempt_at <= now_ms() => r,
-        Ok(_) => return,
+/// Successful deliveries recorded per UPDATE.
+const RECORD_BATCH: usize = 64;
+
+/// Delivers due rows of one instance in order, over the pooled client's kept-alive
+/// connection: the target is loaded once, successes are recorded in batches (one
+/// UPDATE per batch), and the first failure ends the batch (its row is scheduled for a
+/// retry; the rest stay due for the next pass). A crash between a delivery and its
+/// record sends that row again (at-least-once, deduplicated by `webhook-id`).
+async fn deliver_batch(
+    outbox: &Outbox,
+    settings: &WorkerSettings,
+    instance_id: &str,
+    rows: Vec<entity::Model>,
+) {
+    // The row list may be stale (a batch of this instance may have just finished):
+    // only rows that are still due are sent.
+    let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+    let rows = match entity::Entity::find()
+        .filter(entity::Column::Id.is_in(ids))
+        .filter(entity::Column::Status.eq(PENDING))
+        .filter(entity::Column::NextAttemptAt.lte(now_ms()))
+        .order_by_asc(entity::Column::NextAttemptAt)
+        .order_by_asc(entity::Column::CreatedAt)
+        .all(&outbox.db)
+        .await
+    {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "re-reading a webhook row failed");
+            tracing::error!(error = %e, "re-reading webhook rows failed");
             return;
         }
     };
-    let target = instance::Entity::find_by_id(row.instance_id.clone())
+    if rows.is_empty() {
+        return;
+    }
+    let target = instance::Entity::find_by_id(instance_id.to_string())
         .one(&outbox.db)
         .await;
     let (url, secret) = match target {
         Ok(Some(i)) => match i.webhook_url {
             Some(u) => (u, i.webhook_secret.unwrap_or_default()),
             None => {
-                fail(outbox, settings, &row, None, "webhook not configured", true).await;
+                for row in &rows {
+                    fail(outbox, settings, row, None, "webhook not configured", true).await;
+                }
                 return;
             }
         },
         Ok(None) => {
-            fail(outbox, settings, &row, None, "instance deleted", true).await;
+            for row in &rows {
+                fail(outbox, settings, row, None, "instance deleted", true).await;
+            }
             return;
         }
         Err(e) => {
@@ -358,16 +399,6 @@ async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model)
             return; // stays pending; retried on the next pass
         }
     };
-    let body = row.payload.clone().into_bytes();
-    let headers = [
-        ("content-type", "application/json".to_string()),
-        ("x-sudevwa-signature", signature(&secret, &body)),
-        ("webhook-id", row.id.clone()),
-        (
-            "webhook-timestamp",
-            chrono::Utc::now().timestamp().to_string(),
-        ),
-    ];
     let policy = FetchPolicy {
         allowed_targets: settings.allowed_targets.clone(),
         max_bytes: 64 * 1024,
@@ -375,37 +406,73 @@ async fn attempt(outbox: &Outbox, settings: &WorkerSettings, row: entity::Model)
         connect_timeout: settings.timeout.min(Duration::from_secs(5)),
         max_redirects: 0,
     };
-    match fetch::post(&url, body, &headers, &policy).await {
-        Ok(code) if (200..300).contains(&code) => {
-            let r = outbox
-                .record(
-                    &row.id,
-                    entity::ActiveModel {
-                        status: Set(DELIVERED.into()),
-                        attempts: Set(row.attempts + 1),
-                        last_status_code: Set(Some(i32::from(code))),
-                        last_error: Set(None),
-                        delivered_at: Set(Some(now_ms())),
-                        ..Default::default()
-                    },
+    let mut delivered: Vec<(String, u16)> = Vec::new();
+    for row in rows {
+        let body = row.payload.clone().into_bytes();
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("x-sudevwa-signature", signature(&secret, &body)),
+            ("webhook-id", row.id.clone()),
+            (
+                "webhook-timestamp",
+                chrono::Utc::now().timestamp().to_string(),
+            ),
+        ];
+        match fetch::post(&url, body, &headers, &policy).await {
+            Ok(code) if (200..300).contains(&code) => {
+                delivered.push((row.id.clone(), code));
+                if delivered.len() >= RECORD_BATCH {
+                    record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                }
+            }
+            Ok(code) => {
+                record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                fail(
+                    outbox,
+                    settings,
+                    &row,
+                    Some(code),
+                    &format!("HTTP {code}"),
+                    false,
                 )
                 .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "recording a webhook delivery failed");
+                return;
+            }
+            Err(e) => {
+                record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                fail(outbox, settings, &row, None, &e.to_string(), false).await;
+                return;
             }
         }
-        Ok(code) => {
-            fail(
-                outbox,
-                settings,
-                &row,
-                Some(code),
-                &format!("HTTP {code}"),
-                false,
+    }
+    record_delivered(outbox, delivered).await;
+}
+
+/// Marks rows delivered: one UPDATE per status code among them.
+async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
+    let mut by_code: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for (id, code) in rows {
+        by_code.entry(code).or_default().push(id);
+    }
+    for (code, ids) in by_code {
+        let r = entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(DELIVERED))
+            .col_expr(
+                entity::Column::Attempts,
+                sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
             )
-            .await
+            .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
+            .col_expr(
+                entity::Column::LastError,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.is_in(ids))
+            .exec(&outbox.db)
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "recording webhook deliveries failed");
         }
-        Err(e) => fail(outbox, settings, &row, None, &e.to_string(), false).await,
     }
 }
 
