@@ -477,6 +477,8 @@ pub async fn count_listen(
 
 /// A webhook receiver on 127.0.0.1: answers every POST with the status in `status`
 /// (0: accept the request and never answer — a hung endpoint), counting 2xx answers.
+/// A local webhook receiver answering `status`: 0 hangs forever (a hung endpoint),
+/// 1 holds every answer until the status is changed (to build a backlog).
 pub struct Receiver {
     pub addr: std::net::SocketAddr,
     pub ok: Arc<AtomicU64>,
@@ -496,9 +498,14 @@ impl Receiver {
         let route = warp::any().then(move || {
             let (ok, st) = (ok2.clone(), st2.clone());
             async move {
-                let s = st.load(Ordering::Relaxed);
+                let mut s = st.load(Ordering::Relaxed);
                 if s == 0 {
                     std::future::pending::<()>().await;
+                }
+                // 1: hold the answer until the status changes (a backlog builds up).
+                while s == 1 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    s = st.load(Ordering::Relaxed);
                 }
                 if (200..300).contains(&s) {
                     ok.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,124 @@
+//! B3 — webhook backlog drain rate, and what one hung endpoint does to the others.
+//!
+//! The real server binary against the mock network in this process: 4 sender and 4
+//! recipient instances, every webhook pointing at a fast local receiver that first
+//! *holds* its answers, so sends through the API build a backlog in the outbox. Then
+//! the receiver answers at once and the drain rate (deliveries per second until the
+//! backlog is gone) is measured. Second round: one sender's webhook points at an
+//! endpoint that never answers; the other seven instances' drain rate is measured
+//! again and compared.
+//!
+//! ```sh
+//! cargo run --release --features sandbox --example bench_webhooks -- [secs=8] [conns=8]
+//! ```
+//! Loopback only; every phase is bounded.
+// Release builds nest the mock's warp filter chain deeper than the default limit of 128.
+#![recursion_limit = "256"]
+
+#[path = "benchkit/mod.rs"]
+mod benchkit;
+
+use benchkit::{count_listen, load, wait_count, Db, Receiver, Server};
+use mock_whatsapp::MockNetwork;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SENDERS: usize = 4;
+
+/// Releases the held receiver and measures deliveries per second until no delivery
+/// has arrived for 1.5 s (bounded by 120 s).
+async fn drain(fast: &Receiver) -> (u64, f64) {
+    let base = fast.ok.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    fast.status.store(200, Ordering::Relaxed);
+    let (mut last, mut last_at) = (base, t0);
+    while last_at.elapsed() < Duration::from_millis(1500) && t0.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = fast.ok.load(Ordering::Relaxed);
+        if now != last {
+            (last, last_at) = (now, Instant::now());
+        }
+    }
+    let n = last - base;
+    (n, n as f64 / last_at.duration_since(t0).as_secs_f64().max(0.001))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<f64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let secs = args.first().copied().unwrap_or(8.0) as u64;
+    let conns = args.get(1).copied().unwrap_or(8.0) as usize;
+    let bin = benchkit::server_binary();
+    println!("machine: {}", benchkit::machine());
+    let dir = benchkit::scratch("webhooks");
+    let net = MockNetwork::start().await.expect("mock starts");
+    let srv = Server::start(
+        &bin,
+        &Db::Sqlite(dir.clone()),
+        &net,
+        &[
+            ("SUDEVWA_ENABLE_WEBHOOK", "true"),
+            // Held answers must not time out while the backlog builds.
+            ("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "120"),
+            ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
+            ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+        ],
+    );
+    let (senders, _) = srv.pair_fleet(&net, "62815", SENDERS, 8).await;
+    let (recipients, _) = srv.pair_fleet(&net, "62816", SENDERS, 8).await;
+    let fast = Receiver::start(1).await;
+    let hung = Receiver::start(0).await;
+    for (id, _, _) in senders.iter().chain(recipients.iter()) {
+        srv.set_webhook(id, &fast.url()).await;
+    }
+    let mut counters = Vec::new();
+    for (id, token, _) in &recipients {
+        counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
+    }
+    let arrived = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let s_ids: Vec<String> = senders.iter().map(|s| s.0.clone()).collect();
+    let r_phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
+    let make = move |i: u64| {
+        let s = (i as usize) % SENDERS;
+        let r = (i as usize / SENDERS + s) % SENDERS;
+        (
+            format!("/api/send/{}", s_ids[s]),
+            json!({"to": r_phones[r], "message": format!("hook {i}")}),
+        )
+    };
+    let mut rates = Vec::new();
+    for round in ["all endpoints healthy", "one sender's endpoint hung"] {
+        if rates.len() == 1 {
+            fast.status.store(1, Ordering::Relaxed);
+            srv.set_webhook(&senders[0].0, &hung.url()).await;
+        }
+        let base = arrived();
+        let mut r = load(&srv, conns, Duration::from_secs(secs), None, make.clone()).await;
+        wait_count(arrived, base + r.ok, Duration::from_secs(60)).await;
+        // Let the last events (statuses) reach the outbox.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (n, rate) = drain(&fast).await;
+        println!(
+            "B3 {round}: backlog built by {} | drained {n} deliveries at {rate:.0} deliveries/s",
+            r.summary()
+        );
+        rates.push(rate);
+    }
+    println!(
+        "B3 healthy endpoints' drain rate beside a hung one: {:.1} % of the all-healthy rate",
+        100.0 * rates[1] / rates[0].max(1.0)
+    );
+    srv.terminate();
+    net.shutdown();
+    let _ = std::fs::remove_dir_all(dir);
+}
