@@ -73,6 +73,7 @@ const SEND_ERRORS: &[&str] = &[
     "PHONE_NOT_REGISTERED",
     "VERIFICATION_FAILED",
     "SEND_FAILED",
+    "INSTANCE_BUSY",
 ];
 const MEDIA_ERRORS: &[&str] = &[
     "VALIDATION_ERROR",
@@ -89,6 +90,7 @@ const MEDIA_ERRORS: &[&str] = &[
     "DOWNLOAD_FAILED",
     "UPLOAD_FAILED",
     "SEND_FAILED",
+    "INSTANCE_BUSY",
 ];
 const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
 const GROUP_ERRORS: &[&str] = &[
@@ -98,6 +100,7 @@ const GROUP_ERRORS: &[&str] = &[
     "NOT_LOGGED_IN",
     "INVALID_GROUP_JID",
     "SEND_FAILED",
+    "INSTANCE_BUSY",
     "FORBIDDEN",
 ];
 const INSTANCE: &[&str] = &["SESSION_NOT_FOUND", "FORBIDDEN"];
@@ -182,6 +185,7 @@ fn status_of(code: &str) -> u16 {
         "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_KEY_IN_PROGRESS" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
+        "INSTANCE_BUSY" => 503,
         _ => 400,
     }
 }
