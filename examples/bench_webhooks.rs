@@ -42,7 +42,10 @@ async fn drain(fast: &Receiver) -> (u64, f64) {
         }
     }
     let n = last - base;
-    (n, n as f64 / last_at.duration_since(t0).as_secs_f64().max(0.001))
+    (
+        n,
+        n as f64 / last_at.duration_since(t0).as_secs_f64().max(0.001),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -1423,7 +1423,9 @@ impl Ops {
         let jid = Jid::pn(to);
         let res = tokio::time::timeout(
             self.env.timing.request_timeout,
-            self.client.contacts().is_on_whatsapp(&[jid.clone()]),
+            self.client
+                .contacts()
+                .is_on_whatsapp(std::slice::from_ref(&jid)),
         )
         .await
         .map_err(|_| InstanceError::VerificationFailed)?
