@@ -77,6 +77,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub messages: MessagesConfig,
     pub log: LogConfig,
+    pub sandbox: SandboxConfig,
 }
 
 /// `[messages]`: the durable message path.
@@ -217,6 +218,14 @@ pub struct WebhookConfig {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub filter: String,
+}
+
+/// `[sandbox]`: used by sandbox builds started with `--sandbox` only.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// A mock network already running elsewhere (`http://IP:PORT`); `None`: the
+    /// sandbox starts its own in-process.
+    pub mock_url: Option<String>,
 }
 
 /// An IP network, `addr/prefix`.
@@ -490,6 +499,13 @@ struct RawConfig {
     webhook: RawWebhook,
     messages: RawMessages,
     log: RawLog,
+    sandbox: RawSandbox,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    mock_url: String,
 }
 
 #[derive(Deserialize)]
@@ -941,6 +957,9 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         webhook,
         log: LogConfig {
             filter: raw.log.filter,
+        },
+        sandbox: SandboxConfig {
+            mock_url: non_empty(raw.sandbox.mock_url),
         },
     })
 }

@@ -9,23 +9,34 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use sudevwa::config::{Config, Sources};
 
-const USAGE: &str = "usage: sudevwa [serve|migrate] [--config PATH] [--sandbox]
+const USAGE: &str = "usage: sudevwa [serve|migrate] [--config PATH] [--sandbox [--mock-url URL]]
 
-  serve      run the server (default)
-  migrate    apply database migrations and exit
-  --config   config file (default ./config.toml if present; env SUDEVWA_CONFIG)
-  --sandbox  run against an in-process mock WhatsApp network, with /sandbox/... routes
-             (builds with `--features sandbox` only)";
+  serve       run the server (default)
+  migrate     apply database migrations and exit
+  --config    config file (default ./config.toml if present; env SUDEVWA_CONFIG)
+  --sandbox   run against a mock WhatsApp network, with /sandbox/... routes
+              (builds with `--features sandbox` only)
+  --mock-url  with --sandbox: a mock network already running at URL (http://IP:PORT)
+              instead of one started in-process (config sandbox.mock_url)";
 
 enum Command {
     Serve,
     Migrate,
 }
 
-fn parse_args() -> Result<(Command, Option<PathBuf>, bool), String> {
+/// What the command line asks for.
+struct Args {
+    cmd: Command,
+    config: Option<PathBuf>,
+    sandbox: bool,
+    mock_url: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut cmd = None;
     let mut config = None;
     let mut sandbox = false;
+    let mut mock_url = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -38,15 +49,27 @@ fn parse_args() -> Result<(Command, Option<PathBuf>, bool), String> {
                 config = Some(PathBuf::from(&s["--config=".len()..]))
             }
             "--sandbox" => sandbox = true,
+            "--mock-url" => mock_url = Some(args.next().ok_or("--mock-url needs a URL")?),
+            s if s.starts_with("--mock-url=") => mock_url = Some(s["--mock-url=".len()..].into()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok((cmd.unwrap_or(Command::Serve), config, sandbox))
+    Ok(Args {
+        cmd: cmd.unwrap_or(Command::Serve),
+        config,
+        sandbox,
+        mock_url,
+    })
 }
 
 fn main() -> ExitCode {
-    let (cmd, config_path, sandbox) = match parse_args() {
+    let Args {
+        cmd,
+        config: config_path,
+        sandbox,
+        mock_url,
+    } = match parse_args() {
         Ok(v) => v,
         Err(e) if e.is_empty() => {
             println!("{USAGE}");
@@ -61,13 +84,21 @@ fn main() -> ExitCode {
         eprintln!("sudevwa: this build has no sandbox; build it with `cargo run --features sandbox -- --sandbox`");
         return ExitCode::from(2);
     }
-    let config = match Config::load(&Sources::from_process(config_path)) {
+    let mut config = match Config::load(&Sources::from_process(config_path)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sudevwa: config error: {e}");
             return ExitCode::from(2);
         }
     };
+    if mock_url.is_some() {
+        config.sandbox.mock_url = mock_url;
+    }
+    // A mock network is never used outside a sandbox run: refuse rather than ignore.
+    if config.sandbox.mock_url.is_some() && !sandbox {
+        eprintln!("sudevwa: a mock network URL (--mock-url, sandbox.mock_url) needs --sandbox and a sandbox build");
+        return ExitCode::from(2);
+    }
     init_tracing(&config.log.filter);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -107,13 +138,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--sandbox`: the server against an in-process mock WhatsApp network.
+/// `--sandbox`: the server against a mock WhatsApp network, in-process or at
+/// `sandbox.mock_url`.
 #[cfg(feature = "sandbox")]
 async fn serve_sandbox(config: Config) -> Result<(), String> {
     use sudevwa::server::{run_with, Overrides};
-    let sb = sudevwa::sandbox::Sandbox::start()
-        .await
-        .map_err(|e| format!("cannot start the mock network: {e}"))?;
+    let sb = match &config.sandbox.mock_url {
+        Some(url) => sudevwa::sandbox::Sandbox::connect(url).await?,
+        None => sudevwa::sandbox::Sandbox::start()
+            .await
+            .map_err(|e| format!("cannot start the mock network: {e}"))?,
+    };
     println!("sandbox: mock WhatsApp network at {}", sb.mock_url());
     let wa = sb.wa_options(&config.whatsapp.device_name);
     let routes_sb = sb.clone();

@@ -4,8 +4,11 @@
 //! scan an instance's QR, create contacts, send as a contact, read what a contact
 //! received, create groups, unlink a device, drop sockets.
 //!
-//! A sandbox build only ever connects to this mock: the socket URL is the mock's
-//! loopback address, never configuration.
+//! A sandbox build only ever connects to a mock: the one it starts in-process, or —
+//! with `--mock-url` / `[sandbox] mock_url` — one already running in another process
+//! (`cargo run -p mock-whatsapp`), which outlives server restarts, so paired instances
+//! come back without a new QR. The socket URL is always the mock's; production builds
+//! have no sandbox and never accept a mock.
 
 use crate::http::error::ApiError;
 use crate::http::handlers::{self, admin_only, parse, required, QrStart};
@@ -14,7 +17,8 @@ use crate::http::{authed, body_limited, respond, with_api, Shared, MAX_JSON_BODY
 use actors::instance::{MediaKind, WaOptions};
 use bytes::Bytes;
 use mock_whatsapp::contact::Contact;
-use mock_whatsapp::MockNetwork;
+use mock_whatsapp::remote::RemoteNetwork;
+use mock_whatsapp::{AccountInfo, AckStats, MockNetwork};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -38,9 +42,106 @@ struct Person {
     _collector: tokio::task::JoinHandle<()>,
 }
 
+/// The mock network the sandbox uses: in this process, or in another one.
+enum Net {
+    Local(MockNetwork),
+    Remote(RemoteNetwork),
+}
+
+impl Net {
+    fn ws_url(&self) -> String {
+        match self {
+            Net::Local(n) => n.ws_url(),
+            Net::Remote(n) => n.ws_url(),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        match self {
+            Net::Local(n) => n.base_url(),
+            Net::Remote(n) => n.base_url(),
+        }
+    }
+
+    fn http_client(&self) -> mock_whatsapp::MockHttpClient {
+        match self {
+            Net::Local(n) => n.http_client(),
+            Net::Remote(n) => n.http_client(),
+        }
+    }
+
+    async fn scan_qr(&self, qr: &str, phone: &str) -> Result<(), String> {
+        match self {
+            Net::Local(n) => n.scan_qr(qr, Some(phone)).map_err(|e| e.to_string()),
+            Net::Remote(n) => n.scan_qr(qr, Some(phone)).await,
+        }
+    }
+
+    async fn add_contact(&self, phone: &str, name: &str) -> Result<Contact, String> {
+        match self {
+            Net::Local(n) => n.add_contact(phone, name).await,
+            Net::Remote(n) => n.add_contact(phone, name).await,
+        }
+    }
+
+    async fn create_group(
+        &self,
+        name: &str,
+        creator: &str,
+        rest: &[&str],
+    ) -> Result<String, String> {
+        match self {
+            Net::Local(n) => n.create_group(name, creator, rest),
+            Net::Remote(n) => n.create_group(name, creator, rest).await,
+        }
+    }
+
+    async fn accounts(&self) -> Result<Vec<AccountInfo>, String> {
+        match self {
+            Net::Local(n) => Ok(n.accounts()),
+            Net::Remote(n) => n.accounts().await,
+        }
+    }
+
+    async fn unlink(&self, phone: &str, device: u32) -> Result<bool, String> {
+        match self {
+            Net::Local(n) => Ok(n.unlink(phone, device)),
+            Net::Remote(n) => n.unlink(phone, device).await,
+        }
+    }
+
+    async fn drop_connections(&self, phone: Option<&str>) -> Result<usize, String> {
+        match self {
+            Net::Local(n) => Ok(n.drop_connections(phone)),
+            Net::Remote(n) => n.drop_connections(phone).await,
+        }
+    }
+
+    async fn hold_acks(&self, phone: &str, on: bool) -> Result<bool, String> {
+        match self {
+            Net::Local(n) => Ok(n.hold_acks(phone, None, on)),
+            Net::Remote(n) => n.device_fault("hold-acks", phone, None, on).await,
+        }
+    }
+
+    async fn drop_before_ack(&self, phone: &str, on: bool) -> Result<bool, String> {
+        match self {
+            Net::Local(n) => Ok(n.drop_before_ack(phone, None, on)),
+            Net::Remote(n) => n.device_fault("drop-before-ack", phone, None, on).await,
+        }
+    }
+
+    async fn ack_stats(&self, phone: &str, device: u32) -> Result<Option<AckStats>, String> {
+        match self {
+            Net::Local(n) => Ok(n.ack_stats(phone, device)),
+            Net::Remote(n) => n.ack_stats(phone, device).await,
+        }
+    }
+}
+
 /// The mock network and the simulated people on it.
 pub struct Sandbox {
-    net: MockNetwork,
+    net: Net,
     people: tokio::sync::Mutex<HashMap<String, Person>>,
 }
 
@@ -48,10 +149,24 @@ impl Sandbox {
     /// Starts the mock network on 127.0.0.1 (an OS-chosen port).
     pub async fn start() -> std::io::Result<Arc<Self>> {
         let net = MockNetwork::start().await?;
-        Ok(Arc::new(Self {
+        Ok(Self::with(Net::Local(net)))
+    }
+
+    /// Uses the mock network already running at `url` (`http://IP:PORT`, its admin
+    /// base URL). Checks that it answers before the server starts.
+    pub async fn connect(url: &str) -> Result<Arc<Self>, String> {
+        let net = RemoteNetwork::new(url)?;
+        net.accounts()
+            .await
+            .map_err(|e| format!("the mock network at {url} does not answer: {e}"))?;
+        Ok(Self::with(Net::Remote(net)))
+    }
+
+    fn with(net: Net) -> Arc<Self> {
+        Arc::new(Self {
             net,
             people: Default::default(),
-        }))
+        })
     }
 
     /// How instances reach the mock.
@@ -69,6 +184,11 @@ impl Sandbox {
     pub fn mock_url(&self) -> String {
         self.net.base_url()
     }
+}
+
+/// The mock network failed or refused an admin call.
+fn mock_error(e: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "MOCK_UNAVAILABLE", e)
 }
 
 fn not_found(code: &'static str, what: &str) -> ApiError {
@@ -192,8 +312,9 @@ async fn scan(
         }
     };
     sb.net
-        .scan_qr(&code, Some(&number))
-        .map_err(|e| ApiError::bad_request("SCAN_FAILED", e.to_string()))?;
+        .scan_qr(&code, &number)
+        .await
+        .map_err(|e| ApiError::bad_request("SCAN_FAILED", e))?;
     Ok(ok(
         "Scanned; the instance is pairing",
         json!({"instance_id": id, "phone": number}),
@@ -386,6 +507,7 @@ async fn create_group(
     let jid = sb
         .net
         .create_group(&name, creator, &rest)
+        .await
         .map_err(|e| ApiError::bad_request("VALIDATION_ERROR", e))?;
     Ok(ok("Group created", json!({"jid": jid})))
 }
@@ -406,14 +528,18 @@ async fn unlink(id: String, p: crate::http::auth::Principal, api: Shared, sb: Ar
     let devices: Vec<u32> = sb
         .net
         .accounts()
+        .await
+        .map_err(mock_error)?
         .into_iter()
         .filter(|a| a.phone == number)
         .flat_map(|a| a.devices.into_iter().map(|d| d.id))
         .collect();
-    let n = devices
-        .into_iter()
-        .filter(|d| sb.net.unlink(&number, *d))
-        .count();
+    let mut n = 0;
+    for d in devices {
+        if sb.net.unlink(&number, d).await.map_err(mock_error)? {
+            n += 1;
+        }
+    }
     Ok(ok(
         "The phone removed the linked device",
         json!({"instance_id": id, "unlinked": n}),
@@ -431,10 +557,11 @@ async fn drop_sockets(
     let n = match b.instance_id {
         Some(id) => {
             let number = instance_phone(&api, &p, &id).await?;
-            sb.net.drop_connections(Some(&number))
+            sb.net.drop_connections(Some(&number)).await
         }
-        None => sb.net.drop_connections(None),
-    };
+        None => sb.net.drop_connections(None).await,
+    }
+    .map_err(mock_error)?;
     Ok(ok("Sockets dropped", json!({"dropped": n})))
 }
 
@@ -451,21 +578,30 @@ async fn ack_faults(
     let id = required(&b.instance_id, "instance_id")?;
     let number = instance_phone(&api, &p, &id).await?;
     if let Some(on) = b.hold_acks {
-        sb.net.hold_acks(&number, None, on);
+        sb.net.hold_acks(&number, on).await.map_err(mock_error)?;
     }
     if let Some(on) = b.drop_before_ack {
-        sb.net.drop_before_ack(&number, None, on);
+        sb.net
+            .drop_before_ack(&number, on)
+            .await
+            .map_err(mock_error)?;
     }
-    let devices: Vec<Value> = sb
+    let ids: Vec<u32> = sb
         .net
         .accounts()
+        .await
+        .map_err(mock_error)?
         .into_iter()
         .filter(|a| a.phone == number)
         .flat_map(|a| a.devices.into_iter().map(|d| d.id))
         .filter(|d| *d != 0)
-        .filter_map(|d| sb.net.ack_stats(&number, d))
-        .map(|s| json!({"device": s.device, "unacked": s.unacked, "acked": s.acked, "redelivered": s.redelivered, "hold_acks": s.acks_held, "drop_before_ack": s.drop_before_ack}))
         .collect();
+    let mut devices: Vec<Value> = Vec::new();
+    for d in ids {
+        if let Some(s) = sb.net.ack_stats(&number, d).await.map_err(mock_error)? {
+            devices.push(json!({"device": s.device, "unacked": s.unacked, "acked": s.acked, "redelivered": s.redelivered, "hold_acks": s.acks_held, "drop_before_ack": s.drop_before_ack}));
+        }
+    }
     Ok(ok(
         "Ack faults set",
         json!({"instance_id": id, "devices": devices}),

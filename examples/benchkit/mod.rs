@@ -121,7 +121,10 @@ impl Server {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", "0")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SUDEVWA_BENCH_LOG").unwrap_or("warn".into()),
+            )
             .env("DATABASE_URL", db.url())
             .env("SUDEVWA_AUTH_ADMIN_API_KEYS", ADMIN_KEY)
             .env("SUDEVWA_ALLOWED_TARGETS", "127.0.0.0/8")

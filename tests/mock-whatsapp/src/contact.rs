@@ -30,6 +30,14 @@ pub struct Contact {
     backlog: Vec<Arc<Event>>,
 }
 
+/// Where a contact connects: the socket URL, the TLS connector when it is `wss://`
+/// (trusting only the network's certificate), and the client for its media host.
+pub struct Endpoint {
+    pub ws_url: String,
+    pub connector: Option<whatsapp_rust::transport::Connector>,
+    pub http: crate::MockHttpClient,
+}
+
 /// A text a contact received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedText {
@@ -51,19 +59,27 @@ impl Contact {
         push_name: &str,
         backend: Option<Arc<dyn Backend>>,
     ) -> Result<Self, String> {
+        Self::start_at(net.endpoint(), phone, push_name, backend).await
+    }
+
+    /// Starts a client that connects to `endpoint` (a network in this process or
+    /// another one, see [`crate::remote`]).
+    pub async fn start_at(
+        endpoint: Endpoint,
+        phone: &str,
+        push_name: &str,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Result<Self, String> {
         let backend = backend.unwrap_or_else(|| Arc::new(InMemoryBackend::new()));
         let (tx, rx) = mpsc::channel(4096);
-        // Over TLS when the network serves it, trusting only its certificate.
-        let transport = match (net.wss_url(), net.tls_connector()) {
-            (Some(url), Some(connector)) => TokioWebSocketTransportFactory::new()
-                .with_url(url)
-                .with_connector(connector),
-            _ => TokioWebSocketTransportFactory::new().with_url(net.ws_url()),
-        };
+        let mut transport = TokioWebSocketTransportFactory::new().with_url(endpoint.ws_url);
+        if let Some(connector) = endpoint.connector {
+            transport = transport.with_connector(connector);
+        }
         let bot = Bot::builder()
             .with_backend_arc(backend.clone())
             .with_transport_factory(transport)
-            .with_http_client(net.http_client())
+            .with_http_client(endpoint.http)
             .with_version((2, 3000, 0))
             .with_push_name(push_name)
             .skip_history_sync()
@@ -176,6 +192,22 @@ impl Contact {
 }
 
 impl MockNetwork {
+    /// Where contacts connect: over TLS when the network serves it, else plain.
+    pub fn endpoint(&self) -> Endpoint {
+        match (self.wss_url(), self.tls_connector()) {
+            (Some(ws_url), Some(connector)) => Endpoint {
+                ws_url,
+                connector: Some(connector),
+                http: self.http_client(),
+            },
+            _ => Endpoint {
+                ws_url: self.ws_url(),
+                connector: None,
+                http: self.http_client(),
+            },
+        }
+    }
+
     /// A new simulated contact: a client paired by QR to the account `phone`, connected.
     pub async fn add_contact(&self, phone: &str, push_name: &str) -> Result<Contact, String> {
         let mut c = Contact::start(self, phone, push_name, None).await?;

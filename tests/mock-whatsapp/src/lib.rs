@@ -4,7 +4,8 @@
 //! real, unmodified whatsapp-rust 0.7 client, on loopback only. Tests and the server's sandbox mode embed it; `cargo run -p
 //! mock-whatsapp` runs it alone.
 //!
-//! Layout: [`contact`] (simulated contacts: real clients driven from Rust), [`noise`] (handshake responder, transport ciphers), `conn` (one client
+//! Layout: [`contact`] (simulated contacts: real clients driven from Rust), [`remote`] (a
+//! handle on a mock running in another process, through its admin API), [`noise`] (handshake responder, transport ciphers), `conn` (one client
 //! connection: pairing, login, post-login queries), `routing` (usync, bundles,
 //! messages, receipts), `registry` (accounts, devices, queues), this file (the HTTP
 //! front: WebSocket, admin API, media endpoints, and the Rust API).
@@ -21,6 +22,7 @@ pub mod noise;
 mod paircode;
 mod phone;
 mod registry;
+pub mod remote;
 mod routing;
 mod tls;
 
@@ -116,7 +118,7 @@ pub struct MockNetwork {
 }
 
 /// One account as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AccountInfo {
     pub phone: String,
     pub lid: String,
@@ -127,7 +129,7 @@ pub struct AccountInfo {
 }
 
 /// One companion device as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceInfo {
     pub id: u32,
     pub connected: bool,
@@ -146,7 +148,7 @@ pub struct DeviceInfo {
 }
 
 /// One device's message acknowledgements (`GET /admin/devices/:phone/:device/acks`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AckStats {
     /// The account's phone number.
     pub phone: String,
