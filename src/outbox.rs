@@ -114,29 +114,37 @@ impl Outbox {
         Ok(Some(id))
     }
 
-    /// Due rows, oldest first.
-    async fn due(&self, limit: u64) -> Result<Vec<entity::Model>, DbErr> {
-        entity::Entity::find()
+    /// Due rows, oldest first, of instances not in `busy` (their batch is running:
+    /// their rows would only be read to be skipped).
+    async fn due(&self, limit: u64, busy: &[String]) -> Result<Vec<entity::Model>, DbErr> {
+        let mut q = entity::Entity::find()
             .filter(entity::Column::Status.eq(PENDING))
-            .filter(entity::Column::NextAttemptAt.lte(now_ms()))
-            .order_by_asc(entity::Column::NextAttemptAt)
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()));
+        if !busy.is_empty() {
+            q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
+        }
+        q.order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
             .limit(limit)
             .all(&self.db)
             .await
     }
 
-    /// The earliest time a pending row becomes due, if any.
-    async fn next_due(&self) -> Result<Option<i64>, DbErr> {
-        Ok(entity::Entity::find()
-            .filter(entity::Column::Status.eq(PENDING))
-            .order_by_asc(entity::Column::NextAttemptAt)
+    /// The earliest time a pending row of an instance not in `busy` becomes due, if
+    /// any (a busy instance's batch wakes the worker when it ends).
+    async fn next_due(&self, busy: &[String]) -> Result<Option<i64>, DbErr> {
+        let mut q = entity::Entity::find().filter(entity::Column::Status.eq(PENDING));
+        if !busy.is_empty() {
+            q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
+        }
+        Ok(q.order_by_asc(entity::Column::NextAttemptAt)
             .one(&self.db)
             .await?
             .map(|r| r.next_attempt_at))
     }
 
     async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
         entity::Entity::update_many()
             .set(update)
             .filter(entity::Column::Id.eq(id))
@@ -165,6 +173,7 @@ impl Outbox {
 
     /// Queues a row again (attempts reset); `false` when the instance has no such row.
     pub async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
         let r = entity::Entity::update_many()
             .col_expr(entity::Column::Status, Expr::value(PENDING))
             .col_expr(entity::Column::Attempts, Expr::value(0))
@@ -277,8 +286,15 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
+    let busy_now = |busy: &Mutex<HashSet<String>>| -> Vec<String> {
+        busy.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    };
     loop {
-        match outbox.due(1024).await {
+        match outbox.due(1024, &busy_now(&busy)).await {
             Ok(rows) => {
                 // Due rows by instance, oldest first within each.
                 let mut order: Vec<String> = Vec::new();
@@ -325,7 +341,7 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
         while tasks.try_join_next().is_some() {}
         // Sleep until woken, the next due time, or the poll interval.
         let mut sleep = settings.poll_interval;
-        if let Ok(Some(next)) = outbox.next_due().await {
+        if let Ok(Some(next)) = outbox.next_due(&busy_now(&busy)).await {
             let until = Duration::from_millis((next - now_ms()).max(0) as u64);
             sleep = sleep.min(until.max(Duration::from_millis(10)));
         }
@@ -455,6 +471,7 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
         by_code.entry(code).or_default().push(id);
     }
     for (code, ids) in by_code {
+        let _turn = crate::store::db::write_turn(&outbox.db).await;
         let r = entity::Entity::update_many()
             .col_expr(entity::Column::Status, Expr::value(DELIVERED))
             .col_expr(

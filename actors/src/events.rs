@@ -229,6 +229,18 @@ pub trait EventSink: Send + Sync + 'static {
     async fn record_sent(&self, sent: &SentRecord) -> Result<(), String>;
     /// A status of sent messages (server ack, delivered, read, played, error).
     async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String>;
+    /// Several statuses of one instance, in order; one answer per status. Sinks that
+    /// can store them together (one transaction) override this.
+    async fn record_statuses(
+        &self,
+        statuses: &[MessageStatus],
+    ) -> Result<Vec<Option<LiveEvent>>, String> {
+        let mut out = Vec::with_capacity(statuses.len());
+        for st in statuses {
+            out.push(self.record_status(st).await?);
+        }
+        Ok(out)
+    }
     /// A lifecycle notice, for the event log and subscribed webhooks.
     async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String>;
     /// Succeeds when the storage takes writes again (after a failed commit).

@@ -372,6 +372,8 @@ pub struct InstanceState {
     ops: OpTasks,
     /// Number checks reused by sends.
     numbers: Arc<NumberCache>,
+    /// Stores message statuses off the mailbox (see [`crate::receipts`]).
+    statuses: crate::receipts::StatusWriter,
 }
 
 impl Actor for InstanceActor {
@@ -386,6 +388,11 @@ impl Actor for InstanceActor {
     ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
         let env_max_ops = args.env.timing.max_ops;
+        let statuses = crate::receipts::StatusWriter::spawn(
+            args.instance_id.clone(),
+            args.env.sink.clone(),
+            listeners.clone(),
+        );
         let mut state = InstanceState {
             id: args.instance_id,
             device_name: args.device_name,
@@ -408,6 +415,7 @@ impl Actor for InstanceActor {
             disconnected_at: None,
             ops: OpTasks::new(env_max_ops),
             numbers: Arc::new(NumberCache::default()),
+            statuses,
         };
         // Restore: a paired session reconnects, a QR wait becomes "ready for a new QR".
         let backend = state.env.store.backend(&state.id);
@@ -912,17 +920,10 @@ impl InstanceState {
         }
     }
 
-    /// Stores a message status (timeline, event log, outbox) and broadcasts it.
+    /// Queues a message status to be stored (timeline, event log, outbox) and
+    /// broadcast, in order, without waiting for the database.
     async fn status_event(&self, st: MessageStatus) {
-        match self.env.sink.record_status(&st).await {
-            Ok(Some(e)) => {
-                let _ = self.listeners.send(e);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(instance_id = %self.id, error = %e, "recording a message status failed")
-            }
-        }
+        self.statuses.push(st).await;
     }
 
     fn logged_in_client(&self) -> Result<Arc<Client>, InstanceError> {

@@ -17,6 +17,7 @@ pub mod durability;
 pub mod events;
 pub mod instance;
 pub mod lifecycle;
+mod receipts;
 pub mod status;
 pub mod supervisor;
 

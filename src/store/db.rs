@@ -53,6 +53,25 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
     Ok(db)
 }
 
+/// SQLite takes one writer at a time. Writers that collide there sleep in its busy
+/// handler (1, 2, 5, 10, 15, 20, 25… ms per retry), which under load costs far more
+/// than the writes. So every frequent writer (whatsapp-rust's session store, the
+/// journal, the webhook outbox) takes this in-process turn first: they queue in FIFO
+/// order and SQLite never sees two of them at once. One per process (several SQLite
+/// databases in one process, as in tests, only share a queue).
+pub(crate) static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The process's SQLite write turn (see [`SQLITE_WRITER`]); `None` on PostgreSQL,
+/// where writers do not exclude each other. Take it before `BEGIN` and hold it until
+/// the commit (or around a single-statement write); never take it twice in one task.
+pub async fn write_turn(db: &DatabaseConnection) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        Some(SQLITE_WRITER.lock().await)
+    } else {
+        None
+    }
+}
+
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
     Migrator::up(db, None).await.map_err(DbError::Migrate)

@@ -235,7 +235,8 @@ pub struct Journal {
     /// Rings the webhook worker.
     wake: Arc<Notify>,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
-    /// SQLite: one writer at a time. All journal writes share stripe 0, so they queue
+    /// SQLite: one writer at a time. All journal writes take the process's SQLite
+    /// write turn (`db::write_turn`, shared with the session store), so they queue
     /// in the process (fair, no waiting) instead of colliding in SQLite, where a
     /// second writer either sleeps in the busy handler (milliseconds at a time) or, in
     /// a transaction that read first, fails at once with a stale snapshot.
@@ -281,7 +282,8 @@ impl Journal {
     /// The write lock of `instance_id`'s journal writes (see [`Journal::single_writer`]).
     fn stripe(&self, instance_id: &str) -> &tokio::sync::Mutex<()> {
         if self.single_writer {
-            return &self.stripes[0];
+            // Shared with the session store and the outbox (see `db::write_turn`).
+            return &crate::store::db::SQLITE_WRITER;
         }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -494,29 +496,64 @@ impl Journal {
     /// status, a `message_status` event (and outbox row). A server ack for a message
     /// the log does not know is ignored (acks cover every stanza we send).
     pub async fn record_status(&self, st: &MessageStatus) -> Result<Option<LiveEvent>, DbErr> {
-        let webhook = self.webhook_filter(&st.instance_id).await?;
-        let _order = self.stripe(&st.instance_id).lock().await;
+        let mut out = self.record_statuses(std::slice::from_ref(st)).await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// Statuses of one instance, in order, in one transaction; one answer per status
+    /// (`None` for a server ack of a message not in the log).
+    pub async fn record_statuses(
+        &self,
+        statuses: &[MessageStatus],
+    ) -> Result<Vec<Option<LiveEvent>>, DbErr> {
+        let Some(first) = statuses.first() else {
+            return Ok(Vec::new());
+        };
+        let webhook = self.webhook_filter(&first.instance_id).await?;
+        let _order = self.stripe(&first.instance_id).lock().await;
         let now = now_ms();
+        let txn = self.begin_write().await?;
+        let mut out = Vec::with_capacity(statuses.len());
+        let mut queued_any = false;
+        for st in statuses {
+            let (e, queued) = Self::status_in(&txn, st, &webhook, now).await?;
+            queued_any |= queued;
+            out.push(e);
+        }
+        txn.commit().await?;
+        if queued_any {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// One status inside `txn`: the timeline, the message's status (it only moves
+    /// forward), the event log and the outbox.
+    async fn status_in(
+        txn: &sea_orm::DatabaseTransaction,
+        st: &MessageStatus,
+        webhook: &Option<Option<String>>,
+        now: i64,
+    ) -> Result<(Option<LiveEvent>, bool), DbErr> {
         let at = if st.timestamp > 0 {
             st.timestamp * 1000
         } else {
             now
         };
-        let txn = self.begin_write().await?;
         let mut known = false;
         for id in &st.message_ids {
             let rows = message::Entity::find()
                 .filter(message::Column::InstanceId.eq(st.instance_id.as_str()))
                 .filter(message::Column::MessageId.eq(id.as_str()))
                 .filter(message::Column::Direction.eq("out"))
-                .all(&txn)
+                .all(txn)
                 .await?;
             known |= !rows.is_empty();
             if rows.is_empty() && st.status == "server_ack" {
                 continue;
             }
             let recipient = st.recipient.clone().unwrap_or_default();
-            Self::timeline(&txn, &st.instance_id, id, &recipient, &st.status, at).await?;
+            Self::timeline(txn, &st.instance_id, id, &recipient, &st.status, at).await?;
             for r in rows {
                 let new = if st.status == "error" {
                     "failed"
@@ -528,29 +565,24 @@ impl Journal {
                         .col_expr(message::Column::Status, Expr::value(new))
                         .col_expr(message::Column::UpdatedAt, Expr::value(now))
                         .filter(message::Column::Seq.eq(r.seq))
-                        .exec(&txn)
+                        .exec(txn)
                         .await?;
                 }
             }
         }
         if !known && st.status == "server_ack" {
-            txn.commit().await?;
-            return Ok(None);
+            return Ok((None, false));
         }
         let (e, queued) = Self::append(
-            &txn,
+            txn,
             &st.instance_id,
             "message_status",
             &st.to_envelope(),
-            &webhook,
+            webhook,
             now,
         )
         .await?;
-        txn.commit().await?;
-        if queued {
-            self.wake.notify_one();
-        }
-        Ok(Some(e))
+        Ok((Some(e), queued))
     }
 
     /// Appends a lifecycle notice to the event log (and the outbox if subscribed).
@@ -833,6 +865,15 @@ impl EventSink for Journal {
 
     async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
         Journal::record_status(self, status)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn record_statuses(
+        &self,
+        statuses: &[MessageStatus],
+    ) -> Result<Vec<Option<LiveEvent>>, String> {
+        Journal::record_statuses(self, statuses)
             .await
             .map_err(|e| e.to_string())
     }

@@ -92,6 +92,7 @@ impl AppSyncStore for WaStore {
     }
 
     async fn set_sync_key(&self, key_id: &[u8], key: AppStateSyncKey) -> Result<()> {
+        let _turn = self.write_turn().await;
         let key_row: sync_key::ActiveModel = sync_key::Model {
             instance_id: self.owner(),
             key_id: key_id.to_vec(),
@@ -236,6 +237,7 @@ impl AppSyncStore for WaStore {
     }
 
     async fn delete_mutation_macs(&self, name: &str, index_macs: &[Vec<u8>]) -> Result<()> {
+        let _turn = self.write_turn().await;
         if index_macs.is_empty() {
             return Ok(());
         }
@@ -256,6 +258,7 @@ impl AppSyncStore for WaStore {
     }
 
     async fn clear_mutation_macs(&self, name: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         let cond = Condition::all().add(mutation_mac::Column::Name.eq(name));
         self.scoped_delete::<mutation_mac::Entity>()
             .filter(self.in_key_order::<mutation_mac::Entity>(cond))

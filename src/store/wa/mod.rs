@@ -101,6 +101,7 @@ impl WaStore {
     /// Deletes every row of this instance from every whatsapp table, in one
     /// transaction (logout, instance deletion). Other instances are untouched.
     pub async fn wipe(&self) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let txn = self.begin_write().await?;
         macro_rules! wipe {
             ($($m:ident),* $(,)?) => {
@@ -153,6 +154,12 @@ impl WaStore {
         Condition::all().add(Expr::tuple(key.into_iter().map(Expr::col)).in_subquery(sub))
     }
 
+    /// This store's turn to write (see [`crate::store::db::write_turn`]): every
+    /// method that writes takes it first, before `BEGIN` or its single statement.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+        crate::store::db::write_turn(&self.db).await
+    }
+
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up
     /// front, waiting on the busy timeout), a plain `BEGIN` on PostgreSQL.
     async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
@@ -171,6 +178,7 @@ impl WaStore {
     where
         A: ActiveModelTrait + Send + Sync,
     {
+        let _turn = self.write_turn().await;
         if rows.is_empty() {
             return Ok(());
         }

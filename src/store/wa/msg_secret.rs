@@ -114,6 +114,7 @@ impl MsgSecretStore for WaStore {
     }
 
     async fn delete_expired_msg_secrets(&self, cutoff_timestamp: i64) -> Result<u32> {
+        let _turn = self.write_turn().await;
         let cond = Condition::all()
             .add(msg_secret::Column::ExpiresAt.ne(0))
             .add(msg_secret::Column::ExpiresAt.lte(cutoff_timestamp));

@@ -214,6 +214,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn clear_sender_key_devices(&self, group_jid: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         let cond = Condition::all().add(sender_key_device::Column::GroupJid.eq(group_jid));
         self.scoped_delete::<sender_key_device::Entity>()
             .filter(self.in_key_order::<sender_key_device::Entity>(cond))
@@ -224,6 +225,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_sender_key_device_rows(&self, device_jids: &[&str]) -> Result<()> {
+        let _turn = self.write_turn().await;
         if device_jids.is_empty() {
             return Ok(());
         }
@@ -241,6 +243,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn clear_all_sender_key_devices(&self) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<sender_key_device::Entity>()
             .filter(self.in_key_order::<sender_key_device::Entity>(Condition::all()))
             .exec(&self.db)
@@ -275,12 +278,14 @@ impl ProtocolStore for WaStore {
     }
 
     async fn put_lid_mapping(&self, entry: &LidPnMappingEntry) -> Result<()> {
+        let _turn = self.write_turn().await;
         let txn = self.begin_write().await?;
         self.put_lid_mapping_in(&txn, entry).await?;
         txn.commit().await.map_err(db_err)
     }
 
     async fn put_lid_mappings(&self, entries: &[LidPnMappingEntry]) -> Result<()> {
+        let _turn = self.write_turn().await;
         if entries.is_empty() {
             return Ok(());
         }
@@ -340,6 +345,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_base_key(&self, address: &str, message_id: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<base_key::Entity>()
             .filter(base_key::Column::Address.eq(address))
             .filter(base_key::Column::MessageId.eq(message_id))
@@ -383,6 +389,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_devices(&self, user: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<device_list::Entity>()
             .filter(device_list::Column::User.eq(user))
             .exec(&self.db)
@@ -421,6 +428,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_group_metadata(&self, group_jid: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<group_metadata::Entity>()
             .filter(group_metadata::Column::GroupJid.eq(group_jid))
             .exec(&self.db)
@@ -466,6 +474,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_tc_token(&self, jid: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<tc_token::Entity>()
             .filter(tc_token::Column::Jid.eq(jid))
             .exec(&self.db)
@@ -484,6 +493,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_expired_tc_tokens(&self, token_cutoff: i64, sender_cutoff: i64) -> Result<u32> {
+        let _turn = self.write_turn().await;
         let token_dead = Expr::cust(r#"length("wa_tc_tokens"."token") = 0"#)
             .or(tc_token::Column::TokenTimestamp.lt(token_cutoff));
         let sender_dead = tc_token::Column::SenderTimestamp
@@ -572,6 +582,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn take_sent_message(&self, chat_jid: &str, message_id: &str) -> Result<Option<Vec<u8>>> {
+        let _turn = self.write_turn().await;
         let mut take = self
             .scoped_delete::<sent_message::Entity>()
             .filter(sent_message::Column::ChatJid.eq(chat_jid))
@@ -585,6 +596,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_expired_sent_messages(&self, cutoff_timestamp: i64) -> Result<u32> {
+        let _turn = self.write_turn().await;
         let cond = Condition::all().add(sent_message::Column::CreatedAt.lt(cutoff_timestamp));
         let res = self
             .scoped_delete::<sent_message::Entity>()
@@ -644,6 +656,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         if let Some(s) = self.spool() {
             s.delete(self.instance_id(), chat, sender, id)
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
@@ -659,6 +672,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
+        let _turn = self.write_turn().await;
         let spooled = self
             .spool()
             .map(|s| s.expire(self.instance_id(), cutoff_timestamp))
@@ -712,6 +726,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> Result<()> {
+        let _turn = self.write_turn().await;
         if keys.is_empty() {
             return Ok(());
         }

@@ -132,6 +132,7 @@ impl SignalStore for WaStore {
     }
 
     async fn delete_identity(&self, address: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<identity::Entity>()
             .filter(identity::Column::Address.eq(address))
             .exec(&self.db)
@@ -172,6 +173,7 @@ impl SignalStore for WaStore {
     }
 
     async fn delete_session(&self, address: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<session::Entity>()
             .filter(session::Column::Address.eq(address))
             .exec(&self.db)
@@ -257,6 +259,7 @@ impl SignalStore for WaStore {
     }
 
     async fn mark_prekeys_uploaded(&self, ids: &[u32]) -> Result<()> {
+        let _turn = self.write_turn().await;
         for chunk in ids.chunks(super::ROWS_PER_STATEMENT) {
             self.scoped_update::<prekey::Entity>()
                 .col_expr(prekey::Column::Uploaded, Expr::value(true))
@@ -275,6 +278,7 @@ impl SignalStore for WaStore {
     }
 
     async fn remove_prekey(&self, id: u32) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<prekey::Entity>()
             .filter(prekey::Column::KeyId.eq(i64::from(id)))
             .exec(&self.db)
@@ -345,6 +349,7 @@ impl SignalStore for WaStore {
     }
 
     async fn remove_signed_prekey(&self, id: u32) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<signed_prekey::Entity>()
             .filter(signed_prekey::Column::KeyId.eq(i64::from(id)))
             .exec(&self.db)
@@ -385,6 +390,7 @@ impl SignalStore for WaStore {
     }
 
     async fn delete_sender_key(&self, address: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.scoped_delete::<sender_key::Entity>()
             .filter(sender_key::Column::Address.eq(address))
             .exec(&self.db)
