@@ -1,6 +1,7 @@
 //! The README's five-minute tour, run against the real binary in sandbox mode
 //! (`--sandbox`, cargo feature `sandbox`): the SUDEVWA client flow with the sandbox
-//! routes playing the phone and the other person.
+//! routes playing the phone and the other person; and the same server restarted
+//! against a standalone mock network (`--mock-url`).
 #![cfg(feature = "sandbox")]
 
 use serde_json::{json, Value};
@@ -9,25 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(90);
-
-async fn call(
-    http: &reqwest::Client,
-    method: &str,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = http.request(method.parse().unwrap(), url);
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
 
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let until = tokio::time::Instant::now() + DEADLINE;
@@ -52,7 +34,7 @@ impl Drop for ServerProc {
 }
 
 /// The server binary in sandbox mode on `dir`'s database, with `args` after
-/// `--sandbox`. Returns the child and its base URL once it listens, and the mock
+/// `--sandbox`. Returns the process, its base URL once it listens, and the mock
 /// network URL it announced.
 fn spawn_server(dir: &std::path::Path, args: &[&str]) -> (ServerProc, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sudevwa"))
@@ -100,30 +82,120 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-async fn login(http: &reqwest::Client, base: &str) -> String {
-    let (s, v) = call(
-        http,
-        "POST",
-        format!("{base}/login-jwt"),
-        None,
-        Some(json!({"username": "admin", "password": "sandbox-password"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    v["token"].as_str().unwrap().to_string()
+/// One server's API, as the admin signed in with `/login-jwt`.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    jwt: String,
 }
 
-/// Online with a live socket (a row left "online" by a killed process is not enough).
-async fn online(http: &reqwest::Client, base: &str, jwt: &str, id: &str) -> bool {
-    let (_, v) = call(
-        http,
-        "GET",
-        format!("{base}/api/status/{id}"),
-        Some(jwt),
-        None,
-    )
-    .await;
-    v["data"]["status"] == "online" && v["data"]["isConnected"] == true
+impl Api {
+    /// Step 1 of the tour: sign in.
+    async fn login(base: &str) -> Api {
+        let mut api = Api {
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            base: base.to_string(),
+            jwt: String::new(),
+        };
+        let v = api
+            .ok(
+                "POST",
+                "/login-jwt",
+                Some(json!({"username": "admin", "password": "sandbox-password"})),
+            )
+            .await;
+        api.jwt = v["token"].as_str().unwrap().to_string();
+        api
+    }
+
+    /// A request; `token` false sends none.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: bool,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if token && !self.jwt.is_empty() {
+            r = r.bearer_auth(&self.jwt);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status().as_u16();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request that must answer 200; its JSON.
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.request(method, path, true, body).await;
+        assert_eq!(s, 200, "{method} {path}: {v}");
+        v
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        self.request("GET", &format!("/api/status/{id}"), true, None)
+            .await
+            .1["data"]
+            .clone()
+    }
+
+    /// Online with a live socket (a row left "online" by a killed process is not enough).
+    async fn online(&self, id: &str) -> bool {
+        let s = self.status(id).await;
+        s["status"] == "online" && s["isConnected"] == true
+    }
+
+    /// Steps 2–4: create an instance, ask for its QR, let the mock phone of `phone`
+    /// scan it; waits until it is online.
+    async fn pair(&self, phone: &str) -> String {
+        let v = self.ok("POST", "/api/login", None).await;
+        let id = v["data"]["instanceId"].as_str().unwrap().to_string();
+        self.ok("GET", &format!("/api/qr/{id}"), None).await;
+        self.ok(
+            "POST",
+            &format!("/sandbox/scan/{id}"),
+            Some(json!({"phone": phone})),
+        )
+        .await;
+        eventually("online", async || self.online(&id).await).await;
+        id
+    }
+
+    async fn add_contact(&self, phone: &str, name: &str) {
+        self.ok(
+            "POST",
+            "/sandbox/contacts",
+            Some(json!({"phone": phone, "push_name": name})),
+        )
+        .await;
+    }
+
+    async fn send(&self, id: &str, to: &str, text: &str) {
+        self.ok(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(json!({"to": to, "message": text})),
+        )
+        .await;
+    }
+
+    /// Waits until the sandbox contact `phone` has received a message `pick` accepts.
+    async fn contact_received(&self, phone: &str, what: &str, pick: impl Fn(&Value) -> bool) {
+        eventually(what, async || {
+            let v = self
+                .ok("GET", &format!("/sandbox/contacts/{phone}/messages"), None)
+                .await;
+            v["data"]["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(&pick))
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,169 +206,64 @@ async fn readme_tour_in_sandbox_mode() {
         mock.starts_with("http://127.0.0.1:"),
         "an in-process mock on loopback: {mock}"
     );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-
-    // 1. login-jwt
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/login-jwt"),
-        None,
-        Some(json!({"username": "admin", "password": "sandbox-password"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let jwt = v["token"].as_str().unwrap().to_string();
-    // 2. create an instance, 3. ask for its QR, 4. let a mock phone scan it
-    let (_, v) = call(&http, "POST", format!("{base}/api/login"), Some(&jwt), None).await;
-    let id = v["data"]["instanceId"].as_str().unwrap().to_string();
-    let (s, v) = call(
-        &http,
-        "GET",
-        format!("{base}/api/qr/{id}"),
-        Some(&jwt),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/scan/{id}"),
-        Some(&jwt),
-        Some(json!({"phone": "6281100000101"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    eventually("online", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/api/status/{id}"),
-            Some(&jwt),
-            None,
-        )
-        .await;
-        v["data"]["status"] == "online"
-    })
-    .await;
+    // 1. login-jwt, 2.–4. create, QR, scan
+    let api = Api::login(&base).await;
+    let id = api.pair("6281100000101").await;
     // 5. a contact, 6. send to it, 7. check, 8. read what it got, 9. it answers
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/contacts"),
-        Some(&jwt),
-        Some(json!({"phone": "6281200000101", "push_name": "Rina"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/api/send/{id}"),
-        Some(&jwt),
-        Some(json!({"to": "6281200000101", "message": "Halo Rina"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (_, v) = call(
-        &http,
-        "POST",
-        format!("{base}/api/check/{id}"),
-        Some(&jwt),
-        Some(json!({"phone": "6281200000101"})),
-    )
-    .await;
-    assert_eq!(v["data"]["isRegistered"], true);
-    eventually("the contact received it", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/sandbox/contacts/6281200000101/messages"),
-            Some(&jwt),
-            None,
+    api.add_contact("6281200000101", "Rina").await;
+    api.send(&id, "6281200000101", "Halo Rina").await;
+    let v = api
+        .ok(
+            "POST",
+            &format!("/api/check/{id}"),
+            Some(json!({"phone": "6281200000101"})),
         )
         .await;
-        v["data"]["messages"].as_array().is_some_and(|m| {
-            m.iter()
-                .any(|x| x["message"] == "Halo Rina" && x["type"] == "text")
-        })
+    assert_eq!(v["data"]["isRegistered"], true);
+    api.contact_received("6281200000101", "the contact received it", |x| {
+        x["message"] == "Halo Rina" && x["type"] == "text"
     })
     .await;
-    let (s, v) = call(
-        &http,
+    api.ok(
         "POST",
-        format!("{base}/sandbox/contacts/6281200000101/send"),
-        Some(&jwt),
+        "/sandbox/contacts/6281200000101/send",
         Some(json!({"to": "6281100000101", "message": "Halo juga"})),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
     // 10. a group
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/groups"),
-        Some(&jwt),
-        Some(json!({"name": "Tour", "participants": ["6281100000101", "6281200000101"]})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let v = api
+        .ok(
+            "POST",
+            "/sandbox/groups",
+            Some(json!({"name": "Tour", "participants": ["6281100000101", "6281200000101"]})),
+        )
+        .await;
     let gid = v["data"]["jid"].as_str().unwrap().to_string();
-    let (s, v) = call(
-        &http,
+    api.ok(
         "POST",
-        format!("{base}/api/send-group/{id}"),
-        Some(&jwt),
+        &format!("/api/send-group/{id}"),
         Some(json!({"groupJid": gid, "message": "to the group"})),
     )
     .await;
-    assert_eq!(s, 200, "{v}");
-    eventually("the group message arrived", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/sandbox/contacts/6281200000101/messages"),
-            Some(&jwt),
-            None,
-        )
-        .await;
-        v["data"]["messages"].as_array().is_some_and(|m| {
-            m.iter()
-                .any(|x| x["message"] == "to the group" && x["is_group"] == true)
-        })
+    api.contact_received("6281200000101", "the group message arrived", |x| {
+        x["message"] == "to the group" && x["is_group"] == true
     })
     .await;
     // Sandbox routes need auth too.
-    let (s, _) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/contacts"),
-        None,
-        Some(json!({"phone": "6281200000102"})),
-    )
-    .await;
-    assert_eq!(s, 401);
-    // 11. the phone unlinks the device: the instance ends logged out.
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/unlink/{id}"),
-        Some(&jwt),
-        None,
-    )
-    .await;
-    assert_eq!((s, v["data"]["unlinked"].as_u64()), (200, Some(1)), "{v}");
-    eventually("logged_out", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/api/status/{id}"),
-            Some(&jwt),
-            None,
+    let (s, _) = api
+        .request(
+            "POST",
+            "/sandbox/contacts",
+            false,
+            Some(json!({"phone": "6281200000102"})),
         )
         .await;
-        v["data"]["status"] == "logged_out"
+    assert_eq!(s, 401);
+    // 11. the phone unlinks the device: the instance ends logged out.
+    let v = api.ok("POST", &format!("/sandbox/unlink/{id}"), None).await;
+    assert_eq!(v["data"]["unlinked"].as_u64(), Some(1), "{v}");
+    eventually("logged_out", async || {
+        api.status(&id).await["status"] == "logged_out"
     })
     .await;
     drop(child);
@@ -311,74 +278,25 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
     let net = mock_whatsapp::MockNetwork::start().await.unwrap();
     let url = net.base_url();
     let dir = scratch("sandbox-restart");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     let (first, base, mock) = spawn_server(&dir, &["--mock-url", &url]);
     assert_eq!(mock, url, "the sandbox uses the given mock, not its own");
-    let jwt = login(&http, &base).await;
-    let (_, v) = call(&http, "POST", format!("{base}/api/login"), Some(&jwt), None).await;
-    let id = v["data"]["instanceId"].as_str().unwrap().to_string();
-    let (s, v) = call(
-        &http,
-        "GET",
-        format!("{base}/api/qr/{id}"),
-        Some(&jwt),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
     // The sandbox routes drive the remote mock through its admin API.
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/scan/{id}"),
-        Some(&jwt),
-        Some(json!({"phone": "6281100000201"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    eventually("online", async || online(&http, &base, &jwt, &id).await).await;
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/contacts"),
-        Some(&jwt),
-        Some(json!({"phone": "6281200000201", "push_name": "Sari"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/api/send/{id}"),
-        Some(&jwt),
-        Some(json!({"to": "6281200000201", "message": "before the restart"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    eventually("the sandbox contact received it", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/sandbox/contacts/6281200000201/messages"),
-            Some(&jwt),
-            None,
-        )
-        .await;
-        v["data"]["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|x| x["message"] == "before the restart"))
+    let api = Api::login(&base).await;
+    let id = api.pair("6281100000201").await;
+    api.add_contact("6281200000201", "Sari").await;
+    api.send(&id, "6281200000201", "before the restart").await;
+    api.contact_received("6281200000201", "the sandbox contact received it", |x| {
+        x["message"] == "before the restart"
     })
     .await;
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/sandbox/faults/acks"),
-        Some(&jwt),
-        Some(json!({"instance_id": id})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let v = api
+        .ok(
+            "POST",
+            "/sandbox/faults/acks",
+            Some(json!({"instance_id": id})),
+        )
+        .await;
     assert_eq!(
         v["data"]["devices"].as_array().map(Vec::len),
         Some(1),
@@ -398,9 +316,9 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
     drop(first);
 
     let (second, base, _) = spawn_server(&dir, &["--mock-url", &url]);
-    let jwt = login(&http, &base).await;
+    let api = Api::login(&base).await;
     eventually("online again after the restart", async || {
-        online(&http, &base, &jwt, &id).await
+        api.online(&id).await
     })
     .await;
     assert_eq!(
@@ -411,15 +329,7 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
     // Messages flow both ways: a contact made now, outside the server, receives a
     // send and answers; the answer reaches the instance's message log.
     let mut rina = net.add_contact("6281200000202", "Rina").await.unwrap();
-    let (s, v) = call(
-        &http,
-        "POST",
-        format!("{base}/api/send/{id}"),
-        Some(&jwt),
-        Some(json!({"to": "6281200000202", "message": "after the restart"})),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    api.send(&id, "6281200000202", "after the restart").await;
     let got = rina.next_text().await.unwrap();
     assert_eq!(
         (got.from.as_str(), got.text.as_str()),
@@ -429,14 +339,13 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
         .await
         .unwrap();
     eventually("the answer is in the message log", async || {
-        let (_, v) = call(
-            &http,
-            "GET",
-            format!("{base}/api/instances/{id}/messages?direction=in"),
-            Some(&jwt),
-            None,
-        )
-        .await;
+        let v = api
+            .ok(
+                "GET",
+                &format!("/api/instances/{id}/messages?direction=in"),
+                None,
+            )
+            .await;
         v.to_string().contains("welcome back")
     })
     .await;

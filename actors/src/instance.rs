@@ -388,7 +388,7 @@ impl Actor for InstanceActor {
     ) -> Result<InstanceState, ActorProcessingErr> {
         let (listeners, _) = broadcast::channel(args.env.listener_capacity.max(1));
         let env_max_ops = args.env.timing.max_ops;
-        let statuses = crate::receipts::StatusWriter::spawn(
+        let statuses = crate::receipts::StatusWriter::new(
             args.instance_id.clone(),
             args.env.sink.clone(),
             listeners.clone(),
@@ -922,7 +922,7 @@ impl InstanceState {
 
     /// Queues a message status to be stored (timeline, event log, outbox) and
     /// broadcast, in order, without waiting for the database.
-    async fn status_event(&self, st: MessageStatus) {
+    async fn status_event(&mut self, st: MessageStatus) {
         self.statuses.push(st).await;
     }
 

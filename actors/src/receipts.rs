@@ -13,28 +13,44 @@ const MAX_BATCH: usize = 256;
 /// Statuses queued before the actor waits for the writer (bounded memory).
 const QUEUE: usize = 4096;
 
-/// The instance's status writer; dropping it lets the task store what is queued
-/// and end.
+/// The instance's status writer; its task starts with the first status (an idle
+/// instance has none). Dropping it lets the task store what is queued and end.
 pub(crate) struct StatusWriter {
-    tx: mpsc::Sender<MessageStatus>,
+    instance_id: String,
+    sink: Arc<dyn EventSink>,
+    listeners: broadcast::Sender<LiveEvent>,
+    tx: Option<mpsc::Sender<MessageStatus>>,
 }
 
 impl StatusWriter {
-    pub(crate) fn spawn(
+    pub(crate) fn new(
         instance_id: String,
         sink: Arc<dyn EventSink>,
         listeners: broadcast::Sender<LiveEvent>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(instance_id, sink, listeners, rx));
-        Self { tx }
+        Self {
+            instance_id,
+            sink,
+            listeners,
+            tx: None,
+        }
     }
 
     /// Queues `st`; waits only while the queue is full.
-    pub(crate) async fn push(&self, st: MessageStatus) {
+    pub(crate) async fn push(&mut self, st: MessageStatus) {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(run(
+                self.instance_id.clone(),
+                self.sink.clone(),
+                self.listeners.clone(),
+                rx,
+            ));
+            tx
+        });
         // The task ends only after every sender is gone, so this cannot fail while
         // `self` lives; if it ever did, the status is lost, which is logged.
-        if self.tx.send(st).await.is_err() {
+        if tx.send(st).await.is_err() {
             tracing::warn!("the status writer has stopped; a message status was not stored");
         }
     }
