@@ -243,6 +243,9 @@ async fn start_runtime(
     let instances = Instances::new(db).with_spool(Some(Arc::new(Spool::new(
         config.messages.spool_dir.clone(),
     ))));
+    if let Err(e) = instances.mark_restoring().await {
+        tracing::warn!(error = %e, "marking stored instances as restoring failed");
+    }
     let options = wa;
     let wa = &config.whatsapp;
     let runtime = InstanceRuntime::start(

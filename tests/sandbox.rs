@@ -317,8 +317,14 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
 
     let (second, base, _) = spawn_server(&dir, &["--mock-url", &url]);
     let api = Api::login(&base).await;
+    // Never "online" without a live socket, also before the restore reaches it.
     eventually("online again after the restart", async || {
-        api.online(&id).await
+        let s = api.status(&id).await;
+        assert!(
+            s["status"] != "online" || s["isConnected"] == true,
+            "online without a socket: {s}"
+        );
+        s["status"] == "online"
     })
     .await;
     assert_eq!(

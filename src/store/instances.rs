@@ -118,6 +118,27 @@ impl Instances {
             .await
     }
 
+    /// At start, before any actor runs: no instance has a socket yet, so rows left
+    /// `online` by the previous process say `reconnecting` (what their actors say once
+    /// the restore reaches them), and a QR flow that cannot survive the restart says
+    /// `qr_required`. Without this, the API would show `online` for instances that are
+    /// not connected until the restore reaches them.
+    pub async fn mark_restoring(&self) -> Result<u64, DbErr> {
+        let mut n = 0;
+        for (from, to) in [
+            (InstanceStatus::Online, InstanceStatus::Reconnecting),
+            (InstanceStatus::QrPending, InstanceStatus::QrRequired),
+        ] {
+            n += entity::Entity::update_many()
+                .col_expr(entity::Column::Status, Expr::value(to.as_str()))
+                .filter(entity::Column::Status.eq(from.as_str()))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+        }
+        Ok(n)
+    }
+
     /// Every instance, oldest first.
     pub async fn list(&self) -> Result<Vec<Instance>, DbErr> {
         entity::Entity::find()
