@@ -14,22 +14,17 @@
 #[path = "benchkit/mod.rs"]
 mod benchkit;
 
-use benchkit::{count_listen, load, wait_count, Db, Server};
+use benchkit::{load, sends_across, wait_count, Args, Arrivals, Db, Server, FAST_GATE};
 use mock_whatsapp::MockNetwork;
-use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<f64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let secs = args.first().copied().unwrap_or(10.0) as u64;
-    let delay = args.get(1).copied().unwrap_or(100.0) as u64;
-    let conns = args.get(2).copied().unwrap_or(64.0) as usize;
-    let n = args.get(3).copied().unwrap_or(32.0) as usize;
+    let args = Args::from_env();
+    let secs = args.get(0, 10.0) as u64;
+    let delay = args.get(1, 100.0) as u64;
+    let conns = args.get(2, 64.0) as usize;
+    let n = args.get(3, 32.0) as usize;
     let bin = benchkit::server_binary();
     println!("machine: {}", benchkit::machine());
     let dir = benchkit::scratch("latency");
@@ -40,30 +35,15 @@ async fn main() {
         &net,
         &[
             ("SUDEVWA_ENABLE_WEBHOOK", "false"),
-            ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
-            ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+            FAST_GATE[0],
+            FAST_GATE[1],
         ],
     );
     let (senders, _) = srv.pair_fleet(&net, "62813", 1, 1).await;
     let (recipients, _) = srv.pair_fleet(&net, "62814", n, 8).await;
-    let mut counters = Vec::new();
-    for (id, token, _) in &recipients {
-        counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
-    }
-    let arrived = || {
-        counters
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let sender = senders[0].0.clone();
-    let phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
-    let make = move |i: u64| {
-        (
-            format!("/api/send/{sender}"),
-            json!({"to": phones[i as usize % phones.len()], "message": format!("slow {i}")}),
-        )
-    };
+    let arrivals = Arrivals::listen(&srv, &recipients).await;
+    let arrived = || arrivals.total();
+    let make = sends_across(&senders, &recipients, "slow");
     net.delay_frames(delay);
     // Warm-up at the same delay: number checks and encryption sessions for every
     // recipient exist before the timed run.

@@ -17,9 +17,8 @@
 #[path = "benchkit/mod.rs"]
 mod benchkit;
 
-use benchkit::{count_listen, load, wait_count, Db, Receiver, Server};
+use benchkit::{load, sends_across, wait_count, Args, Arrivals, Db, Receiver, Server, FAST_GATE};
 use mock_whatsapp::MockNetwork;
-use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -36,8 +35,8 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
                 "SUDEVWA_ENABLE_WEBHOOK",
                 if webhooks { "true" } else { "false" },
             ),
-            ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
-            ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+            FAST_GATE[0],
+            FAST_GATE[1],
         ],
     );
     let (senders, _) = srv.pair_fleet(&net, "62811", SENDERS, 8).await;
@@ -48,26 +47,9 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
             srv.set_webhook(id, &receiver.url()).await;
         }
     }
-    let mut counters = Vec::new();
-    for (id, token, _) in &recipients {
-        counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
-    }
-    let arrived = || {
-        counters
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let s_ids: Vec<String> = senders.iter().map(|s| s.0.clone()).collect();
-    let r_phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
-    let make = move |i: u64| {
-        let s = (i as usize) % SENDERS;
-        let r = (i as usize / SENDERS + s) % SENDERS;
-        (
-            format!("/api/send/{}", s_ids[s]),
-            json!({"to": r_phones[r], "message": format!("bench {i}")}),
-        )
-    };
+    let arrivals = Arrivals::listen(&srv, &recipients).await;
+    let arrived = || arrivals.total();
+    let make = sends_across(&senders, &recipients, "bench");
     // Warm-up: one send per pair, so number checks and sessions exist before timing.
     let _ = load(&srv, 4, Duration::from_secs(2), Some(8.0), make.clone()).await;
     let label = format!(
@@ -110,13 +92,10 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<f64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let secs = args.first().copied().unwrap_or(10.0) as u64;
-    let rate = args.get(1).copied().unwrap_or(500.0);
-    let conns = args.get(2).copied().unwrap_or(8.0) as usize;
+    let args = Args::from_env();
+    let secs = args.get(0, 10.0) as u64;
+    let rate = args.get(1, 500.0);
+    let conns = args.get(2, 8.0) as usize;
     let bin = benchkit::server_binary();
     println!("machine: {}", benchkit::machine());
     for webhooks in [false, true] {

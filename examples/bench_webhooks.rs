@@ -18,9 +18,8 @@
 #[path = "benchkit/mod.rs"]
 mod benchkit;
 
-use benchkit::{count_listen, load, wait_count, Db, Receiver, Server};
+use benchkit::{load, sends_across, wait_count, Args, Arrivals, Db, Receiver, Server, FAST_GATE};
 use mock_whatsapp::MockNetwork;
-use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -50,12 +49,9 @@ async fn drain(fast: &Receiver) -> (u64, f64) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<f64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let secs = args.first().copied().unwrap_or(8.0) as u64;
-    let conns = args.get(1).copied().unwrap_or(8.0) as usize;
+    let args = Args::from_env();
+    let secs = args.get(0, 8.0) as u64;
+    let conns = args.get(1, 8.0) as usize;
     let bin = benchkit::server_binary();
     println!("machine: {}", benchkit::machine());
     let dir = benchkit::scratch("webhooks");
@@ -68,8 +64,8 @@ async fn main() {
             ("SUDEVWA_ENABLE_WEBHOOK", "true"),
             // Held answers must not time out while the backlog builds.
             ("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "120"),
-            ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
-            ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+            FAST_GATE[0],
+            FAST_GATE[1],
         ],
     );
     let (senders, _) = srv.pair_fleet(&net, "62815", SENDERS, 8).await;
@@ -79,26 +75,9 @@ async fn main() {
     for (id, _, _) in senders.iter().chain(recipients.iter()) {
         srv.set_webhook(id, &fast.url()).await;
     }
-    let mut counters = Vec::new();
-    for (id, token, _) in &recipients {
-        counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
-    }
-    let arrived = || {
-        counters
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum::<u64>()
-    };
-    let s_ids: Vec<String> = senders.iter().map(|s| s.0.clone()).collect();
-    let r_phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
-    let make = move |i: u64| {
-        let s = (i as usize) % SENDERS;
-        let r = (i as usize / SENDERS + s) % SENDERS;
-        (
-            format!("/api/send/{}", s_ids[s]),
-            json!({"to": r_phones[r], "message": format!("hook {i}")}),
-        )
-    };
+    let arrivals = Arrivals::listen(&srv, &recipients).await;
+    let arrived = || arrivals.total();
+    let make = sends_across(&senders, &recipients, "hook");
     let mut rates = Vec::new();
     for round in ["all endpoints healthy", "one sender's endpoint hung"] {
         if rates.len() == 1 {

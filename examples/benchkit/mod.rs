@@ -681,3 +681,67 @@ fn proc_meminfo_gib() -> f64 {
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0)
 }
+
+/// The documented "fast" connect gate, as server settings.
+pub const FAST_GATE: [(&str, &str); 2] = [
+    ("SUDEVWA_WHATSAPP_CONNECT_CONCURRENCY", "64"),
+    ("SUDEVWA_WHATSAPP_CONNECTS_PER_SECOND", "100"),
+];
+
+/// Numeric command-line arguments, by position (non-numbers are skipped).
+pub struct Args(Vec<f64>);
+
+impl Args {
+    pub fn from_env() -> Args {
+        Args(
+            std::env::args()
+                .skip(1)
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// The `i`-th number, or `default`.
+    pub fn get(&self, i: usize, default: f64) -> f64 {
+        self.0.get(i).copied().unwrap_or(default)
+    }
+}
+
+/// `incoming_message` frames counted on each recipient's listen socket.
+pub struct Arrivals(Vec<Arc<AtomicU64>>);
+
+impl Arrivals {
+    /// Listens on every `(id, token, _)` of `recipients`.
+    pub async fn listen(srv: &Server, recipients: &[(String, String, String)]) -> Arrivals {
+        let mut counters = Vec::new();
+        for (id, token, _) in recipients {
+            counters.push(count_listen(&srv.base, id, token, "incoming_message").await);
+        }
+        Arrivals(counters)
+    }
+
+    /// Messages arrived so far, over all recipients.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The `i`-th request of a run: `POST /api/send/<sender>` to a recipient, senders and
+/// recipients taken in rotation so every sender writes to every recipient.
+pub fn sends_across(
+    senders: &[(String, String, String)],
+    recipients: &[(String, String, String)],
+    tag: &'static str,
+) -> impl Fn(u64) -> (String, Value) + Clone + Send + Sync + 'static {
+    let ids: Vec<String> = senders.iter().map(|s| s.0.clone()).collect();
+    let phones: Vec<String> = recipients.iter().map(|r| r.2.clone()).collect();
+    move |i: u64| {
+        let i = i as usize;
+        let s = i % ids.len();
+        let r = (i / ids.len() + s) % phones.len();
+        (
+            format!("/api/send/{}", ids[s]),
+            json!({"to": phones[r], "message": format!("{tag} {i}")}),
+        )
+    }
+}
