@@ -105,6 +105,22 @@ impl Contact {
         })
     }
 
+    /// A fresh client at `endpoint` and the first QR code it shows, for a phone to scan.
+    pub async fn start_for_qr(
+        endpoint: Endpoint,
+        phone: &str,
+        push_name: &str,
+    ) -> Result<(Self, String), String> {
+        let mut c = Self::start_at(endpoint, phone, push_name, None).await?;
+        let qr = c
+            .wait("a QR code", |e| match e {
+                Event::PairingQrCode(q) => Some(q.code.clone()),
+                _ => None,
+            })
+            .await?;
+        Ok((c, qr))
+    }
+
     /// Waits for the first event `pick` accepts (from the backlog first).
     pub async fn wait<T>(
         &mut self,
@@ -210,13 +226,7 @@ impl MockNetwork {
 
     /// A new simulated contact: a client paired by QR to the account `phone`, connected.
     pub async fn add_contact(&self, phone: &str, push_name: &str) -> Result<Contact, String> {
-        let mut c = Contact::start(self, phone, push_name, None).await?;
-        let qr = c
-            .wait("a QR code", |e| match e {
-                Event::PairingQrCode(q) => Some(q.code.clone()),
-                _ => None,
-            })
-            .await?;
+        let (mut c, qr) = Contact::start_for_qr(self.endpoint(), phone, push_name).await?;
         self.scan_qr(&qr, Some(phone)).map_err(|e| e.to_string())?;
         c.connected().await?;
         Ok(c)

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use whatsapp_rust::http::{HttpClient, HttpRequest, UreqHttpClient};
-use whatsapp_rust::wacore::types::events::Event;
 
 /// A handle on a mock network at `http://ADDR` (plain HTTP and WebSocket).
 #[derive(Clone)]
@@ -187,13 +186,7 @@ impl RemoteNetwork {
 
     /// A new simulated contact on this network, paired by QR to `phone`, connected.
     pub async fn add_contact(&self, phone: &str, push_name: &str) -> Result<Contact, String> {
-        let mut c = Contact::start_at(self.endpoint(), phone, push_name, None).await?;
-        let qr = c
-            .wait("a QR code", |e| match e {
-                Event::PairingQrCode(q) => Some(q.code.clone()),
-                _ => None,
-            })
-            .await?;
+        let (mut c, qr) = Contact::start_for_qr(self.endpoint(), phone, push_name).await?;
         self.scan_qr(&qr, Some(phone)).await?;
         c.connected().await?;
         Ok(c)
