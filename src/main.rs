@@ -99,6 +99,12 @@ fn main() -> ExitCode {
         eprintln!("sudevwa: a mock network URL (--mock-url, sandbox.mock_url) needs --sandbox and a sandbox build");
         return ExitCode::from(2);
     }
+    // A sandbox build carries the mock's certificate-check skip: it must never talk to
+    // real WhatsApp, so it serves only in sandbox mode.
+    if cfg!(feature = "sandbox") && !sandbox && matches!(cmd, Command::Serve) {
+        eprintln!("sudevwa: this is a sandbox build (it skips WhatsApp's certificate check) and serves only with --sandbox; build without `--features sandbox` for production");
+        return ExitCode::from(2);
+    }
     init_tracing(&config.log.filter);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

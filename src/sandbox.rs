@@ -6,7 +6,7 @@
 //!
 //! A sandbox build only ever connects to a mock: the one it starts in-process, or —
 //! with `--mock-url` / `[sandbox] mock_url` — one already running in another process
-//! (`cargo run -p mock-whatsapp`), which outlives server restarts, so paired instances
+//! (`cargo run -p mock-whatsapp --features insecure-clients`), which outlives server restarts, so paired instances
 //! come back without a new QR. The socket URL is always the mock's; production builds
 //! have no sandbox and never accept a mock.
 

@@ -427,10 +427,12 @@ async fn sigkill_between_delivery_and_commit_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let db_url = format!("sqlite://{}/db.sqlite", dir.display());
-    let ws_url = net.ws_url();
+    let mock_url = net.base_url();
     let spawn = |park: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sudevwa"));
-        cmd.current_dir(&dir)
+        // A sandbox build serves only in sandbox mode; the test's mock is its network.
+        cmd.args(["--sandbox", "--mock-url", &mock_url])
+            .current_dir(&dir)
             .env_clear()
             .env("PORT", "0")
             .env("RUST_LOG", "warn")
@@ -440,8 +442,6 @@ async fn sigkill_between_delivery_and_commit_loses_nothing() {
             .env("SUDEVWA_ALLOWED_TARGETS", "127.0.0.0/8")
             .env("SUDEVWA_LIMITS_RATE_LIMIT_PER_SEC", "100000")
             .env("SUDEVWA_LIMITS_RATE_LIMIT_BURST", "100000")
-            .env("SUDEVWA_WHATSAPP_SOCKET_URL", &ws_url)
-            .env("SUDEVWA_WHATSAPP_CLIENT_VERSION", "2.3000.0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if park {

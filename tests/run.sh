@@ -3,7 +3,8 @@
 #   1. makes sure PostgreSQL's server binaries are installed (Debian's packages),
 #   2. starts a throw-away PostgreSQL as a non-root user, in a temp dir, on a free
 #      loopback port (trust auth, fsync off: it is disposable),
-#   3. checks that the production build does not carry the certificate-check skip,
+#   3. checks that production builds (the server alone, the whole workspace) do not
+#      carry the certificate-check skip,
 #   4. runs every test of the workspace with SUDEVWA_TEST_POSTGRES_URL pointing at it,
 #   5. stops PostgreSQL and removes its files, whatever happened.
 # PostgreSQL tests never skip: without the variable they fail.
@@ -56,18 +57,22 @@ as_pg "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 \
   start >/dev/null || { cat "$PGTMP/server.log" >&2; exit 1; }
 export SUDEVWA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
-log "checking that the production build has no certificate-check skip"
-# Feature resolution as `cargo build -p sudevwa` does it (no dev-dependencies). The mock
-# network, which needs the skip, is the control: the check must see it there.
+log "checking that production builds have no certificate-check skip"
+# Feature resolution as `cargo build -p sudevwa` and `cargo build --workspace` do it (no
+# dev-dependencies): neither may put the mock's skip into the server. The mock with its
+# `insecure-clients` feature, which needs the skip, is the control: the check must see it.
 if cargo tree -q -p sudevwa -e features,no-dev -i wacore-noise | grep -q danger-skip; then
   echo "FAIL: the default sudevwa build enables danger-skip-cert-chain-verify" >&2
   exit 1
 fi
-if ! cargo tree -q -p mock-whatsapp -e features,no-dev -i wacore-noise | grep -q danger-skip; then
+if cargo tree -q --workspace -e features,no-dev -i wacore-noise | grep -q danger-skip; then
+  echo "FAIL: a whole-workspace build enables danger-skip-cert-chain-verify" >&2
+  exit 1
+fi
+if ! cargo tree -q -p mock-whatsapp --features insecure-clients -e features,no-dev -i wacore-noise | grep -q danger-skip; then
   echo "FAIL: the feature check cannot see danger-skip-cert-chain-verify where it is enabled" >&2
   exit 1
 fi
-
 if ! cargo tree -q -p sudevwa --features sandbox -e features,no-dev -i wacore-noise | grep -q danger-skip; then
   echo "FAIL: the sandbox build should carry the mock's certificate-check skip" >&2
   exit 1

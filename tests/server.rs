@@ -27,6 +27,10 @@ fn command(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
         .env("PORT", "0")
         .env("RUST_LOG", "warn")
         .args(args);
+    // The tests run a sandbox build (tests/run.sh), which serves only in sandbox mode.
+    if cfg!(feature = "sandbox") && !args.contains(&"migrate") {
+        c.arg("--sandbox");
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -324,4 +328,34 @@ async fn runs_on_postgresql() {
         .await
         .ok();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sandbox build (it carries the mock's certificate-check skip) never serves outside
+/// sandbox mode: started without `--sandbox` it stops at once with one clear line.
+#[cfg(feature = "sandbox")]
+#[test]
+fn sandbox_build_without_sandbox_flag_refuses_to_start() {
+    let dir = temp_dir("sandbox-refuses");
+    let out = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sudevwa");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sandbox build") && err.contains("--sandbox"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "it never listened"
+    );
+    assert!(
+        !dir.join("data/sudevwa.db").exists(),
+        "no database was created either"
+    );
 }

@@ -409,6 +409,8 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
     let db_url = format!("sqlite://{}/db.sqlite", dir.display());
     let spawn = || {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sudevwa"))
+            // A sandbox build serves only in sandbox mode (its in-process mock is unused).
+            .args(cfg!(feature = "sandbox").then_some("--sandbox"))
             .current_dir(&dir)
             .env_clear()
             .env("PORT", "0")

@@ -1,4 +1,4 @@
-//! `cargo run -p mock-whatsapp [-- --port N] [--tls]`: runs the mock network alone on
+//! `cargo run -p mock-whatsapp --features insecure-clients [-- --port N] [--tls]`: runs the mock network alone on
 //! loopback and prints its WebSocket URL and admin URL (with `--tls` also the `wss://`
 //! and `https://` URLs and the self-signed certificate to trust); Ctrl-C stops it.
 

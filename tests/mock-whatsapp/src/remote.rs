@@ -1,4 +1,4 @@
-//! A mock network running in another process (`cargo run -p mock-whatsapp`), reached
+//! A mock network running in another process (`cargo run -p mock-whatsapp --features insecure-clients`), reached
 //! through its admin HTTP API: what a server's sandbox needs to outlive — or be
 //! restarted beside — the network its instances are paired on.
 
