@@ -118,7 +118,10 @@ impl Server {
     /// (they override the defaults set here). Waits until it prints its address.
     pub fn start(bin: &Path, db: &Db, net: &MockNetwork, extra: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(bin);
-        cmd.env_clear()
+        // The benchmarks run a sandbox build (it must connect to the mock network),
+        // which serves only in sandbox mode: on this harness's mock.
+        cmd.args(["--sandbox", "--mock-url", &net.base_url()])
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", "0")
             .env(
@@ -128,8 +131,6 @@ impl Server {
             .env("DATABASE_URL", db.url())
             .env("SUDEVWA_AUTH_ADMIN_API_KEYS", ADMIN_KEY)
             .env("SUDEVWA_ALLOWED_TARGETS", "127.0.0.0/8")
-            .env("SUDEVWA_WHATSAPP_SOCKET_URL", net.ws_url())
-            .env("SUDEVWA_WHATSAPP_CLIENT_VERSION", "2.3000.0")
             .env("SUDEVWA_WHATSAPP_QR_TIMEOUT_SECS", "600");
         if let Db::Sqlite(dir) = db {
             cmd.current_dir(dir);
