@@ -102,6 +102,15 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     pub cors_origins: Vec<String>,
     pub shutdown_grace: Duration,
+    /// A request's header must arrive within this; also the longest a kept-alive
+    /// connection may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Open connections at once (over all clients) / from one client address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies). Empty: the
+    /// peer address is the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Which database engine a URL names.
@@ -184,6 +193,11 @@ pub struct WebsocketConfig {
     /// Events buffered per listener before it counts as slow.
     pub buffer: usize,
     pub send_timeout: Duration,
+    /// Largest message a client may send on a socket.
+    pub max_message_bytes: usize,
+    /// Open sockets per credential (token, key, login) and per client address.
+    pub max_sockets_per_principal: usize,
+    pub max_sockets_per_ip: usize,
 }
 
 /// `[limits]`
@@ -204,6 +218,9 @@ pub struct LimitsConfig {
     pub max_video_bytes: u64,
     pub max_audio_bytes: u64,
     pub max_document_bytes: u64,
+    /// Media bytes held by requests at once, over all requests (uploads and media
+    /// fetched by URL); a request that would pass it waits, then gets 503.
+    pub max_media_in_flight_bytes: u64,
 }
 
 /// `[webhook]`
@@ -212,6 +229,12 @@ pub struct WebhookConfig {
     pub retry_schedule: Vec<Duration>,
     pub timeout: Duration,
     pub allowed_targets: Vec<Cidr>,
+    /// Ports webhook and media URLs may use; empty: any.
+    pub allowed_ports: Vec<u16>,
+    /// How long a delivered (or dead) event keeps its payload; then only metadata.
+    pub payload_retention: Duration,
+    /// Whether an instance token may set or change its instance's webhook URL.
+    pub instance_tokens_set_url: bool,
 }
 
 /// `[log]`
@@ -526,6 +549,10 @@ struct RawServer {
     port: i64,
     cors_origins: Vec<String>,
     shutdown_grace_secs: i64,
+    header_read_timeout_secs: i64,
+    max_connections: i64,
+    max_connections_per_ip: i64,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -584,6 +611,7 @@ struct RawLimits {
     max_video_bytes: i64,
     max_audio_bytes: i64,
     max_document_bytes: i64,
+    max_media_in_flight_bytes: i64,
 }
 
 #[derive(Deserialize)]
@@ -593,6 +621,9 @@ struct RawWebsocket {
     pong_timeout_secs: i64,
     buffer: i64,
     send_timeout_secs: i64,
+    max_message_bytes: i64,
+    max_sockets_per_principal: i64,
+    max_sockets_per_ip: i64,
 }
 
 #[derive(Deserialize)]
@@ -601,6 +632,9 @@ struct RawWebhook {
     retry_schedule: Vec<String>,
     timeout_secs: i64,
     allowed_targets: Vec<String>,
+    allowed_ports: Vec<i64>,
+    payload_retention_secs: i64,
+    instance_tokens_set_url: bool,
 }
 
 #[derive(Deserialize)]
@@ -680,6 +714,31 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             0,
             3600,
         )?,
+        header_read_timeout: c.secs(
+            "server.header_read_timeout_secs",
+            raw.server.header_read_timeout_secs,
+            1,
+            3600,
+        )?,
+        max_connections: c.range(
+            "server.max_connections",
+            raw.server.max_connections,
+            1,
+            1_000_000,
+        )? as usize,
+        max_connections_per_ip: c.range(
+            "server.max_connections_per_ip",
+            raw.server.max_connections_per_ip,
+            1,
+            1_000_000,
+        )? as usize,
+        trusted_proxies: raw
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|s| Cidr::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| c.err("server.trusted_proxies", e))?,
     };
 
     let database = validate_database(&c, raw.database)?;
@@ -716,7 +775,7 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         jwt_secret,
         login_username,
         login_password,
-        jwt_ttl: c.secs("auth.jwt_ttl_secs", raw.auth.jwt_ttl_secs, 60, 365 * 86400)?,
+        jwt_ttl: c.secs("auth.jwt_ttl_secs", raw.auth.jwt_ttl_secs, 60, 30 * 86400)?,
         admin_api_keys: raw.auth.admin_api_keys,
     };
 
@@ -865,7 +924,27 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             1,
             MAX_MEDIA,
         )? as u64,
+        max_media_in_flight_bytes: c.range(
+            "limits.max_media_in_flight_bytes",
+            raw.limits.max_media_in_flight_bytes,
+            1024 * 1024,
+            64 * MAX_MEDIA,
+        )? as u64,
     };
+    let largest_media = limits
+        .max_image_bytes
+        .max(limits.max_video_bytes)
+        .max(limits.max_audio_bytes)
+        .max(limits.max_document_bytes);
+    if limits.max_media_in_flight_bytes < largest_media {
+        return Err(c.err(
+            "limits.max_media_in_flight_bytes",
+            format!(
+                "{} is below the largest media cap ({largest_media}): such a file could never be taken",
+                limits.max_media_in_flight_bytes
+            ),
+        ));
+    }
 
     let websocket = WebsocketConfig {
         ping_interval: c.secs(
@@ -887,6 +966,24 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             1,
             3600,
         )?,
+        max_message_bytes: c.range(
+            "websocket.max_message_bytes",
+            raw.websocket.max_message_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )? as usize,
+        max_sockets_per_principal: c.range(
+            "websocket.max_sockets_per_principal",
+            raw.websocket.max_sockets_per_principal,
+            1,
+            1_000_000,
+        )? as usize,
+        max_sockets_per_ip: c.range(
+            "websocket.max_sockets_per_ip",
+            raw.websocket.max_sockets_per_ip,
+            1,
+            1_000_000,
+        )? as usize,
     };
 
     let retry_schedule = raw
@@ -907,6 +1004,24 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         retry_schedule,
         timeout: c.secs("webhook.timeout_secs", raw.webhook.timeout_secs, 1, 300)?,
         allowed_targets,
+        allowed_ports: raw
+            .webhook
+            .allowed_ports
+            .iter()
+            .map(|p| {
+                u16::try_from(*p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| c.err("webhook.allowed_ports", format!("{p} is not a port (1-65535)")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        payload_retention: c.secs(
+            "webhook.payload_retention_secs",
+            raw.webhook.payload_retention_secs,
+            0,
+            365 * 86400,
+        )?,
+        instance_tokens_set_url: raw.webhook.instance_tokens_set_url,
     };
 
     let spool_dir = match non_empty(raw.messages.spool_dir) {

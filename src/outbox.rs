@@ -232,6 +232,7 @@ pub struct WorkerSettings {
     /// Deadline of one attempt.
     pub timeout: Duration,
     pub allowed_targets: Vec<Cidr>,
+    pub allowed_ports: Vec<u16>,
     /// Longest sleep between looks at the table (a new event wakes it at once).
     pub poll_interval: Duration,
     /// Attempts in flight at once (over all instances).
@@ -417,6 +418,7 @@ async fn deliver_batch(
     };
     let policy = FetchPolicy {
         allowed_targets: settings.allowed_targets.clone(),
+        allowed_ports: settings.allowed_ports.clone(),
         max_bytes: 64 * 1024,
         timeout: settings.timeout,
         connect_timeout: settings.timeout.min(Duration::from_secs(5)),

@@ -88,6 +88,7 @@ pub async fn run_with(
                 retry_schedule: config.webhook.retry_schedule.clone(),
                 timeout: config.webhook.timeout,
                 allowed_targets: config.webhook.allowed_targets.clone(),
+                allowed_ports: config.webhook.allowed_ports.clone(),
                 poll_interval: std::time::Duration::from_secs(1),
                 max_in_flight: 16,
             },
@@ -124,11 +125,18 @@ pub async fn run_with(
     tracing::info!(%local, db = ?config.database.kind, "sudevwa started");
 
     let extra = overrides.sandbox.map(|build| build(api.clone()));
-    warp::serve(crate::http::routes(api, extra))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    crate::http::conn::serve(
+        listener,
+        crate::http::routes(api, extra),
+        crate::http::conn::ConnLimits {
+            header_read_timeout: config.server.header_read_timeout,
+            max_connections: config.server.max_connections,
+            max_connections_per_ip: config.server.max_connections_per_ip,
+            shutdown_grace: config.server.shutdown_grace,
+        },
+        shutdown,
+    )
+    .await;
 
     tracing::info!("shutting down");
     // Every actor disconnects its client (flushing its session) before the pool closes.
@@ -178,6 +186,8 @@ pub async fn build_api(
             f64::from(config.limits.auth_failures_per_min) / 60.0,
             config.limits.auth_failure_burst,
         ),
+        login_backoff: Default::default(),
+        sockets: Default::default(),
         governor: SendGovernor::new(GovernorSettings {
             per_sec: config.limits.send_per_sec,
             burst: config.limits.send_burst,

@@ -84,6 +84,7 @@ async fn target(ip: &str, respond: Respond) -> Target {
 fn policy(allowed: &[&str]) -> FetchPolicy {
     FetchPolicy {
         allowed_targets: allowed.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
+        allowed_ports: Vec::new(),
         max_bytes: 64 * 1024,
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
@@ -112,6 +113,8 @@ async fn non_public_targets_are_refused_without_connecting() {
         format!("http://127.1:{p}/"),              // short form
         format!("http://[::ffff:127.0.0.1]:{p}/"), // IPv4-mapped IPv6
         format!("http://[::ffff:7f00:1]:{p}/"),
+        format!("http://[::ffff:0:7f00:1]:{p}/"), // IPv4-translated (SIIT)
+        format!("http://[::ffff:0:127.0.0.1]:{p}/"),
         format!("https://127.0.0.1:{p}/"),
         format!("http://user:pw@127.0.0.1:{p}/"),
     ];
@@ -354,5 +357,33 @@ async fn deliveries_reuse_one_pooled_client_and_connection() {
     assert!(
         sudevwa::net::fetch::clients_built() - built <= 3,
         "deliveries do not build clients"
+    );
+}
+
+/// `webhook.allowed_ports`: a URL on any other port is refused before connecting,
+/// with the same words as any refused target; redirects are checked again.
+#[tokio::test]
+async fn only_allowed_ports_are_reached() {
+    let t = target("127.0.0.1", Respond::Ok(b"fine".to_vec())).await;
+    let port = t.addr.port();
+    let mut p = policy(&["127.0.0.0/8"]);
+    p.allowed_ports = vec![port];
+    let ok = fetch(&format!("http://127.0.0.1:{port}/"), &p).await.unwrap();
+    assert_eq!(ok.bytes, b"fine");
+    p.allowed_ports = vec![port.wrapping_add(1).max(1)];
+    let before = t.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let err = fetch(&format!("http://127.0.0.1:{port}/"), &p)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::TargetNotAllowed);
+    assert_eq!(
+        t.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "no connection was made"
+    );
+    // A refused target and a name that does not resolve read the same.
+    assert_eq!(
+        FetchError::TargetNotAllowed.to_string(),
+        FetchError::Dns.to_string()
     );
 }

@@ -178,6 +178,8 @@ pub enum InstanceError {
     Storage,
     #[error("instance has too many requests in flight; retry shortly")]
     Busy,
+    #[error("the request was abandoned by its caller before it started; nothing was sent")]
+    Abandoned,
 }
 
 impl InstanceError {
@@ -197,6 +199,7 @@ impl InstanceError {
             Self::Lifecycle(LifecycleError::NoQrSession) => "NO_QR_SESSION",
             Self::Storage => "INTERNAL_ERROR",
             Self::Busy => "INSTANCE_BUSY",
+            Self::Abandoned => "REQUEST_ABANDONED",
         }
     }
 }
@@ -1246,6 +1249,8 @@ struct Turn {
     prev: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Dropped when this operation ends, which releases the next one.
     _done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Whether the caller stopped waiting for the answer (its reply port closed).
+    caller_gone: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Turn {
@@ -1253,7 +1258,14 @@ impl Turn {
         Self {
             prev: None,
             _done: None,
+            caller_gone: None,
         }
+    }
+
+    /// The caller gave up (an HTTP request that timed out): a send that has not
+    /// started yet must not start, or the caller's retry would send it twice.
+    fn caller_gone(&self) -> bool {
+        self.caller_gone.as_ref().is_some_and(|f| f())
     }
 
     async fn wait(&mut self) {
@@ -1306,6 +1318,7 @@ impl OpTasks {
         Turn {
             prev: self.chats.insert(chat, rx),
             _done: Some(tx),
+            caller_gone: None,
         }
     }
 
@@ -1396,14 +1409,25 @@ impl InstanceState {
             let _ = reply.send(Err(InstanceError::Busy));
             return;
         };
-        let turn = match chat {
+        let mut turn = match chat {
             Some(c) => self.ops.turn(c),
             None => Turn::free(),
         };
+        // The port is shared with the turn, which looks at it before a send starts.
+        let port = Arc::new(std::sync::Mutex::new(Some(reply)));
+        let seen = port.clone();
+        turn.caller_gone = Some(Arc::new(move || {
+            seen.lock()
+                .map(|p| p.as_ref().is_none_or(|p| p.is_closed()))
+                .unwrap_or(false)
+        }));
         self.ops.track(async move {
             let r = op(ops, turn).await;
             drop(permit);
-            let _ = reply.send(r);
+            let taken = port.lock().ok().and_then(|mut p| p.take());
+            if let Some(reply) = taken {
+                let _ = reply.send(r);
+            }
         });
     }
 }
@@ -1455,6 +1479,10 @@ impl Ops {
         mut turn: Turn,
     ) -> Result<Sent, InstanceError> {
         turn.wait().await;
+        if turn.caller_gone() {
+            tracing::info!(instance_id = %self.id, "send dropped: its caller gave up before its turn came");
+            return Err(InstanceError::Abandoned);
+        }
         let client = &self.client;
         let (kind, body, media) = describe(&message);
         let (kind, is_group) = (kind.to_string(), to.is_group());

@@ -22,6 +22,18 @@ type HmacSha256 = Hmac<Sha256>;
 /// Prefix of instance tokens (tells them apart from JWTs and API keys at a glance).
 pub const INSTANCE_TOKEN_PREFIX: &str = "swa_";
 const PBKDF2_ROUNDS: u32 = 100_000;
+/// `iss` and `aud` of the JWTs this server issues; tokens without them are refused.
+pub const JWT_ISSUER: &str = "sudevwa";
+pub const JWT_AUDIENCE: &str = "sudevwa-admin";
+/// The longest JWT lifetime accepted (`auth.jwt_ttl_secs` cannot exceed it).
+const MAX_JWT_TTL_SECS: i64 = 30 * 86400;
+/// Clock skew tolerated on `iat` and `nbf`.
+const JWT_LEEWAY_SECS: i64 = 60;
+/// Password hashes computed at once (each takes a core for ~0.1 s), off the async
+/// workers; further logins wait for a slot.
+const HASHING_SLOTS: usize = 2;
+/// A token's `last_used_at` is written at most this often.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +87,11 @@ enum Login {
         user_digest: [u8; 32],
         pass_digest: [u8; 32],
     },
-    /// Generated on first start; the password is kept as PBKDF2-SHA256.
+    /// Generated on first start; the password is kept as PBKDF2-SHA256 with the round
+    /// count stored beside it.
     Stored {
         username: String,
+        rounds: u32,
         salt: Vec<u8>,
         hash: Vec<u8>,
     },
@@ -87,9 +101,12 @@ enum Login {
 pub struct Auth {
     jwt_key: Vec<u8>,
     jwt_ttl: Duration,
-    login: Login,
+    login: std::sync::Arc<Login>,
     admin_keys: Vec<[u8; 32]>,
     tokens: Tokens,
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
+    /// When each instance token's `last_used_at` was last written (by token hash).
+    touched: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -97,6 +114,12 @@ struct Claims {
     username: String,
     exp: i64,
     iat: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<String>,
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -109,9 +132,9 @@ fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
-fn pbkdf2(password: &[u8], salt: &[u8]) -> [u8; 32] {
+fn pbkdf2(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, PBKDF2_ROUNDS, &mut out);
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, rounds, &mut out);
     out
 }
 
@@ -155,7 +178,11 @@ impl Auth {
                     None => {
                         let password = random_hex(12);
                         let salt = random_hex(16);
-                        let hash = hex::encode(pbkdf2(password.as_bytes(), salt.as_bytes()));
+                        let hash = hex::encode(pbkdf2(
+                            password.as_bytes(),
+                            salt.as_bytes(),
+                            PBKDF2_ROUNDS,
+                        ));
                         let value = format!("pbkdf2-sha256${PBKDF2_ROUNDS}${salt}${hash}");
                         let kept = settings.get_or_insert(&key, &value).await?;
                         if kept == value {
@@ -167,9 +194,15 @@ impl Auth {
                     }
                 };
                 let mut parts = stored.split('$');
-                let (_, _, salt, hash) = (parts.next(), parts.next(), parts.next(), parts.next());
+                let (_, rounds, salt, hash) =
+                    (parts.next(), parts.next(), parts.next(), parts.next());
                 Login::Stored {
                     username,
+                    // The round count the hash was made with (older rows: the default).
+                    rounds: rounds
+                        .and_then(|r| r.parse().ok())
+                        .filter(|r| *r > 0)
+                        .unwrap_or(PBKDF2_ROUNDS),
                     salt: salt.unwrap_or_default().as_bytes().to_vec(),
                     hash: hex::decode(hash.unwrap_or_default()).unwrap_or_default(),
                 }
@@ -178,7 +211,9 @@ impl Auth {
         Ok(Self {
             jwt_key,
             jwt_ttl: cfg.jwt_ttl,
-            login,
+            login: std::sync::Arc::new(login),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(HASHING_SLOTS)),
+            touched: Default::default(),
             admin_keys: cfg
                 .admin_api_keys
                 .iter()
@@ -188,9 +223,29 @@ impl Auth {
         })
     }
 
-    /// Checks login credentials; on success returns a JWT.
-    pub fn login(&self, username: &str, password: &str) -> Option<String> {
-        let ok = match &self.login {
+    /// Checks login credentials; on success returns a JWT. Password hashing runs on
+    /// the blocking pool, at most [`HASHING_SLOTS`] at once, never on the async
+    /// workers (a burst of logins cannot stall other requests).
+    pub async fn login(&self, username: &str, password: &str) -> Option<String> {
+        let ok = match &*self.login {
+            Login::Configured { .. } => Self::check_login(&self.login, username, password),
+            Login::Stored { .. } => {
+                let _slot = self.hashing.acquire().await.ok()?;
+                let (login, u, p) = (
+                    self.login.clone(),
+                    username.to_string(),
+                    password.to_string(),
+                );
+                tokio::task::spawn_blocking(move || Self::check_login(&login, &u, &p))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
+        ok.then(|| self.issue_jwt(username))
+    }
+
+    fn check_login(login: &Login, username: &str, password: &str) -> bool {
+        match login {
             Login::Configured {
                 user_digest,
                 pass_digest,
@@ -201,15 +256,15 @@ impl Auth {
             }
             Login::Stored {
                 username: user,
+                rounds,
                 salt,
                 hash,
             } => {
                 let u = digest(username.as_bytes()).ct_eq(&digest(user.as_bytes()));
-                let p = pbkdf2(password.as_bytes(), salt).ct_eq(hash.as_slice());
+                let p = pbkdf2(password.as_bytes(), salt, *rounds).ct_eq(hash.as_slice());
                 bool::from(u & p)
             }
-        };
-        ok.then(|| self.issue_jwt(username))
+        }
     }
 
     /// A JWT for `username`, valid for the configured lifetime.
@@ -223,9 +278,12 @@ impl Auth {
         let claims = Claims {
             username: username.to_string(),
             iat,
+            nbf: Some(iat),
             exp: iat + self.jwt_ttl.as_secs() as i64,
+            iss: Some(JWT_ISSUER.to_string()),
+            aud: Some(JWT_AUDIENCE.to_string()),
         };
-        // Serializing a struct of a string and two integers cannot fail.
+        // Serializing a struct of strings and integers cannot fail.
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signing_input = format!("{header}.{body}");
         let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
@@ -244,6 +302,18 @@ impl Auth {
     }
 
     fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_jwt_claims(token).map(|c| Principal::Admin {
+            username: c.username,
+        })
+    }
+
+    /// The expiry (unix seconds) of a JWT this server would accept; `None` for any
+    /// other credential. Sockets opened with a JWT close when it passes.
+    pub fn jwt_expiry(&self, token: &str) -> Option<i64> {
+        self.verify_jwt_claims(token.trim()).ok().map(|c| c.exp)
+    }
+
+    fn verify_jwt_claims(&self, token: &str) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
         let (Some(h), Some(b), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -269,12 +339,23 @@ impl Auth {
             .ok()
             .and_then(|v| serde_json::from_slice(&v).ok())
             .ok_or(AuthError::Invalid)?;
-        if claims.exp <= chrono::Utc::now().timestamp() {
+        let now = chrono::Utc::now().timestamp();
+        if claims.iss.as_deref() != Some(JWT_ISSUER) || claims.aud.as_deref() != Some(JWT_AUDIENCE)
+        {
+            return Err(AuthError::Invalid);
+        }
+        // Issued in the future, not valid yet, or living longer than any TTL this
+        // server hands out: not one of ours.
+        if claims.iat > now + JWT_LEEWAY_SECS
+            || claims.nbf.is_some_and(|nbf| nbf > now + JWT_LEEWAY_SECS)
+            || claims.exp - claims.iat > MAX_JWT_TTL_SECS
+        {
+            return Err(AuthError::Invalid);
+        }
+        if claims.exp <= now {
             return Err(AuthError::Expired);
         }
-        Ok(Principal::Admin {
-            username: claims.username,
-        })
+        Ok(claims)
     }
 
     /// Resolves a bearer token to a caller.
@@ -284,8 +365,12 @@ impl Auth {
             return Err(AuthError::Invalid);
         }
         if token.starts_with(INSTANCE_TOKEN_PREFIX) {
-            return match self.tokens.instance_of(&token_hash(token)).await {
-                Ok(Some(instance_id)) => Ok(Principal::Instance { instance_id }),
+            let hash = token_hash(token);
+            return match self.tokens.instance_of(&hash).await {
+                Ok(Some(instance_id)) => {
+                    self.touch(hash);
+                    Ok(Principal::Instance { instance_id })
+                }
                 Ok(None) => Err(AuthError::Invalid),
                 Err(e) => {
                     tracing::error!(error = %e, "token lookup failed");
@@ -304,6 +389,28 @@ impl Auth {
             });
         }
         self.verify_jwt(token)
+    }
+
+    /// Records a token's use (`last_used_at`), at most once per [`TOUCH_EVERY`] per
+    /// token, in the background (a request never waits for it).
+    fn touch(&self, hash: String) {
+        let now = std::time::Instant::now();
+        {
+            let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if t.get(&hash).is_some_and(|at| now.duration_since(*at) < TOUCH_EVERY) {
+                return;
+            }
+            if t.len() >= 100_000 {
+                t.retain(|_, at| now.duration_since(*at) < TOUCH_EVERY);
+            }
+            t.insert(hash.clone(), now);
+        }
+        let tokens = self.tokens.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokens.touch(&hash).await {
+                tracing::debug!(error = %e, "recording a token's last use failed");
+            }
+        });
     }
 
     /// The instance-token store.
@@ -329,27 +436,71 @@ mod tests {
         Auth {
             jwt_key: b"0123456789abcdef0123456789abcdef".to_vec(),
             jwt_ttl: Duration::from_secs(ttl),
-            login: Login::Configured {
+            login: std::sync::Arc::new(Login::Configured {
                 user_digest: digest(b"u"),
                 pass_digest: digest(b"p"),
-            },
+            }),
             admin_keys: vec![],
             tokens: Tokens::new(sea_orm::DatabaseConnection::default()),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            touched: Default::default(),
         }
+    }
+
+    /// A token signed with the right key but carrying `claims` as given.
+    fn signed(a: &Auth, claims: serde_json::Value) -> String {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let b = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let input = format!("{h}.{b}");
+        let sig = URL_SAFE_NO_PAD.encode(a.sign(input.as_bytes()));
+        format!("{input}.{sig}")
+    }
+
+    #[test]
+    fn jwt_claims_are_checked_beyond_the_signature() {
+        let a = auth(3600);
+        let now = chrono::Utc::now().timestamp();
+        let good = serde_json::json!({"username": "u", "iat": now, "nbf": now, "exp": now + 600,
+            "iss": JWT_ISSUER, "aud": JWT_AUDIENCE});
+        assert!(a.verify_jwt(&signed(&a, good.clone())).is_ok());
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = good.clone();
+            c[k] = v;
+            signed(&a, c)
+        };
+        let without = |k: &str| {
+            let mut c = good.clone();
+            c.as_object_mut().unwrap().remove(k);
+            signed(&a, c)
+        };
+        for (what, t) in [
+            ("no issuer", without("iss")),
+            ("foreign issuer", with("iss", "other".into())),
+            ("no audience", without("aud")),
+            ("foreign audience", with("aud", "other".into())),
+            ("not valid yet", with("nbf", (now + 3600).into())),
+            ("issued in the future", with("iat", (now + 3600).into())),
+            ("lives longer than any TTL", with("exp", (now + 400 * 86400).into())),
+        ] {
+            assert_eq!(a.verify_jwt(&t), Err(AuthError::Invalid), "{what}");
+        }
+        assert_eq!(a.jwt_expiry(&signed(&a, good)), Some(now + 600));
+        assert_eq!(a.jwt_expiry("swa_abc"), None);
     }
 
     #[test]
     fn jwt_roundtrip_and_tamper() {
         let a = auth(60);
-        let t = a.login("u", "p").expect("right credentials");
+        let t = a.issue_jwt("u");
         assert_eq!(
             a.verify_jwt(&t),
             Ok(Principal::Admin {
                 username: "u".into()
             })
         );
-        assert!(a.login("u", "x").is_none());
-        assert!(a.login("x", "p").is_none());
+        assert!(Auth::check_login(&a.login, "u", "p"));
+        assert!(!Auth::check_login(&a.login, "u", "x"));
+        assert!(!Auth::check_login(&a.login, "x", "p"));
         // Flip one character of the payload: the signature no longer matches.
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"username":"root","exp":99999999999,"iat":0}"#);

@@ -123,6 +123,14 @@ pub async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible
             "INVALID_REQUEST",
             "Malformed request",
         )
+    } else if err.find::<warp::filters::cors::CorsForbidden>().is_some() {
+        // A browser on a foreign origin: an ordinary refusal, not a server fault.
+        tracing::debug!(rejection = ?err, "CORS request refused");
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CORS_FORBIDDEN",
+            "This origin, method or header is not allowed by the server's CORS settings",
+        )
     } else {
         tracing::error!(rejection = ?err, "unhandled rejection");
         ApiError::new(

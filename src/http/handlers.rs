@@ -192,10 +192,13 @@ async fn by_number(
 ) -> Result<(Instance, ActorRef<InstanceMsg>), ApiError> {
     let phone = util::normalize_phone(phone, &api.config.whatsapp.default_country_code)?;
     let rows = api.instances.list().await.map_err(db_error)?;
+    // Another tenant's number answers exactly like an unknown one (404): a token
+    // cannot probe which numbers this server runs.
     let mut candidates = rows
         .into_iter()
         .filter(|r| r.phone.as_deref() == Some(phone.as_str()))
         .filter(|r| r.status == InstanceStatus::Online.as_str())
+        .filter(|r| p.may_access(&r.id))
         .peekable();
     let none = || {
         ApiError::new(
@@ -208,9 +211,6 @@ async fn by_number(
         return Err(none());
     }
     for row in candidates {
-        if !p.may_access(&row.id) {
-            return Err(forbidden());
-        }
         if let Ok(actor) = ready(api, &row).await {
             return Ok((row, actor));
         }
@@ -439,8 +439,7 @@ struct LoginBody {
 }
 
 /// `POST /login-jwt`.
-pub async fn login_jwt(body: Bytes, addr: Option<std::net::SocketAddr>, api: Shared) -> R {
-    let ip = super::client_ip(addr);
+pub async fn login_jwt(body: Bytes, ip: std::net::IpAddr, api: Shared) -> R {
     api.auth_failures.peek(&ip).map_err(super::auth_throttled)?;
     let b: LoginBody = parse(&body)?;
     let username = required(&b.username, "username")?;
@@ -451,16 +450,30 @@ pub async fn login_jwt(body: Bytes, addr: Option<std::net::SocketAddr>, api: Sha
             "password is required",
         ));
     }
-    match api.auth.login(&username, &password) {
-        Some(token) => Ok(warp::reply::json(&json!({
+    // Per account, from any address: a spread-out guess at one password waits too.
+    api.login_backoff.check(&username).map_err(|retry| {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "Too many failed logins for this account; try again later",
+        );
+        e.retry_after = Some(retry);
+        e
+    })?;
+    match api.auth.login(&username, &password).await {
+        Some(token) => {
+            api.login_backoff.succeeded(&username);
+            Ok(warp::reply::json(&json!({
             "success": true,
             "message": "Login successful",
             "token": token,
             "data": {"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()},
         }))
-        .into_response()),
+        .into_response())
+        }
         None => {
             let _ = api.auth_failures.check(&ip);
+            api.login_backoff.failed(&username);
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "INVALID_CREDENTIALS",
@@ -616,6 +629,10 @@ pub async fn logout(id: String, p: Principal, api: Shared) -> R {
     call_t!(a, InstanceMsg::Logout, SEND_MS)
         .map_err(actor_unreachable)?
         .map_err(instance_error)?;
+    api.sockets.revoke(super::ws::Revocation::Instance {
+        instance_id: id.clone(),
+        reason: "instance logged out",
+    });
     Ok(ok(
         "Logged out; the instance can scan a new QR code",
         json!({"instanceId": id}),
@@ -637,6 +654,13 @@ pub async fn delete_instance(id: String, p: Principal, api: Shared) -> R {
     api.runtime.stop(&id).await.map_err(actor_unreachable)?;
     api.auth.tokens().delete_all(&id).await.map_err(db_error)?;
     api.instances.delete(&id).await.map_err(db_error)?;
+    api.sockets.revoke(super::ws::Revocation::Tokens {
+        instance_id: id.clone(),
+    });
+    api.sockets.revoke(super::ws::Revocation::Instance {
+        instance_id: id.clone(),
+        reason: "instance deleted",
+    });
     Ok(ok("Instance deleted", json!({"instanceId": id})))
 }
 
@@ -654,6 +678,9 @@ pub async fn new_token(id: String, p: Principal, api: Shared) -> R {
 pub async fn revoke_tokens(id: String, p: Principal, api: Shared) -> R {
     instance(&api, &p, &id).await?;
     let n = api.auth.tokens().revoke_all(&id).await.map_err(db_error)?;
+    api.sockets.revoke(super::ws::Revocation::Tokens {
+        instance_id: id.clone(),
+    });
     Ok(ok(
         "Tokens revoked",
         json!({"instanceId": id, "revoked": n}),
@@ -1470,7 +1497,11 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
     }
     let parsed = url::Url::parse(&url)
         .map_err(|_| ApiError::bad_request("VALIDATION_ERROR", "url is not a valid URL"))?;
-    fetch::check_url(&parsed, &api.config.webhook.allowed_targets)
+    fetch::check_url(
+        &parsed,
+        &api.config.webhook.allowed_targets,
+        &api.config.webhook.allowed_ports,
+    )
         .await
         .map_err(|e| ApiError::bad_request("INVALID_WEBHOOK_URL", capitalize(&e.to_string())))?;
     let secret = match b

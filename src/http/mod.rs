@@ -9,13 +9,14 @@
 //! [`error::ApiError`].
 
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub(crate) mod handlers;
 pub mod openapi;
 pub mod qr;
 pub mod ratelimit;
 pub mod util;
-mod ws;
+pub mod ws;
 
 use crate::config::Config;
 use crate::net::fetch::FetchPolicy;
@@ -52,6 +53,10 @@ pub struct Api {
     pub limiter: ratelimit::RateLimiter,
     /// Failed authentications and logins per IP (brute force).
     pub auth_failures: ratelimit::RateLimiter,
+    /// Failed logins per account (brute force spread over addresses).
+    pub login_backoff: ratelimit::LoginBackoff,
+    /// Open sockets, to cap them and close them when their credentials go.
+    pub sockets: ws::Sockets,
     /// Optional per-instance send pacing.
     pub governor: ratelimit::SendGovernor,
     /// The webhook delivery log.
@@ -83,6 +88,7 @@ impl Api {
     pub fn fetch_policy(&self, max_bytes: u64) -> FetchPolicy {
         FetchPolicy {
             allowed_targets: self.config.webhook.allowed_targets.clone(),
+            allowed_ports: self.config.webhook.allowed_ports.clone(),
             max_bytes,
             ..FetchPolicy::default()
         }
@@ -142,14 +148,13 @@ pub(crate) fn authed(
 ) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
-        .and(warp::addr::remote())
+        .and(client_addr(api.clone()))
         .and(with_api(api))
         .and_then(
             |h: Option<String>,
              p: Option<String>,
-             addr: Option<std::net::SocketAddr>,
+             ip: std::net::IpAddr,
              api: Shared| async move {
-                let ip = client_ip(addr);
                 api.auth_failures
                     .peek(&ip)
                     .map_err(|retry| warp::reject::custom(auth_throttled(retry)))?;
@@ -169,10 +174,20 @@ pub(crate) fn authed(
         )
 }
 
-/// The client's IP (unspecified when the transport has none).
-pub(crate) fn client_ip(addr: Option<std::net::SocketAddr>) -> std::net::IpAddr {
-    addr.map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+/// The client's address as limits count it ([`conn::client_ip`] behind trusted
+/// proxies, then [`conn::client_key`]: IPv6 per /64).
+pub(crate) fn client_addr(
+    api: Shared,
+) -> impl Filter<Extract = (std::net::IpAddr,), Error = Rejection> + Clone {
+    warp::ext::optional::<conn::PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .map(move |peer: Option<conn::PeerAddr>, xff: Option<String>| {
+            conn::client_key(conn::client_ip(
+                peer.map(|p| p.0),
+                xff.as_deref(),
+                &api.config.server.trusted_proxies,
+            ))
+        })
 }
 
 /// 429 for an IP over its failed-authentication budget.
@@ -188,11 +203,10 @@ pub(crate) fn auth_throttled(retry: u64) -> ApiError {
 
 /// Per-client rate limit (429 with `Retry-After`).
 fn rate_limited(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::addr::remote()
+    client_addr(api.clone())
         .and(with_api(api))
         .and_then(
-            |addr: Option<std::net::SocketAddr>, api: Shared| async move {
-                let ip = client_ip(addr);
+            |ip: std::net::IpAddr, api: Shared| async move {
                 api.limiter.check(&ip).map_err(|retry| {
                     let mut e = ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
@@ -320,7 +334,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     let login_jwt = p!("login-jwt")
         .and(warp::post())
         .and(json())
-        .and(warp::addr::remote())
+        .and(client_addr(api.clone()))
         .and(a())
         .then(handlers::login_jwt)
         .map(respond)
@@ -540,13 +554,22 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .boxed();
 
     // WebSockets.
+    // The raw credential and client address a socket remembers (checked by auth()).
+    let credential = || {
+        warp::header::optional::<String>("authorization")
+            .and(warp::header::optional::<String>("sec-websocket-protocol"))
+            .map(|h, p| bearer(h, p).unwrap_or_default())
+            .and(client_addr(api.clone()))
+    };
     let ws_global = p!("ws")
         .and(warp::get())
         .and(auth())
+        .and(credential())
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())
-        .map(ws::global)
+        .then(|p, t: String, ip, w, proto, api| ws::global(p, (t, ip), w, proto, api))
+        .map(respond)
         .boxed();
     let ws_listen = p!("api" / "listen" / String)
         .and(warp::get())
@@ -555,10 +578,11 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .untuple_one()
         .and(listen_enabled(api.clone()))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(credential())
         .and(warp::ws())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(a())
-        .then(ws::listen)
+        .then(|id, p, q, t: String, ip, w, proto, api| ws::listen(id, p, q, (t, ip), w, proto, api))
         .map(respond)
         .boxed();
 

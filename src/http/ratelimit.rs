@@ -1,8 +1,11 @@
 //! Rate limits that protect the server without throttling its users.
 //!
-//! - [`RateLimiter`]: token buckets keyed by anything (client IP, instance id). The
-//!   table is bounded: when it grows past its capacity, buckets that have refilled
-//!   completely (idle keys) are dropped.
+//! - [`RateLimiter`]: token buckets keyed by anything (client address, instance id).
+//!   The table is bounded: when it grows past its capacity, buckets that have refilled
+//!   completely (idle keys) are dropped, and if it is still full the key touched
+//!   longest ago goes: a new key is never refused because the table is full. Client
+//!   addresses are keyed as `conn::client_key` says (IPv6 per /64; behind
+//!   `server.trusted_proxies`, the forwarded client).
 //! - Per client IP, two limiters exist (see `config.toml` `[limits]`): a general one over
 //!   every request, **off by default** (an integrator's backend sits behind one IP and
 //!   sends far more than any per-IP rate a human would hit), and one charged only by
@@ -30,6 +33,7 @@ struct Bucket {
 pub struct RateLimiter<K = IpAddr> {
     per_sec: f64,
     burst: f64,
+    max_keys: usize,
     buckets: Mutex<HashMap<K, Bucket>>,
 }
 
@@ -39,7 +43,16 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         Self {
             per_sec,
             burst: f64::from(burst.max(1)),
+            max_keys: MAX_KEYS,
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same, keeping at most `max_keys` keys.
+    pub fn with_capacity(per_sec: f64, burst: u32, max_keys: usize) -> Self {
+        Self {
+            max_keys: max_keys.max(1),
+            ..Self::new(per_sec, burst)
         }
     }
 
@@ -71,12 +84,21 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             if !consume {
                 return Ok(()); // a new key has a full bucket
             }
-            if map.len() >= MAX_KEYS {
+            if map.len() >= self.max_keys {
                 map.retain(|_, b| {
                     b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst
                 });
-                if map.len() >= MAX_KEYS {
-                    return Err(1);
+                if map.len() >= self.max_keys {
+                    // Still full (many active keys, e.g. a spread-out flood): the key
+                    // touched longest ago gives way. A new client never pays for
+                    // others with a 429.
+                    if let Some(oldest) = map
+                        .iter()
+                        .min_by_key(|(_, b)| b.at)
+                        .map(|(k, _)| k.clone())
+                    {
+                        map.remove(&oldest);
+                    }
                 }
             }
             map.insert(
@@ -98,6 +120,75 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         } else {
             Err(((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// Per-account backoff on failed logins, whatever address they come from: after
+/// [`LoginBackoff::FREE_FAILURES`] wrong passwords in a row, the account refuses
+/// every login (the right password too) for 1 s, then 2, 4, ... up to 15 minutes,
+/// doubling with each further failure. A success clears it. Bounded: at most
+/// `MAX_ACCOUNTS` names are tracked (the least recently failed go first).
+#[derive(Default)]
+pub struct LoginBackoff {
+    accounts: Mutex<HashMap<String, Failures>>,
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+const MAX_ACCOUNTS: usize = 10_000;
+
+impl LoginBackoff {
+    /// Failures allowed before the backoff starts.
+    pub const FREE_FAILURES: u32 = 5;
+    /// The longest wait.
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(900);
+
+    fn key(username: &str) -> String {
+        username.trim().to_lowercase()
+    }
+
+    /// `Err(seconds)` while the account is blocked.
+    pub fn check(&self, username: &str) -> Result<(), u64> {
+        let m = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&Self::key(username)).and_then(|f| f.blocked_until) {
+            Some(until) if until > Instant::now() => {
+                Err((until - Instant::now()).as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed login.
+    pub fn failed(&self, username: &str) {
+        let now = Instant::now();
+        let mut m = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_ACCOUNTS && !m.contains_key(&Self::key(username)) {
+            if let Some(oldest) = m.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
+        }
+        let f = m.entry(Self::key(username)).or_insert(Failures {
+            count: 0,
+            last: now,
+            blocked_until: None,
+        });
+        f.count += 1;
+        f.last = now;
+        if f.count > Self::FREE_FAILURES {
+            let exp = (f.count - Self::FREE_FAILURES - 1).min(20);
+            let wait = std::time::Duration::from_secs(1u64 << exp).min(Self::MAX_WAIT);
+            f.blocked_until = Some(now + wait);
+        }
+    }
+
+    /// Records a successful login (the count starts over).
+    pub fn succeeded(&self, username: &str) {
+        let mut m = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&Self::key(username));
     }
 }
 
@@ -261,5 +352,41 @@ mod tests {
                 "known chats are not first contacts"
             );
         }
+    }
+
+    #[test]
+    fn a_full_table_never_refuses_a_new_key() {
+        // Three keys fit; every one has spent its burst (none is idle).
+        let l: RateLimiter<u32> = RateLimiter::with_capacity(0.001, 1, 3);
+        for k in 0..3 {
+            assert!(l.check(&k).is_ok());
+            assert!(l.check(&k).is_err(), "key {k} spent its burst");
+        }
+        // A fourth client is served (the key touched longest ago makes room) ...
+        assert!(l.check(&3).is_ok(), "no collateral 429 for a new client");
+        // ... and the others keep their state.
+        assert!(l.check(&2).is_err());
+        assert!(l.buckets.lock().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn failed_logins_back_off_per_account() {
+        let b = LoginBackoff::default();
+        for _ in 0..LoginBackoff::FREE_FAILURES {
+            assert!(b.check("Admin").is_ok());
+            b.failed("admin");
+        }
+        assert!(b.check("admin").is_ok(), "the free failures do not block");
+        b.failed("ADMIN");
+        assert_eq!(b.check("admin"), Err(1), "then 1 s");
+        b.failed("admin");
+        assert_eq!(b.check("admin"), Err(2), "doubling");
+        for _ in 0..30 {
+            b.failed("admin");
+        }
+        assert_eq!(b.check("admin"), Err(900), "capped at 15 minutes");
+        assert!(b.check("someone-else").is_ok(), "per account");
+        b.succeeded("admin");
+        assert!(b.check("admin").is_ok());
     }
 }

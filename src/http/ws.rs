@@ -7,6 +7,16 @@
 //! listener that falls more than `websocket.buffer` events behind, or whose socket
 //! does not take a frame within `websocket.send_timeout_secs`, is closed with code
 //! 4008 ("slow consumer") — memory never grows with a slow reader.
+//!
+//! Sockets follow their credentials: each remembers who opened it (the token, its
+//! instance, a JWT's expiry). Revoking an instance's tokens or deleting the instance
+//! closes the sockets opened with its tokens, and a JWT's sockets close when it
+//! expires — code 4001 ("credentials revoked" / "token expired"); logging an
+//! instance out or deleting it closes its listen sockets, whoever opened them — code
+//! 4004 ("instance logged out" / "instance deleted"). The token is also checked again
+//! on every ping tick. Caps: `websocket.max_sockets_per_principal` sockets per
+//! credential and `websocket.max_sockets_per_ip` per client address (429 beyond), and
+//! no client message larger than `websocket.max_message_bytes`.
 
 use super::auth::Principal;
 use super::error::ApiError;
@@ -27,22 +37,187 @@ use warp::Reply;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code for a connection that stopped answering pings.
 pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+/// Close code for a socket whose credentials were revoked or expired.
+pub const CLOSE_CREDENTIALS: u16 = 4001;
+/// Close code for a listen socket whose instance was logged out or deleted.
+pub const CLOSE_INSTANCE_GONE: u16 = 4004;
 
-/// Echoes the subprotocol a browser offered (it must see one it offered).
+/// Echoes `bearer` when the browser offered it (`Sec-WebSocket-Protocol: bearer,
+/// <token>`); nothing else is ever echoed, so a token never comes back in a header.
 fn with_protocol(reply: impl Reply, offered: Option<String>) -> Response {
     let mut r = reply.into_response();
-    if let Some(offered) = offered {
-        let chosen = offered
-            .split(',')
-            .map(str::trim)
-            .find(|s| s.eq_ignore_ascii_case("bearer"))
-            .or_else(|| offered.split(',').map(str::trim).find(|s| !s.is_empty()))
-            .map(str::to_string);
-        if let Some(v) = chosen.and_then(|c| warp::http::HeaderValue::from_str(&c).ok()) {
-            r.headers_mut().insert("sec-websocket-protocol", v);
-        }
+    let bearer = offered
+        .as_deref()
+        .is_some_and(|o| o.split(',').any(|s| s.trim().eq_ignore_ascii_case("bearer")));
+    if bearer {
+        r.headers_mut().insert(
+            "sec-websocket-protocol",
+            warp::http::HeaderValue::from_static("bearer"),
+        );
     }
     r
+}
+
+/// What took a socket's credentials away (broadcast to every socket; each keeps
+/// what concerns it).
+#[derive(Debug, Clone)]
+pub enum Revocation {
+    /// Every token of the instance was revoked (or deleted with it).
+    Tokens { instance_id: String },
+    /// The instance was logged out or deleted: its listen sockets close.
+    Instance {
+        instance_id: String,
+        reason: &'static str,
+    },
+}
+
+/// The open sockets: their caps and the revocation channel.
+pub struct Sockets {
+    revoked: broadcast::Sender<Revocation>,
+    per_credential: std::sync::Arc<super::conn::Counter<String>>,
+    per_ip: std::sync::Arc<super::conn::Counter<std::net::IpAddr>>,
+}
+
+impl Default for Sockets {
+    fn default() -> Self {
+        Self {
+            revoked: broadcast::channel(256).0,
+            per_credential: Default::default(),
+            per_ip: Default::default(),
+        }
+    }
+}
+
+impl Sockets {
+    /// Closes the sockets `r` concerns.
+    pub fn revoke(&self, r: Revocation) {
+        let _ = self.revoked.send(r);
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    Credentials(&'static str),
+    Instance(&'static str),
+}
+
+/// Who opened a socket, and its places under the caps.
+pub(crate) struct Session {
+    principal: Principal,
+    token: String,
+    /// The instance of a listen socket.
+    instance: Option<String>,
+    /// A JWT's expiry (unix seconds).
+    expires_at: Option<i64>,
+    revoked: broadcast::Receiver<Revocation>,
+    api: Shared,
+    _slots: (
+        super::conn::Slot<String>,
+        super::conn::Slot<std::net::IpAddr>,
+    ),
+}
+
+impl Session {
+    /// Takes a place under both caps (429 when either is full).
+    fn open(
+        api: &Shared,
+        principal: &Principal,
+        token: String,
+        ip: std::net::IpAddr,
+        instance: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let cfg = &api.config.websocket;
+        let full = |what: &str| {
+            let mut e = ApiError::new(
+                warp::http::StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                format!("Too many open sockets {what}"),
+            );
+            e.retry_after = Some(5);
+            e
+        };
+        let by_credential = api
+            .sockets
+            .per_credential
+            .take(super::auth::token_hash(&token), cfg.max_sockets_per_principal)
+            .ok_or_else(|| full("for this credential"))?;
+        let by_ip = api
+            .sockets
+            .per_ip
+            .take(ip, cfg.max_sockets_per_ip)
+            .ok_or_else(|| full("from this address"))?;
+        Ok(Self {
+            principal: principal.clone(),
+            expires_at: api.auth.jwt_expiry(&token),
+            token,
+            instance,
+            revoked: api.sockets.revoked.subscribe(),
+            api: api.clone(),
+            _slots: (by_credential, by_ip),
+        })
+    }
+
+    /// Waits until a revocation concerns this socket, or its JWT expires.
+    async fn ended(&mut self) -> Gone {
+        let expiry = async {
+            match self.expires_at {
+                Some(exp) => {
+                    let left = exp - chrono::Utc::now().timestamp();
+                    tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let revoked = async {
+            loop {
+                match self.revoked.recv().await {
+                    Ok(Revocation::Tokens { instance_id }) => {
+                        if matches!(&self.principal, Principal::Instance { instance_id: own } if *own == instance_id)
+                        {
+                            return Gone::Credentials("credentials revoked");
+                        }
+                    }
+                    Ok(Revocation::Instance {
+                        instance_id,
+                        reason,
+                    }) => {
+                        if self.instance.as_deref() == Some(instance_id.as_str()) {
+                            return Gone::Instance(reason);
+                        }
+                    }
+                    // Missed some: the ping tick's recheck catches what they said
+                    // about credentials.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            _ = expiry => Gone::Credentials("token expired"),
+            g = revoked => g,
+        }
+    }
+
+    /// The credentials checked again (each ping tick).
+    async fn recheck(&self) -> Option<Gone> {
+        match self.api.auth.authenticate(&self.token).await {
+            Ok(_) => None,
+            Err(super::auth::AuthError::Expired) => Some(Gone::Credentials("token expired")),
+            Err(super::auth::AuthError::Invalid) | Err(super::auth::AuthError::Missing) => {
+                Some(Gone::Credentials("credentials revoked"))
+            }
+            // The token store is down: not the client's fault; check again later.
+            Err(super::auth::AuthError::Unavailable) => None,
+        }
+    }
+}
+
+async fn session_ended(s: &mut Option<Session>) -> Gone {
+    match s {
+        Some(s) => s.ended().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a socket forwards.
@@ -179,16 +354,26 @@ pub enum Ended {
     PingTimeout,
     /// The event source ended (1001).
     SourceEnded,
+    /// The credentials were revoked or expired (4001).
+    CredentialsGone,
+    /// The listen socket's instance was logged out or deleted (4004).
+    InstanceGone,
 }
 
-async fn pump(socket: WebSocket, cfg: WebsocketConfig, source: Source) -> Ended {
+async fn pump(socket: WebSocket, cfg: WebsocketConfig, source: Source, session: Session) -> Ended {
     let (tx, rx) = socket.split();
-    run_pump(tx, rx, cfg, source).await
+    run_pump(tx, rx, cfg, source, Some(session)).await
 }
 
 /// Forwards events to `tx` and keeps the connection honest (pings, pong timeout,
 /// slow-consumer cut-off). Generic over the socket halves so it is testable.
-async fn run_pump<T, R>(mut tx: T, mut rx: R, cfg: WebsocketConfig, mut source: Source) -> Ended
+async fn run_pump<T, R>(
+    mut tx: T,
+    mut rx: R,
+    cfg: WebsocketConfig,
+    mut source: Source,
+    mut session: Option<Session>,
+) -> Ended
 where
     T: futures_util::Sink<Message> + Unpin,
     R: futures_util::Stream<Item = Result<Message, warp::Error>> + Unpin,
@@ -199,6 +384,14 @@ where
     let grace = Duration::from_secs(1);
     loop {
         tokio::select! {
+            gone = session_ended(&mut session) => {
+                let (code, reason, ended) = match gone {
+                    Gone::Credentials(r) => (CLOSE_CREDENTIALS, r, Ended::CredentialsGone),
+                    Gone::Instance(r) => (CLOSE_INSTANCE_GONE, r, Ended::InstanceGone),
+                };
+                let _ = tokio::time::timeout(grace, tx.send(Message::close_with(code, reason))).await;
+                return ended;
+            }
             next = source.next() => match next {
                 Next::Event(text) => {
                     match tokio::time::timeout(cfg.send_timeout, tx.send(Message::text(text))).await {
@@ -226,6 +419,11 @@ where
                 Some(Err(_)) | None => return Ended::ClientGone,
             },
             _ = ping.tick() => {
+                if let Some(gone) = match &session { Some(s) => s.recheck().await, None => None } {
+                    let reason = match gone { Gone::Credentials(r) | Gone::Instance(r) => r };
+                    let _ = tokio::time::timeout(grace, tx.send(Message::close_with(CLOSE_CREDENTIALS, reason))).await;
+                    return Ended::CredentialsGone;
+                }
                 if last_pong.elapsed() >= cfg.pong_timeout {
                     let _ = tokio::time::timeout(grace, tx.send(Message::close_with(CLOSE_PING_TIMEOUT, "ping timeout"))).await;
                     return Ended::PingTimeout;
@@ -240,15 +438,28 @@ where
     }
 }
 
+/// The largest client message a socket takes.
+fn limited(ws: Ws, cfg: &WebsocketConfig) -> Ws {
+    ws.max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes)
+}
+
 /// `GET /ws`.
-pub fn global(p: Principal, ws: Ws, proto: Option<String>, api: Shared) -> Response {
+pub async fn global(
+    p: Principal,
+    (token, ip): (String, std::net::IpAddr),
+    ws: Ws,
+    proto: Option<String>,
+    api: Shared,
+) -> Result<Response, ApiError> {
+    let session = Session::open(&api, &p, token, ip, None)?;
     let cfg = api.config.websocket.clone();
     let rx = api.runtime.lifecycle();
-    let reply = ws.on_upgrade(move |socket| async move {
-        let ended = pump(socket, cfg, Source::Lifecycle { rx, principal: p }).await;
+    let reply = limited(ws, &cfg).on_upgrade(move |socket| async move {
+        let ended = pump(socket, cfg, Source::Lifecycle { rx, principal: p }, session).await;
         tracing::debug!(?ended, "/ws connection ended");
     });
-    with_protocol(reply, proto)
+    Ok(with_protocol(reply, proto))
 }
 
 /// The `after` cursor of `?after=N` (absent: live only).
@@ -277,12 +488,14 @@ pub async fn listen(
     id: String,
     p: Principal,
     query: String,
+    (token, ip): (String, std::net::IpAddr),
     ws: Ws,
     proto: Option<String>,
     api: Shared,
 ) -> Result<Response, ApiError> {
     let after = after_cursor(&query)?;
     let instance = handlers::instance_for_ws(&api, &p, &id).await?;
+    let session = Session::open(&api, &p, token, ip, Some(instance.clone()))?;
     let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
         tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
         ApiError::internal()
@@ -290,7 +503,7 @@ pub async fn listen(
     // Subscribed before the log is read: nothing committed in between is missed.
     let rx = subscribe(&actor).await?;
     let cfg = api.config.websocket.clone();
-    let reply = ws.on_upgrade(move |socket| async move {
+    let reply = limited(ws, &cfg).on_upgrade(move |socket| async move {
         let source = Source::Listen {
             rx,
             backlog: Default::default(),
@@ -299,7 +512,7 @@ pub async fn listen(
             instance_id: id,
             api,
         };
-        let ended = pump(socket, cfg, source).await;
+        let ended = pump(socket, cfg, source, session).await;
         tracing::debug!(?ended, "listen connection ended");
     });
     Ok(with_protocol(reply, proto))
@@ -317,6 +530,9 @@ mod tests {
             pong_timeout: Duration::from_secs(900),
             buffer: 4,
             send_timeout: Duration::from_secs(10),
+            max_message_bytes: 65536,
+            max_sockets_per_principal: 8,
+            max_sockets_per_ip: 8,
         }
     }
 
@@ -365,6 +581,7 @@ mod tests {
                 rx,
                 principal: admin(),
             },
+            None,
         )
         .await;
         assert_eq!(ended, Ended::PingTimeout);
@@ -397,7 +614,7 @@ mod tests {
             principal: admin(),
         };
         let started = Instant::now();
-        let ended = run_pump(sink, pongs, cfg(), source).await;
+        let ended = run_pump(sink, pongs, cfg(), source, None).await;
         // Alive for the hour of pongs, then closed 15 minutes after the last one.
         assert_eq!(ended, Ended::PingTimeout);
         assert!(
@@ -425,6 +642,7 @@ mod tests {
                 rx,
                 principal: admin(),
             },
+            None,
         )
         .await;
         assert_eq!(ended, Ended::SlowConsumer);
@@ -455,6 +673,7 @@ mod tests {
                 rx,
                 principal: admin(),
             },
+            None,
         )
         .await;
         assert_eq!(ended, Ended::SlowConsumer);
@@ -479,6 +698,7 @@ mod tests {
             stream::pending(),
             cfg(),
             Source::Lifecycle { rx, principal: p },
+            None,
         )
         .await;
         assert_eq!(ended, Ended::SourceEnded);

@@ -1,7 +1,7 @@
 //! Safe fetching of user-given URLs (media by URL; the webhook sender reuses the checks).
 //!
 //! Rules, each enforced before any byte is sent to the target:
-//! - only `http` and `https`;
+//! - only `http` and `https`, and only the ports of `webhook.allowed_ports` when set;
 //! - one pooled client per policy (keep-alive per host, certificates read once); its
 //!   DNS resolver checks every resolved address against [`ip_policy::is_allowed`] and
 //!   hands the connector only checked answers, so a DNS answer that changes between
@@ -29,6 +29,8 @@ use std::time::Duration;
 pub struct FetchPolicy {
     /// CIDRs allowed although not public (config `webhook.allowed_targets`).
     pub allowed_targets: Vec<Cidr>,
+    /// Ports a URL may use (config `webhook.allowed_ports`); empty: any.
+    pub allowed_ports: Vec<u16>,
     /// Largest body accepted, in bytes.
     pub max_bytes: u64,
     /// Deadline for the whole fetch, redirects and body included.
@@ -43,6 +45,7 @@ impl Default for FetchPolicy {
     fn default() -> Self {
         Self {
             allowed_targets: Vec::new(),
+            allowed_ports: Vec::new(),
             max_bytes: 16 * 1024 * 1024,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -68,9 +71,11 @@ pub enum FetchError {
     InvalidUrl,
     #[error("only http and https URLs are allowed")]
     SchemeNotAllowed,
-    #[error("URL target is not allowed (private, loopback or link-local address)")]
+    // One text for both: an answer that told them apart would let a caller map the
+    // server's internal DNS names.
+    #[error("URL target is not allowed or could not be resolved")]
     TargetNotAllowed,
-    #[error("URL host could not be resolved")]
+    #[error("URL target is not allowed or could not be resolved")]
     Dns,
     #[error("too many redirects")]
     TooManyRedirects,
@@ -95,11 +100,18 @@ impl FetchError {
 }
 
 /// Checks a URL and resolves it to the addresses it may connect to (all allowed).
-pub async fn check_url(url: &Url, allow: &[Cidr]) -> Result<Vec<SocketAddr>, FetchError> {
+pub async fn check_url(
+    url: &Url,
+    allow: &[Cidr],
+    ports: &[u16],
+) -> Result<Vec<SocketAddr>, FetchError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::SchemeNotAllowed);
     }
     let port = url.port_or_known_default().ok_or(FetchError::InvalidUrl)?;
+    if !ports.is_empty() && !ports.contains(&port) {
+        return Err(FetchError::TargetNotAllowed);
+    }
     let addrs: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(v4)) => vec![SocketAddr::new(IpAddr::V4(v4), port)],
         Some(url::Host::Ipv6(v6)) => vec![SocketAddr::new(IpAddr::V6(v6), port)],
@@ -212,11 +224,14 @@ fn pooled_client(policy: &FetchPolicy) -> Result<reqwest::Client, FetchError> {
 
 /// Checks what can be checked before a request: the scheme, and an IP-literal host
 /// (which no resolver sees). Host names are checked by [`CheckingResolver`].
-fn precheck(url: &Url, allow: &[Cidr]) -> Result<(), FetchError> {
+fn precheck(url: &Url, allow: &[Cidr], ports: &[u16]) -> Result<(), FetchError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(FetchError::SchemeNotAllowed);
     }
-    url.port_or_known_default().ok_or(FetchError::InvalidUrl)?;
+    let port = url.port_or_known_default().ok_or(FetchError::InvalidUrl)?;
+    if !ports.is_empty() && !ports.contains(&port) {
+        return Err(FetchError::TargetNotAllowed);
+    }
     let ip = match url.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
@@ -241,7 +256,7 @@ pub async fn post(
 ) -> Result<u16, FetchError> {
     let url = Url::parse(url).map_err(|_| FetchError::InvalidUrl)?;
     let attempt = async {
-        precheck(&url, &policy.allowed_targets)?;
+        precheck(&url, &policy.allowed_targets, &policy.allowed_ports)?;
         let client = pooled_client(policy)?;
         let mut req = client.post(url.clone()).body(body);
         for (k, v) in headers {
@@ -267,7 +282,7 @@ pub async fn post(
 async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
     let mut hops = 0;
     loop {
-        precheck(&url, &policy.allowed_targets)?;
+        precheck(&url, &policy.allowed_targets, &policy.allowed_ports)?;
         let client = pooled_client(policy)?;
         let mut resp = client.get(url.clone()).send().await.map_err(map_reqwest)?;
         let status = resp.status();

@@ -3,7 +3,7 @@
 //! Everything that is not a public unicast address is refused: loopback, private
 //! (RFC 1918, unique-local), link-local, carrier-grade NAT, unspecified, broadcast,
 //! multicast, documentation and benchmarking ranges, reserved space, and the IPv6
-//! forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo), which
+//! forms that embed an IPv4 address (mapped, translated/SIIT, compatible, NAT64, 6to4, Teredo), which
 //! are judged by the address they carry. An operator's allow-list (CIDRs from config)
 //! overrides the refusal, e.g. `127.0.0.0/8` for local use and tests.
 
@@ -59,6 +59,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     // Forms that carry an IPv4 address are judged by that address.
     if let Some(v4) = ip.to_ipv4_mapped() {
         return is_public_v4(v4);
+    }
+    if in6(0x0000_0000_0000_0000_ffff_0000_0000_0000, 96) {
+        // ::ffff:0:0/96, IPv4-translated (SIIT): the IPv4 address in the low 32 bits.
+        return is_public_v4(Ipv4Addr::from(bits as u32));
     }
     if in6(0, 96) {
         // ::/96: unspecified, loopback, and the deprecated IPv4-compatible form.
@@ -118,6 +122,9 @@ mod tests {
             "192.0.2.1",
             "::1",
             "::",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "::ffff:0:a9fe:a9fe",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",

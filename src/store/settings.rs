@@ -128,6 +128,17 @@ impl Tokens {
             .map(|m| m.instance_id))
     }
 
+    /// Records that a token was used now.
+    pub async fn touch(&self, token_hash: &str) -> Result<(), DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
+        api_token::Entity::update_many()
+            .col_expr(api_token::Column::LastUsedAt, Expr::value(now_ms()))
+            .filter(api_token::Column::TokenHash.eq(token_hash))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Revokes every token of `instance_id`; returns how many were live.
     pub async fn revoke_all(&self, instance_id: &str) -> Result<u64, DbErr> {
         let r = api_token::Entity::update_many()
