@@ -936,11 +936,12 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
         .max(limits.max_video_bytes)
         .max(limits.max_audio_bytes)
         .max(limits.max_document_bytes);
-    if limits.max_media_in_flight_bytes < largest_media {
+    // Each media byte counts twice (the file and its encrypted copy, http/budget.rs).
+    if limits.max_media_in_flight_bytes < 2 * largest_media {
         return Err(c.err(
             "limits.max_media_in_flight_bytes",
             format!(
-                "{} is below the largest media cap ({largest_media}): such a file could never be taken",
+                "{} is below twice the largest media cap ({largest_media}): such a file could never be sent",
                 limits.max_media_in_flight_bytes
             ),
         ));

@@ -14,10 +14,18 @@
 //!
 //! Crash safety: rows are claimed from the database, so a process killed hard leaves
 //! them `pending` and the next start delivers them (at-least-once; receivers drop
-//! duplicates by `webhook-id`). Isolation: at most one batch per instance is in flight
-//! (its rows delivered in order over one kept-alive connection, successes recorded
-//! 64 per UPDATE) and batches run concurrently up to `max_in_flight`, so a slow or
-//! dead endpoint holds up only its own instance. This is single-node: two processes on one database
+//! duplicates by `webhook-id`). Isolation and fairness: each pass of the worker takes
+//! one entry per instance with due rows (the longest-waiting instances first, as many
+//! as there are free slots of `max_in_flight`), never a batch of rows one tenant's
+//! backlog can fill; each instance's batch (its oldest due rows, delivered in order over
+//! one kept-alive connection, successes recorded 64 per UPDATE) runs beside the others,
+//! so a slow or dead endpoint holds up only its own instance, and another instance's
+//! event waits at most one attempt timeout even when every slot is taken. The worker
+//! sleeps until a new event or a finished batch wakes it (or the next retry is due).
+//! Retention: a delivered or dead row keeps its payload for
+//! `webhook.payload_retention_secs`, then only its metadata; deleting an instance
+//! deletes its rows. Redelivery by an instance token goes only to the URL the row was
+//! queued for (`target`). This is single-node: two processes on one database
 //! could both send a due row (a lease column would fence that; see the README).
 
 use crate::config::Cidr;
@@ -56,6 +64,8 @@ pub mod entity {
         pub last_error: Option<String>,
         pub created_at: i64,
         pub delivered_at: Option<i64>,
+        /// The webhook URL the row was queued for (`None`: queued before this was kept).
+        pub target: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -108,22 +118,47 @@ impl Outbox {
             last_error: Set(None),
             created_at: Set(now),
             delivered_at: Set(None),
+            target: Set(row.webhook_url.clone()),
         })
         .exec_without_returning(&self.db)
         .await?;
         Ok(Some(id))
     }
 
-    /// Due rows, oldest first, of instances not in `busy` (their batch is running:
-    /// their rows would only be read to be skipped).
-    async fn due(&self, limit: u64, busy: &[String]) -> Result<Vec<entity::Model>, DbErr> {
+    /// Instances with due rows, not in `busy`, the longest-waiting first: at most
+    /// `limit` of them. One entry per instance, however many rows it has queued, so a
+    /// tenant's backlog cannot crowd others out of a pass.
+    async fn due_instances(&self, limit: u64, busy: &[String]) -> Result<Vec<String>, DbErr> {
+        use sea_orm::sea_query::{Alias, Order};
         let mut q = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::InstanceId)
+            .expr_as(
+                sea_orm::sea_query::Func::min(Expr::col(entity::Column::NextAttemptAt)),
+                "first_due",
+            )
             .filter(entity::Column::Status.eq(PENDING))
             .filter(entity::Column::NextAttemptAt.lte(now_ms()));
         if !busy.is_empty() {
             q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
         }
-        q.order_by_asc(entity::Column::NextAttemptAt)
+        let rows: Vec<(String, i64)> = q
+            .group_by(entity::Column::InstanceId)
+            .order_by(Expr::col(Alias::new("first_due")), Order::Asc)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The oldest due rows of one instance, at most `limit`.
+    async fn due_of(&self, instance_id: &str, limit: u64) -> Result<Vec<entity::Model>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .filter(entity::Column::Status.eq(PENDING))
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()))
+            .order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
             .limit(limit)
             .all(&self.db)
@@ -171,6 +206,32 @@ impl Outbox {
             .await
     }
 
+    /// Queues a row again (attempts reset), if `rule` allows it.
+    pub async fn redeliver_checked(
+        &self,
+        instance_id: &str,
+        id: &str,
+        rule: &crate::http::RedeliverRule,
+    ) -> Result<crate::http::Redelivery, DbErr> {
+        use crate::http::Redelivery;
+        let Some(row) = self.get(id).await?.filter(|r| r.instance_id == instance_id) else {
+            return Ok(Redelivery::NotFound);
+        };
+        if row.payload.is_empty() {
+            return Ok(Redelivery::PayloadExpired);
+        }
+        // An instance token may send an event again only to the URL it was queued for:
+        // never old message bodies to a URL set since.
+        if !rule.admin && (row.target.is_none() || row.target != rule.current_url) {
+            return Ok(Redelivery::UrlChanged);
+        }
+        Ok(if self.redeliver(instance_id, id).await? {
+            Redelivery::Queued
+        } else {
+            Redelivery::NotFound
+        })
+    }
+
     /// Queues a row again (attempts reset); `false` when the instance has no such row.
     pub async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
         let _turn = crate::store::db::write_turn(&self.db).await;
@@ -180,6 +241,7 @@ impl Outbox {
             .col_expr(entity::Column::NextAttemptAt, Expr::value(now_ms()))
             .filter(entity::Column::Id.eq(id))
             .filter(entity::Column::InstanceId.eq(instance_id))
+            .filter(entity::Column::Payload.ne(""))
             .exec(&self.db)
             .await?;
         Ok(r.rows_affected > 0)
@@ -218,9 +280,13 @@ impl crate::http::DeliveryLog for Outbox {
             .collect())
     }
 
-    async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
-        let found = Outbox::redeliver(self, instance_id, id).await?;
-        Ok(found)
+    async fn redeliver(
+        &self,
+        instance_id: &str,
+        id: &str,
+        rule: &crate::http::RedeliverRule,
+    ) -> Result<crate::http::Redelivery, DbErr> {
+        self.redeliver_checked(instance_id, id, rule).await
     }
 }
 
@@ -285,7 +351,8 @@ impl WebhookWorker {
 
 async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: Arc<Notify>) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let slots = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+    let max = settings.max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(max));
     let mut tasks = tokio::task::JoinSet::new();
     let busy_now = |busy: &Mutex<HashSet<String>>| -> Vec<String> {
         busy.lock()
@@ -295,56 +362,44 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
             .collect()
     };
     loop {
-        match outbox.due(1024, &busy_now(&busy)).await {
-            Ok(rows) => {
-                // Due rows by instance, oldest first within each.
-                let mut order: Vec<String> = Vec::new();
-                let mut by_instance: std::collections::HashMap<String, Vec<entity::Model>> =
-                    std::collections::HashMap::new();
-                for row in rows {
-                    let list = by_instance.entry(row.instance_id.clone()).or_default();
-                    if list.is_empty() {
-                        order.push(row.instance_id.clone());
-                    }
-                    list.push(row);
-                }
-                for instance_id in order {
-                    let Some(rows) = by_instance.remove(&instance_id) else {
-                        continue;
-                    };
-                    // One batch per instance at a time; this also keeps a row from
-                    // being picked twice while its attempt runs.
-                    {
-                        let mut b = busy.lock().unwrap_or_else(|p| p.into_inner());
-                        if b.contains(&instance_id) {
-                            continue;
-                        }
-                        b.insert(instance_id.clone());
-                    }
-                    let Ok(permit) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let (outbox, settings, busy, wake) =
-                        (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
-                    tasks.spawn(async move {
-                        deliver_batch(&outbox, &settings, &instance_id, rows).await;
+        // One batch per idle instance with due rows, the longest-waiting instances
+        // first, as many as there are free slots.
+        let free = slots.available_permits() as u64;
+        if free > 0 {
+            match outbox.due_instances(free, &busy_now(&busy)).await {
+                Ok(ids) => {
+                    for instance_id in ids {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
                         busy.lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .remove(&instance_id);
-                        drop(permit);
-                        // The instance may have more due rows.
-                        wake.notify_one();
-                    });
+                            .insert(instance_id.clone());
+                        let (outbox, settings, busy, wake) =
+                            (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
+                        tasks.spawn(async move {
+                            deliver_batch(&outbox, &settings, &instance_id).await;
+                            busy.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&instance_id);
+                            drop(permit);
+                            // A slot is free and the instance may have more due rows.
+                            wake.notify_one();
+                        });
+                    }
                 }
+                Err(e) => tracing::error!(error = %e, "reading the webhook outbox failed"),
             }
-            Err(e) => tracing::error!(error = %e, "reading the webhook outbox failed"),
         }
         while tasks.try_join_next().is_some() {}
-        // Sleep until woken, the next due time, or the poll interval.
+        // Sleep until woken (a new event, a batch ending), the next due time of an
+        // idle instance, or the poll interval (a safety net only).
         let mut sleep = settings.poll_interval;
-        if let Ok(Some(next)) = outbox.next_due(&busy_now(&busy)).await {
-            let until = Duration::from_millis((next - now_ms()).max(0) as u64);
-            sleep = sleep.min(until.max(Duration::from_millis(10)));
+        if slots.available_permits() > 0 {
+            if let Ok(Some(next)) = outbox.next_due(&busy_now(&busy)).await {
+                let until = Duration::from_millis((next - now_ms()).max(0) as u64);
+                sleep = sleep.min(until.max(Duration::from_millis(10)));
+            }
         }
         tokio::select! {
             _ = wake.notified() => {}
@@ -357,6 +412,9 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     }
 }
 
+/// Rows one batch of an instance takes.
+const BATCH: u64 = 256;
+
 /// Successful deliveries recorded per UPDATE.
 const RECORD_BATCH: usize = 64;
 
@@ -365,24 +423,8 @@ const RECORD_BATCH: usize = 64;
 /// UPDATE per batch), and the first failure ends the batch (its row is scheduled for a
 /// retry; the rest stay due for the next pass). A crash between a delivery and its
 /// record sends that row again (at-least-once, deduplicated by `webhook-id`).
-async fn deliver_batch(
-    outbox: &Outbox,
-    settings: &WorkerSettings,
-    instance_id: &str,
-    rows: Vec<entity::Model>,
-) {
-    // The row list may be stale (a batch of this instance may have just finished):
-    // only rows that are still due are sent.
-    let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
-    let rows = match entity::Entity::find()
-        .filter(entity::Column::Id.is_in(ids))
-        .filter(entity::Column::Status.eq(PENDING))
-        .filter(entity::Column::NextAttemptAt.lte(now_ms()))
-        .order_by_asc(entity::Column::NextAttemptAt)
-        .order_by_asc(entity::Column::CreatedAt)
-        .all(&outbox.db)
-        .await
-    {
+async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: &str) {
+    let rows = match outbox.due_of(instance_id, BATCH).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "re-reading webhook rows failed");
@@ -423,6 +465,7 @@ async fn deliver_batch(
         timeout: settings.timeout,
         connect_timeout: settings.timeout.min(Duration::from_secs(5)),
         max_redirects: 0,
+        gate: None,
     };
     let mut delivered: Vec<(String, u16)> = Vec::new();
     for row in rows {

@@ -406,12 +406,16 @@ async fn contact_send(
                 ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL")
             })?;
             let name = util::file_name_from_url(&parsed);
+            let hold = api.media.hold();
             let fetched = crate::net::fetch::fetch(
                 url,
-                &api.fetch_policy(api.config.limits.max_document_bytes),
+                &api.fetch_policy(api.config.limits.max_document_bytes, &hold),
             )
             .await
-            .map_err(|e| ApiError::bad_request(e.api_code(), e.to_string()))?;
+            .map_err(|e| match e {
+                crate::net::fetch::FetchError::Busy => crate::http::budget::busy(),
+                e => ApiError::bad_request(e.api_code(), e.to_string()),
+            })?;
             let media_type = match kind {
                 MediaKind::Image => whatsapp_rust::download::MediaType::Image,
                 MediaKind::Video => whatsapp_rust::download::MediaType::Video,

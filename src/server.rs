@@ -77,6 +77,7 @@ pub async fn run_with(
         Retention {
             days: config.messages.retention_days,
             max_rows_per_instance: config.messages.retention_max_rows,
+            payload_ms: Some(config.webhook.payload_retention.as_millis() as i64),
         },
         idempotency_keys(&config, &db),
         config.messages.prune_interval,
@@ -188,6 +189,7 @@ pub async fn build_api(
         ),
         login_backoff: Default::default(),
         sockets: Default::default(),
+        media: crate::http::budget::MediaBudget::new(config.limits.max_media_in_flight_bytes),
         governor: SendGovernor::new(GovernorSettings {
             per_sec: config.limits.send_per_sec,
             burst: config.limits.send_burst,

@@ -969,6 +969,7 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
             Retention {
                 days: 30,
                 max_rows_per_instance: 0,
+                payload_ms: None,
             },
             now,
         )
@@ -990,6 +991,7 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
             Retention {
                 days: 30,
                 max_rows_per_instance: 2,
+                payload_ms: None,
             },
             now,
         )

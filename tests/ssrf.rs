@@ -89,6 +89,7 @@ fn policy(allowed: &[&str]) -> FetchPolicy {
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
         max_redirects: 3,
+        gate: None,
     }
 }
 

@@ -7,7 +7,8 @@
 //! - whatsapp-rust session storage (`m20261123_000002_whatsapp_store`): the
 //!   tables behind our implementation of whatsapp-rust's `Backend` traits;
 //! - the durable message path (`m20261203_000003_message_log`): message log,
-//!   status timeline, event log (cursors), idempotency keys, webhook event filter.
+//!   status timeline, event log (cursors), idempotency keys, webhook event filter;
+//! - the URL each webhook outbox row was queued for (`m20261204_000004_outbox_target`).
 //!
 //! Migrations run at server start and through `sudevwa migrate`.
 
@@ -16,6 +17,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_app_tables;
 mod m20261123_000002_whatsapp_store;
 mod m20261203_000003_message_log;
+mod m20261204_000004_outbox_target;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -27,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_app_tables::Migration),
             Box::new(m20261123_000002_whatsapp_store::Migration),
             Box::new(m20261203_000003_message_log::Migration),
+            Box::new(m20261204_000004_outbox_target::Migration),
         ]
     }
 }

@@ -911,6 +911,8 @@ struct MediaInput {
     mimetype: String,
     file_name: String,
     caption: Option<String>,
+    /// The file's room under the media cap, held until the send ends.
+    hold: super::budget::Hold,
 }
 
 fn cap_for(api: &Shared, kind: MediaKind) -> u64 {
@@ -949,6 +951,7 @@ fn media_type_field(v: &Option<String>) -> Result<Option<MediaKind>, ApiError> {
 struct Upload {
     fields: HashMap<String, String>,
     file: Option<(String, Option<String>, Vec<u8>)>,
+    hold: super::budget::Hold,
 }
 
 async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Upload, ApiError> {
@@ -966,6 +969,7 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
     let mut up = Upload {
         fields: HashMap::new(),
         file: None,
+        hold: api.media.hold(),
     };
     let bad = || ApiError::bad_request("INVALID_REQUEST", "Multipart body could not be read");
     let mut form = std::pin::pin!(form);
@@ -973,11 +977,13 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
         let name = part.name().to_string();
         let file_name = part.filename().map(str::to_string);
         let ctype = part.content_type().map(str::to_string);
-        let mut data = Vec::new();
+        // Chunks are kept as they come and joined once (no doubling copies).
+        let mut chunks: Vec<bytes::Bytes> = Vec::new();
+        let mut len = 0usize;
         let mut stream = std::pin::pin!(part.stream());
         let limit = if name == "file" { max_cap } else { MAX_FIELD };
         while let Some(mut chunk) = stream.try_next().await.map_err(|_| bad())? {
-            if (data.len() + chunk.remaining()) as u64 > limit {
+            if (len + chunk.remaining()) as u64 > limit {
                 return Err(if name == "file" {
                     ApiError::bad_request(
                         "FILE_TOO_LARGE",
@@ -987,12 +993,15 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
                     ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is too long"))
                 });
             }
-            while chunk.has_remaining() {
-                let c = chunk.chunk();
-                data.extend_from_slice(c);
-                let n = c.len();
-                chunk.advance(n);
+            if name == "file" && !up.hold.take(chunk.remaining() as u64) {
+                return Err(super::budget::busy());
             }
+            len += chunk.remaining();
+            chunks.push(chunk.copy_to_bytes(chunk.remaining()));
+        }
+        let mut data = Vec::with_capacity(len);
+        for c in chunks.drain(..) {
+            data.extend_from_slice(&c);
         }
         if name == "file" {
             up.file = Some((file_name.unwrap_or_else(|| "file".to_string()), ctype, data));
@@ -1036,6 +1045,7 @@ fn upload_media(api: &Shared, up: Upload, target: &str) -> Result<(String, Media
             mimetype,
             file_name,
             caption,
+            hold: up.hold,
         },
     ))
 }
@@ -1053,10 +1063,12 @@ async fn url_media(api: &Shared, b: &MediaUrlBody) -> Result<MediaInput, ApiErro
         .unwrap_or_else(|| util::file_name_from_url(&url));
     let kind = declared.unwrap_or_else(|| util::media_kind_for(&url_name));
     let cap = cap_for(api, kind);
-    let fetched = fetch::fetch(url.as_str(), &api.fetch_policy(cap))
+    let hold = api.media.hold();
+    let fetched = fetch::fetch(url.as_str(), &api.fetch_policy(cap, &hold))
         .await
         .map_err(|e| match e {
             fetch::FetchError::TooLarge(_) => too_large(kind, cap),
+            fetch::FetchError::Busy => super::budget::busy(),
             other => ApiError::bad_request(other.api_code(), capitalize(&other.to_string())),
         })?;
     let mimetype = util::mimetype_for(&url_name, fetched.content_type.as_deref());
@@ -1066,6 +1078,7 @@ async fn url_media(api: &Shared, b: &MediaUrlBody) -> Result<MediaInput, ApiErro
         mimetype,
         file_name: url_name,
         caption: b.caption.clone().filter(|c| !c.is_empty()),
+        hold,
     })
 }
 
@@ -1100,6 +1113,9 @@ async fn send_media_once(
     message_id: Option<String>,
 ) -> Result<Value, ApiError> {
     let (kind, size, file_name) = (m.kind, m.bytes.len(), m.file_name.clone());
+    // Kept until the actor answers: the upload holds the bytes (and their encrypted
+    // copy) until then.
+    let _hold = m.hold;
     let media = OutgoingMedia {
         kind: m.kind,
         bytes: m.bytes,
@@ -1472,6 +1488,13 @@ fn events_shown(events: &Option<Vec<String>>) -> Value {
 /// turns the webhook off.
 pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     guard(&p, &id)?;
+    if !p.is_admin() && !api.config.webhook.instance_tokens_set_url {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "On this server only an admin may set webhook URLs (webhook.instance_tokens_set_url = false)",
+        ));
+    }
     let b: WebhookBody = parse(&body)?;
     let events = webhook_events(&b.events)?;
     let url = b.url.map(|u| u.trim().to_string()).unwrap_or_default();
@@ -1553,17 +1576,38 @@ pub async fn webhook_log(id: String, p: Principal, api: Shared) -> R {
 
 /// `POST /api/instances/:id/webhooks/:delivery/redeliver`.
 pub async fn webhook_redeliver(id: String, delivery: String, p: Principal, api: Shared) -> R {
-    instance(&api, &p, &id).await?;
-    let found = match &api.webhooks {
-        Some(o) => o.redeliver(&id, &delivery).await.map_err(db_error)?,
-        None => false,
+    let row = instance(&api, &p, &id).await?;
+    let rule = super::RedeliverRule {
+        admin: p.is_admin(),
+        current_url: row.webhook_url.clone(),
     };
-    if !found {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "DELIVERY_NOT_FOUND",
-            "No such delivery",
-        ));
+    let outcome = match &api.webhooks {
+        Some(o) => o.redeliver(&id, &delivery, &rule).await.map_err(db_error)?,
+        None => super::Redelivery::NotFound,
+    };
+    match outcome {
+        super::Redelivery::Queued => {}
+        super::Redelivery::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "DELIVERY_NOT_FOUND",
+                "No such delivery",
+            ))
+        }
+        super::Redelivery::PayloadExpired => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "PAYLOAD_EXPIRED",
+                "This event's payload is past its retention (webhook.payload_retention_secs); it cannot be sent again",
+            ))
+        }
+        super::Redelivery::UrlChanged => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "The webhook URL changed since this event was queued; only an admin may send it again",
+            ))
+        }
     }
     Ok(ok(
         "Delivery queued again",

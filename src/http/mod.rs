@@ -9,6 +9,7 @@
 //! [`error::ApiError`].
 
 pub mod auth;
+pub mod budget;
 pub mod conn;
 pub mod error;
 pub(crate) mod handlers;
@@ -57,6 +58,8 @@ pub struct Api {
     pub login_backoff: ratelimit::LoginBackoff,
     /// Open sockets, to cap them and close them when their credentials go.
     pub sockets: ws::Sockets,
+    /// Media bytes held by requests (`limits.max_media_in_flight_bytes`).
+    pub media: budget::MediaBudget,
     /// Optional per-instance send pacing.
     pub governor: ratelimit::SendGovernor,
     /// The webhook delivery log.
@@ -76,20 +79,46 @@ pub trait DeliveryLog: Send + Sync + 'static {
         instance_id: &str,
         limit: u64,
     ) -> Result<Vec<serde_json::Value>, sea_orm::DbErr>;
-    /// Queues one delivery again; `false` when the instance has no such delivery.
-    async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, sea_orm::DbErr>;
+    /// Queues one delivery again if `rule` allows it.
+    async fn redeliver(
+        &self,
+        instance_id: &str,
+        id: &str,
+        rule: &RedeliverRule,
+    ) -> Result<Redelivery, sea_orm::DbErr>;
+}
+
+/// Who asks for a redelivery, and where the webhook points now.
+#[derive(Debug, Clone)]
+pub struct RedeliverRule {
+    pub admin: bool,
+    pub current_url: Option<String>,
+}
+
+/// What a redelivery request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    Queued,
+    NotFound,
+    /// The payload was dropped by retention (`webhook.payload_retention_secs`).
+    PayloadExpired,
+    /// An instance token asked for an event queued for another URL than today's.
+    UrlChanged,
 }
 
 /// Shared handle on [`Api`].
 pub type Shared = Arc<Api>;
 
 impl Api {
-    /// The fetch policy for media URLs of `max_bytes`.
-    pub fn fetch_policy(&self, max_bytes: u64) -> FetchPolicy {
+    /// The fetch policy for media URLs of `max_bytes`, counting what it keeps against
+    /// `hold`.
+    pub fn fetch_policy(&self, max_bytes: u64, hold: &budget::Hold) -> FetchPolicy {
+        let hold = hold.clone();
         FetchPolicy {
             allowed_targets: self.config.webhook.allowed_targets.clone(),
             allowed_ports: self.config.webhook.allowed_ports.clone(),
             max_bytes,
+            gate: Some(crate::net::fetch::ByteGate(Arc::new(move |n| hold.take(n)))),
             ..FetchPolicy::default()
         }
     }

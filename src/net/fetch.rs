@@ -39,6 +39,19 @@ pub struct FetchPolicy {
     pub connect_timeout: Duration,
     /// Redirect hops followed.
     pub max_redirects: usize,
+    /// Asked before each body chunk is kept (the server's media memory cap); a `false`
+    /// ends the fetch with [`FetchError::Busy`].
+    pub gate: Option<ByteGate>,
+}
+
+/// A check on bytes about to be held (see [`FetchPolicy::gate`]).
+#[derive(Clone)]
+pub struct ByteGate(pub Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ByteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ByteGate")
+    }
 }
 
 impl Default for FetchPolicy {
@@ -50,6 +63,7 @@ impl Default for FetchPolicy {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_redirects: 3,
+            gate: None,
         }
     }
 }
@@ -87,6 +101,8 @@ pub enum FetchError {
     Status(u16),
     #[error("download failed")]
     Transport,
+    #[error("the server is holding as much media as it may; retry shortly")]
+    Busy,
 }
 
 impl FetchError {
@@ -310,10 +326,21 @@ async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, Fetc
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut bytes = Vec::new();
+        // Sized once when the length is announced (no doubling copies on the way).
+        let mut bytes = Vec::with_capacity(
+            resp.content_length()
+                .unwrap_or(0)
+                .min(policy.max_bytes)
+                .min(64 * 1024 * 1024) as usize,
+        );
         while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
             if bytes.len() as u64 + chunk.len() as u64 > policy.max_bytes {
                 return Err(FetchError::TooLarge(policy.max_bytes));
+            }
+            if let Some(gate) = &policy.gate {
+                if !(gate.0)(chunk.len() as u64) {
+                    return Err(FetchError::Busy);
+                }
             }
             bytes.extend_from_slice(&chunk);
         }

@@ -151,6 +151,15 @@ fn now_ms() -> i64 {
 }
 
 /// Whether the filter (stored JSON array, `None` = default) takes `event`.
+/// An instance's webhook as the journal queues for it.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// The URL rows are queued for (kept on each row as `target`).
+    pub url: String,
+    /// The event filter (`None`: the default set).
+    pub events: Option<String>,
+}
+
 pub fn filter_takes(filter: Option<&str>, event: &str) -> bool {
     match filter {
         None => MESSAGE_EVENTS.contains(&event),
@@ -215,6 +224,8 @@ pub struct Pruned {
     pub statuses: u64,
     pub events: u64,
     pub outbox: u64,
+    /// Delivered or dead outbox rows whose payload was dropped (metadata kept).
+    pub payloads: u64,
 }
 
 /// Retention of the message log and the event log.
@@ -224,6 +235,9 @@ pub struct Retention {
     pub days: u32,
     /// At most this many messages per instance (the oldest go first); 0: no cap.
     pub max_rows_per_instance: u64,
+    /// Delivered (or dead) webhook events keep their payload this long; then only
+    /// their metadata. `None`: forever.
+    pub payload_ms: Option<i64>,
 }
 
 /// The message log, status timeline, event log and outbox writer.
@@ -244,7 +258,7 @@ pub struct Journal {
     /// Each instance's webhook filter as last read, with the settings generation it was
     /// read at (see `instances::webhook_settings_generation`): one row read per change,
     /// not one per event.
-    webhook_cache: Arc<std::sync::Mutex<HashMap<String, (u64, Option<Option<String>>)>>>,
+    webhook_cache: Arc<std::sync::Mutex<HashMap<String, (u64, Option<Hook>)>>>,
 }
 
 /// Entries kept in the webhook-filter cache before it is emptied (bounded memory).
@@ -291,8 +305,9 @@ impl Journal {
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
 
-    /// The webhook target's filter, when the instance has a webhook and webhooks are on.
-    async fn webhook_filter(&self, instance_id: &str) -> Result<Option<Option<String>>, DbErr> {
+    /// The webhook's URL and event filter, when the instance has a webhook and webhooks
+    /// are on.
+    async fn webhook_filter(&self, instance_id: &str) -> Result<Option<Hook>, DbErr> {
         if !self.webhooks {
             return Ok(None);
         }
@@ -307,9 +322,12 @@ impl Journal {
         let row = instance::Entity::find_by_id(instance_id.to_string())
             .one(&self.db)
             .await?;
-        let v = row
-            .filter(|r| r.webhook_url.is_some())
-            .map(|r| r.webhook_events);
+        let v = row.and_then(|r| {
+            r.webhook_url.map(|url| Hook {
+                url,
+                events: r.webhook_events,
+            })
+        });
         if let Ok(mut cache) = self.webhook_cache.lock() {
             if cache.len() >= WEBHOOK_CACHE_MAX {
                 cache.clear();
@@ -325,7 +343,7 @@ impl Journal {
         instance_id: &str,
         event: &str,
         envelope: &Value,
-        webhook: &Option<Option<String>>,
+        webhook: &Option<Hook>,
         now: i64,
     ) -> Result<(LiveEvent, bool), DbErr> {
         let payload = envelope.to_string();
@@ -341,8 +359,8 @@ impl Journal {
         let seq = res.last_insert_id;
         let json = event_json(&payload, seq);
         let mut queued = false;
-        if let Some(filter) = webhook {
-            if filter_takes(filter.as_deref(), event) {
+        if let Some(hook) = webhook {
+            if filter_takes(hook.events.as_deref(), event) {
                 outbox::Entity::insert(outbox::ActiveModel {
                     id: Set(format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()))),
                     instance_id: Set(instance_id.to_string()),
@@ -355,6 +373,7 @@ impl Journal {
                     last_error: Set(None),
                     created_at: Set(now),
                     delivered_at: Set(None),
+                    target: Set(Some(hook.url.clone())),
                 })
                 .exec_without_returning(txn)
                 .await?;
@@ -532,7 +551,7 @@ impl Journal {
     async fn status_in(
         txn: &sea_orm::DatabaseTransaction,
         st: &MessageStatus,
-        webhook: &Option<Option<String>>,
+        webhook: &Option<Hook>,
         now: i64,
     ) -> Result<(Option<LiveEvent>, bool), DbErr> {
         let at = if st.timestamp > 0 {
@@ -712,6 +731,23 @@ impl Journal {
     /// once delivered or dead.
     pub async fn prune_at(&self, r: Retention, now: i64) -> Result<Pruned, DbErr> {
         let mut p = Pruned::default();
+        if let Some(keep) = r.payload_ms {
+            let cutoff = now - keep;
+            let _turn = crate::store::db::write_turn(&self.db).await;
+            for (status, at) in [
+                (crate::outbox::DELIVERED, outbox::Column::DeliveredAt),
+                (crate::outbox::DEAD, outbox::Column::NextAttemptAt),
+            ] {
+                p.payloads += outbox::Entity::update_many()
+                    .col_expr(outbox::Column::Payload, Expr::value(""))
+                    .filter(outbox::Column::Status.eq(status))
+                    .filter(outbox::Column::Payload.ne(""))
+                    .filter(at.lt(cutoff))
+                    .exec(&self.db)
+                    .await?
+                    .rows_affected;
+            }
+        }
         if r.days > 0 {
             let cutoff = now - i64::from(r.days) * 86_400_000;
             p.messages += message::Entity::delete_many()
@@ -780,7 +816,7 @@ impl Journal {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if r.days > 0 || r.max_rows_per_instance > 0 {
+                if r.days > 0 || r.max_rows_per_instance > 0 || r.payload_ms.is_some() {
                     match self.prune_at(r, now_ms()).await {
                         Ok(p) if p != Pruned::default() => tracing::info!(?p, "retention pruned"),
                         Ok(_) => {}
