@@ -259,7 +259,7 @@ fn migrate_subcommand_creates_every_table() {
         .expect("python3 sqlite3");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("3"), "every migration recorded: {text}");
+    assert_eq!(lines.next(), Some("4"), "every migration recorded: {text}");
     let tables = lines.next().unwrap_or_default();
     for t in [
         "instances",
@@ -321,7 +321,7 @@ async fn runs_on_postgresql() {
         .expect("query")
         .expect("one row");
     let n: i64 = row.try_get("", "n").expect("count");
-    assert_eq!(n, 3, "every migration applied on PostgreSQL");
+    assert_eq!(n, 4, "every migration applied on PostgreSQL");
     db.close().await.ok();
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -452,6 +452,8 @@ pub async fn login_jwt(body: Bytes, ip: std::net::IpAddr, api: Shared) -> R {
     }
     // Per account, from any address: a spread-out guess at one password waits too.
     api.login_backoff.check(&username).map_err(|retry| {
+        // Still a guess from this address: it counts against the address too.
+        let _ = api.auth_failures.check(&ip);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",
@@ -954,7 +956,15 @@ struct Upload {
     hold: super::budget::Hold,
 }
 
-async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Upload, ApiError> {
+/// A multipart upload and its announced length.
+pub struct MediaForm {
+    /// The request's `Content-Length` (absent with chunked bodies).
+    pub len: Option<u64>,
+    pub form: warp::multipart::FormData,
+}
+
+async fn read_upload(api: &Shared, form: MediaForm) -> Result<Upload, ApiError> {
+    let MediaForm { len: announced, form } = form;
     use bytes::Buf;
     let max_cap = [
         MediaKind::Image,
@@ -972,6 +982,13 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
         hold: api.media.hold(),
     };
     let bad = || ApiError::bad_request("INVALID_REQUEST", "Multipart body could not be read");
+    // With a length announced, the whole room is taken (or refused) before the first
+    // byte is read: concurrent uploads cannot each take a part and starve together.
+    let prepaid = announced.unwrap_or(0).min(max_cap);
+    if prepaid > 0 && !up.hold.take(prepaid) {
+        return Err(super::budget::busy());
+    }
+    let mut file_bytes = 0u64;
     let mut form = std::pin::pin!(form);
     while let Some(part) = form.try_next().await.map_err(|_| bad())? {
         let name = part.name().to_string();
@@ -993,8 +1010,14 @@ async fn read_upload(api: &Shared, form: warp::multipart::FormData) -> Result<Up
                     ApiError::bad_request("VALIDATION_ERROR", format!("field {name} is too long"))
                 });
             }
-            if name == "file" && !up.hold.take(chunk.remaining() as u64) {
-                return Err(super::budget::busy());
+            if name == "file" {
+                let n = chunk.remaining() as u64;
+                // Only bytes beyond the prepaid room are taken now.
+                let beyond = (file_bytes + n).saturating_sub(prepaid.max(file_bytes));
+                if beyond > 0 && !up.hold.take(beyond) {
+                    return Err(super::budget::busy());
+                }
+                file_bytes += n;
             }
             len += chunk.remaining();
             chunks.push(chunk.copy_to_bytes(chunk.remaining()));
@@ -1215,7 +1238,7 @@ fn media_url_body(body: &Bytes, group: bool) -> Result<MediaUrlBody, ApiError> {
 pub async fn send_media_file(
     id: String,
     p: Principal,
-    form: warp::multipart::FormData,
+    form: MediaForm,
     key: Option<String>,
     api: Shared,
 ) -> R {
@@ -1264,7 +1287,7 @@ pub async fn send_media_url_by_number(
 pub async fn send_media_file_by_number(
     phone: String,
     p: Principal,
-    form: warp::multipart::FormData,
+    form: MediaForm,
     key: Option<String>,
     api: Shared,
 ) -> R {
@@ -1380,7 +1403,7 @@ pub async fn group_text_by_number(
 pub async fn group_media_file(
     id: String,
     p: Principal,
-    form: warp::multipart::FormData,
+    form: MediaForm,
     key: Option<String>,
     api: Shared,
 ) -> R {
@@ -1414,7 +1437,7 @@ pub async fn group_media_url(
 pub async fn group_media_file_by_number(
     phone: String,
     p: Principal,
-    form: warp::multipart::FormData,
+    form: MediaForm,
     key: Option<String>,
     api: Shared,
 ) -> R {

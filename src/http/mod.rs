@@ -466,7 +466,11 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .max_document_bytes
         .max(api.config.limits.max_video_bytes)
         + 1024 * 1024;
-    let multipart = move || warp::multipart::form().max_length(media_limit);
+    let multipart = move || {
+        warp::header::optional::<u64>("content-length")
+            .and(warp::multipart::form().max_length(media_limit))
+            .map(|len, form| handlers::MediaForm { len, form })
+    };
     // The raw `Idempotency-Key` (checked by the handler, after the instance scope, so a
     // malformed key is a VALIDATION_ERROR rather than a header rejection).
     let idem = || {
