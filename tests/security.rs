@@ -878,3 +878,83 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
     );
     drop(child);
 }
+
+/// Runs one SQL statement on the server's SQLite file (between runs, or read-only).
+async fn sqlite(srv_dir: &std::path::Path, sql: &str, values: Vec<sea_orm::Value>) -> Vec<sea_orm::QueryResult> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = sea_orm::Database::connect(format!("sqlite://{}/db.sqlite", srv_dir.display()))
+        .await
+        .unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Sqlite,
+            sql,
+            values,
+        ))
+        .await
+        .unwrap();
+    let _ = db.close().await;
+    rows
+}
+
+/// The generated login is checked with the round count stored beside its hash (off
+/// the async workers), and an instance token's use is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stored_login_uses_its_round_count_and_token_use_is_recorded() {
+    let net = MockNetwork::start().await.unwrap();
+    // No login configured: the first start generates one and stores its hash.
+    let no_login = [("APP_LOGIN_USERNAME", ""), ("APP_LOGIN_PASSWORD", "")];
+    let srv = TestServer::start(&net, "sec-login", &no_login).await;
+    let (id, token) = srv.create_instance().await;
+    let (s, _) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(s, 200);
+    let dir = srv.dir.clone();
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let rows = sqlite(
+            &dir,
+            "SELECT last_used_at FROM api_tokens WHERE instance_id = ?",
+            vec![id.clone().into()],
+        )
+        .await;
+        let used: Option<i64> = rows[0].try_get("", "last_used_at").unwrap();
+        if used.is_some_and(|t| t > 0) {
+            break;
+        }
+        assert!(Instant::now() < until, "the token's last use was never recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    srv.stop().await;
+
+    // An operator's hash made with 1,000 rounds (not the default 100,000).
+    let salt = "0123456789abcdef";
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha256>(b"thousand-rounds", salt.as_bytes(), 1000, &mut out);
+    let value = format!("pbkdf2-sha256$1000${salt}${}", hex::encode(out));
+    sqlite(
+        &dir,
+        "UPDATE settings SET value = ? WHERE key = 'login:admin'",
+        vec![value.into()],
+    )
+    .await;
+    let srv = TestServer::start_in(&net, dir, &no_login).await;
+    let login = |password: &'static str| {
+        srv.http
+            .post(srv.url("/login-jwt"))
+            .json(&json!({"username": "admin", "password": password}))
+            .send()
+    };
+    assert_eq!(login("thousand-rounds").await.unwrap().status(), 200);
+    assert_eq!(login("wrong").await.unwrap().status(), 401);
+    // Parallel guesses are hashed off the async workers: the server keeps answering.
+    let guesses: Vec<_> = (0..8).map(|_| tokio::spawn(login("wrong"))).collect();
+    let (s, _) = srv.call("GET", "/", None, None).await;
+    assert_eq!(s, 200);
+    for g in guesses {
+        let s = g.await.unwrap().unwrap().status().as_u16();
+        assert!([401, 429].contains(&s), "{s}");
+    }
+    srv.stop().await;
+}

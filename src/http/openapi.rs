@@ -91,6 +91,7 @@ const MEDIA_ERRORS: &[&str] = &[
     "UPLOAD_FAILED",
     "SEND_FAILED",
     "INSTANCE_BUSY",
+    "SERVER_BUSY",
 ];
 const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
 const GROUP_ERRORS: &[&str] = &[
@@ -125,7 +126,7 @@ pub const ROUTES: &[RouteDoc] = &[
     route!("get", "/docs", "docs", "This documentation as a web page (public, static)", false, Body::None, &[]),
     route!("get", "/api/openapi.json", "docs", "This document", true, Body::None, &[]),
     route!("post", "/login-jwt", "auth", "Exchange the login credentials for an admin JWT (public)", false,
-        Body::Json(&[("username", "string", true), ("password", "string", true)]), &["VALIDATION_ERROR", "INVALID_CREDENTIALS"]),
+        Body::Json(&[("username", "string", true), ("password", "string", true)]), &["VALIDATION_ERROR", "INVALID_CREDENTIALS", "RATE_LIMITED"]),
     route!("get", "/api/validate", "auth", "Check a token", true, Body::None, &[]),
     route!("post", "/api/login", "instances", "Create an instance (admin); returns its instance token", true,
         Body::Json(&[("device_name", "string", false)]), &["VALIDATION_ERROR", "FORBIDDEN"]),
@@ -165,16 +166,16 @@ pub const ROUTES: &[RouteDoc] = &[
         Body::Json(&[("url", "string", true), ("secret", "string", false), ("events", "array", false)]), &["VALIDATION_ERROR", "INVALID_WEBHOOK_URL", "SESSION_NOT_FOUND", "FORBIDDEN"]),
     route!("get", "/api/instances/{id}/webhooks", "webhooks", "Recent webhook deliveries", true, Body::None, INSTANCE),
     route!("post", "/api/instances/{id}/webhooks/{delivery}/redeliver", "webhooks", "Deliver one event again", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "DELIVERY_NOT_FOUND"]),
+        &["SESSION_NOT_FOUND", "FORBIDDEN", "DELIVERY_NOT_FOUND", "PAYLOAD_EXPIRED"]),
     route!("get", "/api/instances/{id}/messages", "log", "The message log, newest first (query: chat, direction=in|out, since, before, limit 1-500, cursor)", true, Body::None,
         &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
     route!("get", "/api/instances/{id}/messages/{messageId}", "log", "One message with its status timeline", true, Body::None,
         &["SESSION_NOT_FOUND", "FORBIDDEN", "MESSAGE_NOT_FOUND"]),
     route!("get", "/api/instances/{id}/events", "log", "The instance's events from the durable log, oldest first (query: after=cursor, limit 1-1000)", true, Body::None,
         &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
-    route!("get", "/ws", "events", "WebSocket: lifecycle events (QR_GENERATED, QR_SUCCESS, QR_TIMEOUT, QR_CANCELLED, INSTANCE_STATUS_CHANGED, INSTANCE_ERROR)", true, Body::None, &[]),
+    route!("get", "/ws", "events", "WebSocket: lifecycle events (QR_GENERATED, QR_SUCCESS, QR_TIMEOUT, QR_CANCELLED, INSTANCE_STATUS_CHANGED, INSTANCE_ERROR)", true, Body::None, &["RATE_LIMITED"]),
     route!("get", "/api/listen/{id}", "events", "WebSocket: the instance's incoming_message and message_status events (?after=cursor replays the stored ones first)", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED"]),
+        &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED", "RATE_LIMITED"]),
 ];
 
 fn status_of(code: &str) -> u16 {
@@ -185,7 +186,9 @@ fn status_of(code: &str) -> u16 {
         "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_KEY_IN_PROGRESS" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
-        "INSTANCE_BUSY" => 503,
+        "INSTANCE_BUSY" | "SERVER_BUSY" => 503,
+        "PAYLOAD_EXPIRED" => 410,
+        "RATE_LIMITED" => 429,
         _ => 400,
     }
 }
