@@ -1010,10 +1010,12 @@ fn validate(raw: RawConfig, env: &BTreeMap<String, String>) -> Result<Config, Co
             .allowed_ports
             .iter()
             .map(|p| {
-                u16::try_from(*p)
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| c.err("webhook.allowed_ports", format!("{p} is not a port (1-65535)")))
+                u16::try_from(*p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                    c.err(
+                        "webhook.allowed_ports",
+                        format!("{p} is not a port (1-65535)"),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?,
         payload_retention: c.secs(

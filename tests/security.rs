@@ -90,7 +90,9 @@ async fn sockets_close_when_their_credentials_or_instance_go() {
     let srv = TestServer::start(&net, "sec-sockets", &[]).await;
     let (a, ta) = srv.paired_instance(&net, "6281100000101").await;
 
-    let mut listen_a = open_ws(&srv, &format!("/api/listen/{a}"), &ta).await.unwrap();
+    let mut listen_a = open_ws(&srv, &format!("/api/listen/{a}"), &ta)
+        .await
+        .unwrap();
     let mut ws_a = open_ws(&srv, "/ws", &ta).await.unwrap();
     let mut admin_listen = open_ws(&srv, &format!("/api/listen/{a}"), ADMIN_KEY)
         .await
@@ -111,11 +113,15 @@ async fn sockets_close_when_their_credentials_or_instance_go() {
     );
     assert_eq!(closed(&mut ws_a, "/ws after revoke").await.0, 4001);
     assert!(
-        open_ws(&srv, &format!("/api/listen/{a}"), &ta).await.is_err(),
+        open_ws(&srv, &format!("/api/listen/{a}"), &ta)
+            .await
+            .is_err(),
         "the revoked token cannot open a new one"
     );
     // The admin's socket was not opened with those tokens: still live.
-    erin.send_text("6281100000101", "after revoke").await.unwrap();
+    erin.send_text("6281100000101", "after revoke")
+        .await
+        .unwrap();
     assert!(next_text(&mut admin_listen).await.contains("after revoke"));
 
     // Logging the instance out closes its listen sockets, whoever opened them.
@@ -128,9 +134,13 @@ async fn sockets_close_when_their_credentials_or_instance_go() {
 
     // Deleting an instance closes every socket of it.
     let (b, tb) = srv.create_instance().await;
-    let mut listen_b = open_ws(&srv, &format!("/api/listen/{b}"), &tb).await.unwrap();
+    let mut listen_b = open_ws(&srv, &format!("/api/listen/{b}"), &tb)
+        .await
+        .unwrap();
     let mut ws_b = open_ws(&srv, "/ws", &tb).await.unwrap();
-    let (s, v) = srv.admin("DELETE", &format!("/api/instances/{b}"), None).await;
+    let (s, v) = srv
+        .admin("DELETE", &format!("/api/instances/{b}"), None)
+        .await;
     assert_eq!(s, 200, "{v}");
     let code_b = closed(&mut listen_b, "listen socket after delete").await.0;
     assert!([4001, 4004].contains(&code_b), "{code_b}");
@@ -165,12 +175,18 @@ async fn socket_caps_and_message_size_hold() {
         mine.push(open_ws(&srv, "/ws", &ta).await.unwrap());
     }
     let refused = open_ws(&srv, "/ws", &ta).await.unwrap_err();
-    assert!(refused.contains("429"), "a 4th socket on one token: {refused}");
+    assert!(
+        refused.contains("429"),
+        "a 4th socket on one token: {refused}"
+    );
     // Other credentials from the same address, up to the address's cap.
     mine.push(open_ws(&srv, "/ws", ADMIN_KEY).await.unwrap());
     mine.push(open_ws(&srv, "/ws", ADMIN_KEY).await.unwrap());
     let refused = open_ws(&srv, "/ws", ADMIN_KEY).await.unwrap_err();
-    assert!(refused.contains("429"), "a 6th socket from one address: {refused}");
+    assert!(
+        refused.contains("429"),
+        "a 6th socket from one address: {refused}"
+    );
     // Closing one gives its place back.
     let mut first = mine.remove(0);
     first.close(None).await.unwrap();
@@ -257,7 +273,9 @@ async fn half_sent_requests_are_cut_off_and_connection_caps_hold() {
     );
     // The places are free again, and an idle kept-alive connection is closed too.
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 512];
     let n = s.read(&mut buf).await.unwrap();
     assert!(
@@ -303,18 +321,20 @@ impl Hook {
     async fn start(hang: bool) -> Self {
         let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
         let b = bodies.clone();
-        let route = warp::post().and(warp::body::bytes()).then(move |body: bytes::Bytes| {
-            let b = b.clone();
-            async move {
-                b.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&body).into_owned());
-                if hang {
-                    std::future::pending::<()>().await;
+        let route = warp::post()
+            .and(warp::body::bytes())
+            .then(move |body: bytes::Bytes| {
+                let b = b.clone();
+                async move {
+                    b.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    warp::reply()
                 }
-                warp::reply()
-            }
-        });
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -349,48 +369,27 @@ async fn set_hook(srv: &TestServer, id: &str, token: &str, url: &str) -> (u16, V
 
 /// Pending outbox rows of an instance, read from the server's SQLite file.
 async fn pending_rows(srv: &TestServer, id: &str) -> i64 {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = sea_orm::Database::connect(format!(
-        "sqlite://{}/db.sqlite?mode=ro",
-        srv.dir.display()
-    ))
-    .await
-    .unwrap();
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Sqlite,
-            "SELECT COUNT(*) AS n FROM webhook_outbox WHERE instance_id = ? AND status = 'pending'",
-            [id.into()],
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    let n: i64 = row.try_get("", "n").unwrap();
-    let _ = db.close().await;
-    n
+    let rows = sqlite(
+        &srv.dir,
+        "SELECT COUNT(*) AS n FROM webhook_outbox WHERE instance_id = ? AND status = 'pending'",
+        vec![id.into()],
+    )
+    .await;
+    rows[0].try_get("", "n").unwrap()
 }
 
 /// An outbox row's payload, read from the server's SQLite file.
 async fn outbox_payload(srv: &TestServer, id: &str) -> String {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = sea_orm::Database::connect(format!(
-        "sqlite://{}/db.sqlite?mode=ro",
-        srv.dir.display()
-    ))
-    .await
-    .unwrap();
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Sqlite,
-            "SELECT payload FROM webhook_outbox WHERE id = ?",
-            [id.into()],
-        ))
-        .await
+    let rows = sqlite(
+        &srv.dir,
+        "SELECT payload FROM webhook_outbox WHERE id = ?",
+        vec![id.into()],
+    )
+    .await;
+    rows.first()
+        .expect("the row exists")
+        .try_get("", "payload")
         .unwrap()
-        .expect("the row exists");
-    let p: String = row.try_get("", "payload").unwrap();
-    let _ = db.close().await;
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,7 +466,12 @@ async fn old_events_cannot_be_redelivered_to_a_new_url_by_an_instance_token() {
         let a = a.clone();
         async move {
             let (s, v) = srv
-                .call("GET", &format!("/api/instances/{a}/webhooks"), Some(&token), None)
+                .call(
+                    "GET",
+                    &format!("/api/instances/{a}/webhooks"),
+                    Some(&token),
+                    None,
+                )
                 .await;
             assert_eq!(s, 200, "{v}");
             v["data"]["deliveries"].as_array().unwrap().clone()
@@ -496,7 +500,9 @@ async fn old_events_cannot_be_redelivered_to_a_new_url_by_an_instance_token() {
     // Events queued for today's URL may be redelivered by the token.
     erin.send_text("6281100000121", "new one").await.unwrap();
     second
-        .wait_for("the new delivery", |b| b.iter().any(|x| x.contains("new one")))
+        .wait_for("the new delivery", |b| {
+            b.iter().any(|x| x.contains("new one"))
+        })
         .await;
     let new_id = log(ta.clone()).await[0]["id"].as_str().unwrap().to_string();
     let (s, v) = redeliver(ta.clone(), new_id).await;
@@ -561,7 +567,11 @@ async fn spoofed_addresses_and_spread_password_guessing_are_limited() {
         assert_eq!(r.status(), 401);
     }
     let r = wrong(&srv, "10.0.0.99").await.unwrap();
-    assert_eq!(r.status(), 429, "a new header value does not buy new guesses");
+    assert_eq!(
+        r.status(),
+        429,
+        "a new header value does not buy new guesses"
+    );
     srv.stop().await;
 
     // Behind a trusted proxy, each forwarded client has its own budget, and
@@ -577,7 +587,11 @@ async fn spoofed_addresses_and_spread_password_guessing_are_limited() {
     )
     .await;
     for i in 0..3 {
-        assert_eq!(wrong(&srv, "203.0.113.7").await.unwrap().status(), 401, "{i}");
+        assert_eq!(
+            wrong(&srv, "203.0.113.7").await.unwrap().status(),
+            401,
+            "{i}"
+        );
     }
     assert_eq!(wrong(&srv, "203.0.113.7").await.unwrap().status(), 429);
     assert_eq!(
@@ -598,7 +612,11 @@ async fn spoofed_addresses_and_spread_password_guessing_are_limited() {
         assert_eq!(r.status(), 401, "guess {i}");
     }
     let r = login("198.51.100.200".into(), PASSWORD).await.unwrap();
-    assert_eq!(r.status(), 429, "the account backs off, right password included");
+    assert_eq!(
+        r.status(),
+        429,
+        "the account backs off, right password included"
+    );
     assert!(r.headers().contains_key("retry-after"));
     let until = Instant::now() + DEADLINE;
     for attempt in 1.. {
@@ -693,7 +711,11 @@ async fn low_findings_token_echo_number_probing_cors_and_abandoned_sends() {
     // the upload is released only the media and a later text arrive.
     net.hold_uploads(true);
     let upload = {
-        let (http, url, token) = (srv.http.clone(), srv.url(&format!("/api/send/{a}/media")), ta.clone());
+        let (http, url, token) = (
+            srv.http.clone(),
+            srv.url(&format!("/api/send/{a}/media")),
+            ta.clone(),
+        );
         tokio::spawn(async move {
             let form = reqwest::multipart::Form::new()
                 .text("to", "6281200000131")
@@ -701,7 +723,14 @@ async fn low_findings_token_echo_number_probing_cors_and_abandoned_sends() {
                     "file",
                     reqwest::multipart::Part::bytes(vec![7u8; 10_000]).file_name("doc.pdf"),
                 );
-            http.post(url).bearer_auth(&token).multipart(form).send().await.unwrap().status().as_u16()
+            http.post(url)
+                .bearer_auth(&token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         })
     };
     let until = Instant::now() + DEADLINE;
@@ -770,7 +799,10 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
         .env_clear()
         .env("PORT", "0")
         .env("RUST_LOG", "warn")
-        .env("DATABASE_URL", format!("sqlite://{}/db.sqlite", dir.display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/db.sqlite", dir.display()),
+        )
         .env("SUDEVWA_AUTH_ADMIN_API_KEYS", ADMIN_KEY)
         .env("SUDEVWA_LIMITS_MAX_MEDIA_IN_FLIGHT_BYTES", CAP.to_string())
         .stdout(Stdio::piped())
@@ -802,11 +834,21 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
             .bearer_auth(ADMIN_KEY)
             .send()
     };
-    let v: Value = call("POST", "/api/login").await.unwrap().json().await.unwrap();
+    let v: Value = call("POST", "/api/login")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = v["data"]["instanceId"].as_str().unwrap().to_string();
     let until = Instant::now() + DEADLINE;
     let qr = loop {
-        let v: Value = call("GET", &format!("/api/qr/{id}")).await.unwrap().json().await.unwrap();
+        let v: Value = call("GET", &format!("/api/qr/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if let Some(q) = v["data"]["qr"].as_str() {
             break q.to_string();
         }
@@ -815,7 +857,12 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
     };
     net.scan_qr(&qr, Some("6281100000141")).unwrap();
     loop {
-        let v: Value = call("GET", &format!("/api/status/{id}")).await.unwrap().json().await.unwrap();
+        let v: Value = call("GET", &format!("/api/status/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if v["data"]["status"] == "online" {
             break;
         }
@@ -830,7 +877,8 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
             tokio::spawn(async move {
                 // Streamed: the test process never holds the 90 MiB.
                 let chunks = futures_util::stream::iter(
-                    (0..90).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 1 << 20]))),
+                    (0..90)
+                        .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 1 << 20]))),
                 );
                 let part = reqwest::multipart::Part::stream_with_length(
                     reqwest::Body::wrap_stream(chunks),
@@ -840,7 +888,13 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
                 let form = reqwest::multipart::Form::new()
                     .text("to", "6281200000141")
                     .part("file", part);
-                match http.post(url).bearer_auth(ADMIN_KEY).multipart(form).send().await {
+                match http
+                    .post(url)
+                    .bearer_auth(ADMIN_KEY)
+                    .multipart(form)
+                    .send()
+                    .await
+                {
                     Ok(r) => {
                         let s = r.status().as_u16();
                         let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -880,7 +934,11 @@ async fn eight_concurrent_90_mib_uploads_stay_under_the_media_cap() {
 }
 
 /// Runs one SQL statement on the server's SQLite file (between runs, or read-only).
-async fn sqlite(srv_dir: &std::path::Path, sql: &str, values: Vec<sea_orm::Value>) -> Vec<sea_orm::QueryResult> {
+async fn sqlite(
+    srv_dir: &std::path::Path,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Vec<sea_orm::QueryResult> {
     use sea_orm::{ConnectionTrait, Statement};
     let db = sea_orm::Database::connect(format!("sqlite://{}/db.sqlite", srv_dir.display()))
         .await
@@ -923,7 +981,10 @@ async fn stored_login_uses_its_round_count_and_token_use_is_recorded() {
         if used.is_some_and(|t| t > 0) {
             break;
         }
-        assert!(Instant::now() < until, "the token's last use was never recorded");
+        assert!(
+            Instant::now() < until,
+            "the token's last use was never recorded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     srv.stop().await;

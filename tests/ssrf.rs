@@ -369,7 +369,9 @@ async fn only_allowed_ports_are_reached() {
     let port = t.addr.port();
     let mut p = policy(&["127.0.0.0/8"]);
     p.allowed_ports = vec![port];
-    let ok = fetch(&format!("http://127.0.0.1:{port}/"), &p).await.unwrap();
+    let ok = fetch(&format!("http://127.0.0.1:{port}/"), &p)
+        .await
+        .unwrap();
     assert_eq!(ok.bytes, b"fine");
     p.allowed_ports = vec![port.wrapping_add(1).max(1)];
     let before = t.accepted.load(std::sync::atomic::Ordering::SeqCst);

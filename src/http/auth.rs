@@ -397,7 +397,9 @@ impl Auth {
         let now = std::time::Instant::now();
         {
             let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            if t.get(&hash).is_some_and(|at| now.duration_since(*at) < TOUCH_EVERY) {
+            if t.get(&hash)
+                .is_some_and(|at| now.duration_since(*at) < TOUCH_EVERY)
+            {
                 return;
             }
             if t.len() >= 100_000 {
@@ -480,7 +482,10 @@ mod tests {
             ("foreign audience", with("aud", "other".into())),
             ("not valid yet", with("nbf", (now + 3600).into())),
             ("issued in the future", with("iat", (now + 3600).into())),
-            ("lives longer than any TTL", with("exp", (now + 400 * 86400).into())),
+            (
+                "lives longer than any TTL",
+                with("exp", (now + 400 * 86400).into()),
+            ),
         ] {
             assert_eq!(a.verify_jwt(&t), Err(AuthError::Invalid), "{what}");
         }

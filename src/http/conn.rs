@@ -166,11 +166,12 @@ pub async fn serve(
             continue;
         };
         let filter = filter.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            let mut svc = warp::service(filter.clone());
-            tower_service::Service::call(&mut svc, req)
-        });
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let mut svc = warp::service(filter.clone());
+                tower_service::Service::call(&mut svc, req)
+            });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
@@ -205,7 +206,10 @@ mod tests {
             client_key(ip("2001:db8:1:2:ffff::9")),
             client_key(ip("2001:db8:1:2::1"))
         );
-        assert_ne!(client_key(ip("2001:db8:1:3::1")), client_key(ip("2001:db8:1:2::1")));
+        assert_ne!(
+            client_key(ip("2001:db8:1:3::1")),
+            client_key(ip("2001:db8:1:2::1"))
+        );
         assert_eq!(client_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
         assert_eq!(client_key(ip("10.0.0.1")), ip("10.0.0.1"));
     }
@@ -215,9 +219,15 @@ mod tests {
         let peer = |s: &str| Some(SocketAddr::new(ip(s), 1234));
         let trusted = vec![Cidr::parse("127.0.0.1/32").unwrap()];
         // No trusted proxies configured: the header is ignored.
-        assert_eq!(client_ip(peer("127.0.0.1"), Some("9.9.9.9"), &[]), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), Some("9.9.9.9"), &[]),
+            ip("127.0.0.1")
+        );
         // An untrusted peer cannot pick its address.
-        assert_eq!(client_ip(peer("8.8.8.8"), Some("9.9.9.9"), &trusted), ip("8.8.8.8"));
+        assert_eq!(
+            client_ip(peer("8.8.8.8"), Some("9.9.9.9"), &trusted),
+            ip("8.8.8.8")
+        );
         // Through the proxy: the rightmost untrusted entry; what the client wrote to
         // its left is not believed.
         assert_eq!(
@@ -228,7 +238,10 @@ mod tests {
             client_ip(peer("127.0.0.1"), Some("5.6.7.8, 127.0.0.1"), &trusted),
             ip("5.6.7.8")
         );
-        assert_eq!(client_ip(peer("127.0.0.1"), None, &trusted), ip("127.0.0.1"));
+        assert_eq!(
+            client_ip(peer("127.0.0.1"), None, &trusted),
+            ip("127.0.0.1")
+        );
         assert_eq!(
             client_ip(peer("127.0.0.1"), Some("junk"), &trusted),
             ip("127.0.0.1")

@@ -466,12 +466,12 @@ pub async fn login_jwt(body: Bytes, ip: std::net::IpAddr, api: Shared) -> R {
         Some(token) => {
             api.login_backoff.succeeded(&username);
             Ok(warp::reply::json(&json!({
-            "success": true,
-            "message": "Login successful",
-            "token": token,
-            "data": {"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()},
-        }))
-        .into_response())
+                "success": true,
+                "message": "Login successful",
+                "token": token,
+                "data": {"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()},
+            }))
+            .into_response())
         }
         None => {
             let _ = api.auth_failures.check(&ip);
@@ -964,7 +964,10 @@ pub struct MediaForm {
 }
 
 async fn read_upload(api: &Shared, form: MediaForm) -> Result<Upload, ApiError> {
-    let MediaForm { len: announced, form } = form;
+    let MediaForm {
+        len: announced,
+        form,
+    } = form;
     use bytes::Buf;
     let max_cap = [
         MediaKind::Image,
@@ -1548,8 +1551,8 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
         &api.config.webhook.allowed_targets,
         &api.config.webhook.allowed_ports,
     )
-        .await
-        .map_err(|e| ApiError::bad_request("INVALID_WEBHOOK_URL", capitalize(&e.to_string())))?;
+    .await
+    .map_err(|e| ApiError::bad_request("INVALID_WEBHOOK_URL", capitalize(&e.to_string())))?;
     let secret = match b
         .secret
         .map(|s| s.trim().to_string())

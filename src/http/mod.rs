@@ -180,10 +180,7 @@ pub(crate) fn authed(
         .and(client_addr(api.clone()))
         .and(with_api(api))
         .and_then(
-            |h: Option<String>,
-             p: Option<String>,
-             ip: std::net::IpAddr,
-             api: Shared| async move {
+            |h: Option<String>, p: Option<String>, ip: std::net::IpAddr, api: Shared| async move {
                 api.auth_failures
                     .peek(&ip)
                     .map_err(|retry| warp::reject::custom(auth_throttled(retry)))?;
@@ -234,19 +231,17 @@ pub(crate) fn auth_throttled(retry: u64) -> ApiError {
 fn rate_limited(api: Shared) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     client_addr(api.clone())
         .and(with_api(api))
-        .and_then(
-            |ip: std::net::IpAddr, api: Shared| async move {
-                api.limiter.check(&ip).map_err(|retry| {
-                    let mut e = ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "RATE_LIMITED",
-                        "Too many requests",
-                    );
-                    e.retry_after = Some(retry);
-                    warp::reject::custom(e)
-                })
-            },
-        )
+        .and_then(|ip: std::net::IpAddr, api: Shared| async move {
+            api.limiter.check(&ip).map_err(|retry| {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "Too many requests",
+                );
+                e.retry_after = Some(retry);
+                warp::reject::custom(e)
+            })
+        })
         .untuple_one()
 }
 

@@ -92,10 +92,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
                     // Still full (many active keys, e.g. a spread-out flood): the key
                     // touched longest ago gives way. A new client never pays for
                     // others with a 429.
-                    if let Some(oldest) = map
-                        .iter()
-                        .min_by_key(|(_, b)| b.at)
-                        .map(|(k, _)| k.clone())
+                    if let Some(oldest) =
+                        map.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| k.clone())
                     {
                         map.remove(&oldest);
                     }

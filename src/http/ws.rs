@@ -46,9 +46,10 @@ pub const CLOSE_INSTANCE_GONE: u16 = 4004;
 /// <token>`); nothing else is ever echoed, so a token never comes back in a header.
 fn with_protocol(reply: impl Reply, offered: Option<String>) -> Response {
     let mut r = reply.into_response();
-    let bearer = offered
-        .as_deref()
-        .is_some_and(|o| o.split(',').any(|s| s.trim().eq_ignore_ascii_case("bearer")));
+    let bearer = offered.as_deref().is_some_and(|o| {
+        o.split(',')
+            .any(|s| s.trim().eq_ignore_ascii_case("bearer"))
+    });
     if bearer {
         r.headers_mut().insert(
             "sec-websocket-protocol",
@@ -140,7 +141,10 @@ impl Session {
         let by_credential = api
             .sockets
             .per_credential
-            .take(super::auth::token_hash(&token), cfg.max_sockets_per_principal)
+            .take(
+                super::auth::token_hash(&token),
+                cfg.max_sockets_per_principal,
+            )
             .ok_or_else(|| full("for this credential"))?;
         let by_ip = api
             .sockets
