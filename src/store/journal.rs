@@ -151,6 +151,9 @@ fn now_ms() -> i64 {
 }
 
 /// Whether the filter (stored JSON array, `None` = default) takes `event`.
+/// Each instance's webhook, with the settings generation it was read at.
+type WebhookCache = Arc<std::sync::Mutex<HashMap<String, (u64, Option<Hook>)>>>;
+
 /// An instance's webhook as the journal queues for it.
 #[derive(Debug, Clone)]
 pub struct Hook {
@@ -258,7 +261,7 @@ pub struct Journal {
     /// Each instance's webhook filter as last read, with the settings generation it was
     /// read at (see `instances::webhook_settings_generation`): one row read per change,
     /// not one per event.
-    webhook_cache: Arc<std::sync::Mutex<HashMap<String, (u64, Option<Hook>)>>>,
+    webhook_cache: WebhookCache,
 }
 
 /// Entries kept in the webhook-filter cache before it is emptied (bounded memory).
