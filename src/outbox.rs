@@ -5,8 +5,9 @@
 //! Delivery: `POST` of the stored bytes (the event's envelope with its cursor,
 //! serialized once at enqueue time, so every retry sends identical bytes) with
 //! `X-SUDEVWA-Signature` (lowercase hex HMAC-SHA256 of the raw body with the
-//! instance's secret), `webhook-id` (the row id, stable across retries) and
-//! `webhook-timestamp` (unix seconds of the attempt). A 2xx answer is delivered;
+//! instance's secret), `webhook-id` (the row id, stable across retries),
+//! `webhook-timestamp` (unix seconds of the attempt) and `webhook-signature` (Standard
+//! Webhooks, over `id.timestamp.body`; see [`delivery_headers`]). A 2xx answer is delivered;
 //! anything else, a timeout or a connection error is retried after the configured
 //! schedule (±20 % jitter); after the last delay the row is `dead` (dead-letter) and
 //! can be queued again with [`Outbox::redeliver`]. Webhook URLs pass the same SSRF
@@ -327,6 +328,60 @@ impl WorkerHandle {
 /// The delivery worker.
 pub struct WebhookWorker;
 
+/// The headers of one attempt. With a secret: `X-SUDEVWA-Signature` (SUDEVWA's, over the
+/// body) and `webhook-signature` (Standard Webhooks: over `id.timestamp.body`, so a
+/// receiver can refuse a replay with an old timestamp). Without one (a webhook stored
+/// before secrets were always generated) no signature header is sent at all, rather
+/// than one made with an empty key.
+pub fn delivery_headers(
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "application/json".to_string()),
+        ("webhook-id", id.to_string()),
+        ("webhook-timestamp", timestamp.to_string()),
+    ];
+    if !secret.is_empty() {
+        h.push(("x-sudevwa-signature", signature(secret, body)));
+        h.push((
+            "webhook-signature",
+            standard_signature(secret, id, timestamp, body),
+        ));
+    }
+    h
+}
+
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed with the secret's bytes: a
+/// Standard Webhooks verifier takes the key as [`standard_secret`].
+pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    // HMAC accepts keys of any length.
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The webhook secret as Standard Webhooks libraries take it: `whsec_` and the base64
+/// of the secret's bytes.
+pub fn standard_secret(secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(secret.as_bytes())
+    )
+}
+
 /// Lowercase hex HMAC-SHA256 of `body` with `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length.
@@ -470,15 +525,7 @@ async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: 
     let mut delivered: Vec<(String, u16)> = Vec::new();
     for row in rows {
         let body = row.payload.clone().into_bytes();
-        let headers = [
-            ("content-type", "application/json".to_string()),
-            ("x-sudevwa-signature", signature(&secret, &body)),
-            ("webhook-id", row.id.clone()),
-            (
-                "webhook-timestamp",
-                chrono::Utc::now().timestamp().to_string(),
-            ),
-        ];
+        let headers = delivery_headers(&secret, &row.id, chrono::Utc::now().timestamp(), &body);
         match fetch::post(&url, body, &headers, &policy).await {
             Ok(code) if (200..300).contains(&code) => {
                 delivered.push((row.id.clone(), code));

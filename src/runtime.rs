@@ -81,6 +81,17 @@ pub struct InstanceRuntime {
     instances: Instances,
     env: Arc<InstanceEnv>,
     supervisor_events: broadcast::Sender<SupervisorEvent>,
+    /// Restarts by the supervisor since this process started, per instance.
+    restarts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+/// Why a resume did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("the instance is not crashed")]
+    NotCrashed,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// How to build the runtime.
@@ -124,12 +135,117 @@ impl InstanceRuntime {
             events: supervisor_events.clone(),
         })
         .await?;
-        Ok(Self {
+        let rt = Self {
             supervisor,
             instances,
             env,
             supervisor_events,
-        })
+            restarts: Arc::default(),
+        };
+        rt.watch_supervision();
+        Ok(rt)
+    }
+
+    /// Makes supervision visible: a parked instance is stored as `crashed` (reason and
+    /// time), announced on `/ws` (`INSTANCE_STATUS_CHANGED` and `INSTANCE_ERROR`
+    /// `INSTANCE_CRASHED`) and in the event log (webhooks that take those events);
+    /// restarts are counted.
+    fn watch_supervision(&self) {
+        let mut rx = self.supervisor_events.subscribe();
+        let (instances, env, restarts) = (
+            self.instances.clone(),
+            self.env.clone(),
+            self.restarts.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(SupervisorEvent::Restarted { instance_id, .. }) => {
+                        let mut r = restarts.lock().unwrap_or_else(|p| p.into_inner());
+                        *r.entry(instance_id).or_default() += 1;
+                    }
+                    Ok(SupervisorEvent::Crashed {
+                        instance_id,
+                        reason,
+                    }) => {
+                        if let Err(e) = instances.mark_crashed(&instance_id, &reason).await {
+                            tracing::error!(instance_id, error = %e, "storing the crashed status failed");
+                        }
+                        let phone = instances
+                            .get(&instance_id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|r| r.phone);
+                        let notices = [
+                            LifecycleNotice::InstanceStatusChanged {
+                                instance_id: instance_id.clone(),
+                                phone_number: phone,
+                                status: InstanceStatus::Crashed.as_str().to_string(),
+                                is_connected: false,
+                                connected_at: None,
+                                disconnected_at: Some(actors::events::rfc3339(chrono::Utc::now())),
+                            },
+                            LifecycleNotice::InstanceError {
+                                instance_id: instance_id.clone(),
+                                code: "INSTANCE_CRASHED".into(),
+                                message: "The instance failed repeatedly and is parked; POST /api/instances/:id/resume starts it again".into(),
+                            },
+                        ];
+                        for n in notices {
+                            if let Err(e) = env.sink.record_lifecycle(&n).await {
+                                tracing::warn!(instance_id, error = %e, "logging the crash event failed");
+                            }
+                            let _ = env.lifecycle.send(n);
+                        }
+                    }
+                    Ok(SupervisorEvent::Restarting { .. }) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "supervision events were missed");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Restarts by the supervisor since this process started.
+    pub fn restarts(&self, instance_id: &str) -> u32 {
+        let r = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        r.get(instance_id).copied().unwrap_or(0)
+    }
+
+    /// Starts a crashed (parked) instance again with a fresh restart budget; it comes
+    /// back as after a restart (a paired one reconnects).
+    pub async fn resume(&self, instance_id: &str) -> Result<(), ResumeError> {
+        if !self
+            .instances
+            .clear_crashed(instance_id)
+            .await
+            .map_err(|e| ResumeError::Failed(e.to_string()))?
+        {
+            return Err(ResumeError::NotCrashed);
+        }
+        let id = instance_id.to_string();
+        let r = call_t!(
+            self.supervisor,
+            |reply| SupervisorMsg::Resume {
+                instance_id: id,
+                reply
+            },
+            30_000
+        )
+        .map_err(|e| ResumeError::Failed(e.to_string()))?;
+        match r {
+            Ok(()) => Ok(()),
+            // Parked by an earlier process: this supervisor never ran it; a plain start.
+            Err(actors::SupervisorError::NotFound) => self
+                .ensure_started(instance_id)
+                .await
+                .map(|_| ())
+                .map_err(ResumeError::Failed),
+            Err(e) => Err(ResumeError::Failed(e.to_string())),
+        }
     }
 
     /// Lifecycle notices of every instance (for `/ws`).

@@ -1037,3 +1037,100 @@ async fn an_upload_in_flight_does_not_hold_up_the_instance() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["mediaType"].as_str(), Some("document"));
 }
+
+/// Supervision you can see: an instance whose actor keeps failing (the test fault hook,
+/// cast through the actor registry) is parked; the status route and `/ws` say
+/// `crashed` with a reason, and `POST /api/instances/:id/resume` brings it back online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crashed_instance_is_visible_and_resumes_through_the_api() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "crash-resume", &[]).await;
+    let (id, token) = srv.paired_instance(&net, "6281100000161").await;
+    let mut req = format!("ws://{}/ws", srv.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/instances/{id}/resume"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (409, "INSTANCE_NOT_CRASHED"), "{v}");
+
+    // Panic the actor until the supervisor gives up (default: 5 restarts in 60 s).
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let mut last = None;
+    loop {
+        let (_, v) = srv
+            .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+            .await;
+        if v["data"]["status"] == "crashed" {
+            break;
+        }
+        if let Some(actor) = ractor::registry::where_is(actors::actor_name(&id)) {
+            let actor: ractor::ActorRef<actors::instance::InstanceMsg> = actor.into();
+            if last != Some(actor.get_id()) {
+                last = Some(actor.get_id());
+                actor
+                    .cast(actors::instance::InstanceMsg::Fault(
+                        actors::instance::Fault::Panic,
+                    ))
+                    .unwrap();
+            }
+        }
+        assert!(tokio::time::Instant::now() < until, "never parked: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, v) = srv
+        .call("GET", &format!("/api/status/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(v["data"]["isConnected"], false, "{v}");
+    assert!(
+        v["data"]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{v}"
+    );
+    assert_eq!(v["data"]["restarts"], 5, "{v}");
+    // /ws says so too.
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let (mut saw_status, mut saw_error) = (false, false);
+    while !(saw_status && saw_error) {
+        let frame = tokio::time::timeout_at(until, ws.next())
+            .await
+            .expect("crash announced on /ws")
+            .unwrap()
+            .unwrap();
+        let Ok(text) = frame.into_text() else {
+            continue;
+        };
+        let e: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if e["event"] == "INSTANCE_STATUS_CHANGED" && e["data"]["status"] == "crashed" {
+            saw_status = true;
+        }
+        if e["event"] == "INSTANCE_ERROR" && e["data"]["code"] == "INSTANCE_CRASHED" {
+            saw_error = true;
+        }
+    }
+    // Resume: a fresh restart budget, and the paired session reconnects.
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/instances/{id}/resume"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    srv.wait_status(&id, "online again", |d| {
+        d["status"] == "online" && d["isConnected"] == true
+    })
+    .await;
+    let _ = ADMIN_KEY;
+    srv.stop().await;
+}

@@ -50,6 +50,7 @@ fn routes(a: &str) -> Vec<(&'static str, String, Scope)> {
         ("DELETE", format!("/api/instances/{a}"), Instance),
         ("POST", format!("/api/instances/{a}/token"), Instance),
         ("DELETE", format!("/api/instances/{a}/token"), Instance),
+        ("POST", format!("/api/instances/{a}/resume"), Instance),
         ("POST", format!("/api/send/{a}"), Instance),
         ("POST", format!("/api/check/{a}"), Instance),
         ("POST", format!("/api/send/{a}/media"), Instance),

@@ -1019,3 +1019,101 @@ async fn stored_login_uses_its_round_count_and_token_use_is_recorded() {
     }
     srv.stop().await;
 }
+
+/// A receiver keeping every request's headers and body.
+async fn capture() -> (
+    String,
+    Arc<Mutex<Vec<(warp::http::HeaderMap, bytes::Bytes)>>>,
+) {
+    let seen: Arc<Mutex<Vec<(warp::http::HeaderMap, bytes::Bytes)>>> = Arc::default();
+    let s = seen.clone();
+    let route = warp::post()
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .map(move |h, b| {
+            s.lock().unwrap().push((h, b));
+            warp::reply()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (format!("http://{addr}/hook"), seen)
+}
+
+/// Deliveries carry a Standard Webhooks signature over id, timestamp and body (a
+/// stock verifier accepts it; a replay under a fresh timestamp fails), beside
+/// SUDEVWA's; a webhook stored without a secret is sent unsigned, never signed with
+/// an empty key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_verify_with_a_standard_webhooks_verifier() {
+    let net = MockNetwork::start().await.unwrap();
+    let erin = net.add_contact("6281200000151", "Erin").await.unwrap();
+    let srv = TestServer::start(&net, "sec-stdhooks", &[("SUDEVWA_ENABLE_WEBHOOK", "true")]).await;
+    let (a, _) = srv.paired_instance(&net, "6281100000151").await;
+    let (url, seen) = capture().await;
+    let (s, v) = srv
+        .admin(
+            "POST",
+            &format!("/api/instances/{a}/webhook-setconfig"),
+            Some(json!({"url": url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let secret = v["data"]["secret"].as_str().unwrap().to_string();
+    let std_secret = v["data"]["standardWebhooksSecret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    erin.send_text("6281100000151", "signed").await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    let (headers, body) = loop {
+        if let Some(hit) = seen.lock().unwrap().first().cloned() {
+            break hit;
+        }
+        assert!(Instant::now() < until, "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let wh = standardwebhooks::Webhook::new(&std_secret).unwrap();
+    wh.verify(&body, &headers)
+        .expect("a Standard Webhooks verifier accepts it");
+    assert_eq!(
+        headers["x-sudevwa-signature"].to_str().unwrap(),
+        sudevwa::outbox::signature(&secret, &body)
+    );
+    // A replay that claims a fresh timestamp no longer verifies (and an old timestamp
+    // is refused by the verifier's tolerance).
+    let mut replay = headers.clone();
+    let fresh = (chrono::Utc::now().timestamp() + 1).to_string();
+    replay.insert("webhook-timestamp", fresh.parse().unwrap());
+    assert!(wh.verify(&body, &replay).is_err());
+    let mut tampered = body.to_vec();
+    tampered.extend_from_slice(b" ");
+    assert!(wh.verify(&tampered, &headers).is_err());
+
+    // A webhook without a stored secret (set before secrets were always generated).
+    sqlite(
+        &srv.dir,
+        "UPDATE instances SET webhook_secret = NULL WHERE id = ?",
+        vec![a.clone().into()],
+    )
+    .await;
+    erin.send_text("6281100000151", "unsigned").await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    let headers = loop {
+        let hit = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| String::from_utf8_lossy(b).contains("unsigned"))
+            .cloned();
+        if let Some((h, _)) = hit {
+            break h;
+        }
+        assert!(Instant::now() < until, "no second delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(headers.contains_key("webhook-id"));
+    assert!(!headers.contains_key("x-sudevwa-signature"));
+    assert!(!headers.contains_key("webhook-signature"));
+    srv.stop().await;
+}

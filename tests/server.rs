@@ -359,3 +359,62 @@ fn sandbox_build_without_sandbox_flag_refuses_to_start() {
         "no database was created either"
     );
 }
+
+/// The SQLite file holds every instance's private keys: owner-only, and so are its WAL
+/// files and the directory the server made for it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("perms");
+    let mut server = start(&dir, &[]);
+    let (status, _) = get_json(&format!("{}/", server.base)).await;
+    assert_eq!(status, 200);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("data")), 0o700, "the data directory");
+    for f in ["sudevwa.db", "sudevwa.db-wal", "sudevwa.db-shm"] {
+        let p = dir.join("data").join(f);
+        if f == "sudevwa.db" || p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+    interrupt(&server.child);
+    assert!(wait_exit(&mut server.child).success());
+}
+
+/// A damaged stored login hash stops the start with one line, instead of a server on
+/// which every login silently fails.
+#[test]
+fn corrupt_stored_login_hash_stops_the_start() {
+    let dir = temp_dir("corrupt-login");
+    // `migrate` creates the tables; the row is then damaged by hand.
+    let out = command(&dir, &[], &["migrate"])
+        .output()
+        .expect("run migrate");
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into settings(key,value,updated_at) values('login:admin','pbkdf2-sha256$100000$salt$not-hex',0)\"); c.commit()")
+        .arg(dir.join("data/sudevwa.db"))
+        .output()
+        .expect("python3 sqlite3");
+    assert!(out.status.success(), "{out:?}");
+    let out = command(&dir, &[], &[])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sudevwa");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("sudevwa: "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("corrupt") && line.contains("login:admin"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "it never listened"
+    );
+}

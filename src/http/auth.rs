@@ -138,6 +138,24 @@ fn pbkdf2(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
     out
 }
 
+/// `pbkdf2-sha256$ROUNDS$SALT$HEX` (the round count the hash was made with); `None`
+/// for anything else, so a damaged row stops the start instead of failing every login.
+fn parse_stored(username: String, stored: &str) -> Option<Login> {
+    let mut parts = stored.split('$');
+    let (scheme, rounds, salt, hash) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if scheme != "pbkdf2-sha256" || parts.next().is_some() || salt.is_empty() {
+        return None;
+    }
+    let rounds: u32 = rounds.parse().ok().filter(|r| *r > 0)?;
+    let hash = hex::decode(hash).ok().filter(|h| h.len() == 32)?;
+    Some(Login::Stored {
+        username,
+        rounds,
+        salt: salt.as_bytes().to_vec(),
+        hash,
+    })
+}
+
 /// SHA-256 hex of an instance token, as stored.
 pub fn token_hash(token: &str) -> String {
     hex::encode(digest(token.as_bytes()))
@@ -193,19 +211,12 @@ impl Auth {
                         kept
                     }
                 };
-                let mut parts = stored.split('$');
-                let (_, rounds, salt, hash) =
-                    (parts.next(), parts.next(), parts.next(), parts.next());
-                Login::Stored {
-                    username,
-                    // The round count the hash was made with (older rows: the default).
-                    rounds: rounds
-                        .and_then(|r| r.parse().ok())
-                        .filter(|r| *r > 0)
-                        .unwrap_or(PBKDF2_ROUNDS),
-                    salt: salt.unwrap_or_default().as_bytes().to_vec(),
-                    hash: hex::decode(hash.unwrap_or_default()).unwrap_or_default(),
-                }
+                parse_stored(username, &stored).ok_or_else(|| {
+                    DbErr::Custom(format!(
+                        "the stored login hash (settings key {key:?}) is corrupt: expected \
+                         pbkdf2-sha256$ROUNDS$SALT$HEX; delete the row to generate a new login"
+                    ))
+                })?
             }
         };
         Ok(Self {
@@ -521,6 +532,27 @@ mod tests {
         let old = a.issue_jwt_at("u", chrono::Utc::now().timestamp() - 120);
         assert_eq!(a.verify_jwt(&old), Err(AuthError::Expired));
         assert_eq!(a.verify_jwt("a.b"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn stored_hashes_are_parsed_strictly() {
+        let good = format!("pbkdf2-sha256$1000$salt${}", "ab".repeat(32));
+        assert!(matches!(
+            parse_stored("u".into(), &good),
+            Some(Login::Stored { rounds: 1000, .. })
+        ));
+        for bad in [
+            "",
+            "pbkdf2-sha256$1000$salt",
+            "pbkdf2-sha256$0$salt$00",
+            "pbkdf2-sha256$x$salt$00",
+            "md5$1000$salt$00",
+            "pbkdf2-sha256$1000$$00",
+            "pbkdf2-sha256$1000$salt$zz",
+            "pbkdf2-sha256$1000$salt$abcd",
+        ] {
+            assert!(parse_stored("u".into(), bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -598,14 +598,34 @@ fn instance_json(row: &Instance, snap: Option<&InstanceSnapshot>) -> Value {
     })
 }
 
-/// `GET /api/status/:id`.
+/// `GET /api/status/:id` (with `restarts`: supervisor restarts since the process
+/// started; a parked instance says `crashed` with its `reason`).
 pub async fn status(id: String, p: Principal, api: Shared) -> R {
     let row = instance(&api, &p, &id).await?;
     let snap = match api.runtime.actor(&id) {
         Some(a) => Some(snapshot(&a).await?),
         None => None,
     };
-    Ok(ok("Instance status", instance_json(&row, snap.as_ref())))
+    let mut v = instance_json(&row, snap.as_ref());
+    v["restarts"] = json!(api.runtime.restarts(&id));
+    Ok(ok("Instance status", v))
+}
+
+/// `POST /api/instances/:id/resume`: starts a crashed (parked) instance again.
+pub async fn resume(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    api.runtime.resume(&id).await.map_err(|e| match e {
+        crate::runtime::ResumeError::NotCrashed => ApiError::new(
+            StatusCode::CONFLICT,
+            "INSTANCE_NOT_CRASHED",
+            "The instance is not crashed",
+        ),
+        crate::runtime::ResumeError::Failed(e) => {
+            tracing::warn!(instance_id = %id, error = %e, "resuming an instance failed");
+            ApiError::internal()
+        }
+    })?;
+    Ok(ok("Instance resumed", json!({"instanceId": id})))
 }
 
 /// `GET /api/instances[?all=true]`.
@@ -1581,6 +1601,7 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
             "instanceId": id,
             "webhookUrl": url,
             "secret": secret,
+            "standardWebhooksSecret": crate::outbox::standard_secret(&secret),
             "events": events_shown(&events),
             "enabled": api.config.features.enable_webhook,
         }),

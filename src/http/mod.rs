@@ -408,6 +408,11 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         warp::post(),
         handlers::new_token
     );
+    let resume = authed_route!(
+        p!("api" / "instances" / String / "resume"),
+        warp::post(),
+        handlers::resume
+    );
     let token_revoke = authed_route!(
         p!("api" / "instances" / String / "token"),
         warp::delete(),
@@ -628,6 +633,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         logout,
         token_new,
         token_revoke,
+        resume,
         webhook_set,
         webhook_log,
         webhook_redeliver,

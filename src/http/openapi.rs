@@ -137,6 +137,8 @@ pub const ROUTES: &[RouteDoc] = &[
         &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_STILL_CONNECTED"]),
     route!("post", "/api/instances/{id}/token", "instances", "Issue another instance token", true, Body::None, INSTANCE),
     route!("delete", "/api/instances/{id}/token", "instances", "Revoke every token of the instance", true, Body::None, INSTANCE),
+    route!("post", "/api/instances/{id}/resume", "instances", "Start a crashed (parked) instance again", true, Body::None,
+        &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_NOT_CRASHED"]),
     route!("get", "/api/qr/{id}", "qr", "Start (or join) the QR login and get the current code", true, Body::None,
         &["SESSION_NOT_FOUND", "FORBIDDEN", "QR_IN_PROGRESS"]),
     route!("get", "/api/qr/{id}/image", "qr", "The current QR code as image/png", true, Body::None,
@@ -183,7 +185,10 @@ fn status_of(code: &str) -> u16 {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
         | "MESSAGE_NOT_FOUND" => 404,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
-        "QR_IN_PROGRESS" | "IDEMPOTENCY_KEY_REUSED" | "IDEMPOTENCY_KEY_IN_PROGRESS" => 409,
+        "QR_IN_PROGRESS"
+        | "IDEMPOTENCY_KEY_REUSED"
+        | "IDEMPOTENCY_KEY_IN_PROGRESS"
+        | "INSTANCE_NOT_CRASHED" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
         "INSTANCE_BUSY" | "SERVER_BUSY" => 503,

@@ -1,6 +1,7 @@
 //! Opening the database: one pool shared by every instance, migrated before use.
 //!
-//! SQLite files (and their directory) are created on first start; SQLite runs in WAL
+//! SQLite files (and their directory) are created on first start, owner-only (0600 and
+//! 0700: they hold WhatsApp private keys); SQLite runs in WAL
 //! mode with a busy timeout so the server's writers and readers do not trip over each
 //! other. PostgreSQL is used as given.
 
@@ -12,7 +13,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 /// Why the database could not be opened or migrated (the cause, for the operator's log).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot create the SQLite directory {path}: {source}")]
+    #[error("cannot create the SQLite file or directory {path}: {source}")]
     CreateDir {
         path: String,
         source: std::io::Error,
@@ -26,12 +27,7 @@ pub enum DbError {
 /// Connects to the configured database (creating a SQLite file if needed). Does not migrate.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
     if let Some(path) = &cfg.sqlite_path {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+        owner_only(path)?;
     }
     let mut opts = ConnectOptions::new(cfg.url.clone());
     opts.max_connections(cfg.max_connections)
@@ -51,6 +47,38 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
     }
     let db = Database::connect(opts).await.map_err(DbError::Connect)?;
     Ok(db)
+}
+
+/// Creates the SQLite file (and its directory, when missing) readable by this user
+/// only: it holds every instance's WhatsApp private keys. A directory the operator made
+/// is left as it is; the file is made owner-only whether new or not. SQLite gives its
+/// `-wal` and `-shm` files the database file's permissions.
+fn owner_only(path: &std::path::Path) -> Result<(), DbError> {
+    let err = |p: &std::path::Path| {
+        let path = p.display().to_string();
+        move |source| DbError::CreateDir { path, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir).map_err(err(dir))?;
+        }
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).map_err(err(path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(err(path))?;
+    }
+    Ok(())
 }
 
 /// SQLite takes one writer at a time. Writers that collide there sleep in its busy

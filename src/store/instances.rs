@@ -139,6 +139,44 @@ impl Instances {
         Ok(n)
     }
 
+    /// Parks an instance as `crashed` with why and when (the supervisor gave up on it).
+    pub async fn mark_crashed(&self, id: &str, reason: &str) -> Result<(), DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
+        entity::Entity::update_many()
+            .col_expr(
+                entity::Column::Status,
+                Expr::value(InstanceStatus::Crashed.as_str()),
+            )
+            .col_expr(
+                entity::Column::Reason,
+                Expr::value(reason.chars().take(300).collect::<String>()),
+            )
+            .col_expr(entity::Column::DisconnectedAt, Expr::value(now_ms()))
+            .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a crashed instance out of the park (`disconnected`, reason cleared), so its
+    /// next actor restores it like any other; `false` when it was not crashed.
+    pub async fn clear_crashed(&self, id: &str) -> Result<bool, DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
+        let r = entity::Entity::update_many()
+            .col_expr(
+                entity::Column::Status,
+                Expr::value(InstanceStatus::Disconnected.as_str()),
+            )
+            .col_expr(entity::Column::Reason, Expr::value(Option::<String>::None))
+            .col_expr(entity::Column::UpdatedAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .filter(entity::Column::Status.eq(InstanceStatus::Crashed.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
     /// Every instance, oldest first.
     pub async fn list(&self) -> Result<Vec<Instance>, DbErr> {
         entity::Entity::find()
