@@ -390,3 +390,29 @@ async fn only_allowed_ports_are_reached() {
         FetchError::Dns.to_string()
     );
 }
+
+/// The memory gate (the server's media cap) is asked for an announced length once,
+/// before the body is read, and a refusal ends the fetch as `Busy`.
+#[tokio::test]
+async fn the_memory_gate_is_asked_before_the_body() {
+    let body = vec![5u8; 100_000];
+    let t = target("127.0.0.1", Respond::Ok(body.clone())).await;
+    let url = format!("http://127.0.0.1:{}/", t.addr.port());
+    let asked: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let a = asked.clone();
+    let mut p = policy(&["127.0.0.0/8"]);
+    p.max_bytes = 1 << 20;
+    p.gate = Some(sudevwa::net::fetch::ByteGate(Arc::new(move |n| {
+        a.lock().unwrap().push(n);
+        true
+    })));
+    let got = fetch(&url, &p).await.unwrap();
+    assert_eq!(got.bytes, body);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![100_000],
+        "one question, for the whole body"
+    );
+    p.gate = Some(sudevwa::net::fetch::ByteGate(Arc::new(|_| false)));
+    assert_eq!(fetch(&url, &p).await.unwrap_err(), FetchError::Busy);
+}

@@ -333,12 +333,23 @@ async fn fetch_inner(mut url: Url, policy: &FetchPolicy) -> Result<Fetched, Fetc
                 .min(policy.max_bytes)
                 .min(64 * 1024 * 1024) as usize,
         );
+        // An announced length is asked of the gate once, before the body is read (so
+        // concurrent fetches cannot each hold part of the room and all be refused);
+        // bytes beyond it, or every chunk of an unannounced body, as they come.
+        let prepaid = resp.content_length().unwrap_or(0).min(policy.max_bytes);
+        if let Some(gate) = &policy.gate {
+            if prepaid > 0 && !(gate.0)(prepaid) {
+                return Err(FetchError::Busy);
+            }
+        }
         while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
-            if bytes.len() as u64 + chunk.len() as u64 > policy.max_bytes {
+            let (have, n) = (bytes.len() as u64, chunk.len() as u64);
+            if have + n > policy.max_bytes {
                 return Err(FetchError::TooLarge(policy.max_bytes));
             }
             if let Some(gate) = &policy.gate {
-                if !(gate.0)(chunk.len() as u64) {
+                let beyond = (have + n).saturating_sub(prepaid.max(have));
+                if beyond > 0 && !(gate.0)(beyond) {
                     return Err(FetchError::Busy);
                 }
             }
