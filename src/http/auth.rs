@@ -255,6 +255,16 @@ impl Auth {
         ok.then(|| self.issue_jwt(username))
     }
 
+    /// Whether `username` is the login's user (the only account logins can guess at;
+    /// the per-account backoff tracks nothing else, so sprayed names cannot evict it).
+    pub fn is_login_user(&self, username: &str) -> bool {
+        let d = digest(username.as_bytes());
+        match &*self.login {
+            Login::Configured { user_digest, .. } => d.ct_eq(user_digest).into(),
+            Login::Stored { username: u, .. } => d.ct_eq(&digest(u.as_bytes())).into(),
+        }
+    }
+
     fn check_login(login: &Login, username: &str, password: &str) -> bool {
         match login {
             Login::Configured {

@@ -475,7 +475,9 @@ pub async fn login_jwt(body: Bytes, ip: std::net::IpAddr, api: Shared) -> R {
         }
         None => {
             let _ = api.auth_failures.check(&ip);
-            api.login_backoff.failed(&username);
+            if api.auth.is_login_user(&username) {
+                api.login_backoff.failed(&username);
+            }
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "INVALID_CREDENTIALS",
