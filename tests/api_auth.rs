@@ -307,6 +307,23 @@ async fn limits_and_the_one_error_envelope() {
     assert_eq!((s, code(&v)), (404, "NOT_FOUND"));
     let (s, v) = srv.admin("PUT", "/api/send/x", Some(json!({}))).await;
     assert_eq!((s, code(&v)), (405, "METHOD_NOT_ALLOWED"));
+    // A 405 says what the path takes.
+    for (method, path, allow) in [
+        ("PUT", "/api/send/x", "POST"),
+        ("POST", "/api/instances", "GET"),
+        ("PUT", "/api/instances/x/token", "POST, DELETE"),
+        ("DELETE", "/", "GET"),
+    ] {
+        let r = srv
+            .http
+            .request(method.parse().unwrap(), srv.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+    }
     // The server answers 413 without reading the rest of the body, so the client may
     // still be writing when the connection closes (a broken pipe instead of the answer).
     // Each case is tried a few times and must be answered 413 with the envelope at least

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub details: String,
     /// Seconds for a `Retry-After` header (rate limiting).
     pub retry_after: Option<u64>,
+    /// The methods for an `Allow` header (405).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -31,7 +33,19 @@ impl ApiError {
             details: message.clone(),
             message,
             retry_after: None,
+            allow: None,
         }
+    }
+
+    /// 405 with the methods the path takes (`Allow`).
+    pub fn method_not_allowed(allow: String) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("Method not allowed; this path takes {allow}"),
+        );
+        e.allow = Some(allow);
+        e
     }
 
     /// A 400 with `code`.
@@ -56,6 +70,13 @@ impl ApiError {
             "error": {"code": self.code, "details": self.details},
         });
         let mut r = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(v) = self
+            .allow
+            .as_deref()
+            .and_then(|a| warp::http::HeaderValue::from_str(a).ok())
+        {
+            r.headers_mut().insert(warp::http::header::ALLOW, v);
+        }
         if let Some(secs) = self.retry_after {
             r.headers_mut()
                 .insert(warp::http::header::RETRY_AFTER, secs.into());

@@ -180,6 +180,37 @@ pub const ROUTES: &[RouteDoc] = &[
         &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED", "RATE_LIMITED"]),
 ];
 
+/// The methods the route table serves on `path` (upper case, `GET` also answering
+/// `HEAD`), empty for a path it does not know.
+pub fn methods_for(path: &str) -> Vec<&'static str> {
+    let given: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in ROUTES {
+        let templ: Vec<&str> = r.path.trim_end_matches('/').split('/').collect();
+        let matches = templ.len() == given.len()
+            && templ.iter().zip(&given).all(|(t, g)| {
+                if t.starts_with('{') {
+                    !g.is_empty()
+                } else {
+                    t == g
+                }
+            });
+        if matches {
+            let m = match r.method {
+                "get" => "GET",
+                "post" => "POST",
+                "delete" => "DELETE",
+                "put" => "PUT",
+                _ => continue,
+            };
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
 fn status_of(code: &str) -> u16 {
     match code {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
