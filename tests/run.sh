@@ -69,6 +69,10 @@ if cargo tree -q --workspace -e features,no-dev -i wacore-noise | grep -q danger
   echo "FAIL: a whole-workspace build enables danger-skip-cert-chain-verify" >&2
   exit 1
 fi
+if cargo tree -q --workspace -e features,no-dev -i actors | grep -q test-faults; then
+  echo "FAIL: a production build carries the actors' test fault hook" >&2
+  exit 1
+fi
 if ! cargo tree -q -p mock-whatsapp --features insecure-clients -e features,no-dev -i wacore-noise | grep -q danger-skip; then
   echo "FAIL: the feature check cannot see danger-skip-cert-chain-verify where it is enabled" >&2
   exit 1

@@ -274,7 +274,9 @@ pub struct OutgoingMedia {
     pub caption: Option<String>,
 }
 
-/// Test-only faults, to exercise supervision with a real actor.
+/// Test-only faults, to exercise supervision with a real actor. Compiled only with the
+/// `test-faults` feature (the server's tests turn it on; production builds lack it).
+#[cfg(feature = "test-faults")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Panic inside `handle`.
@@ -325,7 +327,8 @@ pub enum InstanceMsg {
     Subscribe(RpcReplyPort<broadcast::Receiver<LiveEvent>>),
     /// Stop the client cleanly (process shutdown).
     Shutdown(RpcReplyPort<()>),
-    /// Test-only fault hook.
+    /// Test-only fault hook (feature `test-faults`).
+    #[cfg(feature = "test-faults")]
     Fault(Fault),
     /// Internal: an event from client generation `.0`.
     Wa(u64, Arc<Event>),
@@ -546,6 +549,7 @@ impl Actor for InstanceActor {
                 state.stop_client().await;
                 let _ = reply.send(());
             }
+            #[cfg(feature = "test-faults")]
             InstanceMsg::Fault(Fault::Panic) => panic!("fault injected into instance {}", state.id),
             InstanceMsg::Wa(generation, event) => {
                 if generation == state.generation {

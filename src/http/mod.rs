@@ -674,17 +674,19 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     // route table), before anything else is looked at.
     let methods = warp::path::full()
         .and(warp::method())
-        .and_then(|path: warp::path::FullPath, m: warp::http::Method| async move {
-            let allowed = openapi::methods_for(path.as_str());
-            let ok = allowed.is_empty() || allowed.contains(&m.as_str());
-            if ok {
-                Ok(())
-            } else {
-                Err(warp::reject::custom(ApiError::method_not_allowed(
-                    allowed.join(", "),
-                )))
-            }
-        })
+        .and_then(
+            |path: warp::path::FullPath, m: warp::http::Method| async move {
+                let allowed = openapi::methods_for(path.as_str());
+                let ok = allowed.is_empty() || allowed.contains(&m.as_str());
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(ApiError::method_not_allowed(
+                        allowed.join(", "),
+                    )))
+                }
+            },
+        )
         .untuple_one();
     let limited = rate_limited(api.clone()).and(methods).and(everything);
     let served = health()
