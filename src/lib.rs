@@ -7,7 +7,7 @@
 //!   session storage on sea-orm ([`store::wa`]), every row keyed by instance.
 //! - [`http`]: warp routes and the one JSON error envelope.
 //! - [`net`]: SSRF-safe fetching of user-given URLs (media URLs, webhooks).
-//! - [`outbox`]: durable, signed webhook delivery (outbox table + worker).
+//! - [`webhook`]: durable, signed webhook delivery (outbox table, worker, signatures).
 //! - [`runtime`]: the instance supervisor on this database, start-up recovery with
 //!   admission control, shutdown.
 //! - [`server`]: start-up, serving, graceful shutdown.
@@ -17,9 +17,9 @@
 pub mod config;
 pub mod http;
 pub mod net;
-pub mod outbox;
 pub mod runtime;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod webhook;

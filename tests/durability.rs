@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sudevwa::outbox::signature;
 use sudevwa::store::journal::{Journal, MessageQuery, Retention};
+use sudevwa::webhook::signature;
 use warp::Filter;
 
 /// Long enough for a 20 s outage, the storage probe and the redelivery.
@@ -1002,7 +1002,7 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
     a_ids.sort();
     assert_eq!(a_ids, ["A-M6", "A-M7"]);
     assert_eq!(logged_ids(&journal, "B").await.len(), 2);
-    let outbox = sudevwa::outbox::Outbox::new(db.clone());
+    let outbox = sudevwa::webhook::Outbox::new(db.clone());
     let left: Vec<String> = outbox
         .list("A", 100)
         .await

@@ -1078,7 +1078,7 @@ async fn deliveries_verify_with_a_standard_webhooks_verifier() {
         .expect("a Standard Webhooks verifier accepts it");
     assert_eq!(
         headers["x-sudevwa-signature"].to_str().unwrap(),
-        sudevwa::outbox::signature(&secret, &body)
+        sudevwa::webhook::signature(&secret, &body)
     );
     // A replay that claims a fresh timestamp no longer verifies (and an old timestamp
     // is refused by the verifier's tolerance).

@@ -12,7 +12,7 @@ use mock_whatsapp::MockNetwork;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sudevwa::outbox::signature;
+use sudevwa::webhook::signature;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use warp::Filter;
@@ -472,7 +472,7 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
     })
     .unwrap();
     let db = sudevwa::store::db::open(&cfg.database).await.unwrap();
-    let outbox = sudevwa::outbox::Outbox::new(db.clone());
+    let outbox = sudevwa::webhook::Outbox::new(db.clone());
     let mut ids = Vec::new();
     for i in 0..5 {
         let m = actors::events::IncomingMessage {

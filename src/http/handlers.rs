@@ -1603,7 +1603,7 @@ pub async fn webhook_setconfig(id: String, p: Principal, body: Bytes, api: Share
             "instanceId": id,
             "webhookUrl": url,
             "secret": secret,
-            "standardWebhooksSecret": crate::outbox::standard_secret(&secret),
+            "standardWebhooksSecret": crate::webhook::standard_secret(&secret),
             "events": events_shown(&events),
             "enabled": api.config.features.enable_webhook,
         }),

@@ -70,41 +70,7 @@ pub struct Api {
     pub idempotency: crate::store::idempotency::IdempotencyKeys,
 }
 
-/// The webhook delivery log as the API needs it (implemented by the outbox).
-#[async_trait::async_trait]
-pub trait DeliveryLog: Send + Sync + 'static {
-    /// Recent deliveries of an instance, newest first, as JSON objects.
-    async fn recent(
-        &self,
-        instance_id: &str,
-        limit: u64,
-    ) -> Result<Vec<serde_json::Value>, sea_orm::DbErr>;
-    /// Queues one delivery again if `rule` allows it.
-    async fn redeliver(
-        &self,
-        instance_id: &str,
-        id: &str,
-        rule: &RedeliverRule,
-    ) -> Result<Redelivery, sea_orm::DbErr>;
-}
-
-/// Who asks for a redelivery, and where the webhook points now.
-#[derive(Debug, Clone)]
-pub struct RedeliverRule {
-    pub admin: bool,
-    pub current_url: Option<String>,
-}
-
-/// What a redelivery request did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redelivery {
-    Queued,
-    NotFound,
-    /// The payload was dropped by retention (`webhook.payload_retention_secs`).
-    PayloadExpired,
-    /// An instance token asked for an event queued for another URL than today's.
-    UrlChanged,
-}
+pub use crate::webhook::{DeliveryLog, RedeliverRule, Redelivery};
 
 /// Shared handle on [`Api`].
 pub type Shared = Arc<Api>;

@@ -14,8 +14,8 @@
 //! - The JSON an event is sent with (listen socket, webhook, catch-up) is built the same
 //!   way everywhere — the stored envelope plus its cursor — so the bytes are identical.
 
-use crate::outbox::entity as outbox;
 use crate::store::instances::entity as instance;
+use crate::webhook::entity as outbox;
 use actors::events::{
     with_cursor, EventSink, IncomingMessage, LifecycleNotice, LiveEvent, MessageStatus, SentRecord,
 };
@@ -369,7 +369,7 @@ impl Journal {
                     instance_id: Set(instance_id.to_string()),
                     event: Set(event.to_string()),
                     payload: Set(json.to_string()),
-                    status: Set(crate::outbox::PENDING.into()),
+                    status: Set(crate::webhook::PENDING.into()),
                     attempts: Set(0),
                     next_attempt_at: Set(now),
                     last_status_code: Set(None),
@@ -738,8 +738,8 @@ impl Journal {
             let cutoff = now - keep;
             let _turn = crate::store::db::write_turn(&self.db).await;
             for (status, at) in [
-                (crate::outbox::DELIVERED, outbox::Column::DeliveredAt),
-                (crate::outbox::DEAD, outbox::Column::NextAttemptAt),
+                (crate::webhook::DELIVERED, outbox::Column::DeliveredAt),
+                (crate::webhook::DEAD, outbox::Column::NextAttemptAt),
             ] {
                 p.payloads += outbox::Entity::update_many()
                     .col_expr(outbox::Column::Payload, Expr::value(""))
@@ -770,7 +770,7 @@ impl Journal {
                 .rows_affected;
             p.outbox += outbox::Entity::delete_many()
                 .filter(outbox::Column::CreatedAt.lt(cutoff))
-                .filter(outbox::Column::Status.ne(crate::outbox::PENDING))
+                .filter(outbox::Column::Status.ne(crate::webhook::PENDING))
                 .exec(&self.db)
                 .await?
                 .rows_affected;

@@ -1,0 +1,264 @@
+//! The `webhook_outbox` table: rows written with the events they carry, read by the
+//! worker, listed and queued again through the API.
+
+use crate::store::instances::entity as instance;
+use actors::events::IncomingMessage;
+use async_trait::async_trait;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder, QuerySelect};
+use serde_json::{json, Value};
+
+/// The `webhook_outbox` row.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// One event to deliver.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_outbox")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub instance_id: String,
+        pub event: String,
+        pub payload: String,
+        /// `pending`, `delivered` or `dead`.
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: i64,
+        pub last_status_code: Option<i32>,
+        pub last_error: Option<String>,
+        pub created_at: i64,
+        pub delivered_at: Option<i64>,
+        /// The webhook URL the row was queued for (`None`: queued before this was kept).
+        pub target: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub const PENDING: &str = "pending";
+pub const DELIVERED: &str = "delivered";
+pub const DEAD: &str = "dead";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The outbox table.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    pub(super) db: DatabaseConnection,
+}
+
+impl Outbox {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Writes `msg` for delivery if its instance has a webhook; returns the event id.
+    pub async fn enqueue(&self, msg: &IncomingMessage) -> Result<Option<String>, DbErr> {
+        let Some(row) = instance::Entity::find_by_id(msg.instance_id.clone())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if row.webhook_url.is_none() {
+            return Ok(None);
+        }
+        let id = format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()));
+        let now = now_ms();
+        entity::Entity::insert(entity::ActiveModel {
+            id: Set(id.clone()),
+            instance_id: Set(msg.instance_id.clone()),
+            event: Set("incoming_message".into()),
+            payload: Set(msg.to_envelope().to_string()),
+            status: Set(PENDING.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now),
+            last_status_code: Set(None),
+            last_error: Set(None),
+            created_at: Set(now),
+            delivered_at: Set(None),
+            target: Set(row.webhook_url.clone()),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(Some(id))
+    }
+
+    /// Instances with due rows, not in `busy`, the longest-waiting first: at most
+    /// `limit` of them. One entry per instance, however many rows it has queued, so a
+    /// tenant's backlog cannot crowd others out of a pass.
+    pub(super) async fn due_instances(
+        &self,
+        limit: u64,
+        busy: &[String],
+    ) -> Result<Vec<String>, DbErr> {
+        use sea_orm::sea_query::{Alias, Order};
+        let mut q = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::InstanceId)
+            .expr_as(
+                sea_orm::sea_query::Func::min(Expr::col(entity::Column::NextAttemptAt)),
+                "first_due",
+            )
+            .filter(entity::Column::Status.eq(PENDING))
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()));
+        if !busy.is_empty() {
+            q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
+        }
+        let rows: Vec<(String, i64)> = q
+            .group_by(entity::Column::InstanceId)
+            .order_by(Expr::col(Alias::new("first_due")), Order::Asc)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The oldest due rows of one instance, at most `limit`.
+    pub(super) async fn due_of(
+        &self,
+        instance_id: &str,
+        limit: u64,
+    ) -> Result<Vec<entity::Model>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .filter(entity::Column::Status.eq(PENDING))
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()))
+            .order_by_asc(entity::Column::NextAttemptAt)
+            .order_by_asc(entity::Column::CreatedAt)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// The earliest time a pending row of an instance not in `busy` becomes due, if
+    /// any (a busy instance's batch wakes the worker when it ends).
+    pub(super) async fn next_due(&self, busy: &[String]) -> Result<Option<i64>, DbErr> {
+        let mut q = entity::Entity::find().filter(entity::Column::Status.eq(PENDING));
+        if !busy.is_empty() {
+            q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
+        }
+        Ok(q.order_by_asc(entity::Column::NextAttemptAt)
+            .one(&self.db)
+            .await?
+            .map(|r| r.next_attempt_at))
+    }
+
+    pub(super) async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
+        entity::Entity::update_many()
+            .set(update)
+            .filter(entity::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// One row.
+    pub async fn get(&self, id: &str) -> Result<Option<entity::Model>, DbErr> {
+        entity::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+    }
+
+    /// Recent rows of an instance, newest first.
+    pub async fn list(&self, instance_id: &str, limit: u64) -> Result<Vec<entity::Model>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .order_by_desc(entity::Column::CreatedAt)
+            .order_by_desc(entity::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
+    /// Queues a row again (attempts reset), if `rule` allows it.
+    pub async fn redeliver_checked(
+        &self,
+        instance_id: &str,
+        id: &str,
+        rule: &super::RedeliverRule,
+    ) -> Result<super::Redelivery, DbErr> {
+        use super::Redelivery;
+        let Some(row) = self.get(id).await?.filter(|r| r.instance_id == instance_id) else {
+            return Ok(Redelivery::NotFound);
+        };
+        if row.payload.is_empty() {
+            return Ok(Redelivery::PayloadExpired);
+        }
+        // An instance token may send an event again only to the URL it was queued for:
+        // never old message bodies to a URL set since.
+        if !rule.admin && (row.target.is_none() || row.target != rule.current_url) {
+            return Ok(Redelivery::UrlChanged);
+        }
+        Ok(if self.redeliver(instance_id, id).await? {
+            Redelivery::Queued
+        } else {
+            Redelivery::NotFound
+        })
+    }
+
+    /// Queues a row again (attempts reset); `false` when the instance has no such row.
+    pub async fn redeliver(&self, instance_id: &str, id: &str) -> Result<bool, DbErr> {
+        let _turn = crate::store::db::write_turn(&self.db).await;
+        let r = entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(PENDING))
+            .col_expr(entity::Column::Attempts, Expr::value(0))
+            .col_expr(entity::Column::NextAttemptAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.eq(id))
+            .filter(entity::Column::InstanceId.eq(instance_id))
+            .filter(entity::Column::Payload.ne(""))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+}
+
+fn ms_to_rfc3339(ms: Option<i64>) -> Value {
+    json!(ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(actors::events::rfc3339))
+}
+
+/// A row as the delivery log shows it (no payload: it holds message bodies).
+pub fn delivery_json(r: &entity::Model) -> Value {
+    json!({
+        "id": r.id,
+        "event": r.event,
+        "status": r.status,
+        "attempts": r.attempts,
+        "last_status_code": r.last_status_code,
+        "last_error": r.last_error,
+        "created_at": ms_to_rfc3339(Some(r.created_at)),
+        "next_attempt_at": if r.status == PENDING { ms_to_rfc3339(Some(r.next_attempt_at)) } else { Value::Null },
+        "delivered_at": ms_to_rfc3339(r.delivered_at),
+    })
+}
+
+#[async_trait]
+impl super::DeliveryLog for Outbox {
+    async fn recent(&self, instance_id: &str, limit: u64) -> Result<Vec<Value>, DbErr> {
+        Ok(self
+            .list(instance_id, limit)
+            .await?
+            .iter()
+            .map(delivery_json)
+            .collect())
+    }
+
+    async fn redeliver(
+        &self,
+        instance_id: &str,
+        id: &str,
+        rule: &super::RedeliverRule,
+    ) -> Result<super::Redelivery, DbErr> {
+        self.redeliver_checked(instance_id, id, rule).await
+    }
+}

@@ -1,0 +1,285 @@
+//! The delivery worker: fair batches per instance, retries on the configured schedule,
+//! dead-letter after the last (see the module above for the rules).
+
+use super::outbox::{entity, Outbox, DEAD, DELIVERED, PENDING};
+use super::signature::delivery_headers;
+use crate::config::Cidr;
+use crate::net::fetch::{self, FetchPolicy};
+use crate::store::instances::entity as instance;
+use sea_orm::entity::prelude::*;
+use sea_orm::ActiveValue::Set;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// How the worker delivers.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Delays between attempts; after the last, the row is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+    pub allowed_targets: Vec<Cidr>,
+    pub allowed_ports: Vec<u16>,
+    /// Longest sleep between looks at the table (a new event wakes it at once).
+    pub poll_interval: Duration,
+    /// Attempts in flight at once (over all instances).
+    pub max_in_flight: usize,
+}
+
+/// The running worker.
+pub struct WorkerHandle {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<Notify>,
+}
+
+impl WorkerHandle {
+    /// Stops looking for work, waits (bounded) for attempts in flight.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.notify_one();
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+
+    /// Stops at once, as a crash would (attempts in flight are abandoned).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// The delivery worker.
+pub struct WebhookWorker;
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * actors::backoff::random_unit())
+}
+
+impl WebhookWorker {
+    /// Starts delivering due rows of `outbox`; `wake` is the sink's doorbell.
+    pub fn spawn(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>) -> WorkerHandle {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(outbox, settings, wake, stop.clone()));
+        WorkerHandle { task, stop }
+    }
+}
+
+async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: Arc<Notify>) {
+    let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let max = settings.max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut tasks = tokio::task::JoinSet::new();
+    let busy_now = |busy: &Mutex<HashSet<String>>| -> Vec<String> {
+        busy.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    };
+    loop {
+        // One batch per idle instance with due rows, the longest-waiting instances
+        // first, as many as there are free slots.
+        let free = slots.available_permits() as u64;
+        if free > 0 {
+            match outbox.due_instances(free, &busy_now(&busy)).await {
+                Ok(ids) => {
+                    for instance_id in ids {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        busy.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(instance_id.clone());
+                        let (outbox, settings, busy, wake) =
+                            (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
+                        tasks.spawn(async move {
+                            deliver_batch(&outbox, &settings, &instance_id).await;
+                            busy.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&instance_id);
+                            drop(permit);
+                            // A slot is free and the instance may have more due rows.
+                            wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading the webhook outbox failed"),
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        // Sleep until woken (a new event, a batch ending), the next due time of an
+        // idle instance, or the poll interval (a safety net only).
+        let mut sleep = settings.poll_interval;
+        if slots.available_permits() > 0 {
+            if let Ok(Some(next)) = outbox.next_due(&busy_now(&busy)).await {
+                let until = Duration::from_millis((next - now_ms()).max(0) as u64);
+                sleep = sleep.min(until.max(Duration::from_millis(10)));
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = stop.notified() => {
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// Rows one batch of an instance takes.
+const BATCH: u64 = 256;
+
+/// Successful deliveries recorded per UPDATE.
+const RECORD_BATCH: usize = 64;
+
+/// Delivers due rows of one instance in order, over the pooled client's kept-alive
+/// connection: the target is loaded once, successes are recorded in batches (one
+/// UPDATE per batch), and the first failure ends the batch (its row is scheduled for a
+/// retry; the rest stay due for the next pass). A crash between a delivery and its
+/// record sends that row again (at-least-once, deduplicated by `webhook-id`).
+async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: &str) {
+    let rows = match outbox.due_of(instance_id, BATCH).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "re-reading webhook rows failed");
+            return;
+        }
+    };
+    if rows.is_empty() {
+        return;
+    }
+    let target = instance::Entity::find_by_id(instance_id.to_string())
+        .one(&outbox.db)
+        .await;
+    let (url, secret) = match target {
+        Ok(Some(i)) => match i.webhook_url {
+            Some(u) => (u, i.webhook_secret.unwrap_or_default()),
+            None => {
+                for row in &rows {
+                    fail(outbox, settings, row, None, "webhook not configured", true).await;
+                }
+                return;
+            }
+        },
+        Ok(None) => {
+            for row in &rows {
+                fail(outbox, settings, row, None, "instance deleted", true).await;
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "loading the webhook target failed");
+            return; // stays pending; retried on the next pass
+        }
+    };
+    let policy = FetchPolicy {
+        allowed_targets: settings.allowed_targets.clone(),
+        allowed_ports: settings.allowed_ports.clone(),
+        max_bytes: 64 * 1024,
+        timeout: settings.timeout,
+        connect_timeout: settings.timeout.min(Duration::from_secs(5)),
+        max_redirects: 0,
+        gate: None,
+    };
+    let mut delivered: Vec<(String, u16)> = Vec::new();
+    for row in rows {
+        let body = row.payload.clone().into_bytes();
+        let headers = delivery_headers(&secret, &row.id, chrono::Utc::now().timestamp(), &body);
+        match fetch::post(&url, body, &headers, &policy).await {
+            Ok(code) if (200..300).contains(&code) => {
+                delivered.push((row.id.clone(), code));
+                if delivered.len() >= RECORD_BATCH {
+                    record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                }
+            }
+            Ok(code) => {
+                record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                fail(
+                    outbox,
+                    settings,
+                    &row,
+                    Some(code),
+                    &format!("HTTP {code}"),
+                    false,
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                record_delivered(outbox, std::mem::take(&mut delivered)).await;
+                fail(outbox, settings, &row, None, &e.to_string(), false).await;
+                return;
+            }
+        }
+    }
+    record_delivered(outbox, delivered).await;
+}
+
+/// Marks rows delivered: one UPDATE per status code among them.
+async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
+    let mut by_code: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for (id, code) in rows {
+        by_code.entry(code).or_default().push(id);
+    }
+    for (code, ids) in by_code {
+        let _turn = crate::store::db::write_turn(&outbox.db).await;
+        let r = entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(DELIVERED))
+            .col_expr(
+                entity::Column::Attempts,
+                sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
+            )
+            .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
+            .col_expr(
+                entity::Column::LastError,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.is_in(ids))
+            .exec(&outbox.db)
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "recording webhook deliveries failed");
+        }
+    }
+}
+
+async fn fail(
+    outbox: &Outbox,
+    settings: &WorkerSettings,
+    row: &entity::Model,
+    code: Option<u16>,
+    error: &str,
+    final_: bool,
+) {
+    let attempts = row.attempts + 1;
+    let delay = settings
+        .retry_schedule
+        .get((attempts - 1).max(0) as usize)
+        .copied();
+    let (status, next) = match delay {
+        Some(d) if !final_ => (PENDING, now_ms() + jittered(d).as_millis() as i64),
+        _ => (DEAD, row.next_attempt_at),
+    };
+    tracing::info!(event_id = %row.id, instance_id = %row.instance_id, attempts, status, error, "webhook attempt failed");
+    let r = outbox
+        .record(
+            &row.id,
+            entity::ActiveModel {
+                status: Set(status.into()),
+                attempts: Set(attempts),
+                next_attempt_at: Set(next),
+                last_status_code: Set(code.map(i32::from)),
+                last_error: Set(Some(error.chars().take(200).collect())),
+                ..Default::default()
+            },
+        )
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "recording a webhook failure failed");
+    }
+}
