@@ -49,7 +49,10 @@ pub enum Action {
     StopQrFlow,
     /// Connect with the stored session.
     Connect,
-    /// Reconnect after a jittered, capped backoff.
+    /// A reconnect is due. Nothing for the actor to run: whatsapp-rust's client
+    /// reconnects by itself (its own jittered Fibonacci backoff), through the
+    /// process's connect gate; the actor only records `reconnecting` and waits for
+    /// the client's `Connected` or a terminal event.
     ScheduleReconnect,
     /// Start the presence heartbeat (and send "available" now).
     StartHeartbeat,
