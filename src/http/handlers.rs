@@ -191,15 +191,14 @@ async fn by_number(
     phone: &str,
 ) -> Result<(Instance, ActorRef<InstanceMsg>), ApiError> {
     let phone = util::normalize_phone(phone, &api.config.whatsapp.default_country_code)?;
-    let rows = api.instances.list().await.map_err(db_error)?;
+    let rows = api
+        .instances
+        .online_with_phone(&phone)
+        .await
+        .map_err(db_error)?;
     // Another tenant's number answers exactly like an unknown one (404): a token
     // cannot probe which numbers this server runs.
-    let mut candidates = rows
-        .into_iter()
-        .filter(|r| r.phone.as_deref() == Some(phone.as_str()))
-        .filter(|r| r.status == InstanceStatus::Online.as_str())
-        .filter(|r| p.may_access(&r.id))
-        .peekable();
+    let mut candidates = rows.into_iter().filter(|r| p.may_access(&r.id)).peekable();
     let none = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -676,7 +675,7 @@ pub async fn delete_instance(id: String, p: Principal, api: Shared) -> R {
         }
     }
     api.runtime.stop(&id).await.map_err(actor_unreachable)?;
-    api.auth.tokens().delete_all(&id).await.map_err(db_error)?;
+    // The row, its tokens, logs and outbox go in one transaction.
     api.instances.delete(&id).await.map_err(db_error)?;
     api.sockets.revoke(super::ws::Revocation::Tokens {
         instance_id: id.clone(),

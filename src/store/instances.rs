@@ -177,6 +177,16 @@ impl Instances {
         Ok(r.rows_affected > 0)
     }
 
+    /// The online instances whose own number is `phone` (by the phone index, not a scan).
+    pub async fn online_with_phone(&self, phone: &str) -> Result<Vec<Instance>, DbErr> {
+        entity::Entity::find()
+            .filter(entity::Column::Phone.eq(phone))
+            .filter(entity::Column::Status.eq(InstanceStatus::Online.as_str()))
+            .order_by_asc(entity::Column::CreatedAt)
+            .all(&self.db)
+            .await
+    }
+
     /// Every instance, oldest first.
     pub async fn list(&self) -> Result<Vec<Instance>, DbErr> {
         entity::Entity::find()
@@ -193,7 +203,9 @@ impl Instances {
             .await
             .map_err(|e| DbErr::Custom(e.to_string()))?;
         // The message log, timeline, event log, idempotency keys and outbox rows hold
-        // message bodies: they go with the instance.
+        // message bodies; the tokens would outlive their instance: all go with the
+        // instance row, in one transaction.
+        let _turn = crate::store::db::write_turn(&self.db).await;
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
         for table in [
             "messages",
@@ -201,6 +213,7 @@ impl Instances {
             "events",
             "idempotency_keys",
             "webhook_outbox",
+            "api_tokens",
         ] {
             use sea_orm::sea_query::{Alias, Query};
             let stmt = Query::delete()
@@ -212,10 +225,10 @@ impl Instances {
                 .to_owned();
             sea_orm::ConnectionTrait::execute(&txn, &stmt).await?;
         }
-        txn.commit().await?;
         let r = entity::Entity::delete_by_id(id.to_string())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         bump_webhook_settings();
         Ok(r.rows_affected > 0)
     }
