@@ -458,6 +458,20 @@ impl Actor for InstanceActor {
         msg: InstanceMsg,
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
+        // Every log line of this message carries the instance it is about.
+        let span = tracing::info_span!("instance", instance_id = %state.id);
+        tracing::Instrument::instrument(self.dispatch(myself, msg, state), span).await
+    }
+}
+
+impl InstanceActor {
+    /// One message, in the actor's span (see `handle`).
+    async fn dispatch(
+        &self,
+        myself: ActorRef<InstanceMsg>,
+        msg: InstanceMsg,
+        state: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             InstanceMsg::StartQr(reply) => {
                 let r = match lifecycle::transition(state.status, LifecycleEvent::QrRequested) {
