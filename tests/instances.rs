@@ -207,7 +207,7 @@ async fn instance_pairs_by_qr_sends_and_receives_and_reports_events() {
     let snap = call_t!(actor, InstanceMsg::Status, 5000).unwrap();
     assert_eq!(snap.status, InstanceStatus::Online);
     assert!(snap.is_connected);
-    assert_eq!(snap.phone.as_deref(), Some("6281100000001"));
+    assert_eq!(snap.identity.phone.as_deref(), Some("6281100000001"));
     let row = instances.get("inst-a").await.unwrap().unwrap();
     assert_eq!(row.status, "online");
     assert_eq!(row.phone.as_deref(), Some("6281100000001"));

@@ -178,7 +178,7 @@ async fn ready(api: &Shared, row: &Instance) -> Result<ActorRef<InstanceMsg>, Ap
     if !socket_up {
         return Err(not_connected());
     }
-    if s.status != InstanceStatus::Online || s.jid.is_none() {
+    if s.status != InstanceStatus::Online || s.identity.jid.is_none() {
         return Err(instance_error(InstanceError::NotLoggedIn));
     }
     Ok(actor)
@@ -568,9 +568,9 @@ fn instance_json(row: &Instance, snap: Option<&InstanceSnapshot>) -> Value {
         Some(s) => (
             s.status.as_str().to_string(),
             s.is_connected,
-            s.phone.clone(),
-            s.jid.clone(),
-            s.lid.clone(),
+            s.identity.phone.clone(),
+            s.identity.jid.clone(),
+            s.identity.lid.clone(),
             s.connected_at.map(actors::events::rfc3339),
         ),
         None => (
@@ -730,7 +730,7 @@ pub async fn start_qr(api: &Shared, id: &str) -> Result<QrStart, ApiError> {
     let mut code = match started {
         Ok(code) => code,
         Err(InstanceError::Lifecycle(LifecycleError::AlreadyConnected)) => {
-            return Ok(QrStart::Connected(snapshot(&a).await?.jid));
+            return Ok(QrStart::Connected(snapshot(&a).await?.identity.jid));
         }
         Err(e) => return Err(instance_error(e)),
     }

@@ -1,0 +1,216 @@
+//! The actor's vocabulary: its messages ([`InstanceMsg`]), its one error type
+//! ([`InstanceError`], with the API code of each), and the values it answers with.
+
+use crate::events::LiveEvent;
+use crate::lifecycle::LifecycleError;
+use crate::status::InstanceStatus;
+use chrono::{DateTime, Utc};
+use ractor::RpcReplyPort;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use whatsapp_rust::wacore::types::events::Event;
+
+/// Who the instance is on WhatsApp, once known (kept in the instance row and shown
+/// in status answers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Digits of the phone number.
+    pub phone: Option<String>,
+    /// `<phone>@s.whatsapp.net`.
+    pub jid: Option<String>,
+    /// `<lid>@lid`.
+    pub lid: Option<String>,
+    /// The name the phone gave.
+    pub push_name: Option<String>,
+}
+
+/// A domain error, with the API code it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstanceError {
+    #[error("instance is not connected")]
+    NotConnected,
+    #[error("instance is not logged in")]
+    NotLoggedIn,
+    #[error("invalid phone number")]
+    InvalidPhone,
+    #[error("phone number is not registered on WhatsApp")]
+    PhoneNotRegistered,
+    #[error("could not verify the phone number")]
+    VerificationFailed,
+    #[error("invalid group JID")]
+    InvalidGroupJid,
+    #[error("message could not be sent")]
+    SendFailed,
+    #[error("media upload failed")]
+    UploadFailed,
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("instance storage failed")]
+    Storage,
+    #[error("instance has too many requests in flight; retry shortly")]
+    Busy,
+    #[error("the request was abandoned by its caller before it started; nothing was sent")]
+    Abandoned,
+}
+
+impl InstanceError {
+    /// The API.md error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "NOT_CONNECTED",
+            Self::NotLoggedIn => "NOT_LOGGED_IN",
+            Self::InvalidPhone => "INVALID_PHONE",
+            Self::PhoneNotRegistered => "PHONE_NOT_REGISTERED",
+            Self::VerificationFailed => "VERIFICATION_FAILED",
+            Self::InvalidGroupJid => "INVALID_GROUP_JID",
+            Self::SendFailed => "SEND_FAILED",
+            Self::UploadFailed => "UPLOAD_FAILED",
+            Self::Lifecycle(LifecycleError::QrInProgress) => "QR_IN_PROGRESS",
+            Self::Lifecycle(LifecycleError::AlreadyConnected) => "ALREADY_CONNECTED",
+            Self::Lifecycle(LifecycleError::NoQrSession) => "NO_QR_SESSION",
+            Self::Storage => "INTERNAL_ERROR",
+            Self::Busy => "INSTANCE_BUSY",
+            Self::Abandoned => "REQUEST_ABANDONED",
+        }
+    }
+}
+
+/// A QR code currently on offer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QrCode {
+    pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A snapshot for `GET /api/status/:id`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceSnapshot {
+    pub instance_id: String,
+    pub status: InstanceStatus,
+    pub is_connected: bool,
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub qr: Option<QrCode>,
+}
+
+/// A sent message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sent {
+    pub message_id: String,
+    pub timestamp: i64,
+    pub to: String,
+}
+
+/// One number-check answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NumberCheck {
+    pub phone: String,
+    pub is_registered: bool,
+    pub jid: Option<String>,
+}
+
+/// A group, as `GET /api/groups/:id` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    pub jid: String,
+    pub name: String,
+    pub topic: Option<String>,
+    /// Member JIDs.
+    pub participants: Vec<String>,
+    pub owner_jid: Option<String>,
+    /// Unix seconds.
+    pub created_at: Option<u64>,
+}
+
+/// Kind of media to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+}
+
+/// Media to send.
+#[derive(Debug, Clone)]
+pub struct OutgoingMedia {
+    pub kind: MediaKind,
+    pub bytes: Vec<u8>,
+    pub mimetype: String,
+    pub file_name: Option<String>,
+    pub caption: Option<String>,
+}
+
+/// Test-only faults, to exercise supervision with a real actor. Compiled only with the
+/// `test-faults` feature (the server's tests turn it on; production builds lack it).
+#[cfg(feature = "test-faults")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic inside `handle`.
+    Panic,
+}
+
+/// Messages of [`InstanceActor`](super::InstanceActor).
+pub enum InstanceMsg {
+    /// Start (or join) a QR login; replies with the current code if one is on offer.
+    StartQr(RpcReplyPort<Result<Option<QrCode>, InstanceError>>),
+    /// Cancel the running QR login.
+    CancelQr(RpcReplyPort<Result<(), InstanceError>>),
+    /// Current status.
+    Status(RpcReplyPort<InstanceSnapshot>),
+    /// Send a text to a phone number (digits) or a JID. `message_id`: a caller-chosen
+    /// WhatsApp message id (idempotent sends), else one is generated.
+    SendText {
+        to: String,
+        text: String,
+        message_id: Option<String>,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Send media to a phone number or a JID.
+    SendMedia {
+        to: String,
+        media: OutgoingMedia,
+        message_id: Option<String>,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Check which numbers are on WhatsApp.
+    CheckNumbers {
+        phones: Vec<String>,
+        reply: RpcReplyPort<Result<Vec<NumberCheck>, InstanceError>>,
+    },
+    /// The groups this number is in.
+    ListGroups(RpcReplyPort<Result<Vec<GroupInfo>, InstanceError>>),
+    /// Send a text to a group (`<id>@g.us`).
+    SendGroupText {
+        group_jid: String,
+        text: String,
+        message_id: Option<String>,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Unlink on WhatsApp and wipe the keys; the instance stays.
+    Logout(RpcReplyPort<Result<(), InstanceError>>),
+    /// A receiver of this instance's stored events (`incoming_message` and
+    /// `message_status`, with their cursors).
+    Subscribe(RpcReplyPort<broadcast::Receiver<LiveEvent>>),
+    /// Stop the client cleanly (process shutdown).
+    Shutdown(RpcReplyPort<()>),
+    /// Test-only fault hook (feature `test-faults`).
+    #[cfg(feature = "test-faults")]
+    Fault(Fault),
+    /// Internal: an event from client generation `.0`.
+    Wa(u64, Arc<Event>),
+    /// Internal: the window of QR flow `.0` ended.
+    QrDeadline(u64),
+    /// Internal: presence heartbeat tick.
+    Heartbeat,
+    /// Internal: client generation `.0` could not commit incoming messages; their
+    /// acks were withheld, so WhatsApp still holds them.
+    CommitFailed(u64),
+    /// Internal: the storage takes writes again; reconnect so WhatsApp redelivers
+    /// what was not acknowledged.
+    StorageRecovered,
+}
