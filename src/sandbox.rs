@@ -11,9 +11,10 @@
 //! have no sandbox and never accept a mock.
 
 use crate::http::error::ApiError;
-use crate::http::handlers::{self, admin_only, parse, required, QrStart};
+use crate::http::routes::{self, admin_only, parse, required};
 use crate::http::util::{self, ok};
 use crate::http::{authed, body_limited, respond, with_api, Shared, MAX_JSON_BODY};
+use crate::runtime::QrStart;
 use actors::instance::{MediaKind, WaOptions};
 use bytes::Bytes;
 use mock_whatsapp::contact::Contact;
@@ -293,8 +294,8 @@ async fn scan(
     admin_only(&p)?;
     let b: ScanBody = parse(&body)?;
     let number = phone(&api, &required(&b.phone, "phone")?)?;
-    handlers::instance(&api, &p, &id).await?;
-    let code = match handlers::start_qr(&api, &id).await? {
+    routes::instance(&api, &p, &id).await?;
+    let code = match routes::start_qr(&api, &id).await? {
         QrStart::Connected(_) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -302,7 +303,7 @@ async fn scan(
                 "Instance is already connected",
             ))
         }
-        QrStart::Code(Some((code, _))) => code,
+        QrStart::Code(Some(code)) => code.code,
         QrStart::Code(None) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -521,7 +522,7 @@ async fn instance_phone(
     p: &crate::http::auth::Principal,
     id: &str,
 ) -> Result<String, ApiError> {
-    let row = handlers::instance(api, p, id).await?;
+    let row = routes::instance(api, p, id).await?;
     row.phone
         .ok_or_else(|| ApiError::bad_request("NOT_LOGGED_IN", "The instance is not paired"))
 }

@@ -277,6 +277,7 @@ async fn start_runtime(
                 number_cache_ttl: wa.number_cache_ttl,
                 number_cache_negative_ttl: wa.number_cache_negative_ttl,
                 max_ops: wa.max_ops_per_instance,
+                ..InstanceTiming::default()
             }),
             restart: RestartPolicy::default(),
             sink,

@@ -62,6 +62,8 @@ async fn actor(
         },
         timing: InstanceTiming {
             qr_timeout,
+            // StartQr answers within this (no code comes here: there is no network).
+            first_qr_wait: Duration::from_secs(1),
             presence_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             ..Default::default()

@@ -162,3 +162,67 @@ pub async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible
     };
     Ok(e.into_response())
 }
+
+/// An actor's domain error: its API code with the status API.md gives it.
+impl From<actors::instance::InstanceError> for ApiError {
+    fn from(e: actors::instance::InstanceError) -> Self {
+        use actors::instance::InstanceError as E;
+        use actors::lifecycle::LifecycleError as L;
+        let status = match &e {
+            E::VerificationFailed | E::SendFailed | E::UploadFailed | E::Storage => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            E::Unavailable => return Self::internal(),
+            E::Lifecycle(L::QrInProgress) | E::Lifecycle(L::AlreadyConnected) => {
+                StatusCode::CONFLICT
+            }
+            E::Lifecycle(L::NoQrSession) => StatusCode::NOT_FOUND,
+            E::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match &e {
+            E::Storage => "Internal server error".to_string(),
+            other => capitalize(&other.to_string()),
+        };
+        let mut err = ApiError::new(status, e.code(), message);
+        if matches!(e, E::Busy) {
+            err.retry_after = Some(1);
+        }
+        err
+    }
+}
+
+/// A failed database call: 503 `DATABASE_UNAVAILABLE` (the cause is logged).
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        tracing::error!(error = %e, "database call failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            "The database is unavailable",
+        )
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for ApiError {
+    fn from(e: crate::runtime::RuntimeError) -> Self {
+        use crate::runtime::RuntimeError as E;
+        match e {
+            E::Db(e) => e.into(),
+            E::Instance(e) => e.into(),
+            E::StillConnected => ApiError::bad_request(
+                "INSTANCE_STILL_CONNECTED",
+                "Log the instance out before deleting it",
+            ),
+        }
+    }
+}
+
+/// `s` with its first letter upper-cased (error texts start lower-case).
+pub fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}

@@ -20,7 +20,7 @@
 
 use super::auth::Principal;
 use super::error::ApiError;
-use super::{handlers, Shared};
+use super::{routes, Shared};
 use crate::config::WebsocketConfig;
 use actors::events::{LifecycleNotice, LiveEvent};
 use actors::instance::InstanceMsg;
@@ -498,7 +498,7 @@ pub async fn listen(
     api: Shared,
 ) -> Result<Response, ApiError> {
     let after = after_cursor(&query)?;
-    let instance = handlers::instance_for_ws(&api, &p, &id).await?;
+    let instance = routes::instance(&api, &p, &id).await?.id;
     let session = Session::open(&api, &p, token, ip, Some(instance.clone()))?;
     let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
         tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");

@@ -280,10 +280,16 @@ impl Instances {
         entity::Entity::update_many()
             .col_expr(entity::Column::Status, Expr::value(rec.status.as_str()))
             .col_expr(entity::Column::Reason, Expr::value(rec.reason.clone()))
-            .col_expr(entity::Column::Phone, Expr::value(rec.identity.phone.clone()))
+            .col_expr(
+                entity::Column::Phone,
+                Expr::value(rec.identity.phone.clone()),
+            )
             .col_expr(entity::Column::Jid, Expr::value(rec.identity.jid.clone()))
             .col_expr(entity::Column::Lid, Expr::value(rec.identity.lid.clone()))
-            .col_expr(entity::Column::PushName, Expr::value(rec.identity.push_name.clone()))
+            .col_expr(
+                entity::Column::PushName,
+                Expr::value(rec.identity.push_name.clone()),
+            )
             .col_expr(
                 entity::Column::ConnectedAt,
                 Expr::value(ms(rec.connected_at)),

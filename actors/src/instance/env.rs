@@ -33,6 +33,9 @@ pub struct WaOptions {
 pub struct InstanceTiming {
     /// How long a QR flow may wait for a scan (SUDEVWA: 3 minutes).
     pub qr_timeout: Duration,
+    /// How long a `StartQr` request waits for the first code of a new flow before it
+    /// is answered without one.
+    pub first_qr_wait: Duration,
     /// Interval of the "available" presence heartbeat while online.
     pub presence_interval: Duration,
     /// Deadline for calls into whatsapp-rust (send, check, ...).
@@ -50,6 +53,7 @@ impl Default for InstanceTiming {
     fn default() -> Self {
         Self {
             qr_timeout: Duration::from_secs(180),
+            first_qr_wait: Duration::from_secs(10),
             presence_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             number_cache_ttl: Duration::from_secs(6 * 3600),

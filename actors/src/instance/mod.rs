@@ -46,6 +46,7 @@ use crate::lifecycle::{self, Action, LifecycleEvent};
 use crate::status::InstanceStatus;
 use chrono::{DateTime, Utc};
 use outbound::{NumberCache, OpTasks};
+use qr::QrReply;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -72,6 +73,8 @@ pub struct InstanceState {
     /// Incremented for every QR flow; deadlines carry it.
     qr_flow: u64,
     qr: Option<QrCode>,
+    /// `StartQr` requests waiting for the first code of the flow, with their deadlines.
+    qr_waiters: Vec<(tokio::time::Instant, QrReply)>,
     heartbeat: Option<JoinHandle<()>>,
     /// Live listeners of stored events (bounded; lagging receivers are cut off,
     /// memory never grows; they can resume from their last cursor).
@@ -117,6 +120,7 @@ impl Actor for InstanceActor {
             generation: 0,
             qr_flow: 0,
             qr: None,
+            qr_waiters: Vec::new(),
             heartbeat: None,
             listeners,
             recovering: false,
@@ -208,6 +212,7 @@ impl InstanceActor {
             InstanceMsg::Fault(Fault::Panic) => panic!("fault injected into instance {}", state.id),
             InstanceMsg::Wa(generation, event) => state.on_wa(me, generation, &event).await,
             InstanceMsg::QrDeadline(flow) => state.qr_deadline(me, flow).await,
+            InstanceMsg::QrWaitOver => state.qr_wait_over(),
             InstanceMsg::Heartbeat => state.heartbeat(),
             InstanceMsg::CommitFailed(generation) => state.commit_failed(me, generation),
             InstanceMsg::StorageRecovered => state.storage_recovered().await,
@@ -227,6 +232,10 @@ impl InstanceState {
             self.run(myself, *action).await;
         }
         self.status = tr.status;
+        if tr.status != InstanceStatus::QrPending {
+            // The flow ended (paired, cancelled, timed out): no code is coming.
+            self.answer_qr_waiters();
+        }
         match tr.status {
             InstanceStatus::Online if before != InstanceStatus::Online => {
                 self.connected_at = Some(Utc::now());

@@ -52,6 +52,9 @@ pub enum InstanceError {
     Busy,
     #[error("the request was abandoned by its caller before it started; nothing was sent")]
     Abandoned,
+    /// The actor did not answer in time (or is gone).
+    #[error("the instance did not answer")]
+    Unavailable,
 }
 
 impl InstanceError {
@@ -72,6 +75,7 @@ impl InstanceError {
             Self::Storage => "INTERNAL_ERROR",
             Self::Busy => "INSTANCE_BUSY",
             Self::Abandoned => "REQUEST_ABANDONED",
+            Self::Unavailable => "INTERNAL_ERROR",
         }
     }
 }
@@ -156,7 +160,8 @@ pub enum Fault {
 
 /// Messages of [`InstanceActor`](super::InstanceActor).
 pub enum InstanceMsg {
-    /// Start (or join) a QR login; replies with the current code if one is on offer.
+    /// Start (or join) a QR login; replies with the code on offer, waiting up to
+    /// `first_qr_wait` for the first code of a new flow (`None` if none came).
     StartQr(RpcReplyPort<Result<Option<QrCode>, InstanceError>>),
     /// Cancel the running QR login.
     CancelQr(RpcReplyPort<Result<(), InstanceError>>),
@@ -205,6 +210,9 @@ pub enum InstanceMsg {
     Wa(u64, Arc<Event>),
     /// Internal: the window of QR flow `.0` ended.
     QrDeadline(u64),
+    /// Internal: `StartQr` requests waiting longer than `first_qr_wait` get their
+    /// answer without a code.
+    QrWaitOver,
     /// Internal: presence heartbeat tick.
     Heartbeat,
     /// Internal: client generation `.0` could not commit incoming messages; their

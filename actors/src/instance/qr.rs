@@ -1,6 +1,8 @@
 //! The QR login flow of one instance: a request starts (or joins) a flow, the client
 //! shows codes as WhatsApp rotates them, the flow has one deadline however many
-//! clients it takes, and a scan pairs the device.
+//! clients it takes, and a scan pairs the device. A request that starts a flow is
+//! answered with the first code when it comes (at most `first_qr_wait` later), so
+//! callers need not watch the notices for it.
 
 use super::{InstanceError, InstanceMsg, InstanceState, QrCode};
 use crate::events::{rfc3339, LifecycleNotice};
@@ -10,23 +12,51 @@ use chrono::Utc;
 use ractor::{ActorRef, RpcReplyPort};
 use whatsapp_rust::wacore::types::events::{PairSuccess, PairingQrCode};
 
+/// The reply port of a `StartQr` request.
+pub(super) type QrReply = RpcReplyPort<Result<Option<QrCode>, InstanceError>>;
+
 impl InstanceState {
-    /// `StartQr`: starts a flow, or joins the running one; answers the code on offer.
-    pub(super) async fn start_qr(
-        &mut self,
-        myself: &ActorRef<InstanceMsg>,
-        reply: RpcReplyPort<Result<Option<QrCode>, InstanceError>>,
-    ) {
-        let r = match lifecycle::transition(self.status, LifecycleEvent::QrRequested) {
-            Ok(_) => {
-                self.apply(myself, LifecycleEvent::QrRequested).await;
-                Ok(self.qr.clone())
-            }
+    /// `StartQr`: starts a flow, or joins the running one; answers the code on offer,
+    /// or waits for the first one.
+    pub(super) async fn start_qr(&mut self, myself: &ActorRef<InstanceMsg>, reply: QrReply) {
+        match lifecycle::transition(self.status, LifecycleEvent::QrRequested) {
+            Ok(_) => self.apply(myself, LifecycleEvent::QrRequested).await,
             // Joining a running flow is not an error for the caller who just wants the code.
-            Err(LifecycleError::QrInProgress) => Ok(self.qr.clone()),
-            Err(e) => Err(e.into()),
-        };
-        let _ = reply.send(r);
+            Err(LifecycleError::QrInProgress) => {}
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        }
+        match &self.qr {
+            Some(code) => drop(reply.send(Ok(Some(code.clone())))),
+            None if self.status == InstanceStatus::QrPending => {
+                let wait = self.env.timing.first_qr_wait;
+                self.qr_waiters
+                    .push((tokio::time::Instant::now() + wait, reply));
+                myself.send_after(wait, || InstanceMsg::QrWaitOver);
+            }
+            None => drop(reply.send(Ok(None))),
+        }
+    }
+
+    /// Answers the waiting `StartQr` requests whose wait is over, without a code.
+    pub(super) fn qr_wait_over(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (over, waiting) = std::mem::take(&mut self.qr_waiters)
+            .into_iter()
+            .partition(|(until, _)| *until <= now);
+        self.qr_waiters = waiting;
+        for (_, reply) in over {
+            let _ = reply.send(Ok(None));
+        }
+    }
+
+    /// Answers every waiting `StartQr` request with the code on offer (or none).
+    pub(super) fn answer_qr_waiters(&mut self) {
+        for (_, reply) in self.qr_waiters.drain(..) {
+            let _ = reply.send(Ok(self.qr.clone()));
+        }
     }
 
     /// `CancelQr`: ends the running flow.
@@ -89,6 +119,7 @@ impl InstanceState {
             code: qr.code.clone(),
             expires_at,
         });
+        self.answer_qr_waiters();
         self.notify(LifecycleNotice::QrGenerated {
             instance_id: self.id.clone(),
             phone_number: None,

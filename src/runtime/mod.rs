@@ -1,11 +1,18 @@
 //! The instance runtime: the supervisor, the factory that builds instance actors on
 //! this database, start-up recovery with admission control, and shutdown.
 //!
-//! Handlers reach instances only through [`InstanceRuntime::actor`] (a registry lookup
-//! by `instance:<id>`) and messages with timeouts; nothing here caches an actor ref.
+//! Handlers reach instances only through [`InstanceHandle`]s ([`InstanceRuntime::handle`],
+//! a registry lookup by `instance:<id>`, whose methods own their deadlines); nothing
+//! here caches an actor ref. Creating, deleting and finding an instance by its number
+//! live here too, so the HTTP layer only parses and maps.
 
-use crate::store::instances::{DbInstanceStore, Instances};
+mod handle;
+
+pub use handle::{Content, InstanceHandle, QrStart, Recipient};
+
+use crate::store::instances::{DbInstanceStore, Instance, Instances};
 use actors::events::{EventSink, LifecycleNotice};
+use actors::instance::InstanceError;
 use actors::instance::{
     Durability, InstanceActor, InstanceArgs, InstanceEnv, InstanceMsg, InstanceTiming, WaOptions,
 };
@@ -15,6 +22,7 @@ use actors::{
 };
 use async_trait::async_trait;
 use ractor::{call_t, Actor, ActorCell, ActorRef, SpawnErr};
+use sea_orm::DbErr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -92,6 +100,30 @@ pub enum ResumeError {
     NotCrashed,
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why creating, deleting or finding an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Db(#[from] DbErr),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error("the instance is still connected; log it out first")]
+    StillConnected,
+}
+
+/// A new instance id (a random UUID-shaped hex string).
+fn new_instance_id() -> String {
+    let h = hex::encode(rand::random::<[u8; 16]>());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// How to build the runtime.
@@ -276,6 +308,67 @@ impl InstanceRuntime {
     /// The live actor of an instance, found by registry name.
     pub fn actor(&self, instance_id: &str) -> Option<ActorRef<InstanceMsg>> {
         ractor::registry::where_is(actor_name(instance_id)).map(ActorRef::from)
+    }
+
+    /// The handle of a running instance.
+    pub fn handle(&self, instance_id: &str) -> Option<InstanceHandle> {
+        self.actor(instance_id).map(InstanceHandle::new)
+    }
+
+    /// The handle of an existing instance, started if it is not running.
+    pub async fn ensure_handle(&self, instance_id: &str) -> Result<InstanceHandle, InstanceError> {
+        self.ensure_started(instance_id)
+            .await
+            .map(InstanceHandle::new)
+            .map_err(|e| {
+                tracing::warn!(instance_id = %instance_id, error = %e, "instance actor could not start");
+                InstanceError::Unavailable
+            })
+    }
+
+    /// Creates an instance (row, then its actor, waiting for a QR); returns its id.
+    pub async fn create(&self, device_name: &str) -> Result<String, RuntimeError> {
+        let id = new_instance_id();
+        self.instances.create(&id, device_name).await?;
+        self.ensure_handle(&id).await?;
+        Ok(id)
+    }
+
+    /// Deletes an instance that is not connected: its actor stops, then the row, its
+    /// tokens, logs and outbox go in one transaction.
+    pub async fn delete(&self, instance_id: &str) -> Result<(), RuntimeError> {
+        if let Some(h) = self.handle(instance_id) {
+            let s = h.status().await?;
+            if s.is_connected || s.status == InstanceStatus::Online {
+                return Err(RuntimeError::StillConnected);
+            }
+        }
+        self.stop(instance_id).await.map_err(|e| {
+            tracing::warn!(instance_id = %instance_id, error = %e, "stopping an instance failed");
+            InstanceError::Unavailable
+        })?;
+        self.instances.delete(instance_id).await?;
+        Ok(())
+    }
+
+    /// The ready (online, logged-in) instance whose own number is `phone` among those
+    /// `visible` lets the caller see; looked up by the phone index.
+    pub async fn ready_by_phone(
+        &self,
+        phone: &str,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Option<(Instance, InstanceHandle)>, DbErr> {
+        for row in self.instances.online_with_phone(phone).await? {
+            if !visible(&row.id) {
+                continue;
+            }
+            if let Some(h) = self.handle(&row.id) {
+                if h.ready().await.is_ok() {
+                    return Ok(Some((row, h)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Starts (or finds) the actor of an existing instance.

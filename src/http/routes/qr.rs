@@ -1,0 +1,96 @@
+//! The QR login over HTTP: `GET /api/qr/:id` starts (or joins) the flow and answers
+//! the code (the actor waits briefly for the first one), `GET /api/qr/:id/image` the
+//! code as PNG, `DELETE /api/qr-cancel/:id` ends the flow. The flow itself lives in
+//! the actor (`actors/src/instance/qr.rs`).
+
+use super::{instance, R};
+use crate::http::auth::Principal;
+use crate::http::error::ApiError;
+use crate::http::util::ok;
+use crate::http::Shared;
+use crate::runtime::QrStart;
+use actors::instance::InstanceError;
+use actors::lifecycle::LifecycleError;
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::HeaderValue;
+use warp::path as p;
+use warp::reply::Response;
+
+pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
+    vec![
+        authed_route!(
+            api,
+            p!("api" / "qr" / String / "image"),
+            warp::get(),
+            qr_image
+        ),
+        authed_route!(api, p!("api" / "qr" / String), warp::get(), qr),
+        authed_route!(
+            api,
+            p!("api" / "qr-cancel" / String),
+            warp::delete(),
+            qr_cancel
+        ),
+    ]
+}
+
+fn no_qr() -> ApiError {
+    InstanceError::Lifecycle(LifecycleError::NoQrSession).into()
+}
+
+/// Starts (or joins) the QR flow of an existing instance (the sandbox's scan uses it too).
+pub(crate) async fn start_qr(api: &Shared, id: &str) -> Result<QrStart, ApiError> {
+    Ok(api.runtime.ensure_handle(id).await?.start_qr().await?)
+}
+
+/// `GET /api/qr/:id`: starts (or joins) the QR flow and returns the current code.
+async fn qr(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let code = match start_qr(&api, &id).await? {
+        QrStart::Connected(jid) => {
+            let data = json!({"status": "already_connected", "instance_id": id, "jid": jid});
+            return Ok(ok("Instance is already connected", data));
+        }
+        QrStart::Code(code) => code,
+    };
+    let timeout = api.config.whatsapp.qr_timeout.as_secs();
+    let mut data = json!({"status": "generating", "instance_id": id, "timeout": timeout});
+    if let Some(code) = code {
+        data["qr"] = json!(code.code);
+        data["expires_at"] = json!(actors::events::rfc3339(code.expires_at));
+    }
+    Ok(ok("QR login started; scan the code with WhatsApp", data))
+}
+
+/// `GET /api/qr/:id/image`: the current code as PNG.
+async fn qr_image(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    let handle = api.runtime.handle(&id).ok_or_else(no_qr)?;
+    let code = handle.status().await?.qr.ok_or_else(no_qr)?;
+    let png = crate::http::qr::png(&code.code).map_err(|e| {
+        tracing::error!(error = %e, "rendering a QR code failed");
+        ApiError::internal()
+    })?;
+    let mut r = Response::new(png.into());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `DELETE /api/qr-cancel/:id`.
+async fn qr_cancel(id: String, p: Principal, api: Shared) -> R {
+    instance(&api, &p, &id).await?;
+    api.runtime
+        .handle(&id)
+        .ok_or_else(no_qr)?
+        .cancel_qr()
+        .await?;
+    Ok(ok(
+        "QR login cancelled",
+        json!({"instance_id": id, "status": "cancelled"}),
+    ))
+}

@@ -1,0 +1,420 @@
+//! The send path. Twelve routes — sender by instance id or by its own number ×
+//! recipient a phone or a group × a text, a media URL or an uploaded file — run one
+//! handler, [`send`], parameterised by a [`Route`]:
+//!
+//! 1. the caller's scope (by id), then the body (required fields, file read);
+//! 2. the sender: the instance (404, `Idempotency-Key` check, connected and logged
+//!    in), or the ready instance with that number (404 `NO_ACTIVE_INSTANCE`);
+//! 3. the recipient (`INVALID_PHONE`, `INVALID_GROUP_JID`) and the media (checks and
+//!    caps, or the URL fetched);
+//! 4. the send, at most once per `Idempotency-Key` ([`super::idempotent`]), through
+//!    the instance's [`InstanceHandle`] (the actor keeps per-chat order).
+//!
+//! `POST /api/check/:id` (is a number on WhatsApp) lives here too.
+
+use super::idempotent::{idempotent, request_hash, Idem};
+use super::media::MediaInput;
+use super::media::{media_type_field, read_upload, upload_media, url_media, MediaForm, MediaUrl};
+use super::{by_number, guard, instance, json, parse, ready, required, R};
+use crate::http::auth::Principal;
+use crate::http::error::ApiError;
+use crate::http::util::{self, ok};
+use crate::http::{authed, respond, scoped, with_api, Shared};
+use crate::runtime::{Content, InstanceHandle, Recipient};
+use crate::store::instances::Instance;
+use actors::instance::{InstanceError, Sent};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::filters::BoxedFilter;
+use warp::path as p;
+use warp::reply::Response;
+use warp::Filter;
+
+/// Which instance sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// `:id` in the path.
+    Id,
+    /// The instance whose own number is `:phone` in the path.
+    Number,
+}
+
+/// What the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Url,
+    File,
+}
+
+/// One of the twelve send routes.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    by: By,
+    group: bool,
+    kind: Kind,
+}
+
+pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
+    // Two spellings of each by-number send: `/api/by-number/..` and `/api/send/by-number/..`.
+    let text_by_number = p!("api" / "by-number" / String)
+        .or(p!("api" / "send" / "by-number" / String))
+        .unify()
+        .boxed();
+    let url_by_number = p!("api" / "by-number" / String / "media-url")
+        .or(p!("api" / "send" / "by-number" / String / "media-url"))
+        .unify()
+        .boxed();
+    let file_by_number = p!("api" / "by-number" / String / "media-file")
+        .or(p!("api" / "send" / "by-number" / String / "media-file"))
+        .unify()
+        .boxed();
+    let r = |by, group, kind| Route { by, group, kind };
+    use {By::*, Kind::*};
+    let check = authed_route!(
+        api,
+        p!("api" / "check" / String),
+        warp::post(),
+        check,
+        json()
+    );
+    vec![
+        check,
+        route(api, text_by_number, r(Number, false, Text)),
+        route(api, url_by_number, r(Number, false, Url)),
+        route(api, file_by_number, r(Number, false, File)),
+        route(api, p!("api" / "send" / String).boxed(), r(Id, false, Text)),
+        route(
+            api,
+            p!("api" / "send" / String / "media").boxed(),
+            r(Id, false, File),
+        ),
+        route(
+            api,
+            p!("api" / "send" / String / "media-url").boxed(),
+            r(Id, false, Url),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / "by-number" / String).boxed(),
+            r(Number, true, Text),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / "by-number" / String / "media-url").boxed(),
+            r(Number, true, Url),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / "by-number" / String / "media").boxed(),
+            r(Number, true, File),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / String).boxed(),
+            r(Id, true, Text),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / String / "media-url").boxed(),
+            r(Id, true, Url),
+        ),
+        route(
+            api,
+            p!("api" / "send-group" / String / "media").boxed(),
+            r(Id, true, File),
+        ),
+    ]
+}
+
+/// A request body: JSON, or a multipart upload.
+enum Payload {
+    Json(Bytes),
+    Form(MediaForm),
+}
+
+/// The filter of one send route.
+fn route(api: &Shared, path: BoxedFilter<(String,)>, r: Route) -> BoxedFilter<(Response,)> {
+    let caller = path.and(warp::post()).and(authed(api.clone()));
+    // By id, a file upload checks the caller's scope before the body is read.
+    let caller = if r.by == By::Id && r.kind == Kind::File {
+        caller.and_then(scoped).untuple_one().boxed()
+    } else {
+        caller.boxed()
+    };
+    let payload = match r.kind {
+        Kind::File => multipart(api).map(Payload::Form).boxed(),
+        Kind::Text | Kind::Url => json().map(Payload::Json).boxed(),
+    };
+    caller
+        .and(payload)
+        .and(idempotency_key())
+        .and(with_api(api.clone()))
+        .then(move |s, p, body, key, api| send(r, s, p, body, key, api))
+        .map(respond)
+        .boxed()
+}
+
+/// A multipart body, at most the largest media cap (plus room for the other fields).
+fn multipart(api: &Shared) -> BoxedFilter<(MediaForm,)> {
+    let l = &api.config.limits;
+    let limit = l.max_document_bytes.max(l.max_video_bytes) + 1024 * 1024;
+    warp::header::optional::<u64>("content-length")
+        .and(warp::multipart::form().max_length(limit))
+        .map(|len, form| MediaForm { len, form })
+        .boxed()
+}
+
+/// The raw `Idempotency-Key` (checked after the instance scope, so a malformed key is
+/// a `VALIDATION_ERROR` rather than a header rejection).
+fn idempotency_key() -> BoxedFilter<(Option<String>,)> {
+    warp::header::headers_cloned()
+        .map(|h: warp::http::HeaderMap| {
+            h.get("idempotency-key")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        })
+        .boxed()
+}
+
+/// Every send route: body → sender → recipient and media → send (see the module doc).
+async fn send(
+    r: Route,
+    sender: String,
+    p: Principal,
+    body: Payload,
+    key: Option<String>,
+    api: Shared,
+) -> R {
+    if r.by == By::Id {
+        guard(&p, &sender)?;
+    }
+    let draft = Draft::read(&api, r, body).await?;
+    let (row, handle, idem) = resolve(&api, &p, r.by, &sender, key).await?;
+    let (to, content, hash) = draft.finish(&api, r.group).await?;
+    let limit_key = to.as_str().to_string();
+    let send = move |id| deliver(handle, to, content, id);
+    let out = idempotent(&api, &idem, &limit_key, hash, send).await?;
+    let out = match r.by {
+        By::Id => out,
+        By::Number => out.map(|v| with_from(v, &row)),
+    };
+    let message = if r.kind == Kind::Text {
+        "Message sent"
+    } else {
+        "Media sent"
+    };
+    Ok(out.reply(message))
+}
+
+/// The sending instance and its checked `Idempotency-Key`.
+async fn resolve(
+    api: &Shared,
+    p: &Principal,
+    by: By,
+    sender: &str,
+    key: Option<String>,
+) -> Result<(Instance, InstanceHandle, Idem), ApiError> {
+    match by {
+        By::Id => {
+            let row = instance(api, p, sender).await?;
+            let idem = Idem::new(&row.id, key)?;
+            let handle = ready(api, &row).await?;
+            Ok((row, handle, idem))
+        }
+        By::Number => {
+            let (row, handle) = by_number(api, p, sender).await?;
+            let idem = Idem::new(&row.id, key)?;
+            Ok((row, handle, idem))
+        }
+    }
+}
+
+/// What a request asks to send.
+enum Message {
+    Text(String),
+    Media(MediaInput),
+}
+
+/// A body read and its required fields present; the rest is checked once the
+/// sender is known.
+enum Draft {
+    Text { to: String, text: String },
+    Url { to: String, body: MediaUrl },
+    File(super::media::Upload),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TextBody {
+    to: Option<String>,
+    group_jid: Option<String>,
+    message: Option<String>,
+}
+
+/// The recipient field of a route: `groupJid` for groups, else `to`.
+fn field(group: bool) -> &'static str {
+    if group {
+        "groupJid"
+    } else {
+        "to"
+    }
+}
+
+impl Draft {
+    async fn read(api: &Shared, r: Route, body: Payload) -> Result<Self, ApiError> {
+        let to_of = |to: &Option<String>, g: &Option<String>| {
+            required(if r.group { g } else { to }, field(r.group))
+        };
+        match (r.kind, body) {
+            (Kind::Text, Payload::Json(b)) => {
+                let b: TextBody = parse(&b)?;
+                let to = to_of(&b.to, &b.group_jid)?;
+                let text = required(&b.message, "message")?;
+                Ok(Self::Text { to, text })
+            }
+            (Kind::Url, Payload::Json(b)) => {
+                let body: MediaUrl = parse(&b)?;
+                let to = to_of(&body.to, &body.group_jid)?;
+                required(&body.media_url, "mediaUrl")?;
+                media_type_field(&body.media_type)?;
+                Ok(Self::Url { to, body })
+            }
+            (_, Payload::Form(form)) => Ok(Self::File(read_upload(api, form).await?)),
+            // The route table pairs JSON kinds with JSON bodies and files with forms.
+            (Kind::File, Payload::Json(_)) => Err(ApiError::internal()),
+        }
+    }
+
+    /// The recipient, the content and the request's idempotency hash.
+    async fn finish(
+        self,
+        api: &Shared,
+        group: bool,
+    ) -> Result<(Recipient, Message, String), ApiError> {
+        match self {
+            Self::Text { to, text } => {
+                let to = recipient(api, &to, group)?;
+                let tag: &[u8] = if group { b"group-text" } else { b"text" };
+                let hash = request_hash(&[tag, to.as_str().as_bytes(), text.as_bytes()]);
+                Ok((to, Message::Text(text), hash))
+            }
+            Self::Url { to, body } => {
+                let to = recipient(api, &to, group)?;
+                let m = url_media(api, &body).await?;
+                Ok(media_content(to, m))
+            }
+            Self::File(up) => {
+                let (to, m) = upload_media(api, up, field(group))?;
+                let to = recipient(api, &to, group)?;
+                Ok(media_content(to, m))
+            }
+        }
+    }
+}
+
+/// Media content and its hash (over every part of the request that shapes the message).
+fn media_content(to: Recipient, m: MediaInput) -> (Recipient, Message, String) {
+    let hash = request_hash(&[
+        b"media",
+        to.as_str().as_bytes(),
+        util::media_kind_word(m.kind).as_bytes(),
+        m.mimetype.as_bytes(),
+        m.file_name.as_bytes(),
+        m.caption.as_deref().unwrap_or("").as_bytes(),
+        &m.bytes,
+    ]);
+    (to, Message::Media(m), hash)
+}
+
+/// A normalised phone number, or a validated group JID.
+fn recipient(api: &Shared, raw: &str, group: bool) -> Result<Recipient, ApiError> {
+    if group {
+        let jid = raw.trim();
+        if !util::is_group_jid(jid) {
+            return Err(InstanceError::InvalidGroupJid.into());
+        }
+        Ok(Recipient::Group(jid.to_string()))
+    } else {
+        let cc = &api.config.whatsapp.default_country_code;
+        Ok(Recipient::Phone(util::normalize_phone(raw, cc)?))
+    }
+}
+
+/// Sends through the handle; the answer's `data`.
+async fn deliver(
+    handle: InstanceHandle,
+    to: Recipient,
+    message: Message,
+    message_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let group = matches!(to, Recipient::Group(_));
+    let target = to.as_str().to_string();
+    let (content, media, _hold) = match message {
+        Message::Text(text) => (Content::Text(text), None, None),
+        Message::Media(m) => {
+            let about = (m.kind, m.bytes.len(), m.file_name.clone());
+            // The hold is kept until the actor answers (it has the bytes until then).
+            let (media, hold) = m.into_outgoing();
+            (Content::Media(media), Some(about), Some(hold))
+        }
+    };
+    let sent = handle.send(to, content, message_id).await?;
+    Ok(sent_data(&sent, group, &target, media))
+}
+
+/// The `data` of a sent message.
+fn sent_data(
+    sent: &Sent,
+    group: bool,
+    target: &str,
+    media: Option<(actors::instance::MediaKind, usize, String)>,
+) -> Value {
+    let mut v = if group && media.is_none() {
+        json!({"messageId": sent.message_id, "timestamp": sent.timestamp})
+    } else {
+        json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "to": sent.to, "verified": true})
+    };
+    if let Some((kind, size, file_name)) = media {
+        v["mediaType"] = json!(util::media_kind_word(kind));
+        v["fileName"] = json!(file_name);
+        v["fileSize"] = json!(size);
+    }
+    if group {
+        v["groupJid"] = json!(target);
+    }
+    v
+}
+
+fn with_from(mut v: Value, from: &Instance) -> Value {
+    v["from"] = json!(from.phone);
+    v["instanceId"] = json!(from.id);
+    v
+}
+
+#[derive(Deserialize, Default)]
+struct CheckBody {
+    phone: Option<String>,
+}
+
+/// `POST /api/check/:id`.
+async fn check(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
+    let raw = required(&parse::<CheckBody>(&body)?.phone, "phone")?;
+    let row = instance(&api, &p, &id).await?;
+    let handle = ready(&api, &row).await?;
+    let phone = util::normalize_phone(&raw, &api.config.whatsapp.default_country_code)?;
+    let hit = handle
+        .check_numbers(vec![phone.clone()])
+        .await?
+        .into_iter()
+        .next();
+    Ok(ok(
+        "Number checked",
+        json!({
+            "phone": phone,
+            "isRegistered": hit.as_ref().is_some_and(|h| h.is_registered),
+            "jid": hit.and_then(|h| h.jid),
+        }),
+    ))
+}

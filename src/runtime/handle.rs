@@ -1,0 +1,183 @@
+//! [`InstanceHandle`]: the typed way to talk to one instance actor. Every request is
+//! a method with its own deadline, and every failure is one [`InstanceError`] (an
+//! actor that does not answer in time is [`InstanceError::Unavailable`]).
+
+use actors::events::LiveEvent;
+use actors::instance::{
+    GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, NumberCheck, OutgoingMedia, QrCode,
+    Sent,
+};
+use actors::lifecycle::LifecycleError;
+use actors::InstanceStatus;
+use ractor::{call_t, ActorRef};
+use tokio::sync::broadcast;
+
+/// Deadline of quick calls (status, QR cancel, subscribe).
+const QUICK_MS: u64 = 10_000;
+/// Deadline of a QR start: the actor waits up to `first_qr_wait` (10 s) for the
+/// first code.
+const QR_MS: u64 = 25_000;
+/// Deadline of calls that reach WhatsApp (text sends, checks, logout, groups).
+const SEND_MS: u64 = 90_000;
+/// Deadline of media sends (upload included).
+const MEDIA_MS: u64 = 300_000;
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// Digits of a phone number (normalised).
+    Phone(String),
+    /// A group JID (`…@g.us`, validated).
+    Group(String),
+}
+
+impl Recipient {
+    /// The phone digits or the group JID.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Phone(s) | Self::Group(s) => s,
+        }
+    }
+}
+
+/// What a message carries.
+#[derive(Debug)]
+pub enum Content {
+    Text(String),
+    Media(OutgoingMedia),
+}
+
+/// The answer to a QR start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QrStart {
+    /// Online already, with this JID.
+    Connected(Option<String>),
+    /// The flow runs; the code on offer, if one came in time.
+    Code(Option<QrCode>),
+}
+
+/// A typed handle on one instance's actor.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    actor: ActorRef<InstanceMsg>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> InstanceError {
+    tracing::warn!(error = %e, "instance actor did not answer");
+    InstanceError::Unavailable
+}
+
+impl InstanceHandle {
+    pub(crate) fn new(actor: ActorRef<InstanceMsg>) -> Self {
+        Self { actor }
+    }
+
+    /// Current status and identity.
+    pub async fn status(&self) -> Result<InstanceSnapshot, InstanceError> {
+        call_t!(self.actor, InstanceMsg::Status, QUICK_MS).map_err(unavailable)
+    }
+
+    /// Connected, then logged in (API.md's order): a socket that is up while waiting
+    /// for a QR scan counts as connected but not logged in.
+    pub async fn ready(&self) -> Result<(), InstanceError> {
+        let s = self.status().await?;
+        if !(s.is_connected || s.status == InstanceStatus::QrPending) {
+            return Err(InstanceError::NotConnected);
+        }
+        if s.status != InstanceStatus::Online || s.identity.jid.is_none() {
+            return Err(InstanceError::NotLoggedIn);
+        }
+        Ok(())
+    }
+
+    /// Starts (or joins) the QR flow; the first code of a new flow is waited for.
+    pub async fn start_qr(&self) -> Result<QrStart, InstanceError> {
+        match call_t!(self.actor, InstanceMsg::StartQr, QR_MS).map_err(unavailable)? {
+            Ok(code) => Ok(QrStart::Code(code)),
+            Err(InstanceError::Lifecycle(LifecycleError::AlreadyConnected)) => {
+                Ok(QrStart::Connected(self.status().await?.identity.jid))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels the running QR flow.
+    pub async fn cancel_qr(&self) -> Result<(), InstanceError> {
+        call_t!(self.actor, InstanceMsg::CancelQr, QUICK_MS).map_err(unavailable)?
+    }
+
+    /// Sends one message (`message_id`: a caller-chosen id for idempotent sends).
+    pub async fn send(
+        &self,
+        to: Recipient,
+        content: Content,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
+        let r = match (to, content) {
+            (Recipient::Phone(to), Content::Text(text)) => call_t!(
+                self.actor,
+                |reply| InstanceMsg::SendText {
+                    to,
+                    text,
+                    message_id,
+                    reply
+                },
+                SEND_MS
+            ),
+            (Recipient::Group(group_jid), Content::Text(text)) => call_t!(
+                self.actor,
+                |reply| InstanceMsg::SendGroupText {
+                    group_jid,
+                    text,
+                    message_id,
+                    reply
+                },
+                SEND_MS
+            ),
+            (to, Content::Media(media)) => {
+                let to = match to {
+                    Recipient::Phone(s) | Recipient::Group(s) => s,
+                };
+                call_t!(
+                    self.actor,
+                    |reply| InstanceMsg::SendMedia {
+                        to,
+                        media,
+                        message_id,
+                        reply
+                    },
+                    MEDIA_MS
+                )
+            }
+        };
+        r.map_err(unavailable)?
+    }
+
+    /// Which of `phones` are on WhatsApp.
+    pub async fn check_numbers(
+        &self,
+        phones: Vec<String>,
+    ) -> Result<Vec<NumberCheck>, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::CheckNumbers { phones, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
+    /// The groups this number is in.
+    pub async fn list_groups(&self) -> Result<Vec<GroupInfo>, InstanceError> {
+        call_t!(self.actor, InstanceMsg::ListGroups, SEND_MS).map_err(unavailable)?
+    }
+
+    /// Unlinks on WhatsApp and wipes the keys; the instance stays.
+    pub async fn logout(&self) -> Result<(), InstanceError> {
+        call_t!(self.actor, InstanceMsg::Logout, SEND_MS).map_err(unavailable)?
+    }
+
+    /// A receiver of the instance's stored events (listen sockets).
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<LiveEvent>, InstanceError> {
+        call_t!(self.actor, InstanceMsg::Subscribe, QUICK_MS).map_err(unavailable)
+    }
+}
