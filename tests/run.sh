@@ -5,8 +5,10 @@
 #      loopback port (trust auth, fsync off: it is disposable),
 #   3. checks that production builds (the server alone, the whole workspace) do not
 #      carry the certificate-check skip,
-#   4. runs every test of the workspace with SUDEVWA_TEST_POSTGRES_URL pointing at it,
-#   5. stops PostgreSQL and removes its files, whatever happened.
+#   4. installs schemathesis (PyPI, pinned) into target/schemathesis-venv for the
+#      contract test,
+#   5. runs every test of the workspace with SUDEVWA_TEST_POSTGRES_URL pointing at it,
+#   6. stops PostgreSQL and removes its files, whatever happened.
 # PostgreSQL tests never skip: without the variable they fail.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,6 +58,17 @@ as_pg "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 \
   -o "-p $PGPORT -k $PGTMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
   start >/dev/null || { cat "$PGTMP/server.log" >&2; exit 1; }
 export SUDEVWA_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+
+# schemathesis (PyPI, pinned) for the contract test, in a virtualenv beside the build.
+ST_VERSION=4.32.5
+ST_VENV=target/schemathesis-venv
+if ! "$ST_VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$ST_VERSION"; then
+  log "installing schemathesis $ST_VERSION from PyPI"
+  rm -rf "$ST_VENV"
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$ST_VERSION"
+fi
+export SUDEVWA_SCHEMATHESIS="$PWD/$ST_VENV/bin/schemathesis"
 
 log "checking that production builds have no certificate-check skip"
 # Feature resolution as `cargo build -p sudevwa` and `cargo build --workspace` do it (no

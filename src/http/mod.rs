@@ -301,13 +301,42 @@ pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(ApiError::into_response)
 }
 
-/// Every route of the server, with the error envelope for anything that fails.
-pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Response,)> {
+/// `GET /`: the public health check.
+pub const HEALTH: openapi::RouteDoc = openapi::doc(
+    "get",
+    "/",
+    "health",
+    "Health check (public)",
+    false,
+    openapi::Body::None,
+    &[],
+);
+/// `GET /ws`: the lifecycle socket.
+const WS: openapi::RouteDoc = openapi::doc(
+    "get",
+    "/ws",
+    "events",
+    "WebSocket: lifecycle events (QR_GENERATED, QR_SUCCESS, QR_TIMEOUT, QR_CANCELLED, INSTANCE_STATUS_CHANGED, INSTANCE_ERROR)",
+    true,
+    openapi::Body::None,
+    &["RATE_LIMITED"],
+);
+/// `GET /api/listen/:id`: an instance's message socket.
+const LISTEN: openapi::RouteDoc = openapi::doc(
+    "get",
+    "/api/listen/{id}",
+    "events",
+    "WebSocket: the instance's incoming_message and message_status events (?after=cursor replays the stored ones first)",
+    true,
+    openapi::Body::None,
+    &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED", "RATE_LIMITED"],
+);
+
+/// The two WebSocket routes.
+fn sockets(api: &Shared) -> routes::table::Table {
+    use routes::table::{at0, at1, Table};
     let a = || with_api(api.clone());
     let auth = || authed(api.clone());
-    use warp::path as p;
-
-    // WebSockets.
     // The raw credential and client address a socket remembers (checked by auth()).
     let credential = || {
         warp::header::optional::<String>("authorization")
@@ -315,18 +344,19 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
             .map(|h, p| bearer(h, p).unwrap_or_default())
             .and(client_addr(api.clone()))
     };
-    let ws_global = p!("ws")
-        .and(warp::get())
+    let protocol = || warp::header::optional::<String>("sec-websocket-protocol");
+    let mut t = Table::default();
+    let global = at0(&WS)
         .and(auth())
         .and(credential())
         .and(warp::ws())
-        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(protocol())
         .and(a())
         .then(|p, t: String, ip, w, proto, api| ws::global(p, (t, ip), w, proto, api))
         .map(respond)
         .boxed();
-    let ws_listen = p!("api" / "listen" / String)
-        .and(warp::get())
+    t.add(WS, global);
+    let listen = at1(&LISTEN)
         .and(auth())
         .and_then(scoped)
         .untuple_one()
@@ -334,33 +364,45 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(credential())
         .and(warp::ws())
-        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(protocol())
         .and(a())
         .then(|id, p, q, t: String, ip, w, proto, api| ws::listen(id, p, q, (t, ip), w, proto, api))
         .map(respond)
         .boxed();
+    t.add(LISTEN, listen);
+    t
+}
 
-    let docs = openapi::routes(api.clone());
+/// Every route of the server, with the error envelope for anything that fails.
+pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Response,)> {
+    let mut table = routes::all(&api);
+    table.extend(sockets(&api));
+    // Every declared route: what the document lists and what 405 answers name.
+    let mut docs = table.docs.clone();
+    docs.extend([HEALTH, openapi::OPENAPI, openapi::DOCS]);
+    let docs = Arc::new(docs);
+    table.extend(openapi::routes(&api, docs.clone()));
 
     // Each step is boxed, so the filter type stays shallow however many routes there are.
-    let mut all = routes::all(&api);
-    all.extend([ws_global, ws_listen, docs]);
-    let everything = all
-        .into_iter()
-        .reduce(|acc, r| acc.or(r).unify().boxed())
-        .expect("the route list is not empty");
+    let mut filters = table.filters.into_iter();
+    let first = filters.next().unwrap_or_else(|| {
+        warp::any()
+            .and_then(|| async { Err::<Response, _>(warp::reject::not_found()) })
+            .boxed()
+    });
+    let everything = filters.fold(first, |acc, r| acc.or(r).unify().boxed());
     let everything = match sandbox {
         Some(s) => everything.or(s).unify().boxed(),
         None => everything,
     };
 
     // A known path asked with a method it does not take: 405 with `Allow` (from the
-    // route table), before anything else is looked at.
+    // route declarations), before anything else is looked at.
     let methods = warp::path::full()
         .and(warp::method())
-        .and_then(
-            |path: warp::path::FullPath, m: warp::http::Method| async move {
-                let allowed = openapi::methods_for(path.as_str());
+        .and_then(move |path: warp::path::FullPath, m: warp::http::Method| {
+            let allowed = openapi::methods_for(&docs, path.as_str());
+            async move {
                 let ok = allowed.is_empty() || allowed.contains(&m.as_str());
                 if ok {
                     Ok(())
@@ -369,8 +411,8 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
                         allowed.join(", "),
                     )))
                 }
-            },
-        )
+            }
+        })
         .untuple_one();
     let limited = rate_limited(api.clone()).and(methods).and(everything);
     let served = health()

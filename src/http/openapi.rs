@@ -1,22 +1,54 @@
 //! The API description: an OpenAPI 3.0 document built from one table of routes
-//! ([`ROUTES`]), served at `GET /api/openapi.json` (auth like every `/api` route),
+//! (the route declarations, see `routes/table.rs`), served at `GET /api/openapi.json` (auth like every `/api` route),
 //! and a self-contained docs page at `GET /docs` (static HTML, no data: it asks for a
 //! token and fetches the document with it; nothing is loaded from the internet).
 
 use super::Shared;
 use serde_json::{json, Map, Value};
-use warp::filters::BoxedFilter;
-use warp::reply::Response;
 use warp::{Filter, Reply};
+
+/// What a body field takes: each kind states the rule the server enforces on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A required string with at least one non-blank character.
+    Text,
+    /// An optional free string.
+    Str,
+    /// A phone number: digits with optional `+ -.()` and spaces, 10-15 digits once a
+    /// leading `0` becomes the default country code.
+    Phone,
+    /// A group JID: `<digits>@g.us` or `<digits>-<digits>@g.us`.
+    GroupJid,
+    /// `image`, `video`, `audio`, `document` or `file` (any case), or empty.
+    MediaType,
+    /// A URL (http or https).
+    Url,
+    /// A webhook URL; empty turns the webhook off.
+    WebhookUrl,
+    /// A webhook secret: 16-256 characters, or empty to have one generated.
+    Secret,
+    /// Event names (`*` or known names), at least one.
+    Events,
+    /// A device name: up to 64 characters, no control characters.
+    DeviceName,
+    /// A non-empty password.
+    Password,
+    /// The uploaded file.
+    Binary,
+}
+
+pub type Fields = &'static [(&'static str, Field, bool)];
 
 /// A request body kind.
 #[derive(Debug, Clone, Copy)]
 pub enum Body {
     None,
-    /// JSON with these (field, type, required) entries.
-    Json(&'static [(&'static str, &'static str, bool)]),
-    /// multipart/form-data with these (field, type, required) entries; `file` is binary.
-    Multipart(&'static [(&'static str, &'static str, bool)]),
+    /// JSON with these (field, kind, required) entries; the body itself is required.
+    Json(Fields),
+    /// JSON that may be left out (every field optional).
+    OptionalJson(Fields),
+    /// multipart/form-data with these (field, kind, required) entries.
+    Multipart(Fields),
 }
 
 /// One documented route.
@@ -28,41 +60,45 @@ pub struct RouteDoc {
     pub tag: &'static str,
     pub summary: &'static str,
     pub auth: bool,
+    /// Only admin credentials may call it (`x-admin-only` in the document).
+    pub admin_only: bool,
     pub body: Body,
     /// Error codes this route can answer with (beyond auth, rate limit and 500).
     pub errors: &'static [&'static str],
 }
 
-const TEXT: &[(&str, &str, bool)] = &[("to", "string", true), ("message", "string", true)];
-const MEDIA_URL: &[(&str, &str, bool)] = &[
-    ("to", "string", true),
-    ("mediaUrl", "string", true),
-    ("caption", "string", false),
-    ("mediaType", "string", false),
-    ("fileName", "string", false),
+pub const TEXT: Fields = &[("to", Field::Phone, true), ("message", Field::Text, true)];
+pub const MEDIA_URL: Fields = &[
+    ("to", Field::Phone, true),
+    ("mediaUrl", Field::Url, true),
+    ("caption", Field::Str, false),
+    ("mediaType", Field::MediaType, false),
+    ("fileName", Field::Str, false),
 ];
-const MEDIA_FILE: &[(&str, &str, bool)] = &[
-    ("to", "string", true),
-    ("file", "binary", true),
-    ("caption", "string", false),
-    ("mediaType", "string", false),
+pub const MEDIA_FILE: Fields = &[
+    ("to", Field::Phone, true),
+    ("file", Field::Binary, true),
+    ("caption", Field::Str, false),
+    ("mediaType", Field::MediaType, false),
 ];
-const GROUP_TEXT: &[(&str, &str, bool)] =
-    &[("groupJid", "string", true), ("message", "string", true)];
-const GROUP_URL: &[(&str, &str, bool)] = &[
-    ("groupJid", "string", true),
-    ("mediaUrl", "string", true),
-    ("caption", "string", false),
-    ("mediaType", "string", false),
-    ("fileName", "string", false),
+pub const GROUP_TEXT: Fields = &[
+    ("groupJid", Field::GroupJid, true),
+    ("message", Field::Text, true),
 ];
-const GROUP_FILE: &[(&str, &str, bool)] = &[
-    ("groupJid", "string", true),
-    ("file", "binary", true),
-    ("caption", "string", false),
-    ("mediaType", "string", false),
+pub const GROUP_URL: Fields = &[
+    ("groupJid", Field::GroupJid, true),
+    ("mediaUrl", Field::Url, true),
+    ("caption", Field::Str, false),
+    ("mediaType", Field::MediaType, false),
+    ("fileName", Field::Str, false),
 ];
-const SEND_ERRORS: &[&str] = &[
+pub const GROUP_FILE: Fields = &[
+    ("groupJid", Field::GroupJid, true),
+    ("file", Field::Binary, true),
+    ("caption", Field::Str, false),
+    ("mediaType", Field::MediaType, false),
+];
+pub const SEND_ERRORS: &[&str] = &[
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -75,7 +111,7 @@ const SEND_ERRORS: &[&str] = &[
     "SEND_FAILED",
     "INSTANCE_BUSY",
 ];
-const MEDIA_ERRORS: &[&str] = &[
+pub const MEDIA_ERRORS: &[&str] = &[
     "VALIDATION_ERROR",
     "INVALID_REQUEST",
     "FORBIDDEN",
@@ -93,8 +129,8 @@ const MEDIA_ERRORS: &[&str] = &[
     "INSTANCE_BUSY",
     "SERVER_BUSY",
 ];
-const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
-const GROUP_ERRORS: &[&str] = &[
+pub const BY_NUMBER: &[&str] = &["NO_ACTIVE_INSTANCE", "INVALID_PHONE", "FORBIDDEN"];
+pub const GROUP_ERRORS: &[&str] = &[
     "VALIDATION_ERROR",
     "SESSION_NOT_FOUND",
     "NOT_CONNECTED",
@@ -104,108 +140,56 @@ const GROUP_ERRORS: &[&str] = &[
     "INSTANCE_BUSY",
     "FORBIDDEN",
 ];
-const INSTANCE: &[&str] = &["SESSION_NOT_FOUND", "FORBIDDEN"];
+pub const INSTANCE: &[&str] = &["SESSION_NOT_FOUND", "FORBIDDEN"];
 
-macro_rules! route {
-    ($m:literal, $p:literal, $tag:literal, $s:literal, $auth:expr, $body:expr, $err:expr) => {
-        RouteDoc {
-            method: $m,
-            path: $p,
-            tag: $tag,
-            summary: $s,
-            auth: $auth,
-            body: $body,
-            errors: $err,
-        }
-    };
+/// A route's description (see [`RouteDoc`]); `.admin()` marks routes only admins may call.
+#[allow(clippy::too_many_arguments)]
+pub const fn doc(
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    auth: bool,
+    body: Body,
+    errors: &'static [&'static str],
+) -> RouteDoc {
+    RouteDoc {
+        method,
+        path,
+        tag,
+        summary,
+        auth,
+        admin_only: false,
+        body,
+        errors,
+    }
 }
 
-/// Every route the server serves.
-pub const ROUTES: &[RouteDoc] = &[
-    route!("get", "/", "health", "Health check (public)", false, Body::None, &[]),
-    route!("get", "/docs", "docs", "This documentation as a web page (public, static)", false, Body::None, &[]),
-    route!("get", "/api/openapi.json", "docs", "This document", true, Body::None, &[]),
-    route!("post", "/login-jwt", "auth", "Exchange the login credentials for an admin JWT (public)", false,
-        Body::Json(&[("username", "string", true), ("password", "string", true)]), &["VALIDATION_ERROR", "INVALID_CREDENTIALS", "RATE_LIMITED"]),
-    route!("get", "/api/validate", "auth", "Check a token", true, Body::None, &[]),
-    route!("post", "/api/login", "instances", "Create an instance (admin); returns its instance token", true,
-        Body::Json(&[("device_name", "string", false)]), &["VALIDATION_ERROR", "FORBIDDEN"]),
-    route!("get", "/api/instances", "instances", "List instances (connected ones unless ?all=true)", true, Body::None, &[]),
-    route!("get", "/api/status/{id}", "instances", "Status of an instance", true, Body::None, INSTANCE),
-    route!("post", "/api/logout/{id}", "instances", "Unlink the device and wipe its keys; the instance stays", true, Body::None, INSTANCE),
-    route!("delete", "/api/instances/{id}", "instances", "Delete an instance (refused while connected)", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_STILL_CONNECTED"]),
-    route!("post", "/api/instances/{id}/token", "instances", "Issue another instance token", true, Body::None, INSTANCE),
-    route!("delete", "/api/instances/{id}/token", "instances", "Revoke every token of the instance", true, Body::None, INSTANCE),
-    route!("post", "/api/instances/{id}/resume", "instances", "Start a crashed (parked) instance again", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_NOT_CRASHED"]),
-    route!("get", "/api/qr/{id}", "qr", "Start (or join) the QR login and get the current code", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "QR_IN_PROGRESS"]),
-    route!("get", "/api/qr/{id}/image", "qr", "The current QR code as image/png", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "NO_QR_SESSION"]),
-    route!("delete", "/api/qr-cancel/{id}", "qr", "Cancel the running QR login", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "NO_QR_SESSION"]),
-    route!("post", "/api/send/{id}", "messages", "Send a text", true, Body::Json(TEXT), SEND_ERRORS),
-    route!("post", "/api/check/{id}", "messages", "Is a number on WhatsApp?", true,
-        Body::Json(&[("phone", "string", true)]), SEND_ERRORS),
-    route!("post", "/api/send/{id}/media", "messages", "Send an uploaded file", true, Body::Multipart(MEDIA_FILE), MEDIA_ERRORS),
-    route!("post", "/api/send/{id}/media-url", "messages", "Send a file fetched from a URL", true, Body::Json(MEDIA_URL), MEDIA_ERRORS),
-    route!("post", "/api/by-number/{phone}", "by-number", "Send a text from the instance whose number is {phone}", true, Body::Json(TEXT), BY_NUMBER),
-    route!("post", "/api/by-number/{phone}/media-url", "by-number", "Send a file from a URL, by sender number", true, Body::Json(MEDIA_URL), BY_NUMBER),
-    route!("post", "/api/by-number/{phone}/media-file", "by-number", "Send an uploaded file, by sender number", true, Body::Multipart(MEDIA_FILE), BY_NUMBER),
-    route!("post", "/api/send/by-number/{phone}", "by-number", "Alias of /api/by-number/{phone}", true, Body::Json(TEXT), BY_NUMBER),
-    route!("post", "/api/send/by-number/{phone}/media-url", "by-number", "Alias of /api/by-number/{phone}/media-url", true, Body::Json(MEDIA_URL), BY_NUMBER),
-    route!("post", "/api/send/by-number/{phone}/media-file", "by-number", "Alias of /api/by-number/{phone}/media-file", true, Body::Multipart(MEDIA_FILE), BY_NUMBER),
-    route!("get", "/api/groups/{id}", "groups", "Groups the instance is in", true, Body::None, GROUP_ERRORS),
-    route!("get", "/api/groups/by-number/{phone}", "groups", "Groups, by sender number", true, Body::None, BY_NUMBER),
-    route!("post", "/api/send-group/{id}", "groups", "Send a text to a group", true, Body::Json(GROUP_TEXT), GROUP_ERRORS),
-    route!("post", "/api/send-group/{id}/media", "groups", "Send an uploaded file to a group", true, Body::Multipart(GROUP_FILE), MEDIA_ERRORS),
-    route!("post", "/api/send-group/{id}/media-url", "groups", "Send a file from a URL to a group", true, Body::Json(GROUP_URL), MEDIA_ERRORS),
-    route!("post", "/api/send-group/by-number/{phone}", "groups", "Send a text to a group, by sender number", true, Body::Json(GROUP_TEXT), BY_NUMBER),
-    route!("post", "/api/send-group/by-number/{phone}/media", "groups", "Send an uploaded file to a group, by sender number", true, Body::Multipart(GROUP_FILE), BY_NUMBER),
-    route!("post", "/api/send-group/by-number/{phone}/media-url", "groups", "Send a file from a URL to a group, by sender number", true, Body::Json(GROUP_URL), BY_NUMBER),
-    route!("post", "/api/instances/{id}/webhook-setconfig", "webhooks", "Set the webhook URL and secret (empty url: off)", true,
-        Body::Json(&[("url", "string", true), ("secret", "string", false), ("events", "array", false)]), &["VALIDATION_ERROR", "INVALID_WEBHOOK_URL", "SESSION_NOT_FOUND", "FORBIDDEN"]),
-    route!("get", "/api/instances/{id}/webhooks", "webhooks", "Recent webhook deliveries", true, Body::None, INSTANCE),
-    route!("post", "/api/instances/{id}/webhooks/{delivery}/redeliver", "webhooks", "Deliver one event again", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "DELIVERY_NOT_FOUND", "PAYLOAD_EXPIRED"]),
-    route!("get", "/api/instances/{id}/messages", "log", "The message log, newest first (query: chat, direction=in|out, since, before, limit 1-500, cursor)", true, Body::None,
-        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
-    route!("get", "/api/instances/{id}/messages/{messageId}", "log", "One message with its status timeline", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "MESSAGE_NOT_FOUND"]),
-    route!("get", "/api/instances/{id}/events", "log", "The instance's events from the durable log, oldest first (query: after=cursor, limit 1-1000)", true, Body::None,
-        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]),
-    route!("get", "/ws", "events", "WebSocket: lifecycle events (QR_GENERATED, QR_SUCCESS, QR_TIMEOUT, QR_CANCELLED, INSTANCE_STATUS_CHANGED, INSTANCE_ERROR)", true, Body::None, &["RATE_LIMITED"]),
-    route!("get", "/api/listen/{id}", "events", "WebSocket: the instance's incoming_message and message_status events (?after=cursor replays the stored ones first)", true, Body::None,
-        &["SESSION_NOT_FOUND", "FORBIDDEN", "WEBSOCKET_DISABLED", "RATE_LIMITED"]),
-];
+impl RouteDoc {
+    /// The same route, for admins only.
+    pub const fn admin(mut self) -> Self {
+        self.admin_only = true;
+        self
+    }
+}
 
-/// The methods the route table serves on `path` (upper case, `GET` also answering
-/// `HEAD`), empty for a path it does not know.
-pub fn methods_for(path: &str) -> Vec<&'static str> {
-    let given: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+/// The methods the routes in `docs` serve on `path` (upper case), empty for a path
+/// none of them knows.
+pub fn methods_for(docs: &[RouteDoc], path: &str) -> Vec<&'static str> {
     let mut out: Vec<&'static str> = Vec::new();
-    for r in ROUTES {
-        let templ: Vec<&str> = r.path.trim_end_matches('/').split('/').collect();
-        let matches = templ.len() == given.len()
-            && templ.iter().zip(&given).all(|(t, g)| {
-                if t.starts_with('{') {
-                    !g.is_empty()
-                } else {
-                    t == g
-                }
-            });
-        if matches {
-            let m = match r.method {
-                "get" => "GET",
-                "post" => "POST",
-                "delete" => "DELETE",
-                "put" => "PUT",
-                _ => continue,
-            };
-            if !out.contains(&m) {
-                out.push(m);
-            }
+    for r in docs {
+        if super::routes::table::matches(r.path, path).is_none() {
+            continue;
+        }
+        let m = match r.method {
+            "get" => "GET",
+            "post" => "POST",
+            "delete" => "DELETE",
+            "put" => "PUT",
+            _ => continue,
+        };
+        if !out.contains(&m) {
+            out.push(m);
         }
     }
     out
@@ -234,56 +218,102 @@ fn is_send(r: &RouteDoc) -> bool {
     r.method == "post" && (r.path.starts_with("/api/send") || r.path.starts_with("/api/by-number"))
 }
 
-/// The query parameters of the log routes.
+/// The query parameters of the list and log routes.
 fn query_params(r: &RouteDoc) -> Vec<(&'static str, Value)> {
     let int = |min: i64, max: i64| json!({"type": "integer", "minimum": min, "maximum": max});
+    let cursor = |what: &str| json!({"type": "integer", "minimum": 0, "description": what});
+    let time = json!({
+        "description": "RFC 3339 time or unix milliseconds",
+        "anyOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}],
+    });
     match (r.method, r.path) {
+        ("get", "/api/instances") => vec![(
+            "all",
+            json!({"type": "string", "enum": ["true", "false", "1", "0"], "description": "true: every instance, not only connected ones"}),
+        )],
         ("get", "/api/instances/{id}/messages") => vec![
             ("chat", json!({"type": "string"})),
             (
                 "direction",
                 json!({"type": "string", "enum": ["in", "out"]}),
             ),
-            (
-                "since",
-                json!({"type": "string", "description": "RFC 3339 or unix milliseconds"}),
-            ),
-            (
-                "before",
-                json!({"type": "string", "description": "RFC 3339 or unix milliseconds"}),
-            ),
+            ("since", time.clone()),
+            ("before", time),
             ("limit", int(1, 500)),
-            (
-                "cursor",
-                json!({"type": "string", "description": "nextCursor of the previous page"}),
-            ),
+            ("cursor", cursor("nextCursor of the previous page")),
         ],
         ("get", "/api/instances/{id}/events") => vec![
             (
                 "after",
-                json!({"type": "string", "description": "an event cursor; 0 or absent: from the start"}),
+                cursor("an event cursor; 0 or absent: from the start"),
             ),
             ("limit", int(1, 1000)),
         ],
         ("get", "/api/listen/{id}") => vec![(
             "after",
-            json!({"type": "string", "description": "replay the stored events after this cursor first"}),
+            cursor("replay the stored events after this cursor first"),
         )],
         _ => Vec::new(),
     }
 }
 
-fn body_schema(fields: &[(&str, &str, bool)]) -> Value {
+/// The pattern of a phone number (see [`Field::Phone`]) when the default country
+/// code has `cc_len` digits: 10-15 digits, or a leading `0` and as many digits as
+/// make 10-15 once the `0` becomes the country code.
+pub fn phone_pattern(cc_len: usize) -> String {
+    let sep = r"[ +\-.()]*";
+    let (lo, hi) = (
+        10usize.saturating_sub(cc_len),
+        15usize.saturating_sub(cc_len),
+    );
+    format!(r"^{sep}(?:[1-9]{sep}(?:[0-9]{sep}){{9,14}}|0{sep}(?:[0-9]{sep}){{{lo},{hi}}})$")
+}
+
+/// The schema of one field kind.
+fn field_schema(kind: Field, required: bool, cc_len: usize) -> Value {
+    use crate::store::journal::EVENT_NAMES;
+    let mut v = match kind {
+        Field::Text => json!({"type": "string", "pattern": r"\S"}),
+        Field::Str => json!({"type": "string"}),
+        Field::Phone => json!({"type": "string", "pattern": phone_pattern(cc_len)}),
+        Field::GroupJid => json!({"type": "string", "pattern": r"^[0-9]+(-[0-9]+)?@g\.us$"}),
+        Field::MediaType => json!({
+            "type": "string",
+            "pattern": r"^ *(?:(?i:image|video|audio|document|file) *)?$",
+        }),
+        Field::Url => json!({"type": "string", "format": "uri", "pattern": r"^https?://"}),
+        Field::WebhookUrl => json!({
+            "type": "string",
+            "description": "http(s) URL the SSRF policy allows; empty turns the webhook off",
+            "anyOf": [{"pattern": r"^\s*$"}, {"format": "uri", "pattern": r"^https?://"}],
+        }),
+        Field::Secret => json!({
+            "type": "string",
+            "description": "16-256 characters; empty or absent: one is generated",
+            "anyOf": [{"pattern": r"^\s*$"}, {"pattern": r"^\s*\S.{14,254}\S\s*$"}],
+        }),
+        Field::Events => {
+            let names: Vec<&str> = ["*"].iter().chain(EVENT_NAMES).copied().collect();
+            json!({"type": "array", "minItems": 1, "items": {"type": "string", "enum": names}})
+        }
+        Field::DeviceName => json!({
+            "type": "string",
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,64}$",
+        }),
+        Field::Password => json!({"type": "string", "minLength": 1}),
+        Field::Binary => json!({"type": "string", "format": "binary"}),
+    };
+    // An optional field may be null: the server reads null as absent.
+    if !required && kind != Field::Binary {
+        v["nullable"] = json!(true);
+    }
+    v
+}
+
+fn body_schema(fields: Fields, cc_len: usize) -> Value {
     let mut props = Map::new();
-    for (name, ty, _) in fields {
-        let schema = if *ty == "binary" {
-            json!({"type": "string", "format": "binary"})
-        } else if *ty == "array" {
-            json!({"type": "array", "items": {"type": "string"}})
-        } else {
-            json!({"type": ty})
-        };
-        props.insert((*name).to_string(), schema);
+    for (name, kind, required) in fields {
+        props.insert((*name).to_string(), field_schema(*kind, *required, cc_len));
     }
     let required: Vec<&str> = fields.iter().filter(|f| f.2).map(|f| f.0).collect();
     let mut s = json!({"type": "object", "properties": props});
@@ -293,10 +323,11 @@ fn body_schema(fields: &[(&str, &str, bool)]) -> Value {
     s
 }
 
-/// The OpenAPI 3.0 document.
-pub fn document() -> Value {
+/// The OpenAPI 3.0 document; `cc_len`: digits of the default country code (phone
+/// patterns depend on it).
+pub fn document(docs: &[RouteDoc], cc_len: usize) -> Value {
     let mut paths = Map::new();
-    for r in ROUTES {
+    for r in docs {
         let mut op = json!({
             "summary": r.summary,
             "tags": [r.tag],
@@ -306,12 +337,16 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                let schema = if name == "phone" {
+                    field_schema(Field::Phone, true, cc_len)
+                } else {
+                    json!({"type": "string", "minLength": 1})
+                };
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         let mut params = params;
-        if r.path == "/api/instances" && r.method == "get" {
-            params.push(json!({"name": "all", "in": "query", "required": false, "schema": {"type": "boolean"}}));
-        }
         for (name, schema) in query_params(r) {
             params.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
         }
@@ -328,15 +363,23 @@ pub fn document() -> Value {
         match r.body {
             Body::None => {}
             Body::Json(f) => {
-                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body_schema(f)}}})
+                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body_schema(f, cc_len)}}})
+            }
+            Body::OptionalJson(f) => {
+                op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": body_schema(f, cc_len)}}})
             }
             Body::Multipart(f) => {
-                op["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": body_schema(f)}}})
+                let mut schema = body_schema(f, cc_len);
+                // Parts other than these are not read (and odd part names may not parse).
+                schema["additionalProperties"] = json!(false);
+                op["requestBody"] = json!({"required": true, "content": {"multipart/form-data": {"schema": schema}}})
             }
         }
         let mut responses = Map::new();
         let ok_content = if r.path.ends_with("/image") {
             json!({"image/png": {"schema": {"type": "string", "format": "binary"}}})
+        } else if r.path == "/docs" {
+            json!({"text/html": {"schema": {"type": "string"}}})
         } else {
             json!({"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}})
         };
@@ -366,6 +409,31 @@ pub fn document() -> Value {
         }
         if r.body.is_some() {
             by_status.entry(413).or_default().push("PAYLOAD_TOO_LARGE");
+            let bad = by_status.entry(400).or_default();
+            for c in ["INVALID_REQUEST", "VALIDATION_ERROR"] {
+                if !bad.contains(&c) {
+                    bad.push(c);
+                }
+            }
+        }
+        if !query_params(r).is_empty() {
+            let bad = by_status.entry(400).or_default();
+            if !bad.contains(&"VALIDATION_ERROR") {
+                bad.push("VALIDATION_ERROR");
+            }
+        }
+        if r.tag == "events" {
+            // A request that is not a WebSocket upgrade.
+            let bad = by_status.entry(400).or_default();
+            if !bad.contains(&"INVALID_REQUEST") {
+                bad.push("INVALID_REQUEST");
+            }
+        }
+        if r.auth {
+            by_status
+                .entry(503)
+                .or_default()
+                .push("DATABASE_UNAVAILABLE");
         }
         for (status, codes) in by_status {
             responses.insert(
@@ -374,6 +442,9 @@ pub fn document() -> Value {
             );
         }
         op["responses"] = Value::Object(responses);
+        if r.admin_only {
+            op["x-admin-only"] = json!(true);
+        }
         if r.auth {
             op["security"] = json!([{"bearer": []}]);
         } else {
@@ -413,14 +484,46 @@ impl Body {
 
 const DOCS_HTML: &str = include_str!("docs.html");
 
-/// `GET /api/openapi.json` (authenticated) and `GET /docs` (static page).
-pub fn routes(api: Shared) -> BoxedFilter<(Response,)> {
-    let doc = warp::path!("api" / "openapi.json")
-        .and(warp::get())
-        .and(super::authed(api))
-        .map(|_p| warp::reply::json(&document()).into_response());
-    let page = warp::path!("docs")
-        .and(warp::get())
-        .map(|| warp::reply::html(DOCS_HTML).into_response());
-    doc.or(page).unify().boxed()
+/// `GET /api/openapi.json` (authenticated): the document of every route.
+pub const OPENAPI: RouteDoc = doc(
+    "get",
+    "/api/openapi.json",
+    "docs",
+    "This document",
+    true,
+    Body::None,
+    &[],
+);
+/// `GET /docs`: the static page.
+pub const DOCS: RouteDoc = doc(
+    "get",
+    "/docs",
+    "docs",
+    "This documentation as a web page (public, static)",
+    false,
+    Body::None,
+    &[],
+);
+
+/// The routes of [`OPENAPI`] and [`DOCS`] (`docs`: every route, these included).
+pub(crate) fn routes(
+    api: &Shared,
+    docs: std::sync::Arc<Vec<RouteDoc>>,
+) -> super::routes::table::Table {
+    use super::routes::table::{at0, Table};
+    let mut t = Table::default();
+    let document = at0(&OPENAPI)
+        .and(super::authed(api.clone()))
+        .and(super::with_api(api.clone()))
+        .map(move |_p, api: Shared| {
+            let cc = api.config.whatsapp.default_country_code.len();
+            warp::reply::json(&document(&docs, cc)).into_response()
+        })
+        .boxed();
+    t.add(OPENAPI, document);
+    let page = at0(&DOCS)
+        .map(|| warp::reply::html(DOCS_HTML).into_response())
+        .boxed();
+    t.add(DOCS, page);
+    t
 }

@@ -14,7 +14,8 @@
 //! | `mod.rs` | the actor: start-up, the message switch, the event switch, lifecycle transitions, persistence and notices |
 //! | `msg.rs` | its messages, its error type (with API codes) and its answers |
 //! | `env.rs` | what it is given: WhatsApp options, timing, storage, sink |
-//! | `client.rs` | the whatsapp-rust client: start, stop, logout, connection events and the **reconnect policy** |
+//! | `client.rs` | the whatsapp-rust client: start, stop, logout, wipe |
+//! | `reconnect.rs` | connection events and the **reconnect policy** (whose it is, what the actor does) |
 //! | `qr.rs` | the **QR login flow**: start, join, cancel, codes, deadline, pairing |
 //! | `presence.rs` | the **presence heartbeat** while online |
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
@@ -27,6 +28,7 @@ mod msg;
 mod outbound;
 mod presence;
 mod qr;
+mod reconnect;
 
 pub use env::{
     Durability, InstanceArgs, InstanceEnv, InstanceRecord, InstanceStore, InstanceTiming, WaOptions,
@@ -267,7 +269,7 @@ impl InstanceState {
             Action::StartQrFlow => self.start_qr_flow(myself).await,
             Action::StopQrFlow => self.stop_qr_flow().await,
             Action::Connect => self.start_client(myself).await,
-            // The reconnect policy is whatsapp-rust's (see client.rs).
+            // The reconnect policy is whatsapp-rust's (see reconnect.rs).
             Action::ScheduleReconnect => {}
             Action::StartHeartbeat => self.start_heartbeat(myself),
             Action::StopHeartbeat => self.stop_heartbeat(),

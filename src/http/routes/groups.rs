@@ -1,27 +1,49 @@
 //! Group listings: `GET /api/groups/:id` and `GET /api/groups/by-number/:phone`.
 //! (Group sends run the one send path in `send.rs`.)
 
+use super::table::Table;
 use super::{by_number, instance, ready, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{doc, Body, BY_NUMBER, GROUP_ERRORS};
 use crate::http::util::ok;
 use crate::http::Shared;
 use crate::runtime::InstanceHandle;
 use serde_json::{json, Value};
-use warp::filters::BoxedFilter;
-use warp::path as p;
-use warp::reply::Response;
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    vec![
-        authed_route!(
-            api,
-            p!("api" / "groups" / "by-number" / String),
-            warp::get(),
-            groups_by_number
+pub(super) fn routes(api: &Shared) -> Table {
+    let mut t = Table::default();
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/groups/by-number/{phone}",
+            "groups",
+            "Groups, by sender number",
+            true,
+            Body::None,
+            BY_NUMBER
         ),
-        authed_route!(api, p!("api" / "groups" / String), warp::get(), groups),
-    ]
+        groups_by_number
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/groups/{id}",
+            "groups",
+            "Groups the instance is in",
+            true,
+            Body::None,
+            GROUP_ERRORS
+        ),
+        groups
+    );
+    t
 }
 
 async fn list(handle: &InstanceHandle) -> Result<Value, ApiError> {

@@ -1,9 +1,11 @@
 //! Instances: create (`POST /api/login`), status, list, logout, delete, resume after
 //! a crash, and instance tokens.
 
+use super::table::Table;
 use super::{admin_only, instance, json, parse, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{doc, Body, Field, INSTANCE};
 use crate::http::util::ok;
 use crate::http::ws::Revocation;
 use crate::http::Shared;
@@ -14,43 +16,138 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::path as p;
-use warp::reply::Response;
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
+pub(super) fn routes(api: &Shared) -> Table {
+    let mut t = Table::default();
     let query = warp::query::<HashMap<String, String>>;
-    vec![
-        authed_route!(api, p!("api" / "login"), warp::post(), create, json()),
-        authed_route!(api, p!("api" / "status" / String), warp::get(), status),
-        authed_route!(api, p!("api" / "logout" / String), warp::post(), logout),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "token"),
-            warp::post(),
-            new_token
+    declare!(
+        t,
+        api,
+        at0,
+        doc(
+            "post",
+            "/api/login",
+            "instances",
+            "Create an instance (admin); returns its instance token",
+            true,
+            Body::OptionalJson(&[
+                ("device_name", Field::DeviceName, false),
+                ("deviceName", Field::DeviceName, false)
+            ]),
+            &["VALIDATION_ERROR", "FORBIDDEN"]
+        )
+        .admin(),
+        create,
+        json()
+    );
+    declare!(
+        t,
+        api,
+        at0,
+        doc(
+            "get",
+            "/api/instances",
+            "instances",
+            "List instances (connected ones unless ?all=true)",
+            true,
+            Body::None,
+            &[]
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "token"),
-            warp::delete(),
-            revoke_tokens
+        list,
+        query()
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/status/{id}",
+            "instances",
+            "Status of an instance",
+            true,
+            Body::None,
+            INSTANCE
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "resume"),
-            warp::post(),
-            resume
+        status
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "post",
+            "/api/logout/{id}",
+            "instances",
+            "Unlink the device and wipe its keys; the instance stays",
+            true,
+            Body::None,
+            INSTANCE
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String),
-            warp::delete(),
-            delete
+        logout
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "delete",
+            "/api/instances/{id}",
+            "instances",
+            "Delete an instance (refused while connected)",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_STILL_CONNECTED"]
         ),
-        authed_route!(api, p!("api" / "instances"), warp::get(), list, query()),
-    ]
+        delete
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "post",
+            "/api/instances/{id}/token",
+            "instances",
+            "Issue another instance token",
+            true,
+            Body::None,
+            INSTANCE
+        ),
+        new_token
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "delete",
+            "/api/instances/{id}/token",
+            "instances",
+            "Revoke every token of the instance",
+            true,
+            Body::None,
+            INSTANCE
+        ),
+        revoke_tokens
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "post",
+            "/api/instances/{id}/resume",
+            "instances",
+            "Start a crashed (parked) instance again",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "INSTANCE_NOT_CRASHED"]
+        ),
+        resume
+    );
+    t
 }
 
 #[derive(Deserialize, Default)]
@@ -61,19 +158,24 @@ struct CreateBody {
 }
 
 impl CreateBody {
-    /// The device name (the configured one when absent), 1-64 printable characters.
+    /// The device name: the first of `device_name`, `deviceName` that is not blank,
+    /// else the configured one. Each given value must be at most 64 characters
+    /// without control characters.
     fn device_name(self, default: &str) -> Result<String, ApiError> {
-        let name = (self.device_name.or(self.device_name_camel))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| default.to_string());
-        if name.chars().count() > 64 || name.chars().any(char::is_control) {
+        let given = [self.device_name, self.device_name_camel];
+        let bad = |s: &String| s.chars().count() > 64 || s.chars().any(char::is_control);
+        if given.iter().flatten().any(bad) {
             return Err(ApiError::bad_request(
                 "VALIDATION_ERROR",
                 "device_name must be 1-64 printable characters",
             ));
         }
-        Ok(name)
+        let name = given
+            .into_iter()
+            .flatten()
+            .map(|s| s.trim().to_string())
+            .find(|s| !s.is_empty());
+        Ok(name.unwrap_or_else(|| default.to_string()))
     }
 }
 
@@ -169,7 +271,14 @@ async fn resume(id: String, p: Principal, api: Shared) -> R {
 
 /// `GET /api/instances[?all=true]`.
 async fn list(p: Principal, q: HashMap<String, String>, api: Shared) -> R {
-    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    let all = match q.get("all").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(_) => {
+            let msg = "all must be true, false, 1 or 0";
+            return Err(ApiError::bad_request("VALIDATION_ERROR", msg));
+        }
+    };
     let rows = api.instances.list().await?;
     let items: Vec<Value> = rows
         .iter()

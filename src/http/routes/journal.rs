@@ -1,43 +1,41 @@
 //! The message log (`GET /api/instances/:id/messages[/:messageId]`, with status
 //! timelines) and the durable event log (`GET /api/instances/:id/events`).
 
+use super::table::Table;
 use super::{instance, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{doc, Body};
 use crate::http::util::ok;
 use crate::http::Shared;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::path as p;
-use warp::reply::Response;
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
+pub(super) fn routes(api: &Shared) -> Table {
     use warp::Filter;
+    let mut t = Table::default();
     let raw_query = || warp::query::raw().or(warp::any().map(String::new)).unify();
-    vec![
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "messages"),
-            warp::get(),
-            messages_list,
-            raw_query()
+    declare!(t, api, at1, doc("get", "/api/instances/{id}/messages", "log", "The message log, newest first (query: chat, direction=in|out, since, before, limit 1-500, cursor)", true, Body::None,
+        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]), messages_list, raw_query());
+    declare!(
+        t,
+        api,
+        at2,
+        doc(
+            "get",
+            "/api/instances/{id}/messages/{messageId}",
+            "log",
+            "One message with its status timeline",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "MESSAGE_NOT_FOUND"]
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "messages" / String),
-            warp::get(),
-            message_get
-        ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "events"),
-            warp::get(),
-            events_list,
-            raw_query()
-        ),
-    ]
+        message_get
+    );
+    declare!(t, api, at1, doc("get", "/api/instances/{id}/events", "log", "The instance's events from the durable log, oldest first (query: after=cursor, limit 1-1000)", true, Body::None,
+        &["VALIDATION_ERROR", "SESSION_NOT_FOUND", "FORBIDDEN"]), events_list, raw_query());
+    t
 }
 
 /// A query string's pairs.

@@ -24,23 +24,31 @@ use crate::store::instances::Instance;
 use actors::instance::InstanceError;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::reply::Response;
 
-/// A route: path and method, then auth, the handler's extra inputs, the shared state
-/// and the handler; the answer (or error) becomes a response.
+/// A route: its method-and-path filter (see [`table`]), then auth, the handler's
+/// extra inputs, the shared state and the handler; the answer (or error) becomes a
+/// response.
 macro_rules! authed_route {
-    ($api:expr, $path:expr, $method:expr, $handler:expr $(, $extra:expr)*) => {{
+    ($api:expr, $at:expr, $handler:expr $(, $extra:expr)*) => {{
         use warp::Filter;
-        $path
-            .and($method)
+        $at
             .and($crate::http::authed($api.clone()))
             $(.and($extra))*
             .and($crate::http::with_api($api.clone()))
             .then($handler)
             .map($crate::http::respond)
             .boxed()
+    }};
+}
+
+/// Declares one authenticated route in table `$t`: its description `$doc`, the path
+/// filter maker for its parameter count (`at0`, `at1`, `at2`), its handler and extra
+/// inputs.
+macro_rules! declare {
+    ($t:expr, $api:expr, $at:ident, $doc:expr, $handler:expr $(, $extra:expr)*) => {{
+        let d = $doc;
+        $t.add(d, authed_route!($api, $crate::http::routes::table::$at(&d), $handler $(, $extra)*));
     }};
 }
 
@@ -52,17 +60,19 @@ mod media;
 mod qr;
 mod send;
 mod session;
+pub(crate) mod table;
 mod webhooks;
 
 pub(crate) use qr::start_qr;
 
 /// What handlers answer.
-pub(crate) type R = Result<Response, ApiError>;
+pub(crate) type R = Result<warp::reply::Response, ApiError>;
 
-/// Every route of these files (the WebSockets and the API description are added by
-/// [`super::routes`]).
-pub(crate) fn all(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    [
+/// Every route of these files, declared with its description (the WebSockets and the
+/// API description are added by [`super::routes`]).
+pub(crate) fn all(api: &Shared) -> table::Table {
+    let mut t = table::Table::default();
+    for part in [
         session::routes(api),
         instances::routes(api),
         qr::routes(api),
@@ -70,22 +80,29 @@ pub(crate) fn all(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
         groups::routes(api),
         webhooks::routes(api),
         journal::routes(api),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    ] {
+        t.extend(part);
+    }
+    t
 }
 
 /// The JSON body of a route (at most [`super::MAX_JSON_BODY`] bytes).
-fn json() -> BoxedFilter<(Bytes,)> {
+fn json() -> warp::filters::BoxedFilter<(Bytes,)> {
     use warp::Filter;
     super::body_limited(super::MAX_JSON_BODY).boxed()
 }
 
 /// A JSON body; an empty one is the type's default (every field absent).
 pub fn parse<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(T::default());
+    };
+    // serde would also read a struct from an array; the API takes objects only.
+    if *first == b'[' {
+        return Err(ApiError::bad_request(
+            "VALIDATION_ERROR",
+            "The body must be a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -165,7 +182,9 @@ async fn by_number(
     p: &Principal,
     phone: &str,
 ) -> Result<(Instance, InstanceHandle), ApiError> {
-    let phone = super::util::normalize_phone(phone, &api.config.whatsapp.default_country_code)?;
+    // Path segments arrive percent-encoded (`+62%20811...`).
+    let decoded = percent_encoding::percent_decode_str(phone).decode_utf8_lossy();
+    let phone = super::util::normalize_phone(&decoded, &api.config.whatsapp.default_country_code)?;
     let found = api
         .runtime
         .ready_by_phone(&phone, |id| p.may_access(id))

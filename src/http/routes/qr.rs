@@ -3,37 +3,69 @@
 //! code as PNG, `DELETE /api/qr-cancel/:id` ends the flow. The flow itself lives in
 //! the actor (`actors/src/instance/qr.rs`).
 
+use super::table::Table;
 use super::{instance, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{doc, Body};
 use crate::http::util::ok;
 use crate::http::Shared;
 use crate::runtime::QrStart;
 use actors::instance::InstanceError;
 use actors::lifecycle::LifecycleError;
 use serde_json::json;
-use warp::filters::BoxedFilter;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use warp::http::HeaderValue;
-use warp::path as p;
 use warp::reply::Response;
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    vec![
-        authed_route!(
-            api,
-            p!("api" / "qr" / String / "image"),
-            warp::get(),
-            qr_image
+pub(super) fn routes(api: &Shared) -> Table {
+    let mut t = Table::default();
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/qr/{id}",
+            "qr",
+            "Start (or join) the QR login and get the current code",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "QR_IN_PROGRESS"]
         ),
-        authed_route!(api, p!("api" / "qr" / String), warp::get(), qr),
-        authed_route!(
-            api,
-            p!("api" / "qr-cancel" / String),
-            warp::delete(),
-            qr_cancel
+        qr
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/qr/{id}/image",
+            "qr",
+            "The current QR code as image/png",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "NO_QR_SESSION"]
         ),
-    ]
+        qr_image
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "delete",
+            "/api/qr-cancel/{id}",
+            "qr",
+            "Cancel the running QR login",
+            true,
+            Body::None,
+            &["SESSION_NOT_FOUND", "FORBIDDEN", "NO_QR_SESSION"]
+        ),
+        qr_cancel
+    );
+    t
 }
 
 fn no_qr() -> ApiError {

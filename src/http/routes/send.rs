@@ -15,9 +15,14 @@
 use super::idempotent::{idempotent, request_hash, Idem};
 use super::media::MediaInput;
 use super::media::{media_type_field, read_upload, upload_media, url_media, MediaForm, MediaUrl};
+use super::table::{at1, Table};
 use super::{by_number, guard, instance, json, parse, ready, required, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{
+    doc, Body, Field, BY_NUMBER, GROUP_ERRORS, GROUP_FILE, GROUP_TEXT, GROUP_URL, MEDIA_ERRORS,
+    MEDIA_FILE, MEDIA_URL, SEND_ERRORS, TEXT,
+};
 use crate::http::util::{self, ok};
 use crate::http::{authed, respond, scoped, with_api, Shared};
 use crate::runtime::{Content, InstanceHandle, Recipient};
@@ -27,7 +32,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
-use warp::path as p;
 use warp::reply::Response;
 use warp::Filter;
 
@@ -56,76 +60,214 @@ struct Route {
     kind: Kind,
 }
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    // Two spellings of each by-number send: `/api/by-number/..` and `/api/send/by-number/..`.
-    let text_by_number = p!("api" / "by-number" / String)
-        .or(p!("api" / "send" / "by-number" / String))
-        .unify()
-        .boxed();
-    let url_by_number = p!("api" / "by-number" / String / "media-url")
-        .or(p!("api" / "send" / "by-number" / String / "media-url"))
-        .unify()
-        .boxed();
-    let file_by_number = p!("api" / "by-number" / String / "media-file")
-        .or(p!("api" / "send" / "by-number" / String / "media-file"))
-        .unify()
-        .boxed();
-    let r = |by, group, kind| Route { by, group, kind };
+pub(super) fn routes(api: &Shared) -> Table {
     use {By::*, Kind::*};
-    let check = authed_route!(
+    let r = |by, group, kind| Route { by, group, kind };
+    let mut t = Table::default();
+    declare!(
+        t,
         api,
-        p!("api" / "check" / String),
-        warp::post(),
+        at1,
+        doc(
+            "post",
+            "/api/check/{id}",
+            "messages",
+            "Is a number on WhatsApp?",
+            true,
+            Body::Json(&[("phone", Field::Phone, true)]),
+            SEND_ERRORS
+        ),
         check,
         json()
     );
-    vec![
-        check,
-        route(api, text_by_number, r(Number, false, Text)),
-        route(api, url_by_number, r(Number, false, Url)),
-        route(api, file_by_number, r(Number, false, File)),
-        route(api, p!("api" / "send" / String).boxed(), r(Id, false, Text)),
-        route(
-            api,
-            p!("api" / "send" / String / "media").boxed(),
+    // By-number routes first: `/api/send/by-number/x` must not be read as instance
+    // `by-number`.
+    let sends = [
+        (
+            doc(
+                "post",
+                "/api/by-number/{phone}",
+                "by-number",
+                "Send a text from the instance whose number is {phone}",
+                true,
+                Body::Json(TEXT),
+                BY_NUMBER,
+            ),
+            r(Number, false, Text),
+        ),
+        (
+            doc(
+                "post",
+                "/api/by-number/{phone}/media-url",
+                "by-number",
+                "Send a file from a URL, by sender number",
+                true,
+                Body::Json(MEDIA_URL),
+                BY_NUMBER,
+            ),
+            r(Number, false, Url),
+        ),
+        (
+            doc(
+                "post",
+                "/api/by-number/{phone}/media-file",
+                "by-number",
+                "Send an uploaded file, by sender number",
+                true,
+                Body::Multipart(MEDIA_FILE),
+                BY_NUMBER,
+            ),
+            r(Number, false, File),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send/by-number/{phone}",
+                "by-number",
+                "Alias of /api/by-number/{phone}",
+                true,
+                Body::Json(TEXT),
+                BY_NUMBER,
+            ),
+            r(Number, false, Text),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send/by-number/{phone}/media-url",
+                "by-number",
+                "Alias of /api/by-number/{phone}/media-url",
+                true,
+                Body::Json(MEDIA_URL),
+                BY_NUMBER,
+            ),
+            r(Number, false, Url),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send/by-number/{phone}/media-file",
+                "by-number",
+                "Alias of /api/by-number/{phone}/media-file",
+                true,
+                Body::Multipart(MEDIA_FILE),
+                BY_NUMBER,
+            ),
+            r(Number, false, File),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send/{id}",
+                "messages",
+                "Send a text",
+                true,
+                Body::Json(TEXT),
+                SEND_ERRORS,
+            ),
+            r(Id, false, Text),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send/{id}/media",
+                "messages",
+                "Send an uploaded file",
+                true,
+                Body::Multipart(MEDIA_FILE),
+                MEDIA_ERRORS,
+            ),
             r(Id, false, File),
         ),
-        route(
-            api,
-            p!("api" / "send" / String / "media-url").boxed(),
+        (
+            doc(
+                "post",
+                "/api/send/{id}/media-url",
+                "messages",
+                "Send a file fetched from a URL",
+                true,
+                Body::Json(MEDIA_URL),
+                MEDIA_ERRORS,
+            ),
             r(Id, false, Url),
         ),
-        route(
-            api,
-            p!("api" / "send-group" / "by-number" / String).boxed(),
+        (
+            doc(
+                "post",
+                "/api/send-group/by-number/{phone}",
+                "groups",
+                "Send a text to a group, by sender number",
+                true,
+                Body::Json(GROUP_TEXT),
+                BY_NUMBER,
+            ),
             r(Number, true, Text),
         ),
-        route(
-            api,
-            p!("api" / "send-group" / "by-number" / String / "media-url").boxed(),
-            r(Number, true, Url),
-        ),
-        route(
-            api,
-            p!("api" / "send-group" / "by-number" / String / "media").boxed(),
+        (
+            doc(
+                "post",
+                "/api/send-group/by-number/{phone}/media",
+                "groups",
+                "Send an uploaded file to a group, by sender number",
+                true,
+                Body::Multipart(GROUP_FILE),
+                BY_NUMBER,
+            ),
             r(Number, true, File),
         ),
-        route(
-            api,
-            p!("api" / "send-group" / String).boxed(),
+        (
+            doc(
+                "post",
+                "/api/send-group/by-number/{phone}/media-url",
+                "groups",
+                "Send a file from a URL to a group, by sender number",
+                true,
+                Body::Json(GROUP_URL),
+                BY_NUMBER,
+            ),
+            r(Number, true, Url),
+        ),
+        (
+            doc(
+                "post",
+                "/api/send-group/{id}",
+                "groups",
+                "Send a text to a group",
+                true,
+                Body::Json(GROUP_TEXT),
+                GROUP_ERRORS,
+            ),
             r(Id, true, Text),
         ),
-        route(
-            api,
-            p!("api" / "send-group" / String / "media-url").boxed(),
-            r(Id, true, Url),
-        ),
-        route(
-            api,
-            p!("api" / "send-group" / String / "media").boxed(),
+        (
+            doc(
+                "post",
+                "/api/send-group/{id}/media",
+                "groups",
+                "Send an uploaded file to a group",
+                true,
+                Body::Multipart(GROUP_FILE),
+                MEDIA_ERRORS,
+            ),
             r(Id, true, File),
         ),
-    ]
+        (
+            doc(
+                "post",
+                "/api/send-group/{id}/media-url",
+                "groups",
+                "Send a file from a URL to a group",
+                true,
+                Body::Json(GROUP_URL),
+                MEDIA_ERRORS,
+            ),
+            r(Id, true, Url),
+        ),
+    ];
+    for (d, route_of) in sends {
+        t.add(d, route(api, at1(&d), route_of));
+    }
+    t
 }
 
 /// A request body: JSON, or a multipart upload.
@@ -134,9 +276,9 @@ enum Payload {
     Form(MediaForm),
 }
 
-/// The filter of one send route.
-fn route(api: &Shared, path: BoxedFilter<(String,)>, r: Route) -> BoxedFilter<(Response,)> {
-    let caller = path.and(warp::post()).and(authed(api.clone()));
+/// The filter of one send route (`at`: its method and path).
+fn route(api: &Shared, at: BoxedFilter<(String,)>, r: Route) -> BoxedFilter<(Response,)> {
+    let caller = at.and(authed(api.clone()));
     // By id, a file upload checks the caller's scope before the body is read.
     let caller = if r.by == By::Id && r.kind == Kind::File {
         caller.and_then(scoped).untuple_one().boxed()

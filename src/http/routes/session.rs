@@ -1,34 +1,56 @@
 //! Signing in: `POST /login-jwt` (username and password → JWT) and
 //! `GET /api/validate`.
 
+use super::table::{at0, Table};
 use super::{json, parse, required, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
+use crate::http::openapi::{doc, Body, Field};
 use crate::http::{client_addr, respond, with_api, Shared};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::reply::Response;
 use warp::{Filter, Reply};
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    let login_jwt = warp::path!("login-jwt")
-        .and(warp::post())
+pub(super) fn routes(api: &Shared) -> Table {
+    let mut t = Table::default();
+    let login = doc(
+        "post",
+        "/login-jwt",
+        "auth",
+        "Exchange the login credentials for an admin JWT (public)",
+        false,
+        Body::Json(&[
+            ("username", Field::Text, true),
+            ("password", Field::Password, true),
+        ]),
+        &["VALIDATION_ERROR", "INVALID_CREDENTIALS", "RATE_LIMITED"],
+    );
+    let filter = at0(&login)
         .and(json())
         .and(client_addr(api.clone()))
         .and(with_api(api.clone()))
         .then(login_jwt)
         .map(respond)
         .boxed();
-    let validate = warp::path!("api" / "validate")
-        .and(warp::get())
-        .and(crate::http::authed(api.clone()))
-        .then(validate)
-        .map(respond)
-        .boxed();
-    vec![login_jwt, validate]
+    t.add(login, filter);
+    declare!(
+        t,
+        api,
+        at0,
+        doc(
+            "get",
+            "/api/validate",
+            "auth",
+            "Check a token",
+            true,
+            Body::None,
+            &[]
+        ),
+        validate
+    );
+    t
 }
 
 #[derive(Deserialize, Default)]
@@ -98,7 +120,7 @@ fn login_failed(api: &Shared, username: &str, ip: std::net::IpAddr) -> ApiError 
 }
 
 /// `GET /api/validate`.
-async fn validate(p: Principal) -> R {
+async fn validate(p: Principal, _api: Shared) -> R {
     let username = p.username();
     let instance_id = match &p {
         Principal::Instance { instance_id } => Some(instance_id.clone()),

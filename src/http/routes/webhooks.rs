@@ -2,42 +2,82 @@
 //! the delivery log and redelivery. Delivery itself (outbox, worker, signatures)
 //! lives in `src/webhook/`.
 
+use super::table::Table;
 use super::{guard, instance, json, parse, R};
 use crate::http::auth::Principal;
 use crate::http::error::{capitalize, ApiError};
+use crate::http::openapi::{doc, Body, Field, INSTANCE};
 use crate::http::util::ok;
 use crate::http::Shared;
 use crate::net::fetch;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::path as p;
-use warp::reply::Response;
 
-pub(super) fn routes(api: &Shared) -> Vec<BoxedFilter<(Response,)>> {
-    vec![
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "webhook-setconfig"),
-            warp::post(),
-            setconfig,
-            json()
+pub(super) fn routes(api: &Shared) -> Table {
+    let mut t = Table::default();
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "post",
+            "/api/instances/{id}/webhook-setconfig",
+            "webhooks",
+            "Set the webhook URL, secret and events (empty url: off)",
+            true,
+            Body::OptionalJson(&[
+                ("url", Field::WebhookUrl, false),
+                ("secret", Field::Secret, false),
+                ("events", Field::Events, false)
+            ]),
+            &[
+                "VALIDATION_ERROR",
+                "INVALID_WEBHOOK_URL",
+                "SESSION_NOT_FOUND",
+                "FORBIDDEN"
+            ]
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "webhooks"),
-            warp::get(),
-            log
+        setconfig,
+        json()
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "get",
+            "/api/instances/{id}/webhooks",
+            "webhooks",
+            "Recent webhook deliveries",
+            true,
+            Body::None,
+            INSTANCE
         ),
-        authed_route!(
-            api,
-            p!("api" / "instances" / String / "webhooks" / String / "redeliver"),
-            warp::post(),
-            redeliver
+        log
+    );
+    declare!(
+        t,
+        api,
+        at2,
+        doc(
+            "post",
+            "/api/instances/{id}/webhooks/{delivery}/redeliver",
+            "webhooks",
+            "Deliver one event again",
+            true,
+            Body::None,
+            &[
+                "SESSION_NOT_FOUND",
+                "FORBIDDEN",
+                "DELIVERY_NOT_FOUND",
+                "PAYLOAD_EXPIRED"
+            ]
         ),
-    ]
+        redeliver
+    );
+    t
 }
 
 #[derive(Deserialize, Default)]
@@ -147,7 +187,7 @@ fn secret_or_new(secret: Option<String>) -> Result<String, ApiError> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
     {
-        Some(s) if s.len() < 16 || s.len() > 256 => Err(ApiError::bad_request(
+        Some(s) if !(16..=256).contains(&s.chars().count()) => Err(ApiError::bad_request(
             "VALIDATION_ERROR",
             "secret must be 16-256 characters (or omitted to generate one)",
         )),
