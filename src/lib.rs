@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod net;
 pub mod runtime;
 #[cfg(feature = "sandbox")]

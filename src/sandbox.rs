@@ -394,29 +394,25 @@ async fn contact_send(
     };
     let message = match (&b.message, &b.media_url) {
         (_, Some(url)) => {
-            let kind = match b.media_type.as_deref() {
-                Some(t) => util::parse_media_type(t).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "VALIDATION_ERROR",
-                        "mediaType must be image, video, audio or document",
-                    )
-                })?,
-                None => util::media_kind_for(url),
-            };
-            let parsed = url::Url::parse(url).map_err(|_| {
-                ApiError::bad_request("VALIDATION_ERROR", "mediaUrl is not a valid URL")
-            })?;
-            let name = util::file_name_from_url(&parsed);
-            let hold = api.media.hold();
-            let fetched = crate::net::fetch::fetch(
+            // The same fetch as a media-URL send: SSRF policy, caps, memory cap.
+            let m = crate::media::fetch::UrlMedia {
                 url,
-                &api.fetch_policy(api.config.limits.max_document_bytes, &hold),
-            )
-            .await
-            .map_err(|e| match e {
-                crate::net::fetch::FetchError::Busy => crate::http::budget::busy(),
-                e => ApiError::bad_request(e.api_code(), e.to_string()),
-            })?;
+                kind: crate::media::media_type_field(b.media_type.as_deref())?,
+                file_name: None,
+                caption: b.caption.clone(),
+            };
+            let policy = |cap, hold: &crate::media::Hold| api.fetch_policy(cap, hold);
+            let fetched =
+                crate::media::fetch::from_url(m, &api.media_caps(), &api.media, policy).await?;
+            // The hold keeps the file's room under the memory cap until the upload ends.
+            let crate::media::MediaInput {
+                kind,
+                bytes,
+                mimetype,
+                file_name: name,
+                caption,
+                hold: _hold,
+            } = fetched;
             let media_type = match kind {
                 MediaKind::Image => whatsapp_rust::download::MediaType::Image,
                 MediaKind::Video => whatsapp_rust::download::MediaType::Video,
@@ -424,7 +420,7 @@ async fn contact_send(
                 MediaKind::Document => whatsapp_rust::download::MediaType::Document,
             };
             let up = client
-                .upload(fetched.bytes, media_type, Default::default())
+                .upload(bytes, media_type, Default::default())
                 .await
                 .map_err(|_| {
                     ApiError::new(
@@ -433,8 +429,7 @@ async fn contact_send(
                         "Media upload failed",
                     )
                 })?;
-            let mimetype = util::mimetype_for(&name, fetched.content_type.as_deref());
-            actors::instance::media_message(&kind, up, mimetype, b.caption.clone(), Some(name))
+            actors::instance::media_message(&kind, up, mimetype, caption, Some(name))
         }
         (Some(text), None) if !text.is_empty() => whatsapp_rust::waproto::whatsapp::Message {
             conversation: Some(text.clone()),

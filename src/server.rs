@@ -189,7 +189,7 @@ pub async fn build_api(
         ),
         login_backoff: Default::default(),
         sockets: Default::default(),
-        media: crate::http::budget::MediaBudget::new(config.limits.max_media_in_flight_bytes),
+        media: crate::media::MediaBudget::new(config.limits.max_media_in_flight_bytes),
         governor: SendGovernor::new(GovernorSettings {
             per_sec: config.limits.send_per_sec,
             burst: config.limits.send_burst,

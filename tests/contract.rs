@@ -37,6 +37,9 @@ async fn schemathesis_finds_no_contract_failures() {
         .args(["--checks", "all", "--seed", "42", "--max-examples", "20"])
         .args(["--workers", "1", "--request-timeout", "30", "--no-color"])
         .args(["--exclude-tag", "events"])
+        // Hypothesis' health checks judge the generator's speed, not the API: on a
+        // loaded 2-core machine they can trip, so they are off.
+        .args(["--suppress-health-check", "all"])
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()

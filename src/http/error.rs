@@ -218,6 +218,26 @@ impl From<crate::runtime::RuntimeError> for ApiError {
     }
 }
 
+/// A media error: its API code (`FILE_TOO_LARGE`, `SERVER_BUSY`, a fetch's own, ...).
+impl From<crate::media::MediaError> for ApiError {
+    fn from(e: crate::media::MediaError) -> Self {
+        use crate::media::MediaError as M;
+        let message = capitalize(&e.to_string());
+        match e {
+            M::TooLarge { .. } => ApiError::bad_request("FILE_TOO_LARGE", message),
+            M::Invalid(_) => ApiError::bad_request("VALIDATION_ERROR", message),
+            M::Unreadable => ApiError::bad_request("INVALID_REQUEST", message),
+            M::FileRequired(_) => ApiError::bad_request("FILE_REQUIRED", message),
+            M::Busy => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY", message);
+                e.retry_after = Some(5);
+                e
+            }
+            M::Fetch(f) => ApiError::bad_request(f.api_code(), message),
+        }
+    }
+}
+
 /// `s` with its first letter upper-cased (error texts start lower-case).
 pub fn capitalize(s: &str) -> String {
     let mut c = s.chars();

@@ -9,7 +9,6 @@
 //! [`error::ApiError`].
 
 pub mod auth;
-pub mod budget;
 pub mod conn;
 pub mod error;
 pub mod openapi;
@@ -59,7 +58,7 @@ pub struct Api {
     /// Open sockets, to cap them and close them when their credentials go.
     pub sockets: ws::Sockets,
     /// Media bytes held by requests (`limits.max_media_in_flight_bytes`).
-    pub media: budget::MediaBudget,
+    pub media: crate::media::MediaBudget,
     /// Optional per-instance send pacing.
     pub governor: ratelimit::SendGovernor,
     /// The webhook delivery log.
@@ -76,9 +75,20 @@ pub use crate::webhook::{DeliveryLog, RedeliverRule, Redelivery};
 pub type Shared = Arc<Api>;
 
 impl Api {
+    /// The size cap of each media kind (`limits.max_*_bytes`).
+    pub fn media_caps(&self) -> crate::media::Caps {
+        let l = &self.config.limits;
+        crate::media::Caps {
+            image: l.max_image_bytes,
+            video: l.max_video_bytes,
+            audio: l.max_audio_bytes,
+            document: l.max_document_bytes,
+        }
+    }
+
     /// The fetch policy for media URLs of `max_bytes`, counting what it keeps against
     /// `hold`.
-    pub fn fetch_policy(&self, max_bytes: u64, hold: &budget::Hold) -> FetchPolicy {
+    pub fn fetch_policy(&self, max_bytes: u64, hold: &crate::media::Hold) -> FetchPolicy {
         let hold = hold.clone();
         FetchPolicy {
             allowed_targets: self.config.webhook.allowed_targets.clone(),

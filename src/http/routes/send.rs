@@ -13,7 +13,6 @@
 //! `POST /api/check/:id` (is a number on WhatsApp) lives here too.
 
 use super::idempotent::{idempotent, request_hash, Idem};
-use super::media::MediaInput;
 use super::media::{media_type_field, read_upload, upload_media, url_media, MediaForm, MediaUrl};
 use super::table::{at1, Table};
 use super::{by_number, guard, instance, json, parse, ready, required, R};
@@ -25,6 +24,7 @@ use crate::http::openapi::{
 };
 use crate::http::util::{self, ok};
 use crate::http::{authed, respond, scoped, with_api, Shared};
+use crate::media::MediaInput;
 use crate::runtime::{Content, InstanceHandle, Recipient};
 use crate::store::instances::Instance;
 use actors::instance::{InstanceError, Sent};
@@ -383,7 +383,7 @@ enum Message {
 enum Draft {
     Text { to: String, text: String },
     Url { to: String, body: MediaUrl },
-    File(super::media::Upload),
+    File(crate::media::upload::Upload),
 }
 
 #[derive(Deserialize, Default)]
@@ -460,7 +460,7 @@ fn media_content(to: Recipient, m: MediaInput) -> (Recipient, Message, String) {
     let hash = request_hash(&[
         b"media",
         to.as_str().as_bytes(),
-        util::media_kind_word(m.kind).as_bytes(),
+        crate::media::media_kind_word(m.kind).as_bytes(),
         m.mimetype.as_bytes(),
         m.file_name.as_bytes(),
         m.caption.as_deref().unwrap_or("").as_bytes(),
@@ -518,7 +518,7 @@ fn sent_data(
         json!({"messageId": sent.message_id, "timestamp": sent.timestamp, "to": sent.to, "verified": true})
     };
     if let Some((kind, size, file_name)) = media {
-        v["mediaType"] = json!(util::media_kind_word(kind));
+        v["mediaType"] = json!(crate::media::media_kind_word(kind));
         v["fileName"] = json!(file_name);
         v["fileSize"] = json!(size);
     }

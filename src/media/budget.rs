@@ -4,14 +4,13 @@
 //! while it uploads, an encrypted copy of the same size: each byte of a file is counted
 //! twice. Room is taken as the bytes arrive (upload chunks, download chunks) and never
 //! waited for: a request that would pass the cap is answered 503 `SERVER_BUSY` with
+//! (via [`super::MediaError::Busy`])
 //! `Retry-After` at once, so requests holding part of the room never wait on each other
 //! (no deadlock), and memory stays bounded whatever the number of clients. The room is
 //! given back when the request ends (its [`Hold`] drops).
 
-use super::error::ApiError;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use warp::http::StatusCode;
 
 /// Copies of each media byte in memory while it is sent.
 const COPIES: u64 = 2;
@@ -54,15 +53,6 @@ impl MediaBudget {
 }
 
 /// 503 for a request that would pass the cap.
-pub fn busy() -> ApiError {
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "SERVER_BUSY",
-        "The server is holding as much media as it is allowed to (limits.max_media_in_flight_bytes); retry shortly",
-    );
-    e.retry_after = Some(5);
-    e
-}
 
 impl Hold {
     /// Counts `n` more media bytes; `false` when the cap has no room for them.
