@@ -8,16 +8,12 @@
 
 use crate::config::AuthConfig;
 use crate::store::settings::{Settings, Tokens};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use sea_orm::DbErr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Prefix of instance tokens (tells them apart from JWTs and API keys at a glance).
 pub const INSTANCE_TOKEN_PREFIX: &str = "swa_";
@@ -87,14 +83,9 @@ enum Login {
         user_digest: [u8; 32],
         pass_digest: [u8; 32],
     },
-    /// Generated on first start; the password is kept as PBKDF2-SHA256 with the round
-    /// count stored beside it.
-    Stored {
-        username: String,
-        rounds: u32,
-        salt: Vec<u8>,
-        hash: Vec<u8>,
-    },
+    /// Generated on first start; the password is kept as a PHC string
+    /// (`$pbkdf2-sha256$i=ROUNDS,l=32$SALT$HASH`): its parameters are read from it.
+    Stored { username: String, phc: String },
 }
 
 /// The authenticator of this server.
@@ -132,15 +123,43 @@ fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
-fn pbkdf2(password: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, rounds, &mut out);
-    out
+/// A PHC string for `password`: PBKDF2-SHA256, [`PBKDF2_ROUNDS`], a random salt.
+fn hash_password(password: &str) -> Option<String> {
+    use pbkdf2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).ok()?;
+    let params = pbkdf2::Params {
+        rounds: PBKDF2_ROUNDS,
+        output_length: 32,
+    };
+    let alg = pbkdf2::Algorithm::Pbkdf2Sha256.ident();
+    let hash = pbkdf2::Pbkdf2
+        .hash_password_customized(password.as_bytes(), Some(alg), None, params, &salt)
+        .ok()?;
+    Some(hash.to_string())
 }
 
-/// `pbkdf2-sha256$ROUNDS$SALT$HEX` (the round count the hash was made with); `None`
-/// for anything else, so a damaged row stops the start instead of failing every login.
+/// The stored login hash as a checked PHC string: a PBKDF2-SHA256 PHC string, or the
+/// older `pbkdf2-sha256$ROUNDS$SALT$HEX` (rewritten as the PHC string of the same
+/// hash, so existing logins keep working). `None` for anything else, so a damaged
+/// row stops the start instead of failing every login.
 fn parse_stored(username: String, stored: &str) -> Option<Login> {
+    use pbkdf2::password_hash::PasswordHash;
+    let phc = if stored.starts_with('$') {
+        stored.to_string()
+    } else {
+        legacy_to_phc(stored)?
+    };
+    let parsed = PasswordHash::new(&phc).ok()?;
+    let ok = parsed.algorithm == pbkdf2::Algorithm::Pbkdf2Sha256.ident()
+        && parsed.salt.is_some()
+        && parsed.hash.is_some_and(|h| h.len() == 32)
+        && pbkdf2::Params::try_from(&parsed).is_ok_and(|p| p.rounds > 0);
+    ok.then_some(Login::Stored { username, phc })
+}
+
+/// `pbkdf2-sha256$ROUNDS$SALT$HEX` (SALT used as its ASCII bytes) as a PHC string.
+fn legacy_to_phc(stored: &str) -> Option<String> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
     let mut parts = stored.split('$');
     let (scheme, rounds, salt, hash) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if scheme != "pbkdf2-sha256" || parts.next().is_some() || salt.is_empty() {
@@ -148,12 +167,8 @@ fn parse_stored(username: String, stored: &str) -> Option<Login> {
     }
     let rounds: u32 = rounds.parse().ok().filter(|r| *r > 0)?;
     let hash = hex::decode(hash).ok().filter(|h| h.len() == 32)?;
-    Some(Login::Stored {
-        username,
-        rounds,
-        salt: salt.as_bytes().to_vec(),
-        hash,
-    })
+    let (salt, hash) = (STANDARD_NO_PAD.encode(salt), STANDARD_NO_PAD.encode(hash));
+    Some(format!("$pbkdf2-sha256$i={rounds},l=32${salt}${hash}"))
 }
 
 /// SHA-256 hex of an instance token, as stored.
@@ -195,13 +210,9 @@ impl Auth {
                     Some(v) => v,
                     None => {
                         let password = random_hex(12);
-                        let salt = random_hex(16);
-                        let hash = hex::encode(pbkdf2(
-                            password.as_bytes(),
-                            salt.as_bytes(),
-                            PBKDF2_ROUNDS,
-                        ));
-                        let value = format!("pbkdf2-sha256${PBKDF2_ROUNDS}${salt}${hash}");
+                        let value = hash_password(&password).ok_or_else(|| {
+                            DbErr::Custom("hashing the generated login password failed".into())
+                        })?;
                         let kept = settings.get_or_insert(&key, &value).await?;
                         if kept == value {
                             println!(
@@ -214,7 +225,7 @@ impl Auth {
                 parse_stored(username, &stored).ok_or_else(|| {
                     DbErr::Custom(format!(
                         "the stored login hash (settings key {key:?}) is corrupt: expected \
-                         pbkdf2-sha256$ROUNDS$SALT$HEX; delete the row to generate a new login"
+                         a $pbkdf2-sha256$... PHC string; delete the row to generate a new login"
                     ))
                 })?
             }
@@ -277,13 +288,17 @@ impl Auth {
             }
             Login::Stored {
                 username: user,
-                rounds,
-                salt,
-                hash,
+                phc,
             } => {
+                use pbkdf2::password_hash::{PasswordHash, PasswordVerifier};
                 let u = digest(username.as_bytes()).ct_eq(&digest(user.as_bytes()));
-                let p = pbkdf2(password.as_bytes(), salt, *rounds).ct_eq(hash.as_slice());
-                bool::from(u & p)
+                // Parsed at start already; the comparison inside is constant-time.
+                let p = PasswordHash::new(phc).is_ok_and(|h| {
+                    pbkdf2::Pbkdf2
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                });
+                bool::from(u) & p
             }
         }
     }
@@ -295,7 +310,6 @@ impl Auth {
 
     /// A JWT issued at `iat` (tests make expired ones with it).
     pub fn issue_jwt_at(&self, username: &str, iat: i64) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             username: username.to_string(),
             iat,
@@ -304,22 +318,10 @@ impl Auth {
             iss: Some(JWT_ISSUER.to_string()),
             aud: Some(JWT_AUDIENCE.to_string()),
         };
-        // Serializing a struct of strings and integers cannot fail.
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
-        let signing_input = format!("{header}.{body}");
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(signing_input.as_bytes()));
-        format!("{signing_input}.{sig}")
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length.
-        HmacSha256::new_from_slice(&self.jwt_key).expect("HMAC takes any key length")
-    }
-
-    fn sign(&self, input: &[u8]) -> Vec<u8> {
-        let mut mac = self.mac();
-        mac.update(input);
-        mac.finalize().into_bytes().to_vec()
+        let key = jsonwebtoken::EncodingKey::from_secret(&self.jwt_key);
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        // HS256 over a struct of strings and integers: nothing in it can fail.
+        jsonwebtoken::encode(&header, &claims, &key).unwrap_or_default()
     }
 
     fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
@@ -335,36 +337,22 @@ impl Auth {
     }
 
     fn verify_jwt_claims(&self, token: &str) -> Result<Claims, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(b), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Invalid);
+        use jsonwebtoken::errors::ErrorKind;
+        // Signature (HS256 only: `alg: none` and every other algorithm are refused),
+        // issuer, audience and expiry by jsonwebtoken; the rest below.
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        v.set_issuer(&[JWT_ISSUER]);
+        v.set_audience(&[JWT_AUDIENCE]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.leeway = 0;
+        v.validate_nbf = false;
+        let key = jsonwebtoken::DecodingKey::from_secret(&self.jwt_key);
+        let claims = match jsonwebtoken::decode::<Claims>(token, &key, &v) {
+            Ok(data) => data.claims,
+            Err(e) if *e.kind() == ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+            Err(_) => return Err(AuthError::Invalid),
         };
-        let header: serde_json::Value = URL_SAFE_NO_PAD
-            .decode(h)
-            .ok()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .ok_or(AuthError::Invalid)?;
-        if header["alg"] != "HS256" {
-            return Err(AuthError::Invalid);
-        }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Invalid)?;
-        let mut mac = self.mac();
-        mac.update(h.as_bytes());
-        mac.update(b".");
-        mac.update(b.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| AuthError::Invalid)?;
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(b)
-            .ok()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .ok_or(AuthError::Invalid)?;
         let now = chrono::Utc::now().timestamp();
-        if claims.iss.as_deref() != Some(JWT_ISSUER) || claims.aud.as_deref() != Some(JWT_AUDIENCE)
-        {
-            return Err(AuthError::Invalid);
-        }
         // Issued in the future, not valid yet, or living longer than any TTL this
         // server hands out: not one of ours.
         if claims.iat > now + JWT_LEEWAY_SECS
@@ -454,6 +442,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn auth(ttl: u64) -> Auth {
         Auth {
@@ -472,11 +461,8 @@ mod tests {
 
     /// A token signed with the right key but carrying `claims` as given.
     fn signed(a: &Auth, claims: serde_json::Value) -> String {
-        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let b = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let input = format!("{h}.{b}");
-        let sig = URL_SAFE_NO_PAD.encode(a.sign(input.as_bytes()));
-        format!("{input}.{sig}")
+        let key = jsonwebtoken::EncodingKey::from_secret(&a.jwt_key);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
     }
 
     #[test]
@@ -546,11 +532,33 @@ mod tests {
 
     #[test]
     fn stored_hashes_are_parsed_strictly() {
-        let good = format!("pbkdf2-sha256$1000$salt${}", "ab".repeat(32));
-        assert!(matches!(
-            parse_stored("u".into(), &good),
-            Some(Login::Stored { rounds: 1000, .. })
-        ));
+        // The older format still reads, as the PHC string of the same hash.
+        let salt = "00112233445566778899aabbccddeeff";
+        let mut raw = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(b"pw", salt.as_bytes(), 1000, &mut raw);
+        let legacy = format!("pbkdf2-sha256$1000${salt}${}", hex::encode(raw));
+        let login = parse_stored("u".into(), &legacy).expect("legacy hash");
+        assert!(
+            matches!(&login, Login::Stored { phc, .. } if phc.starts_with("$pbkdf2-sha256$i=1000,l=32$"))
+        );
+        assert!(Auth::check_login(&login, "u", "pw"));
+        assert!(!Auth::check_login(&login, "u", "px"));
+        // New hashes are PHC strings whose parameters are read back.
+        let phc = hash_password("secret").unwrap();
+        assert!(
+            phc.starts_with(&format!("$pbkdf2-sha256$i={PBKDF2_ROUNDS},l=32$")),
+            "{phc}"
+        );
+        let login = parse_stored("u".into(), &phc).expect("PHC hash");
+        assert!(Auth::check_login(&login, "u", "secret"));
+        assert!(!Auth::check_login(&login, "v", "secret"));
+        for bad in [
+            "$pbkdf2-sha256$i=0,l=32$c2FsdA$AAAA",
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$AAAA",
+            "$pbkdf2-sha256$",
+        ] {
+            assert!(parse_stored("u".into(), bad).is_none(), "{bad:?}");
+        }
         for bad in [
             "",
             "pbkdf2-sha256$1000$salt",
