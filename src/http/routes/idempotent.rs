@@ -81,10 +81,6 @@ impl Outcome {
 /// message id the key derives) and stores the answer; repeats with the same request
 /// get that answer, repeats with another request 409 `IDEMPOTENCY_KEY_REUSED`, and
 /// repeats while the first is still sending wait for it. Without a key: just `send`.
-///
-/// The keyed send runs in its own task: a client that hangs up mid-send (and retries
-/// with the same key) does not cancel it, so its answer is still stored and the retry
-/// gets it instead of waiting for the pending row to go stale.
 pub(super) async fn idempotent<F, Fut>(
     api: &Shared,
     idem: &Idem,
@@ -96,18 +92,47 @@ where
     F: FnOnce(Option<String>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Value, ApiError>> + Send + 'static,
 {
-    use crate::store::idempotency::Begin;
+    let fresh = |data| Outcome {
+        data,
+        replayed: false,
+    };
     let Some(key) = &idem.key else {
         paced(api, &idem.instance_id, to)?;
-        return send(None).await.map(|data| Outcome {
-            data,
-            replayed: false,
-        });
+        return send(None).await.map(fresh);
     };
+    match claim(api, idem, key, to, &hash).await? {
+        Claim::Replay(data) => Ok(Outcome {
+            data,
+            replayed: true,
+        }),
+        Claim::Send(message_id) => send_keyed(api, idem, key, message_id, send)
+            .await
+            .map(fresh),
+    }
+}
+
+/// What the key's row says to do.
+enum Claim {
+    /// Send, with this message id.
+    Send(String),
+    /// Answer with the stored answer.
+    Replay(Value),
+}
+
+/// Claims `key` for this request, waiting (bounded) while an earlier request with it
+/// is still sending; a new send must also pass the governor.
+async fn claim(
+    api: &Shared,
+    idem: &Idem,
+    key: &str,
+    to: &str,
+    hash: &str,
+) -> Result<Claim, ApiError> {
+    use crate::store::idempotency::Begin;
     let keys = &api.idempotency;
     let until = tokio::time::Instant::now() + WAIT_FOR_FIRST;
-    let message_id = loop {
-        match keys.begin(&idem.instance_id, key, &hash).await? {
+    loop {
+        match keys.begin(&idem.instance_id, key, hash).await? {
             Begin::Send(id) => {
                 if let Err(e) = paced(api, &idem.instance_id, to) {
                     if let Err(err) = keys.forget(&idem.instance_id, key).await {
@@ -115,17 +140,14 @@ where
                     }
                     return Err(e);
                 }
-                break id;
+                return Ok(Claim::Send(id));
             }
             Begin::Replay(body) => {
                 let data = serde_json::from_str(&body).map_err(|e| {
                     tracing::error!(error = %e, "a stored idempotent answer is not JSON");
                     ApiError::internal()
                 })?;
-                return Ok(Outcome {
-                    data,
-                    replayed: true,
-                });
+                return Ok(Claim::Replay(data));
             }
             Begin::Conflict => {
                 return Err(ApiError::new(
@@ -145,35 +167,43 @@ where
                 ))
             }
         }
-    };
-    let keys = keys.clone();
-    let (instance_id, key) = (idem.instance_id.clone(), key.clone());
+    }
+}
+
+/// Sends under a claimed key and stores the answer (or releases the key on failure).
+/// The send runs in its own task: a client that hangs up mid-send (and retries with
+/// the same key) does not cancel it, so its answer is still stored and the retry gets
+/// it instead of waiting for the pending row to go stale.
+async fn send_keyed<F, Fut>(
+    api: &Shared,
+    idem: &Idem,
+    key: &str,
+    message_id: String,
+    send: F,
+) -> Result<Value, ApiError>
+where
+    F: FnOnce(Option<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Value, ApiError>> + Send + 'static,
+{
+    let keys = api.idempotency.clone();
+    let (instance_id, key) = (idem.instance_id.clone(), key.to_string());
     let task = tokio::spawn(async move {
-        match send(Some(message_id)).await {
-            Ok(v) => {
-                if let Err(e) = keys.finish(&instance_id, &key, &v.to_string()).await {
-                    // Sent, but the answer is not stored: a repeat will wait for the
-                    // stale-pending takeover and send again with the same message id.
-                    tracing::warn!(error = %e, "storing an idempotent answer failed");
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                if let Err(err) = keys.forget(&instance_id, &key).await {
-                    tracing::warn!(error = %err, "releasing an idempotency key failed");
-                }
-                Err(e)
-            }
+        let r = send(Some(message_id)).await;
+        let stored = match &r {
+            // Sent, but if the answer is not stored a repeat waits for the
+            // stale-pending takeover and sends again with the same message id.
+            Ok(v) => keys.finish(&instance_id, &key, &v.to_string()).await,
+            Err(_) => keys.forget(&instance_id, &key).await,
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "storing or releasing an idempotency key failed");
         }
+        r
     });
-    let data = task.await.map_err(|e| {
+    task.await.map_err(|e| {
         tracing::error!(error = %e, "an idempotent send task failed");
         ApiError::internal()
-    })??;
-    Ok(Outcome {
-        data,
-        replayed: false,
-    })
+    })?
 }
 
 /// The send governor's verdict for one new send (replays are not sends).
