@@ -73,7 +73,10 @@ impl Net {
 
     async fn scan_qr(&self, qr: &str, phone: &str) -> Result<(), String> {
         match self {
-            Net::Local(n) => n.scan_qr(qr, Some(phone)).map_err(|e| e.to_string()),
+            Net::Local(n) => n
+                .scan_qr(qr, Some(phone))
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Net::Remote(n) => n.scan_qr(qr, Some(phone)).await,
         }
     }

@@ -311,8 +311,9 @@ impl MockNetwork {
     }
 
     /// The mock phone of `phone` scans `qr`. Without a phone number, a device whose
-    /// push name matches an existing account joins that account.
-    pub fn scan_qr(&self, qr: &str, phone: Option<&str>) -> Result<(), ScanError> {
+    /// push name matches an existing account joins that account, and any other gets a
+    /// new account with a fresh number. Returns the number that paired.
+    pub fn scan_qr(&self, qr: &str, phone: Option<&str>) -> Result<String, ScanError> {
         scan(&self.shared, qr, phone)
     }
 
@@ -632,7 +633,7 @@ fn accounts(shared: &Shared) -> Vec<AccountInfo> {
 }
 
 /// The mock phone's half of pairing (PROTOCOL.md §2.4).
-fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError> {
+fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<String, ScanError> {
     let parts: Vec<&str> = qr.trim().split(',').collect();
     if parts.len() < 4 {
         return Err(ScanError::Malformed);
@@ -653,18 +654,21 @@ fn scan(shared: &Shared, qr: &str, phone: Option<&str>) -> Result<(), ScanError>
         Some(p) if p.len() >= 8 && p.chars().all(|c| c.is_ascii_digit()) => p.to_string(),
         Some(_) => return Err(ScanError::NeedPhone),
         None => {
+            // The same push name joins its account (another device); a new one (or
+            // none) is a new person: a new account with a fresh number.
             let name = pending.push_name.clone().unwrap_or_default();
-            reg.accounts
+            let known = reg
+                .accounts
                 .values()
                 .find(|a| !name.is_empty() && a.push_name == name)
-                .map(|a| a.phone.clone())
-                .ok_or(ScanError::NeedPhone)?
+                .map(|a| a.phone.clone());
+            known.unwrap_or_else(|| reg.fresh_number())
         }
     };
     let node = pair_success(&mut reg, &pending, &phone, &identity_pub, &adv_secret)?;
     drop(reg);
     let _ = pending.conn.tx.try_send(Outbound::Node(node));
-    Ok(())
+    Ok(phone)
 }
 
 /// The phone's half of pairing once it knows the companion's identity key and the ADV
@@ -833,7 +837,7 @@ fn routes(
                 (text, None)
             };
             match scan(&s, &qr, phone.as_deref()) {
-                Ok(()) => reply(200, json!({"ok": true})),
+                Ok(phone) => reply(200, json!({"ok": true, "phone": phone})),
                 Err(e) => reply(400, json!({"error": e.to_string()})),
             }
         });

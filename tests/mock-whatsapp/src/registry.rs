@@ -305,6 +305,15 @@ impl Registry {
     }
 
     /// The account of `phone`, created with fresh keys if new.
+    /// A number no account has yet (`1555` and seven digits), for a phone that pairs
+    /// a device without saying its number.
+    pub fn fresh_number(&self) -> String {
+        (1u32..)
+            .map(|n| format!("1555{n:07}"))
+            .find(|p| !self.accounts.contains_key(p))
+            .unwrap_or_default()
+    }
+
     pub fn account_mut(&mut self, phone: &str, push_name: Option<&str>) -> &mut Account {
         if !self.accounts.contains_key(phone) {
             self.next_lid += 1;

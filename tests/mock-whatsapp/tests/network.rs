@@ -765,3 +765,66 @@ async fn ordinary_traffic_leaves_nothing_unacked() {
         );
     }
 }
+
+/// A client-side suite posts the raw QR text without a number: a push name the mock
+/// has not seen gets a new account with a fresh number; the same push name again
+/// joins that account as another device.
+#[tokio::test]
+async fn raw_qr_scan_without_a_number_creates_an_account_then_joins_it() {
+    let net = MockNetwork::start().await.unwrap();
+    async fn scan_raw(net: &MockNetwork, qr: &str) -> (u16, serde_json::Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(net.addr()).await.unwrap();
+        let request = format!(
+            "POST /admin/mock-phone/scan-qr HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{qr}",
+            qr.len()
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or_default())
+    }
+    let (mut first, qr) = Contact::start_for_qr(net.endpoint(), "", "Nadia Fresh")
+        .await
+        .unwrap();
+    let (status, v) = scan_raw(&net, &qr).await;
+    assert_eq!(status, 200, "{v}");
+    let phone = v["phone"].as_str().expect("the new number").to_string();
+    assert!(
+        phone.len() >= 8 && phone.chars().all(|c| c.is_ascii_digit()),
+        "{phone}"
+    );
+    first.connected().await.unwrap();
+    let account = |p: &str| net.accounts().into_iter().find(|a| a.phone == p);
+    let acc = account(&phone).expect("a new account");
+    assert_eq!(acc.push_name, "Nadia Fresh");
+    assert_eq!(acc.devices.len(), 1);
+
+    // The same push name again: another device of that account, not a new account.
+    let (mut second, qr) = Contact::start_for_qr(net.endpoint(), "", "Nadia Fresh")
+        .await
+        .unwrap();
+    let (status, v) = scan_raw(&net, &qr).await;
+    assert_eq!(
+        (status, v["phone"].as_str()),
+        (200, Some(phone.as_str())),
+        "{v}"
+    );
+    second.connected().await.unwrap();
+    assert_eq!(account(&phone).unwrap().devices.len(), 2);
+
+    // Another new name: another account, with another number.
+    let (mut third, qr) = Contact::start_for_qr(net.endpoint(), "", "Omar Other")
+        .await
+        .unwrap();
+    let (status, v) = scan_raw(&net, &qr).await;
+    assert_eq!(status, 200, "{v}");
+    let other = v["phone"].as_str().unwrap();
+    assert_ne!(other, phone);
+    third.connected().await.unwrap();
+    assert_eq!(account(other).unwrap().push_name, "Omar Other");
+}
