@@ -36,23 +36,41 @@ impl Table {
 /// when the request path has another shape. Segments are given as they arrive
 /// (percent-encoded), as warp's own path parameters are.
 pub fn matches(template: &str, path: &str) -> Option<Vec<String>> {
-    let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
-    let p: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    if t.len() != p.len() {
-        return None;
-    }
+    // Every request is tried against every route: no allocation until one matches.
+    let mut t = template.trim_end_matches('/').split('/');
+    let mut p = path.trim_end_matches('/').split('/');
     let mut params = Vec::new();
-    for (t, p) in t.iter().zip(&p) {
-        if t.starts_with('{') {
-            if p.is_empty() {
-                return None;
-            }
-            params.push((*p).to_string());
-        } else if t != p {
-            return None;
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some(t), Some(p)) if t.starts_with('{') && !p.is_empty() => params.push(p.to_string()),
+            (Some(t), Some(p)) if t == p => {}
+            _ => return None,
         }
     }
-    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn templates_match_whole_paths_only() {
+        let t = "/api/instances/{id}/webhooks/{delivery}/redeliver";
+        assert_eq!(
+            matches(t, "/api/instances/a1/webhooks/d9/redeliver"),
+            Some(vec!["a1".to_string(), "d9".to_string()])
+        );
+        assert_eq!(matches(t, "/api/instances/a1/webhooks/d9"), None);
+        assert_eq!(matches(t, "/api/instances//webhooks/d9/redeliver"), None);
+        assert_eq!(
+            matches("/api/status/{id}", "/api/status/x/"),
+            Some(vec!["x".into()])
+        );
+        assert_eq!(matches("/api/status/{id}", "/api/status/x/y"), None);
+        assert_eq!(matches("/", "/"), Some(vec![]));
+        assert_eq!(matches("/docs", "/"), None);
+    }
 }
 
 /// Method and path of `doc`, extracting its path parameters.
