@@ -9,6 +9,7 @@ use crate::store::instances::entity as instance;
 use sea_orm::entity::prelude::*;
 use sea_orm::ActiveValue::Set;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -79,6 +80,8 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
             .cloned()
             .collect()
     };
+    // Consecutive batches that ended on a database error (backoff, see below).
+    let db_failures = Arc::new(AtomicU32::new(0));
     loop {
         // One batch per idle instance with due rows, the longest-waiting instances
         // first, as many as there are free slots.
@@ -95,8 +98,20 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                             .insert(instance_id.clone());
                         let (outbox, settings, busy, wake) =
                             (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
+                        let db_failures = db_failures.clone();
                         tasks.spawn(async move {
-                            deliver_batch(&outbox, &settings, &instance_id).await;
+                            if deliver_batch(&outbox, &settings, &instance_id).await {
+                                db_failures.store(0, Ordering::Relaxed);
+                            } else {
+                                // The database failed: the instance stays busy (so the
+                                // loop does not pick it again at once) for a backoff
+                                // that grows with consecutive failures, up to 5 s.
+                                let n = db_failures.fetch_add(1, Ordering::Relaxed).min(6);
+                                tokio::time::sleep(
+                                    Duration::from_millis(100 << n).min(DB_BACKOFF_MAX),
+                                )
+                                .await;
+                            }
                             busy.lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&instance_id);
@@ -133,6 +148,9 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
 /// Rows one batch of an instance takes.
 const BATCH: u64 = 256;
 
+/// Longest pause of an instance's deliveries after database errors.
+const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// Successful deliveries recorded per UPDATE.
 const RECORD_BATCH: usize = 64;
 
@@ -141,16 +159,17 @@ const RECORD_BATCH: usize = 64;
 /// UPDATE per batch), and the first failure ends the batch (its row is scheduled for a
 /// retry; the rest stay due for the next pass). A crash between a delivery and its
 /// record sends that row again (at-least-once, deduplicated by `webhook-id`).
-async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: &str) {
+/// `false` when the database failed (the caller backs off).
+async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: &str) -> bool {
     let rows = match outbox.due_of(instance_id, BATCH).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "re-reading webhook rows failed");
-            return;
+            return false;
         }
     };
     if rows.is_empty() {
-        return;
+        return true;
     }
     let target = instance::Entity::find_by_id(instance_id.to_string())
         .one(&outbox.db)
@@ -162,18 +181,18 @@ async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: 
                 for row in &rows {
                     fail(outbox, settings, row, None, "webhook not configured", true).await;
                 }
-                return;
+                return true;
             }
         },
         Ok(None) => {
             for row in &rows {
                 fail(outbox, settings, row, None, "instance deleted", true).await;
             }
-            return;
+            return true;
         }
         Err(e) => {
             tracing::error!(error = %e, "loading the webhook target failed");
-            return; // stays pending; retried on the next pass
+            return false; // stays pending; retried on the next pass
         }
     };
     let policy = FetchPolicy {
@@ -207,16 +226,17 @@ async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: 
                     false,
                 )
                 .await;
-                return;
+                return true;
             }
             Err(e) => {
                 record_delivered(outbox, std::mem::take(&mut delivered)).await;
                 fail(outbox, settings, &row, None, &e.to_string(), false).await;
-                return;
+                return true;
             }
         }
     }
     record_delivered(outbox, delivered).await;
+    true
 }
 
 /// Marks rows delivered: one UPDATE per status code among them.
