@@ -81,21 +81,7 @@ fn int_param(
 
 /// `GET /api/instances/:id/messages`: the message log, newest first.
 async fn messages_list(id: String, p: Principal, query: String, api: Shared) -> R {
-    use crate::store::journal::MessageQuery;
-    let q = query_pairs(&query);
-    let direction = match q.get("direction").map(String::as_str) {
-        None => None,
-        Some(d @ ("in" | "out")) => Some(d.to_string()),
-        Some(_) => return Err(bad_query("direction", "in or out")),
-    };
-    let mq = MessageQuery {
-        chat: q.get("chat").filter(|c| !c.is_empty()).cloned(),
-        direction,
-        since: time_param(&q, "since")?,
-        before: time_param(&q, "before")?,
-        limit: int_param(&q, "limit", 1, 500)?.unwrap_or(50) as u64,
-        cursor: int_param(&q, "cursor", 0, i64::MAX)?,
-    };
+    let mq = message_query(&query)?;
     let row = instance(&api, &p, &id).await?;
     let page = api.journal.list_messages(&row.id, &mq).await?;
     Ok(ok(
@@ -106,6 +92,24 @@ async fn messages_list(id: String, p: Principal, query: String, api: Shared) -> 
             "nextCursor": page.next_cursor.map(|c| c.to_string()),
         }),
     ))
+}
+
+/// The filters of `GET /api/instances/:id/messages`, checked.
+fn message_query(query: &str) -> Result<crate::store::journal::MessageQuery, ApiError> {
+    let q = query_pairs(query);
+    let direction = match q.get("direction").map(String::as_str) {
+        None => None,
+        Some(d @ ("in" | "out")) => Some(d.to_string()),
+        Some(_) => return Err(bad_query("direction", "in or out")),
+    };
+    Ok(crate::store::journal::MessageQuery {
+        chat: q.get("chat").filter(|c| !c.is_empty()).cloned(),
+        direction,
+        since: time_param(&q, "since")?,
+        before: time_param(&q, "before")?,
+        limit: int_param(&q, "limit", 1, 500)?.unwrap_or(50) as u64,
+        cursor: int_param(&q, "cursor", 0, i64::MAX)?,
+    })
 }
 
 /// `GET /api/instances/:id/messages/:messageId`: one message with its status timeline.

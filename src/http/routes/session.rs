@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Reply};
 
 pub(super) fn routes(api: &Shared) -> Table {
@@ -77,14 +78,19 @@ async fn login_jwt(body: Bytes, ip: std::net::IpAddr, api: Shared) -> R {
     match api.auth.login(&username, &password).await {
         Some(token) => {
             api.login_backoff.succeeded(&username);
-            let data = json!({"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()});
-            Ok(warp::reply::json(&json!({
-                "success": true, "message": "Login successful", "token": token, "data": data,
-            }))
-            .into_response())
+            Ok(logged_in(&api, token))
         }
         None => Err(login_failed(&api, &username, ip)),
     }
+}
+
+/// SUDEVWA's login answer: the token at the top level and in `data`.
+fn logged_in(api: &Shared, token: String) -> Response {
+    let data = json!({"token": token, "expires_in": api.config.auth.jwt_ttl.as_secs()});
+    warp::reply::json(&json!({
+        "success": true, "message": "Login successful", "token": token, "data": data,
+    }))
+    .into_response()
 }
 
 /// Per account, from any address: a spread-out guess at one password waits too.

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
+use warp::reply::Response;
 
 pub(super) fn routes(api: &Shared) -> Table {
     let mut t = Table::default();
@@ -145,17 +146,28 @@ async fn setconfig(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     api.instances
         .set_webhook_events(&id, events.as_deref())
         .await?;
-    Ok(ok(
+    Ok(configured(&api, &id, &url, &secret, &events))
+}
+
+/// The answer to a configured webhook (the secret in both forms it is used in).
+fn configured(
+    api: &Shared,
+    id: &str,
+    url: &str,
+    secret: &str,
+    events: &Option<Vec<String>>,
+) -> Response {
+    ok(
         "Webhook configured",
         json!({
             "instanceId": id,
             "webhookUrl": url,
             "secret": secret,
-            "standardWebhooksSecret": crate::webhook::standard_secret(&secret),
-            "events": events_shown(&events),
+            "standardWebhooksSecret": crate::webhook::standard_secret(secret),
+            "events": events_shown(events),
             "enabled": api.config.features.enable_webhook,
         }),
-    ))
+    )
 }
 
 /// Instance tokens may set URLs unless `webhook.instance_tokens_set_url = false`.
