@@ -276,15 +276,8 @@ pub(crate) fn body_limited(
 /// Refuses another instance's token before the body is read (multipart routes, whose
 /// body filter runs before the handler).
 async fn scoped(id: String, p: Principal) -> Result<(String, Principal), Rejection> {
-    if p.may_access(&id) {
-        Ok((id, p))
-    } else {
-        Err(warp::reject::custom(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            "This token is not valid for this instance",
-        )))
-    }
+    routes::guard(&p, &id).map_err(warp::reject::custom)?;
+    Ok((id, p))
 }
 
 /// The listen socket's feature flag, checked before the upgrade.

@@ -138,7 +138,7 @@ pub fn admin_only(p: &Principal) -> Result<(), ApiError> {
 }
 
 /// Refuses another instance's token before anything else is looked at.
-fn guard(p: &Principal, id: &str) -> Result<(), ApiError> {
+pub(super) fn guard(p: &Principal, id: &str) -> Result<(), ApiError> {
     if p.may_access(id) {
         Ok(())
     } else {

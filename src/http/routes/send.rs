@@ -19,8 +19,8 @@ use super::{by_number, guard, instance, json, parse, ready, required, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
 use crate::http::openapi::{
-    doc, Body, Field, BY_NUMBER, GROUP_ERRORS, GROUP_FILE, GROUP_TEXT, GROUP_URL, MEDIA_ERRORS,
-    MEDIA_FILE, MEDIA_URL, SEND_ERRORS, TEXT,
+    doc, Body, Field, RouteDoc, BY_NUMBER, GROUP_ERRORS, GROUP_FILE, GROUP_TEXT, GROUP_URL,
+    MEDIA_ERRORS, MEDIA_FILE, MEDIA_URL, SEND_ERRORS, TEXT,
 };
 use crate::http::util::{self, ok};
 use crate::http::{authed, respond, scoped, with_api, Shared};
@@ -84,180 +84,150 @@ pub(super) fn routes(api: &Shared) -> Table {
     // `by-number`.
     let sends = [
         (
-            doc(
-                "post",
+            post(
                 "/api/by-number/{phone}",
                 "by-number",
                 "Send a text from the instance whose number is {phone}",
-                true,
                 Body::Json(TEXT),
                 BY_NUMBER,
             ),
             r(Number, false, Text),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/by-number/{phone}/media-url",
                 "by-number",
                 "Send a file from a URL, by sender number",
-                true,
                 Body::Json(MEDIA_URL),
                 BY_NUMBER,
             ),
             r(Number, false, Url),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/by-number/{phone}/media-file",
                 "by-number",
                 "Send an uploaded file, by sender number",
-                true,
                 Body::Multipart(MEDIA_FILE),
                 BY_NUMBER,
             ),
             r(Number, false, File),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/by-number/{phone}",
                 "by-number",
                 "Alias of /api/by-number/{phone}",
-                true,
                 Body::Json(TEXT),
                 BY_NUMBER,
             ),
             r(Number, false, Text),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/by-number/{phone}/media-url",
                 "by-number",
                 "Alias of /api/by-number/{phone}/media-url",
-                true,
                 Body::Json(MEDIA_URL),
                 BY_NUMBER,
             ),
             r(Number, false, Url),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/by-number/{phone}/media-file",
                 "by-number",
                 "Alias of /api/by-number/{phone}/media-file",
-                true,
                 Body::Multipart(MEDIA_FILE),
                 BY_NUMBER,
             ),
             r(Number, false, File),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/{id}",
                 "messages",
                 "Send a text",
-                true,
                 Body::Json(TEXT),
                 SEND_ERRORS,
             ),
             r(Id, false, Text),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/{id}/media",
                 "messages",
                 "Send an uploaded file",
-                true,
                 Body::Multipart(MEDIA_FILE),
                 MEDIA_ERRORS,
             ),
             r(Id, false, File),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send/{id}/media-url",
                 "messages",
                 "Send a file fetched from a URL",
-                true,
                 Body::Json(MEDIA_URL),
                 MEDIA_ERRORS,
             ),
             r(Id, false, Url),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/by-number/{phone}",
                 "groups",
                 "Send a text to a group, by sender number",
-                true,
                 Body::Json(GROUP_TEXT),
                 BY_NUMBER,
             ),
             r(Number, true, Text),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/by-number/{phone}/media",
                 "groups",
                 "Send an uploaded file to a group, by sender number",
-                true,
                 Body::Multipart(GROUP_FILE),
                 BY_NUMBER,
             ),
             r(Number, true, File),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/by-number/{phone}/media-url",
                 "groups",
                 "Send a file from a URL to a group, by sender number",
-                true,
                 Body::Json(GROUP_URL),
                 BY_NUMBER,
             ),
             r(Number, true, Url),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/{id}",
                 "groups",
                 "Send a text to a group",
-                true,
                 Body::Json(GROUP_TEXT),
                 GROUP_ERRORS,
             ),
             r(Id, true, Text),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/{id}/media",
                 "groups",
                 "Send an uploaded file to a group",
-                true,
                 Body::Multipart(GROUP_FILE),
                 MEDIA_ERRORS,
             ),
             r(Id, true, File),
         ),
         (
-            doc(
-                "post",
+            post(
                 "/api/send-group/{id}/media-url",
                 "groups",
                 "Send a file from a URL to a group",
-                true,
                 Body::Json(GROUP_URL),
                 MEDIA_ERRORS,
             ),
@@ -268,6 +238,17 @@ pub(super) fn routes(api: &Shared) -> Table {
         t.add(d, route(api, at1(&d), route_of));
     }
     t
+}
+
+/// An authenticated POST route's description (every send route is one).
+const fn post(
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    body: Body,
+    errors: &'static [&'static str],
+) -> RouteDoc {
+    doc("post", path, tag, summary, true, body, errors)
 }
 
 /// A request body: JSON, or a multipart upload.
