@@ -112,14 +112,14 @@ pub async fn run_with(
         journal,
     )
     .await?;
-    let listener = TcpListener::bind(config.server.addr)
+    let listener = TcpListener::bind(config.server.addr())
         .await
         .map_err(|source| StartError::Bind {
-            addr: config.server.addr,
+            addr: config.server.addr(),
             source,
         })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.server.addr,
+        addr: config.server.addr(),
         source,
     })?;
     on_bound(local);

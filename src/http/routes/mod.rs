@@ -63,6 +63,7 @@ mod session;
 pub(crate) mod table;
 mod webhooks;
 
+#[cfg(feature = "sandbox")]
 pub(crate) use qr::start_qr;
 
 /// What handlers answer.
