@@ -1,9 +1,9 @@
 //! Rate limits that protect the server without throttling its users.
 //!
-//! - [`RateLimiter`]: token buckets keyed by anything (client address, instance id).
-//!   The table is bounded: when it grows past its capacity, buckets that have refilled
-//!   completely (idle keys) are dropped, and if it is still full the key touched
-//!   longest ago goes: a new key is never refused because the table is full. Client
+//! - [`RateLimiter`]: token buckets keyed by anything (client address, instance id), on
+//!   `governor`'s GCRA limiter, plus a non-consuming `peek`. The table is bounded: past its
+//!   capacity, buckets that have refilled (idle keys) are dropped, and if it is still
+//!   full it starts over: a new key is never refused because the table is full. Client
 //!   addresses are keyed as `conn::client_key` says (IPv6 per /64; behind
 //!   `server.trusted_proxies`, the forwarded client).
 //! - Per client IP, two limiters exist (see `config.toml` `[limits]`): a general one over
@@ -15,110 +15,153 @@
 //! - [`SendGovernor`]: optional anti-ban pacing per instance (messages per second with a
 //!   burst, per minute, and first contacts per hour), off by default.
 
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::Quota;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Keys kept per limiter before idle ones are dropped.
 const MAX_KEYS: usize = 100_000;
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
+/// `governor`'s keyed GCRA limiter, answering with the bucket's state on success.
+type Keyed<K> =
+    governor::RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
 
-/// Token buckets keyed by `K` (a client address by default).
-pub struct RateLimiter<K = IpAddr> {
-    per_sec: f64,
-    burst: f64,
+/// Token buckets keyed by `K` (a client address by default), on `governor`.
+///
+/// Two things `governor` does not do are added here:
+/// - **peek** (is there a token, without taking it), needed where the decision to take
+///   one comes later (failed logins) or from several limits at once (the send governor).
+///   Whenever a take leaves a bucket empty, the time it refills is noted (by asking
+///   `governor` once more: a refused check changes nothing), so `peek` is a lookup.
+/// - **a bound on keys**: past `max_keys`, buckets that have refilled are dropped
+///   (`retain_recent`); if the table is still full (a flood from many addresses), it
+///   starts over empty. A new key is never refused because the table is full.
+pub struct RateLimiter<K: Hash + Eq + Clone = IpAddr> {
+    quota: Option<Quota>,
     max_keys: usize,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    buckets: RwLock<Keyed<K>>,
+    /// Keys whose bucket is empty, with when it next has a token.
+    empty_until: Mutex<HashMap<K, Instant>>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// `per_sec <= 0` disables limiting.
     pub fn new(per_sec: f64, burst: u32) -> Self {
-        Self {
-            per_sec,
-            burst: f64::from(burst.max(1)),
-            max_keys: MAX_KEYS,
-            buckets: Mutex::new(HashMap::new()),
-        }
+        Self::with_capacity(per_sec, burst, MAX_KEYS)
     }
 
     /// The same, keeping at most `max_keys` keys.
     pub fn with_capacity(per_sec: f64, burst: u32, max_keys: usize) -> Self {
+        let quota = (per_sec > 0.0)
+            .then(|| Duration::try_from_secs_f64(1.0 / per_sec).ok())
+            .flatten()
+            .and_then(Quota::with_period)
+            .map(|q| q.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)));
         Self {
             max_keys: max_keys.max(1),
-            ..Self::new(per_sec, burst)
+            buckets: RwLock::new(Self::table(quota)),
+            quota,
+            empty_until: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn table(quota: Option<Quota>) -> Keyed<K> {
+        // Disabled limiters never consult their table; any quota does.
+        let q = quota.unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+        governor::RateLimiter::keyed(q).with_middleware::<StateInformationMiddleware>()
     }
 
     /// Whether this limiter limits anything.
     pub fn enabled(&self) -> bool {
-        self.per_sec > 0.0
+        self.quota.is_some()
     }
 
     /// Takes one token for `key`; `Err(seconds)` tells when to retry.
     pub fn check(&self, key: &K) -> Result<(), u64> {
-        self.take(key, true)
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.peek(key)?;
+        let outcome = {
+            // A poisoned lock only means a panic elsewhere; the table is still valid.
+            let table = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+            let outcome = match table.check_key(key) {
+                Ok(state) if state.remaining_burst_capacity() > 0 => Ok(()),
+                // Emptied by this take: note when it refills (the probe is refused, so
+                // it takes nothing).
+                Ok(_) => {
+                    if let Err(refill) = table.check_key(key) {
+                        self.note_empty(key, refill.wait_time_from(table.clock().now()));
+                    }
+                    Ok(())
+                }
+                Err(refill) => {
+                    let wait = refill.wait_time_from(table.clock().now());
+                    self.note_empty(key, wait);
+                    Err(whole_secs(wait))
+                }
+            };
+            (outcome, table.len() > self.max_keys)
+        };
+        if outcome.1 {
+            self.shrink();
+        }
+        outcome.0
     }
 
     /// Whether `key` has a token, without taking it; `Err(seconds)` as [`Self::check`].
     pub fn peek(&self, key: &K) -> Result<(), u64> {
-        self.take(key, false)
+        let mut empty = self.empty_until.lock().unwrap_or_else(|p| p.into_inner());
+        match empty.get(key) {
+            Some(until) if *until > Instant::now() => {
+                Err(whole_secs(until.saturating_duration_since(Instant::now())))
+            }
+            Some(_) => {
+                empty.remove(key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
-    fn take(&self, key: &K, consume: bool) -> Result<(), u64> {
-        if !self.enabled() {
-            return Ok(());
+    fn note_empty(&self, key: &K, wait: Duration) {
+        let mut empty = self.empty_until.lock().unwrap_or_else(|p| p.into_inner());
+        if empty.len() >= self.max_keys {
+            let now = Instant::now();
+            empty.retain(|_, until| *until > now);
         }
-        let now = Instant::now();
-        // A poisoned lock only means another request panicked mid-update; the map is
-        // still a valid map of buckets.
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (per_sec, burst) = (self.per_sec, self.burst);
-        let Some(b) = map.get_mut(key) else {
-            if !consume {
-                return Ok(()); // a new key has a full bucket
-            }
-            if map.len() >= self.max_keys {
-                map.retain(|_, b| {
-                    b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst
-                });
-                if map.len() >= self.max_keys {
-                    // Still full (many active keys, e.g. a spread-out flood): the key
-                    // touched longest ago gives way. A new client never pays for
-                    // others with a 429.
-                    if let Some(oldest) =
-                        map.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| k.clone())
-                    {
-                        map.remove(&oldest);
-                    }
-                }
-            }
-            map.insert(
-                key.clone(),
-                Bucket {
-                    tokens: burst - 1.0,
-                    at: now,
-                },
-            );
-            return Ok(());
-        };
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            if consume {
-                b.tokens -= 1.0;
-            }
-            Ok(())
-        } else {
-            Err(((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64)
+        empty.insert(key.clone(), Instant::now() + wait);
+    }
+
+    /// Drops refilled buckets; starts over if the table is still over its bound.
+    fn shrink(&self) {
+        let mut table = self.buckets.write().unwrap_or_else(|p| p.into_inner());
+        table.retain_recent();
+        if table.len() > self.max_keys {
+            *table = Self::table(self.quota);
+            self.empty_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
     }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.buckets.read().map(|t| t.len()).unwrap_or(0)
+    }
+}
+
+/// A wait as the whole seconds of a `Retry-After` (at least 1).
+fn whole_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Per-account backoff on failed logins, whatever address they come from: after
@@ -353,18 +396,33 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_never_refuses_a_new_key() {
+    fn a_full_table_never_refuses_a_new_key_and_stays_bounded() {
         // Three keys fit; every one has spent its burst (none is idle).
         let l: RateLimiter<u32> = RateLimiter::with_capacity(0.001, 1, 3);
         for k in 0..3 {
             assert!(l.check(&k).is_ok());
             assert!(l.check(&k).is_err(), "key {k} spent its burst");
         }
-        // A fourth client is served (the key touched longest ago makes room) ...
-        assert!(l.check(&3).is_ok(), "no collateral 429 for a new client");
-        // ... and the others keep their state.
-        assert!(l.check(&2).is_err());
-        assert!(l.buckets.lock().unwrap().len() <= 3);
+        // A fourth client is served: no collateral 429 for a new client ...
+        assert!(l.check(&3).is_ok());
+        // ... and the table never holds more than its bound.
+        for k in 4..100 {
+            assert!(l.check(&k).is_ok(), "new key {k} refused");
+            assert!(l.keys() <= 3, "{} keys", l.keys());
+        }
+    }
+
+    #[test]
+    fn an_emptied_bucket_refills_on_time() {
+        let l: RateLimiter<u32> = RateLimiter::new(20.0, 1);
+        assert!(l.check(&1).is_ok());
+        assert_eq!(l.peek(&1), Err(1), "empty right after its one token");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while l.peek(&1).is_err() {
+            assert!(Instant::now() < deadline, "never refilled");
+            std::thread::yield_now();
+        }
+        assert!(l.check(&1).is_ok(), "peek said there is a token");
     }
 
     #[test]
