@@ -499,6 +499,9 @@ impl Session {
             },
             "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
             "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
+            "w:profile:picture" => {
+                crate::profile::picture_iq(&self.shared, self.me.as_ref(), &node, &id)
+            }
             "w:g2" => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
             "md" => {
                 if let Some(r) = node.get_optional_child("link_code_companion_reg") {

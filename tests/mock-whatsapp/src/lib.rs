@@ -21,6 +21,7 @@ pub mod contact;
 pub mod noise;
 mod paircode;
 mod phone;
+mod profile;
 mod registry;
 pub mod remote;
 mod routing;

@@ -293,6 +293,10 @@ pub struct Registry {
     pub presence_subs: HashMap<String, BTreeSet<(String, u32)>>,
     /// Each account's last announced presence: (available, unix seconds).
     pub presence_state: HashMap<String, (bool, u64)>,
+    /// Profile pictures: `<phone>@s.whatsapp.net` or `<id>@g.us` → current picture.
+    pub pictures: HashMap<String, crate::profile::Picture>,
+    /// Pictures set so far (their ids are derived from it).
+    pub next_picture: u64,
     next_lid: u64,
     next_group: u64,
 }

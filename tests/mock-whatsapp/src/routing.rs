@@ -654,6 +654,9 @@ pub(crate) fn groups_iq(
     let Some((my_phone, _)) = me else {
         return iq_error(id, "401", "not-authorized");
     };
+    if let Some(pictures) = node.get_optional_child("pictures") {
+        return iq_result(id, vec![crate::profile::group_pictures(shared, pictures)]);
+    }
     let reg = shared.registry.lock().expect("registry lock");
     if node.get_optional_child("participating").is_some() {
         let mut mine: Vec<&crate::registry::Group> = reg

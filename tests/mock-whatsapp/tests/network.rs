@@ -828,3 +828,127 @@ async fn raw_qr_scan_without_a_number_creates_an_account_then_joins_it() {
     third.connected().await.unwrap();
     assert_eq!(account(other).unwrap().push_name, "Omar Other");
 }
+
+/// The body of a plain GET on the mock's HTTP port: (status, bytes).
+async fn get_bytes(net: &MockNetwork, path: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(net.addr()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, out[split + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn profile_pictures_are_set_fetched_cached_replaced_and_removed() {
+    use whatsapp_rust::wacore::iq::contacts::ProfilePictureSpec;
+    use whatsapp_rust::wacore::iq::groups::PictureType;
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", "6281400000001").await;
+    let ben = contact(&net, "Ben", "6281400000002").await;
+    let ann_jid: Jid = "6281400000001@s.whatsapp.net".parse().unwrap();
+    let contacts = ben.client.contacts();
+    assert!(
+        contacts
+            .get_profile_picture(&ann_jid, true)
+            .await
+            .unwrap()
+            .is_none(),
+        "no picture yet: not found"
+    );
+
+    let first = b"\xff\xd8\xff\xe0 first picture".to_vec();
+    let set = ann
+        .client
+        .profile()
+        .set_profile_picture(first.clone())
+        .await
+        .unwrap();
+    assert!(!set.id.is_empty());
+    let pic = contacts
+        .get_profile_picture(&ann_jid, false)
+        .await
+        .unwrap()
+        .expect("a picture");
+    assert_eq!(pic.id, set.id);
+    let path = pic.direct_path.clone().expect("a direct path");
+    assert!(
+        pic.url.starts_with("https://") && pic.url.ends_with(&path),
+        "{}",
+        pic.url
+    );
+    assert_eq!(get_bytes(&net, &path).await, (200, first));
+
+    // Asking with the id already held: "unchanged".
+    let mut spec = ProfilePictureSpec::preview(&ann_jid);
+    spec.existing_id = Some(pic.id.clone());
+    assert!(ben.client.execute(spec).await.unwrap().is_none());
+
+    // A new picture gets a new id; the old bytes are gone.
+    let second = ann
+        .client
+        .profile()
+        .set_profile_picture(b"second".to_vec())
+        .await
+        .unwrap();
+    assert_ne!(second.id, set.id);
+    let mut spec = ProfilePictureSpec::preview(&ann_jid);
+    spec.existing_id = Some(pic.id.clone());
+    let now = ben.client.execute(spec).await.unwrap().expect("changed");
+    assert_eq!(now.id, second.id);
+    assert_eq!(get_bytes(&net, &path).await.0, 404);
+
+    // Removed: not found again.
+    ann.client.profile().remove_profile_picture().await.unwrap();
+    assert!(contacts
+        .get_profile_picture(&ann_jid, true)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Groups: a member sets it; members read it singly and in a batch.
+    let gid = net
+        .create_group("Pics", "6281400000001", &["6281400000002"])
+        .unwrap();
+    let group: Jid = gid.parse().unwrap();
+    ann.client
+        .groups()
+        .set_profile_picture(group.clone(), b"group picture".to_vec())
+        .await
+        .unwrap();
+    let one = contacts
+        .get_profile_picture(&group, true)
+        .await
+        .unwrap()
+        .expect("the group's picture");
+    let batch = ben
+        .client
+        .groups()
+        .get_profile_pictures(vec![group.clone()], PictureType::Preview)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].photo_id.as_deref(), Some(one.id.as_str()));
+    let gpath = batch[0].direct_path.clone().expect("a direct path");
+    assert_eq!(
+        get_bytes(&net, &gpath).await,
+        (200, b"group picture".to_vec())
+    );
+    let outsider = contact(&net, "Out", "6281400000003").await;
+    assert!(
+        outsider
+            .client
+            .groups()
+            .set_profile_picture(group, b"x".to_vec())
+            .await
+            .is_err(),
+        "non-members cannot set a group's picture"
+    );
+}
