@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod qr;
 pub mod ratelimit;
 pub(crate) mod routes;
+pub mod schema;
 pub mod util;
 pub mod ws;
 

@@ -5,7 +5,8 @@ use super::table::Table;
 use super::{admin_only, instance, json, parse, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
-use crate::http::openapi::{doc, Body, Field, INSTANCE};
+use crate::http::openapi::{doc, Body, INSTANCE};
+use crate::http::schema;
 use crate::http::util::ok;
 use crate::http::ws::Revocation;
 use crate::http::Shared;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 
 pub(super) fn routes(api: &Shared) -> Table {
@@ -31,10 +33,7 @@ pub(super) fn routes(api: &Shared) -> Table {
             "instances",
             "Create an instance (admin); returns its instance token",
             true,
-            Body::OptionalJson(&[
-                ("device_name", Field::DeviceName, false),
-                ("deviceName", Field::DeviceName, false)
-            ]),
+            Body::OptionalJson(schema::of::<CreateBody>()),
             &["VALIDATION_ERROR", "FORBIDDEN"]
         )
         .admin(),
@@ -150,10 +149,14 @@ pub(super) fn routes(api: &Shared) -> Table {
     t
 }
 
-#[derive(Deserialize, Default)]
+/// A new instance's settings: the device name shown on the phone (either spelling;
+/// up to 64 characters, no control characters).
+#[derive(Deserialize, Default, ToSchema)]
 struct CreateBody {
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,64}$")]
     device_name: Option<String>,
     #[serde(rename = "deviceName")]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,64}$")]
     device_name_camel: Option<String>,
 }
 

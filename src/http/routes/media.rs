@@ -4,6 +4,7 @@
 use crate::http::error::ApiError;
 use crate::http::Shared;
 use crate::media::{self, fetch::UrlMedia, upload::Upload, MediaInput};
+use utoipa::ToSchema;
 
 /// A multipart upload and its announced length.
 pub struct MediaForm {
@@ -12,16 +13,46 @@ pub struct MediaForm {
     pub form: warp::multipart::FormData,
 }
 
-/// The JSON body of a media-URL send.
-#[derive(serde::Deserialize, Default)]
+/// The media fields of a media-URL send's JSON body (beside its recipient).
+#[derive(serde::Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct MediaUrl {
-    pub to: Option<String>,
-    pub group_jid: Option<String>,
+    #[schema(value_type = String, required = true, format = "uri", pattern = "^https?://")]
     pub media_url: Option<String>,
     pub caption: Option<String>,
+    /// The kind to send it as; blank or absent: from the file.
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
     pub media_type: Option<String>,
     pub file_name: Option<String>,
+}
+
+// Only a description: `read_upload` reads the parts one by one as they stream.
+/// The parts of a file upload to a number (parts of other names are refused).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)] // a description of the multipart body, never built
+pub(super) struct FileSend {
+    #[schema(pattern = "{phone}")]
+    to: String,
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    caption: Option<String>,
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
+    media_type: Option<String>,
+}
+
+/// The parts of a file upload to a group (parts of other names are refused).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)] // a description of the multipart body, never built
+pub(super) struct GroupFileSend {
+    #[schema(pattern = r"^[0-9]+(-[0-9]+)?@g\.us$")]
+    group_jid: String,
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    caption: Option<String>,
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
+    media_type: Option<String>,
 }
 
 /// Reads an upload under the media caps.

@@ -14,14 +14,15 @@
 
 use super::idempotent::{idempotent, request_hash, Idem};
 use super::media::{media_type_field, read_upload, upload_media, url_media, MediaForm, MediaUrl};
+use super::media::{FileSend, GroupFileSend};
 use super::table::{at1, Table};
 use super::{by_number, guard, instance, json, parse, ready, required, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
 use crate::http::openapi::{
-    doc, Body, Field, RouteDoc, BY_NUMBER, GROUP_ERRORS, GROUP_FILE, GROUP_TEXT, GROUP_URL,
-    MEDIA_ERRORS, MEDIA_FILE, MEDIA_URL, SEND_ERRORS, TEXT,
+    doc, Body, RouteDoc, BY_NUMBER, GROUP_ERRORS, MEDIA_ERRORS, SEND_ERRORS,
 };
+use crate::http::schema;
 use crate::http::util::{self, ok};
 use crate::http::{authed, respond, scoped, with_api, Shared};
 use crate::media::MediaInput;
@@ -31,6 +32,7 @@ use actors::instance::{InstanceError, Sent};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
@@ -74,7 +76,7 @@ pub(super) fn routes(api: &Shared) -> Table {
             "messages",
             "Is a number on WhatsApp?",
             true,
-            Body::Json(&[("phone", Field::Phone, true)]),
+            Body::Json(schema::of::<CheckBody>()),
             SEND_ERRORS
         ),
         check,
@@ -88,7 +90,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/by-number/{phone}",
                 "by-number",
                 "Send a text from the instance whose number is {phone}",
-                Body::Json(TEXT),
+                Body::Json(schema::of::<TextSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, Text),
@@ -98,7 +100,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/by-number/{phone}/media-url",
                 "by-number",
                 "Send a file from a URL, by sender number",
-                Body::Json(MEDIA_URL),
+                Body::Json(schema::of::<UrlSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, Url),
@@ -108,7 +110,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/by-number/{phone}/media-file",
                 "by-number",
                 "Send an uploaded file, by sender number",
-                Body::Multipart(MEDIA_FILE),
+                Body::Multipart(schema::of::<FileSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, File),
@@ -118,7 +120,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/by-number/{phone}",
                 "by-number",
                 "Alias of /api/by-number/{phone}",
-                Body::Json(TEXT),
+                Body::Json(schema::of::<TextSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, Text),
@@ -128,7 +130,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/by-number/{phone}/media-url",
                 "by-number",
                 "Alias of /api/by-number/{phone}/media-url",
-                Body::Json(MEDIA_URL),
+                Body::Json(schema::of::<UrlSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, Url),
@@ -138,7 +140,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/by-number/{phone}/media-file",
                 "by-number",
                 "Alias of /api/by-number/{phone}/media-file",
-                Body::Multipart(MEDIA_FILE),
+                Body::Multipart(schema::of::<FileSend>()),
                 BY_NUMBER,
             ),
             r(Number, false, File),
@@ -148,7 +150,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/{id}",
                 "messages",
                 "Send a text",
-                Body::Json(TEXT),
+                Body::Json(schema::of::<TextSend>()),
                 SEND_ERRORS,
             ),
             r(Id, false, Text),
@@ -158,7 +160,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/{id}/media",
                 "messages",
                 "Send an uploaded file",
-                Body::Multipart(MEDIA_FILE),
+                Body::Multipart(schema::of::<FileSend>()),
                 MEDIA_ERRORS,
             ),
             r(Id, false, File),
@@ -168,7 +170,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send/{id}/media-url",
                 "messages",
                 "Send a file fetched from a URL",
-                Body::Json(MEDIA_URL),
+                Body::Json(schema::of::<UrlSend>()),
                 MEDIA_ERRORS,
             ),
             r(Id, false, Url),
@@ -178,7 +180,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/by-number/{phone}",
                 "groups",
                 "Send a text to a group, by sender number",
-                Body::Json(GROUP_TEXT),
+                Body::Json(schema::of::<GroupTextSend>()),
                 BY_NUMBER,
             ),
             r(Number, true, Text),
@@ -188,7 +190,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/by-number/{phone}/media",
                 "groups",
                 "Send an uploaded file to a group, by sender number",
-                Body::Multipart(GROUP_FILE),
+                Body::Multipart(schema::of::<GroupFileSend>()),
                 BY_NUMBER,
             ),
             r(Number, true, File),
@@ -198,7 +200,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/by-number/{phone}/media-url",
                 "groups",
                 "Send a file from a URL to a group, by sender number",
-                Body::Json(GROUP_URL),
+                Body::Json(schema::of::<GroupUrlSend>()),
                 BY_NUMBER,
             ),
             r(Number, true, Url),
@@ -208,7 +210,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/{id}",
                 "groups",
                 "Send a text to a group",
-                Body::Json(GROUP_TEXT),
+                Body::Json(schema::of::<GroupTextSend>()),
                 GROUP_ERRORS,
             ),
             r(Id, true, Text),
@@ -218,7 +220,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/{id}/media",
                 "groups",
                 "Send an uploaded file to a group",
-                Body::Multipart(GROUP_FILE),
+                Body::Multipart(schema::of::<GroupFileSend>()),
                 MEDIA_ERRORS,
             ),
             r(Id, true, File),
@@ -228,7 +230,7 @@ pub(super) fn routes(api: &Shared) -> Table {
                 "/api/send-group/{id}/media-url",
                 "groups",
                 "Send a file from a URL to a group",
-                Body::Json(GROUP_URL),
+                Body::Json(schema::of::<GroupUrlSend>()),
                 MEDIA_ERRORS,
             ),
             r(Id, true, Url),
@@ -367,12 +369,46 @@ enum Draft {
     File(crate::media::upload::Upload),
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct TextBody {
+/// A text to a number.
+#[derive(Deserialize, Default, ToSchema)]
+struct TextSend {
+    /// The recipient's phone number.
+    #[schema(value_type = String, required = true, pattern = "{phone}")]
     to: Option<String>,
-    group_jid: Option<String>,
+    #[schema(value_type = String, required = true, pattern = r"\S")]
     message: Option<String>,
+}
+
+/// A text to a group.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct GroupTextSend {
+    #[schema(value_type = String, required = true, pattern = r"^[0-9]+(-[0-9]+)?@g\.us$")]
+    group_jid: Option<String>,
+    #[schema(value_type = String, required = true, pattern = r"\S")]
+    message: Option<String>,
+}
+
+/// A file from a URL to a number.
+#[derive(Deserialize, Default, ToSchema)]
+struct UrlSend {
+    /// The recipient's phone number.
+    #[schema(value_type = String, required = true, pattern = "{phone}")]
+    to: Option<String>,
+    #[serde(flatten)]
+    #[schema(inline)]
+    media: MediaUrl,
+}
+
+/// A file from a URL to a group.
+#[derive(Deserialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct GroupUrlSend {
+    #[schema(value_type = String, required = true, pattern = r"^[0-9]+(-[0-9]+)?@g\.us$")]
+    group_jid: Option<String>,
+    #[serde(flatten)]
+    #[schema(inline)]
+    media: MediaUrl,
 }
 
 /// The recipient field of a route: `groupJid` for groups, else `to`.
@@ -386,19 +422,28 @@ fn field(group: bool) -> &'static str {
 
 impl Draft {
     async fn read(api: &Shared, r: Route, body: Payload) -> Result<Self, ApiError> {
-        let to_of = |to: &Option<String>, g: &Option<String>| {
-            required(if r.group { g } else { to }, field(r.group))
-        };
         match (r.kind, body) {
             (Kind::Text, Payload::Json(b)) => {
-                let b: TextBody = parse(&b)?;
-                let to = to_of(&b.to, &b.group_jid)?;
-                let text = required(&b.message, "message")?;
+                let (to, text) = if r.group {
+                    let b: GroupTextSend = parse(&b)?;
+                    (b.group_jid, b.message)
+                } else {
+                    let b: TextSend = parse(&b)?;
+                    (b.to, b.message)
+                };
+                let to = required(&to, field(r.group))?;
+                let text = required(&text, "message")?;
                 Ok(Self::Text { to, text })
             }
             (Kind::Url, Payload::Json(b)) => {
-                let body: MediaUrl = parse(&b)?;
-                let to = to_of(&body.to, &body.group_jid)?;
+                let (to, body) = if r.group {
+                    let b: GroupUrlSend = parse(&b)?;
+                    (b.group_jid, b.media)
+                } else {
+                    let b: UrlSend = parse(&b)?;
+                    (b.to, b.media)
+                };
+                let to = required(&to, field(r.group))?;
                 required(&body.media_url, "mediaUrl")?;
                 media_type_field(&body.media_type)?;
                 Ok(Self::Url { to, body })
@@ -515,8 +560,10 @@ fn with_from(mut v: Value, from: &Instance) -> Value {
     v
 }
 
-#[derive(Deserialize, Default)]
+/// The number to check.
+#[derive(Deserialize, Default, ToSchema)]
 struct CheckBody {
+    #[schema(value_type = String, required = true, pattern = "{phone}")]
     phone: Option<String>,
 }
 

@@ -5,11 +5,13 @@ use super::table::{at0, Table};
 use super::{json, parse, required, R};
 use crate::http::auth::Principal;
 use crate::http::error::ApiError;
-use crate::http::openapi::{doc, Body, Field};
+use crate::http::openapi::{doc, Body};
+use crate::http::schema;
 use crate::http::{client_addr, respond, with_api, Shared};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -22,10 +24,7 @@ pub(super) fn routes(api: &Shared) -> Table {
         "auth",
         "Exchange the login credentials for an admin JWT (public)",
         false,
-        Body::Json(&[
-            ("username", Field::Text, true),
-            ("password", Field::Password, true),
-        ]),
+        Body::Json(schema::of::<LoginBody>()),
         &["VALIDATION_ERROR", "INVALID_CREDENTIALS", "RATE_LIMITED"],
     );
     let filter = at0(&login)
@@ -54,9 +53,12 @@ pub(super) fn routes(api: &Shared) -> Table {
     t
 }
 
-#[derive(Deserialize, Default)]
+/// The login credentials.
+#[derive(Deserialize, Default, ToSchema)]
 struct LoginBody {
+    #[schema(value_type = String, required = true, pattern = r"\S")]
     username: Option<String>,
+    #[schema(value_type = String, required = true, min_length = 1)]
     password: Option<String>,
 }
 

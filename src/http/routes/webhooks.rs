@@ -6,13 +6,15 @@ use super::table::Table;
 use super::{guard, instance, json, parse, R};
 use crate::http::auth::Principal;
 use crate::http::error::{capitalize, ApiError};
-use crate::http::openapi::{doc, Body, Field, INSTANCE};
+use crate::http::openapi::{doc, Body, INSTANCE};
+use crate::http::schema;
 use crate::http::util::ok;
 use crate::http::Shared;
 use crate::net::fetch;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -28,11 +30,7 @@ pub(super) fn routes(api: &Shared) -> Table {
             "webhooks",
             "Set the webhook URL, secret and events (empty url: off)",
             true,
-            Body::OptionalJson(&[
-                ("url", Field::WebhookUrl, false),
-                ("secret", Field::Secret, false),
-                ("events", Field::Events, false)
-            ]),
+            Body::OptionalJson(schema::of::<WebhookBody>()),
             &[
                 "VALIDATION_ERROR",
                 "INVALID_WEBHOOK_URL",
@@ -81,11 +79,15 @@ pub(super) fn routes(api: &Shared) -> Table {
     t
 }
 
-#[derive(Deserialize, Default)]
+/// A webhook's settings; each field left out keeps its value.
+#[derive(Deserialize, Default, ToSchema)]
 struct WebhookBody {
+    #[schema(schema_with = schema::webhook_url)]
     url: Option<String>,
+    #[schema(schema_with = schema::secret)]
     secret: Option<String>,
     /// Event names the webhook takes (absent: the message events).
+    #[schema(schema_with = schema::events)]
     events: Option<Vec<String>>,
 }
 
