@@ -33,6 +33,9 @@ async fn schemathesis_finds_no_contract_failures() {
     let report = srv.dir.join("schemathesis.out");
     let file = std::fs::File::create(&report).unwrap();
     let mut child = std::process::Command::new(schemathesis())
+        // Its cache (`.schemathesis/`) goes beside the test server's files, not into the
+        // checkout.
+        .current_dir(&srv.dir)
         .args(["run", &srv.url("/api/openapi.json"), "-H", &auth])
         .args(["--checks", "all", "--seed", "42", "--max-examples", "20"])
         .args(["--workers", "1", "--request-timeout", "30", "--no-color"])

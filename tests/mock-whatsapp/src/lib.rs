@@ -78,13 +78,17 @@ impl std::ops::Deref for Shared {
 }
 
 impl Shared {
-    pub(crate) fn media_conn_node(&self) -> Node {
-        let host = self
-            .addr
+    /// The media host (`IP:PORT` of the HTTP front), as media URLs name it.
+    pub(crate) fn media_host(&self) -> String {
+        self.addr
             .lock()
             .expect("addr lock")
             .map(|a| a.to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn media_conn_node(&self) -> Node {
+        let host = self.media_host();
         NodeBuilder::new("media_conn")
             .attr("auth", "mock-media-auth")
             .attr("ttl", "3600")
@@ -976,14 +980,7 @@ fn routes(
                     return reply(500, json!({"error": "upload failed (injected)"}));
                 }
                 let path = format!("/v/t62/{kind}/{token}");
-                let url = format!(
-                    "https://{}{path}",
-                    s.addr
-                        .lock()
-                        .expect("addr lock")
-                        .map(|a| a.to_string())
-                        .unwrap_or_default()
-                );
+                let url = format!("https://{}{path}", s.media_host());
                 s.media
                     .lock()
                     .expect("media lock")

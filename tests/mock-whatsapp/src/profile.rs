@@ -124,12 +124,7 @@ fn get(shared: &Shared, target: Option<String>, node: &Node, id: &str) -> Node {
 }
 
 fn picture_node(shared: &Shared, p: &Picture, kind: &str) -> NodeBuilder {
-    let host = shared
-        .addr
-        .lock()
-        .expect("addr lock")
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let host = shared.media_host();
     let path = direct_path(p.id);
     NodeBuilder::new("picture")
         .attr("id", p.id.to_string())
