@@ -465,6 +465,9 @@ impl Session {
                 }
                 return;
             }
+            "encrypt" if node.get_optional_child("digest").is_some() => {
+                crate::keys::digest(&self.shared, self.me.as_ref(), &id)
+            }
             "encrypt" if node.get_optional_child("rotate").is_some() => {
                 self.rotate_skey(&node);
                 iq_result(&id, vec![])

@@ -18,6 +18,7 @@
 
 mod conn;
 pub mod contact;
+mod keys;
 pub mod noise;
 mod paircode;
 mod phone;
@@ -371,6 +372,42 @@ impl MockNetwork {
     pub fn presences(&self, phone: &str) -> Vec<String> {
         let reg = self.shared.registry.lock().expect("registry lock");
         reg.presence_seen.get(phone).cloned().unwrap_or_default()
+    }
+
+    /// Forgets the key bundle `phone`'s device `device` uploaded, as if the server had
+    /// lost it: its key digest answers 404 until the device uploads its keys again.
+    /// False: no such device.
+    pub fn forget_key_bundle(&self, phone: &str, device: u32) -> bool {
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        match reg
+            .accounts
+            .get_mut(phone)
+            .and_then(|a| a.devices.get_mut(&device))
+        {
+            Some(d) => {
+                d.keys = registry::DeviceKeys::default();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `phone`'s device `device` the server's "check your key bundle"
+    /// notification (`<notification type="encrypt"><digest/>`). False: not connected.
+    pub fn request_digest(&self, phone: &str, device: u32) -> bool {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        let Some(conn) = reg
+            .accounts
+            .get(phone)
+            .and_then(|a| a.devices.get(&device))
+            .and_then(|d| d.conn.clone())
+        else {
+            return false;
+        };
+        let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        conn.tx
+            .try_send(Outbound::Node(keys::digest_notification(id)))
+            .is_ok()
     }
 
     /// Makes prekey-bundle fetches fail (so a first message to a device cannot be

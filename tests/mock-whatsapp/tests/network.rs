@@ -952,3 +952,88 @@ async fn profile_pictures_are_set_fetched_cached_replaced_and_removed() {
         "non-members cannot set a group's picture"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_digest_matches_the_upload_and_a_lost_bundle_is_uploaded_again() {
+    use whatsapp_rust::wacore::iq::prekeys::DigestKeyBundleSpec;
+    use whatsapp_rust::wacore::prekeys::{compute_key_bundle_digest, extract_prekey_public_key};
+    const ANN: &str = "6281500000001";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", ANN).await;
+    let digest = ann
+        .client
+        .execute(DigestKeyBundleSpec::new())
+        .await
+        .unwrap();
+
+    // The server holds exactly the keys the client has.
+    let me = ann.backend.load().await.unwrap().expect("a stored device");
+    assert_eq!(digest.reg_id, me.registration_id);
+    assert_eq!(
+        digest.identity,
+        me.identity_key.public_key.public_key_bytes()
+    );
+    assert_eq!(digest.skey_id, me.signed_pre_key_id);
+    assert_eq!(
+        digest.skey_pubkey,
+        me.signed_pre_key.public_key.public_key_bytes()
+    );
+    assert_eq!(digest.skey_signature, me.signed_pre_key_signature.to_vec());
+    assert!(!digest.prekey_ids.is_empty());
+    let records: std::collections::HashMap<u32, _> = ann
+        .backend
+        .load_prekeys_batch(&digest.prekey_ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let prekeys: Vec<Vec<u8>> = digest
+        .prekey_ids
+        .iter()
+        .map(|id| {
+            let key = extract_prekey_public_key(&records[id]).expect("a public key");
+            // Stored with the key-type byte; uploaded (and hashed by the server) without.
+            key.strip_prefix(&[5])
+                .filter(|k| k.len() == 32)
+                .unwrap_or(key)
+                .to_vec()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = prekeys.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        digest.hash,
+        compute_key_bundle_digest(
+            &digest.identity,
+            &digest.skey_pubkey,
+            &digest.skey_signature,
+            &refs
+        )
+    );
+
+    // The server loses the bundle: 404, and the nudge makes the client upload again.
+    assert!(net.forget_key_bundle(ANN, 1));
+    let err = ann
+        .client
+        .execute(DigestKeyBundleSpec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, whatsapp_rust::IqError::ServerError { code: 404, .. }),
+        "{err:?}"
+    );
+    assert!(net.request_digest(ANN, 1));
+    until("the keys uploaded again", || {
+        net.accounts()
+            .into_iter()
+            .find(|a| a.phone == ANN)
+            .is_some_and(|a| a.devices.iter().any(|d| d.prekeys_left > 0))
+    })
+    .await;
+    let again = ann
+        .client
+        .execute(DigestKeyBundleSpec::new())
+        .await
+        .unwrap();
+    assert_eq!(again.identity, digest.identity);
+    assert_eq!(again.reg_id, digest.reg_id);
+}
