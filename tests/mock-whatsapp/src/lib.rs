@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// Uploaded media by direct path.
     pub media: Mutex<HashMap<String, Vec<u8>>>,
     pub addr: Mutex<Option<SocketAddr>>,
+    /// The TLS front's address once TLS is on: media URLs then name it.
+    pub tls_addr: Mutex<Option<SocketAddr>>,
     /// Whether IK hellos of paired devices are accepted (else: XXfallback).
     pub accept_ik: AtomicBool,
     /// Handshakes completed by accepting IK.
@@ -79,11 +81,12 @@ impl std::ops::Deref for Shared {
 }
 
 impl Shared {
-    /// The media host (`IP:PORT` of the HTTP front), as media URLs name it.
+    /// The media host (`IP:PORT`), as media URLs (`https://…`) name it: the TLS front
+    /// once TLS is on, so clients fetch media over real TLS; before that the plain port
+    /// (which [`MockHttpClient`] reaches by rewriting the scheme).
     pub(crate) fn media_host(&self) -> String {
-        self.addr
-            .lock()
-            .expect("addr lock")
+        let tls = *self.tls_addr.lock().expect("tls addr lock");
+        tls.or(*self.addr.lock().expect("addr lock"))
             .map(|a| a.to_string())
             .unwrap_or_default()
     }
@@ -222,6 +225,7 @@ impl MockNetwork {
             uploads_held: AtomicU64::new(0),
             media: Mutex::new(HashMap::new()),
             addr: Mutex::new(None),
+            tls_addr: Mutex::new(None),
             accept_ik: AtomicBool::new(true),
             ik_accepted: AtomicU64::new(0),
             xx_fallbacks: AtomicU64::new(0),
@@ -252,7 +256,9 @@ impl MockNetwork {
     /// certificate made now. Contacts started afterwards connect over `wss://`.
     pub async fn enable_tls(&mut self) -> std::io::Result<()> {
         if self.tls.is_none() {
-            self.tls = Some(tls::start(self.addr).await?);
+            let front = tls::start(self.addr).await?;
+            *self.shared.tls_addr.lock().expect("tls addr lock") = Some(front.addr);
+            self.tls = Some(front);
         }
         Ok(())
     }
@@ -313,7 +319,11 @@ impl MockNetwork {
 
     /// An HTTP client for whatsapp-rust that reaches this network's media host.
     pub fn http_client(&self) -> MockHttpClient {
-        MockHttpClient::new(self.addr)
+        let client = MockHttpClient::new(self.addr);
+        match (&self.tls, self.tls_client_config()) {
+            (Some(front), Some(config)) => client.with_tls(front.addr, config),
+            _ => client,
+        }
     }
 
     /// The mock phone of `phone` scans `qr`. Without a phone number, a device whose
@@ -1068,12 +1078,14 @@ fn routes(
         .unify()
 }
 
-/// whatsapp-rust's ureq HTTP client, with `https://` rewritten to `http://` for this
-/// network's own host (and nothing else).
+/// The HTTP client of the network's own contacts: whatsapp-rust's ureq client, with
+/// `https://` rewritten to `http://` for the plain port; and, once TLS is on, real
+/// HTTPS to the TLS front, trusting only the network's certificate.
 #[derive(Clone)]
 pub struct MockHttpClient {
     host: String,
     inner: Arc<whatsapp_rust::http::UreqHttpClient>,
+    tls: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
 }
 
 impl MockHttpClient {
@@ -1082,7 +1094,14 @@ impl MockHttpClient {
         Self {
             host: addr.to_string(),
             inner: Arc::new(whatsapp_rust::http::UreqHttpClient::new()),
+            tls: None,
         }
+    }
+
+    /// The same, speaking TLS to the front at `front` with `config`.
+    pub fn with_tls(mut self, front: SocketAddr, config: rustls::ClientConfig) -> Self {
+        self.tls = Some((front, Arc::new(config)));
+        self
     }
 }
 
@@ -1092,6 +1111,11 @@ impl whatsapp_rust::http::HttpClient for MockHttpClient {
         &self,
         mut request: whatsapp_rust::http::HttpRequest,
     ) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+        if let Some((front, config)) = &self.tls {
+            if request.url.starts_with(&format!("https://{front}/")) {
+                return tls::https(*front, config.clone(), request).await;
+            }
+        }
         let prefix = format!("https://{}/", self.host);
         if let Some(rest) = request.url.strip_prefix(&prefix) {
             request.url = format!("http://{}/{rest}", self.host);

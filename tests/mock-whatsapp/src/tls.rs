@@ -105,3 +105,81 @@ pub(crate) fn client_config(
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// One HTTP/1.1 request over TLS to the front at `front` (the mock's own contacts
+/// fetch and upload media this way once TLS is on): `Connection: close`, the answer
+/// read to the end, a chunked body decoded.
+pub(crate) async fn https(
+    front: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    request: whatsapp_rust::http::HttpRequest,
+) -> anyhow::Result<whatsapp_rust::http::HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let prefix = format!("https://{front}");
+    let path = request.url.strip_prefix(&prefix).unwrap_or("/");
+    let body = request.body.unwrap_or_default();
+    let mut head = format!(
+        "{} {path} HTTP/1.1\r\nHost: {front}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        request.method,
+        body.len()
+    );
+    for (k, v) in &request.headers {
+        if !["host", "connection", "content-length"].contains(&k.to_ascii_lowercase().as_str()) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let tcp = TcpStream::connect(front).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(front.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(head.as_bytes()).await?;
+    tls.write_all(&body).await?;
+    tls.flush().await?;
+    let mut out = Vec::new();
+    // The front closes without close_notify when the plain side hangs up: what was
+    // read is the whole answer.
+    match tls.read_to_end(&mut out).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header in the answer"))?;
+    let header = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let status_code = header
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status"))?;
+    let mut body = out[split + 4..].to_vec();
+    if header.contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok(whatsapp_rust::http::HttpResponse { status_code, body })
+}
+
+/// Decodes a chunked body.
+fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow::anyhow!("bad chunk"))?;
+        let size_text = String::from_utf8_lossy(&rest[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest
+            .get(..size)
+            .ok_or_else(|| anyhow::anyhow!("short chunk"))?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or(&[]);
+    }
+}

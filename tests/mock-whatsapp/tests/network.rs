@@ -364,6 +364,54 @@ async fn contacts_work_over_tls() {
     let mut b = contact(&net, "Bob", "15550000102").await;
     a.send_text("15550000102", "over tls").await.unwrap();
     assert_eq!(b.next_text().await.unwrap().text, "over tls");
+    // Media too: the URLs name the TLS port, and both ends speak TLS to it.
+    let tls_host = net.https_base_url().unwrap();
+    let data: Vec<u8> = (0..40_000usize).map(|i| (i * 7 % 253) as u8).collect();
+    let before = net.tls_handshakes();
+    let up = a
+        .client
+        .upload(data.clone(), MediaType::Image, Default::default())
+        .await
+        .expect("upload over TLS");
+    assert!(
+        up.url.starts_with(&tls_host),
+        "{} is not on {tls_host}",
+        up.url
+    );
+    let mut msg = wa::Message::default();
+    msg.image_message = wa::message::ImageMessage {
+        url: Some(up.url.clone()),
+        direct_path: Some(up.direct_path.clone()),
+        media_key: Some(up.media_key.to_vec()),
+        file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+        file_sha256: Some(up.file_sha256.to_vec()),
+        file_length: Some(up.file_length),
+        mimetype: Some("image/jpeg".into()),
+        ..Default::default()
+    }
+    .into();
+    a.client
+        .send_message(Jid::pn("15550000102"), msg)
+        .await
+        .expect("send media");
+    let got = b
+        .wait("an image", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find_map(|m| m.message.image_message.as_option().cloned()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        b.client.download(&got).await.expect("download over TLS"),
+        data
+    );
+    assert!(
+        net.tls_handshakes() >= before + 2,
+        "the upload and the download each shook hands with the TLS front"
+    );
     // Two pairings, each a registration connection and a login connection, at least.
     assert!(net.tls_handshakes() >= 4, "{}", net.tls_handshakes());
     assert!(net
