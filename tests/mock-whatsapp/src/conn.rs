@@ -505,7 +505,18 @@ impl Session {
             "w:profile:picture" => {
                 crate::profile::picture_iq(&self.shared, self.me.as_ref(), &node, &id)
             }
-            "w:g2" => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
+            "w:g2" => match (crate::groups::action(&node), self.me.clone()) {
+                (Some(action), Some((phone, _))) => {
+                    let (reply, out) =
+                        crate::groups::manage(&self.shared, &phone, &node, &action, &id);
+                    self.send(reply).await;
+                    for d in out {
+                        d.send().await;
+                    }
+                    return;
+                }
+                _ => crate::routing::groups_iq(&self.shared, self.me.as_ref(), &node, &id),
+            },
             "md" => {
                 if let Some(r) = node.get_optional_child("link_code_companion_reg") {
                     let (reply, then) = crate::paircode::handle(&self.shared, self.conn.id, &id, r);

@@ -18,6 +18,7 @@
 
 mod conn;
 pub mod contact;
+mod groups;
 mod keys;
 pub mod noise;
 mod paircode;

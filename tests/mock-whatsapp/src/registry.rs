@@ -250,6 +250,34 @@ pub struct Group {
     pub created: u64,
     /// Member phones, creator included.
     pub participants: Vec<String>,
+    /// Member phones that are admins (the creator is the superadmin).
+    pub admins: BTreeSet<String>,
+    /// Only admins may change the subject and description.
+    pub locked: bool,
+    /// Only admins may send.
+    pub announce: bool,
+    /// (id, text) of the description.
+    pub description: Option<(String, String)>,
+    /// The invite-link code, made on first request.
+    pub invite: Option<String>,
+}
+
+impl Group {
+    /// A group of `participants`, every other field empty (set them with `..`).
+    pub fn new(participants: Vec<String>) -> Self {
+        Self {
+            id: String::new(),
+            subject: String::new(),
+            creator: String::new(),
+            created: 0,
+            participants,
+            admins: BTreeSet::new(),
+            locked: false,
+            announce: false,
+            description: None,
+            invite: None,
+        }
+    }
 }
 
 /// Faults an operator injected.

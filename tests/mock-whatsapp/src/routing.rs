@@ -624,14 +624,33 @@ pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, 
 }
 
 /// A group as `w:g2` answers describe it (phone-number addressing).
-fn group_node(g: &crate::registry::Group) -> Node {
+pub(crate) fn group_node(g: &crate::registry::Group) -> Node {
     let participants = g.participants.iter().map(|p| {
         let mut b = NodeBuilder::new("participant").attr("jid", format!("{p}@s.whatsapp.net"));
         if *p == g.creator {
             b = b.attr("type", "superadmin");
+        } else if g.admins.contains(p) {
+            b = b.attr("type", "admin");
         }
         b.build()
     });
+    let mut children: Vec<Node> = participants.collect();
+    if g.locked {
+        children.push(NodeBuilder::new("locked").build());
+    }
+    if g.announce {
+        children.push(NodeBuilder::new("announcement").build());
+    }
+    if let Some((id, body)) = &g.description {
+        children.push(
+            NodeBuilder::new("description")
+                .attr("id", id.clone())
+                .children([NodeBuilder::new("body")
+                    .string_content(body.clone())
+                    .build()])
+                .build(),
+        );
+    }
     NodeBuilder::new("group")
         .attr("id", g.id.clone())
         .attr("subject", g.subject.clone())
@@ -640,7 +659,7 @@ fn group_node(g: &crate::registry::Group) -> Node {
         .attr("creation", g.created.to_string())
         .attr("creator", format!("{}@s.whatsapp.net", g.creator))
         .attr("addressing_mode", "pn")
-        .children(participants)
+        .children(children)
         .build()
 }
 
@@ -801,7 +820,8 @@ pub(crate) fn create_group(
             subject: subject.to_string(),
             creator: creator.to_string(),
             created: now(),
-            participants,
+            admins: [creator.to_string()].into(),
+            ..crate::registry::Group::new(participants)
         },
     );
     Ok(format!("{id}@g.us"))

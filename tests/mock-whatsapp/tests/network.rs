@@ -1085,3 +1085,125 @@ async fn key_digest_matches_the_upload_and_a_lost_bundle_is_uploaded_again() {
     assert_eq!(again.identity, digest.identity);
     assert_eq!(again.reg_id, digest.reg_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_create_and_manage_groups() {
+    use whatsapp_rust::features::{GroupCreateOptions, GroupSubject};
+    use whatsapp_rust::wacore::iq::groups::{GroupParticipantOptions, ParticipantType};
+    const ANN: &str = "6281600000001";
+    const BEN: &str = "6281600000002";
+    const CAT: &str = "6281600000003";
+    const DAN: &str = "6281600000004";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let cat = contact(&net, "Cat", CAT).await;
+    let dan = contact(&net, "Dan", DAN).await;
+    fn groups(c: &Contact) -> whatsapp_rust::Groups<'_> {
+        c.client.groups()
+    }
+
+    // Ann creates a group with Ben; the answer is the whole group.
+    let options = GroupCreateOptions::builder()
+        .subject("Plans")
+        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
+        .finish();
+    let created = groups(&ann).create_group(options).await.unwrap().metadata;
+    let gid = created.id.clone();
+    assert_eq!(created.subject, "Plans");
+    assert_eq!(created.participants.len(), 2);
+    // Ben learns of it by a w:gp2 notification, and can read it and talk in it.
+    ben.wait("the create notification", |e| match e {
+        Event::GroupUpdate(u) if u.group_jid == gid => Some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        groups(&ben).get_metadata(&gid).await.unwrap().subject,
+        "Plans"
+    );
+    ann.send_group_text(&gid.to_string(), "hello plans")
+        .await
+        .unwrap();
+    assert_eq!(ben.next_text().await.unwrap().text, "hello plans");
+
+    // Members cannot add; admins can, with an error entry for a number not on WhatsApp.
+    assert!(groups(&ben)
+        .add_participants(gid.clone(), &[Jid::pn(CAT)])
+        .await
+        .is_err());
+    let added = groups(&ann)
+        .add_participants(gid.clone(), &[Jid::pn(CAT), Jid::pn("6289999999999")])
+        .await
+        .unwrap();
+    assert!(added[0].is_ok() && !added[1].is_ok(), "{added:?}");
+    assert_eq!(
+        groups(&cat)
+            .get_metadata(&gid)
+            .await
+            .unwrap()
+            .participants
+            .len(),
+        3
+    );
+
+    // Promote Ben; as an admin he renames the group; everyone sees it.
+    groups(&ann)
+        .promote_participants(gid.clone(), &[Jid::pn(BEN)])
+        .await
+        .unwrap();
+    groups(&ben)
+        .set_subject(gid.clone(), GroupSubject::new("New plans").unwrap())
+        .await
+        .unwrap();
+    let meta = groups(&cat).get_metadata(&gid).await.unwrap();
+    assert_eq!(meta.subject, "New plans");
+    let ben_type = meta
+        .participants
+        .iter()
+        .find(|p| p.jid.user == BEN)
+        .map(|p| p.participant_type.clone());
+    assert!(
+        matches!(ben_type, Some(ParticipantType::Admin)),
+        "{ben_type:?}"
+    );
+    // Locked: a plain member may no longer rename it.
+    groups(&ann).set_locked(gid.clone(), true).await.unwrap();
+    assert!(groups(&cat)
+        .set_subject(gid.clone(), GroupSubject::new("Mine").unwrap())
+        .await
+        .is_err());
+
+    // An invite link lets Dan join; a reset makes the old code useless.
+    let link = groups(&ann)
+        .get_invite_link(gid.clone(), false)
+        .await
+        .unwrap();
+    let code = link.rsplit('/').next().unwrap().to_string();
+    let joined = groups(&dan).join_with_invite_code(&code).await.unwrap();
+    assert_eq!(joined.group_jid(), &gid);
+    let fresh = groups(&ann)
+        .get_invite_link(gid.clone(), true)
+        .await
+        .unwrap();
+    assert_ne!(fresh, link);
+    assert!(groups(&cat).join_with_invite_code(&code).await.is_err());
+
+    // Cat is removed, Ben leaves: neither may read the group any more.
+    groups(&ann)
+        .remove_participants(gid.clone(), &[Jid::pn(CAT)])
+        .await
+        .unwrap();
+    groups(&ben).leave(gid.clone()).await.unwrap();
+    assert!(groups(&cat).get_metadata(&gid).await.is_err());
+    let left: Vec<String> = groups(&ann)
+        .get_metadata(&gid)
+        .await
+        .unwrap()
+        .participants
+        .iter()
+        .map(|p| p.jid.user.to_string())
+        .collect();
+    assert_eq!(left, vec![ANN.to_string(), DAN.to_string()]);
+}
