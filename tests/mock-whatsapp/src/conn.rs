@@ -502,6 +502,19 @@ impl Session {
             },
             "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
             "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
+            // The profile "about" text (`SetStatusTextSpec`), read back through usync.
+            "status" => {
+                if let (Some((phone, _)), Some(status)) =
+                    (&self.me, node.get_optional_child("status"))
+                {
+                    let text = crate::routing::text_of(status);
+                    let mut reg = self.shared.registry.lock().expect("registry lock");
+                    if let Some(acc) = reg.accounts.get_mut(phone) {
+                        acc.about = Some((text, now()));
+                    }
+                }
+                iq_result(&id, vec![])
+            }
             "w:profile:picture" => {
                 crate::profile::picture_iq(&self.shared, self.me.as_ref(), &node, &id)
             }

@@ -204,6 +204,8 @@ pub struct Account {
     pub next_device: u32,
     /// The app-state sync key the phone shares with every new companion.
     pub app_state_key: crate::phone::AppStateKey,
+    /// The profile "about" text and when it was set (unix seconds).
+    pub about: Option<(String, u64)>,
 }
 
 /// A device that connected without a session and is waiting for a QR scan.
@@ -372,6 +374,7 @@ impl Registry {
                 devices: BTreeMap::new(),
                 next_device: 1,
                 app_state_key: crate::phone::AppStateKey::generate(),
+                about: None,
             };
             self.accounts.insert(phone.to_string(), account);
         }

@@ -16,7 +16,7 @@ use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
 use whatsapp_rust::waproto::whatsapp as wa;
 
-fn text_of(n: &Node) -> String {
+pub(crate) fn text_of(n: &Node) -> String {
     match &n.content {
         Some(NodeContent::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(NodeContent::String(s)) => s.to_string(),
@@ -51,12 +51,16 @@ fn key_index_list(reg: &Registry, phone: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// Answers a usync query: `<contact>` (is on WhatsApp), `<devices>`, `<lid>`.
+/// Answers a usync query: `<contact>` (is on WhatsApp), `<devices>`, `<status>` (the
+/// "about" text, `wacore/src/iq/usync/query.rs` `parse_status`) and `<picture>` (the
+/// current profile picture id, `required_u64(id)`).
 pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
     let usync = iq.get_optional_child("usync")?;
     let query = usync.get_optional_child("query")?;
     let wants_devices = query.get_optional_child("devices").is_some();
     let wants_contact = query.get_optional_child("contact").is_some();
+    let wants_status = query.get_optional_child("status").is_some();
+    let wants_picture = query.get_optional_child("picture").is_some();
     let list = usync.get_optional_child("list")?;
     let reg = shared.registry.lock().expect("registry lock");
     let mut users = Vec::new();
@@ -105,6 +109,25 @@ pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
                     );
                 }
                 children.push(NodeBuilder::new("devices").children(dev_children).build());
+            }
+        }
+        if let (true, Some(acc)) = (wants_status, account) {
+            children.push(match &acc.about {
+                Some((text, t)) => NodeBuilder::new("status")
+                    .attr("t", t.to_string())
+                    .string_content(text.clone())
+                    .build(),
+                None => NodeBuilder::new("status").build(),
+            });
+        }
+        if let (true, Some(acc)) = (wants_picture, account) {
+            let key = format!("{}@s.whatsapp.net", acc.phone);
+            if let Some(p) = reg.pictures.get(&key) {
+                children.push(
+                    NodeBuilder::new("picture")
+                        .attr("id", p.id.to_string())
+                        .build(),
+                );
             }
         }
         let b = NodeBuilder::new("user").attr("jid", jid_attr);

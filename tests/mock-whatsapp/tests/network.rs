@@ -934,6 +934,17 @@ async fn profile_pictures_are_set_fetched_cached_replaced_and_removed() {
     );
     assert_eq!(get_bytes(&net, &path).await, (200, first));
 
+    // A profile query (usync) names the current picture and the "about" text.
+    ann.client
+        .profile()
+        .set_status_text("Out fishing")
+        .await
+        .unwrap();
+    let info = contacts.get_user_info(&[ann_jid.clone()]).await.unwrap();
+    let about = info.values().next().expect("Ann's profile");
+    assert_eq!(about.status.as_deref(), Some("Out fishing"));
+    assert_eq!(about.picture_id.as_deref(), Some(set.id.as_str()));
+
     // Asking with the id already held: "unchanged".
     let mut spec = ProfilePictureSpec::preview(&ann_jid);
     spec.existing_id = Some(pic.id.clone());
