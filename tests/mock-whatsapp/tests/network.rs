@@ -1218,3 +1218,61 @@ async fn clients_create_and_manage_groups() {
         .collect();
     assert_eq!(left, vec![ANN.to_string(), DAN.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_receipts_reach_the_sender_live_and_queued_while_offline() {
+    use whatsapp_rust::wacore::types::presence::ReceiptType;
+    const ANN: &str = "6281700000001";
+    const BEN: &str = "6281700000002";
+    let net = MockNetwork::start().await.unwrap();
+    let mut ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let read_of = |id: String| {
+        move |e: &Event| match e {
+            Event::Receipt(r)
+                if r.r#type == ReceiptType::Read
+                    && r.message_ids.iter().any(|m| m.as_str() == id) =>
+            {
+                Some(r.offline)
+            }
+            _ => None,
+        }
+    };
+
+    // Live: Ben reads, Ann is told at once.
+    let id = ann.send_text(BEN, "read me").await.unwrap();
+    let got = ben.next_text().await.unwrap();
+    ben.client
+        .mark_as_read(&Jid::pn(ANN), None, &[got.message_id.as_str()])
+        .await
+        .unwrap();
+    let offline = ann.wait("a live read receipt", read_of(id)).await.unwrap();
+    assert!(!offline, "a live receipt is not marked offline");
+
+    // Queued: Ann's process is gone while Ben reads; her next login gets the receipt,
+    // marked as coming from the offline queue.
+    let id = ann.send_text(BEN, "read me later").await.unwrap();
+    let got = ben.next_text().await.unwrap();
+    let backend = ann.backend.clone();
+    ann.client.disconnect().await;
+    drop(ann);
+    ben.client
+        .mark_as_read(&Jid::pn(ANN), None, &[got.message_id.as_str()])
+        .await
+        .unwrap();
+    until("the receipt queued for Ann", || {
+        net.accounts()
+            .iter()
+            .find(|a| a.phone == ANN)
+            .is_some_and(|a| a.devices[0].offline_queue > 0)
+    })
+    .await;
+    let mut ann = Contact::start(&net, ANN, "Ann", Some(backend))
+        .await
+        .unwrap();
+    let offline = ann
+        .wait("the queued read receipt", read_of(id))
+        .await
+        .unwrap();
+    assert!(offline, "a receipt from the offline queue says so");
+}
