@@ -561,6 +561,14 @@ pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, 
             let j = t.parse::<Jid>().ok()?;
             reg.find_user(&j.user).map(|a| a.phone.clone())
         });
+        // `<presence name="...">` (whatsapp-rust `set_push_name`) renames the account:
+        // later messages carry the new name as `notify`.
+        if let Some(name) = attr(&node, "name").filter(|n| node.tag == "presence" && !n.is_empty())
+        {
+            if let Some(acc) = reg.accounts.get_mut(phone.as_str()) {
+                acc.push_name = name;
+            }
+        }
         let what = match node.tag.as_ref() {
             "presence" => attr(&node, "type").unwrap_or_else(|| "available".into()),
             other => other.to_string(),

@@ -1276,3 +1276,34 @@ async fn read_receipts_reach_the_sender_live_and_queued_while_offline() {
         .unwrap();
     assert!(offline, "a receipt from the offline queue says so");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_push_name_reaches_the_receiver() {
+    const ANN: &str = "6281800000001";
+    const BEN: &str = "6281800000002";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    async fn name_of_next(ben: &mut Contact) -> Result<String, String> {
+        ben.wait("a text with a push name", |e| match e {
+            Event::Messages(batch) => batch
+                .messages
+                .iter()
+                .find(|m| m.message.conversation.is_some())
+                .map(|m| m.info.push_name.clone()),
+            _ => None,
+        })
+        .await
+    }
+    ann.send_text(BEN, "hi").await.unwrap();
+    assert_eq!(name_of_next(&mut ben).await.unwrap(), "Ann");
+    ann.client.profile().set_push_name("Annie").await.unwrap();
+    until("the new name recorded", || {
+        net.accounts()
+            .iter()
+            .any(|a| a.phone == ANN && a.push_name == "Annie")
+    })
+    .await;
+    ann.send_text(BEN, "hi again").await.unwrap();
+    assert_eq!(name_of_next(&mut ben).await.unwrap(), "Annie");
+}
