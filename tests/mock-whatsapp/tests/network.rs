@@ -4,6 +4,10 @@
 //! ack tracking (held acks, drop before ack, redelivery at the next login).
 //! Every wait has a deadline; nothing sleeps for a fixed time.
 
+// The tests' async blocks nest deep (client futures inside waits); the default limit
+// can be hit when computing their layout in some build configurations.
+#![recursion_limit = "256"]
+
 use mock_whatsapp::contact::Contact;
 use mock_whatsapp::MockNetwork;
 use std::time::Duration;
