@@ -406,13 +406,7 @@ impl MockNetwork {
     /// Sends `phone`'s device `device` the server's "check your key bundle"
     /// notification (`<notification type="encrypt"><digest/>`). False: not connected.
     pub fn request_digest(&self, phone: &str, device: u32) -> bool {
-        let reg = self.shared.registry.lock().expect("registry lock");
-        let Some(conn) = reg
-            .accounts
-            .get(phone)
-            .and_then(|a| a.devices.get(&device))
-            .and_then(|d| d.conn.clone())
-        else {
+        let Some(conn) = live_conn(&self.shared, phone, device) else {
             return false;
         };
         let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -538,14 +532,17 @@ fn conflict(kind: &str) -> Node {
         .build()
 }
 
-fn send_to_device(shared: &Shared, phone: &str, device: u32, node: Node) -> bool {
+/// The connection `phone`'s device `device` is on, if any.
+fn live_conn(shared: &Shared, phone: &str, device: u32) -> Option<registry::ConnHandle> {
     let reg = shared.registry.lock().expect("registry lock");
-    let Some(conn) = reg
-        .accounts
+    reg.accounts
         .get(phone)
         .and_then(|a| a.devices.get(&device))
         .and_then(|d| d.conn.clone())
-    else {
+}
+
+fn send_to_device(shared: &Shared, phone: &str, device: u32, node: Node) -> bool {
+    let Some(conn) = live_conn(shared, phone, device) else {
         return false;
     };
     conn.tx.try_send(Outbound::Node(node)).is_ok() && conn.tx.try_send(Outbound::Close).is_ok()

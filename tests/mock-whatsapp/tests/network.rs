@@ -16,6 +16,22 @@ use whatsapp_rust::wacore::types::events::Event;
 use whatsapp_rust::waproto::whatsapp as wa;
 use whatsapp_rust::Jid;
 
+/// A media message of kind `$t` (`ImageMessage`, ...) pointing at the upload `$up`.
+macro_rules! media_fields {
+    ($t:ident, $up:expr) => {
+        wa::message::$t {
+            url: Some($up.url.clone()),
+            direct_path: Some($up.direct_path.clone()),
+            media_key: Some($up.media_key.to_vec()),
+            file_enc_sha256: Some($up.file_enc_sha256.to_vec()),
+            file_sha256: Some($up.file_sha256.to_vec()),
+            file_length: Some($up.file_length),
+            mimetype: Some("application/octet-stream".into()),
+            ..Default::default()
+        }
+    };
+}
+
 async fn contact(net: &MockNetwork, name: &str, phone: &str) -> Contact {
     net.add_contact(phone, name)
         .await
@@ -84,23 +100,9 @@ async fn image_and_document_round_trip_byte_exact() {
             .await
             .expect("upload");
         let mut msg = wa::Message::default();
-        macro_rules! fill {
-            ($t:ident) => {
-                wa::message::$t {
-                    url: Some(up.url.clone()),
-                    direct_path: Some(up.direct_path.clone()),
-                    media_key: Some(up.media_key.to_vec()),
-                    file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
-                    file_sha256: Some(up.file_sha256.to_vec()),
-                    file_length: Some(up.file_length),
-                    mimetype: Some("application/octet-stream".into()),
-                    ..Default::default()
-                }
-            };
-        }
         match kind {
-            MediaType::Image => msg.image_message = fill!(ImageMessage).into(),
-            _ => msg.document_message = fill!(DocumentMessage).into(),
+            MediaType::Image => msg.image_message = media_fields!(ImageMessage, up).into(),
+            _ => msg.document_message = media_fields!(DocumentMessage, up).into(),
         }
         a.client
             .send_message(Jid::pn("15550000052"), msg)
@@ -383,17 +385,7 @@ async fn contacts_work_over_tls() {
         up.url
     );
     let mut msg = wa::Message::default();
-    msg.image_message = wa::message::ImageMessage {
-        url: Some(up.url.clone()),
-        direct_path: Some(up.direct_path.clone()),
-        media_key: Some(up.media_key.to_vec()),
-        file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
-        file_sha256: Some(up.file_sha256.to_vec()),
-        file_length: Some(up.file_length),
-        mimetype: Some("image/jpeg".into()),
-        ..Default::default()
-    }
-    .into();
+    msg.image_message = media_fields!(ImageMessage, up).into();
     a.client
         .send_message(Jid::pn("15550000102"), msg)
         .await
@@ -1260,6 +1252,13 @@ async fn read_receipts_reach_the_sender_live_and_queued_while_offline() {
     let backend = ann.backend.clone();
     ann.client.disconnect().await;
     drop(ann);
+    until("Ann's device offline", || {
+        net.accounts()
+            .iter()
+            .find(|a| a.phone == ANN)
+            .is_some_and(|a| !a.devices[0].connected)
+    })
+    .await;
     ben.client
         .mark_as_read(&Jid::pn(ANN), None, &[got.message_id.as_str()])
         .await
