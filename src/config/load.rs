@@ -120,8 +120,8 @@ fn env_layer(
             .map(|t| t.keys().cloned().collect())
             .unwrap_or(Vec::new());
         keys.into_iter().map(move |key| {
-            let var = format!("SUDEVWA_{}_{}", section.to_uppercase(), key.to_uppercase());
-            (var, format!("{section}.{key}"))
+            let key = format!("{section}.{key}");
+            (canonical_var(&key), key)
         })
     });
     for (var, key) in aliases.chain(canonical) {
@@ -247,8 +247,7 @@ fn schema_key(defaults: &toml::Table, path: &str) -> String {
 
 /// The variable a key was set from, if it was: the canonical name first, then an alias.
 fn source_var(key: &str, env: &BTreeMap<String, String>) -> Option<String> {
-    let (s, k) = key.split_once('.').unwrap_or((key, ""));
-    let canonical = format!("SUDEVWA_{}_{}", s.to_uppercase(), k.to_uppercase());
+    let canonical = canonical_var(key);
     if env.contains_key(&canonical) {
         return Some(canonical);
     }
@@ -256,4 +255,10 @@ fn source_var(key: &str, env: &BTreeMap<String, String>) -> Option<String> {
         .iter()
         .find(|(var, k)| *k == key && env.contains_key(*var))
         .map(|(var, _)| var.to_string())
+}
+
+/// `SUDEVWA_<SECTION>_<KEY>` for `section.key`.
+fn canonical_var(key: &str) -> String {
+    let (s, k) = key.split_once('.').unwrap_or((key, ""));
+    format!("SUDEVWA_{}_{}", s.to_uppercase(), k.to_uppercase())
 }

@@ -118,6 +118,16 @@ fn notify(
     out
 }
 
+/// `<tag reason="..."><participant jid="phone@..."/></tag>`: one member joining or going.
+fn one_participant(tag: &'static str, reason: &str, phone: &str) -> Node {
+    NodeBuilder::new(tag)
+        .attr("reason", reason.to_string())
+        .children([NodeBuilder::new("participant")
+            .attr("jid", user_jid(phone))
+            .build()])
+        .build()
+}
+
 fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
     let mut participants = vec![me.to_string()];
     for (_, phone) in named(reg, action) {
@@ -172,12 +182,7 @@ fn leave(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
         reg.groups.remove(&gid);
     }
     to.push(me.to_string());
-    let removed = NodeBuilder::new("remove")
-        .attr("reason", "leave")
-        .children([NodeBuilder::new("participant")
-            .attr("jid", user_jid(me))
-            .build()])
-        .build();
+    let removed = one_participant("remove", "leave", me);
     let out = notify(reg, &gid, me, vec![removed], &to);
     (iq_result(id, vec![]), out)
 }
@@ -207,12 +212,7 @@ fn by_code(reg: &mut Registry, me: &str, action: &Node, get: bool, id: &str) -> 
     }
     group.participants.push(me.to_string());
     let to = group.participants.clone();
-    let add = NodeBuilder::new("add")
-        .attr("reason", "invite")
-        .children([NodeBuilder::new("participant")
-            .attr("jid", user_jid(me))
-            .build()])
-        .build();
+    let add = one_participant("add", "invite", me);
     let out = notify(reg, &gid, me, vec![add], &to);
     (iq_result(id, vec![joined]), out)
 }

@@ -600,6 +600,19 @@ async fn admin(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    let (status, bytes) = http(net, method, path, body).await;
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("no JSON body: {}", String::from_utf8_lossy(&bytes)));
+    (status, json)
+}
+
+/// One plain HTTP/1.1 request to the mock's port: (status, body bytes).
+async fn http(
+    net: &MockNetwork,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(net.addr()).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -611,17 +624,17 @@ async fn admin(
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tcp.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("not HTTP: {}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {text}"));
-    let json = text
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or_else(|| panic!("no JSON body: {text}"));
-    (status, json)
+        .unwrap_or_else(|| panic!("not HTTP: {head}"));
+    (status, out[split + 4..].to_vec())
 }
 
 /// Waits until `phone`'s device 1 got the phone's key share and acked everything
@@ -875,19 +888,7 @@ async fn raw_qr_scan_without_a_number_creates_an_account_then_joins_it() {
 
 /// The body of a plain GET on the mock's HTTP port: (status, bytes).
 async fn get_bytes(net: &MockNetwork, path: &str) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(net.addr()).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await.unwrap();
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
-    (status, out[split + 4..].to_vec())
+    http(net, "GET", path, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
