@@ -20,6 +20,7 @@ mod conn;
 pub mod contact;
 mod groups;
 mod keys;
+mod newsletters;
 pub mod noise;
 mod paircode;
 mod phone;

@@ -327,6 +327,8 @@ pub struct Registry {
     pub pictures: HashMap<String, crate::profile::Picture>,
     /// Pictures set so far (their ids are derived from it).
     pub next_picture: u64,
+    /// Newsletters (channels) by id (user part of the JID).
+    pub newsletters: HashMap<String, crate::newsletters::Channel>,
     next_lid: u64,
     next_group: u64,
 }

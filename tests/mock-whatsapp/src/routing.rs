@@ -378,6 +378,11 @@ pub(crate) async fn route_message(
         let gid = gid.to_string();
         return route_group_message(shared, &(my_phone.clone(), *my_dev), conn, node, &gid).await;
     }
+    if to.ends_with("@newsletter") {
+        let (ack, out) = crate::newsletters::route(shared, &(my_phone.clone(), *my_dev), &node);
+        let _ = conn.tx.send(Outbound::Node(ack)).await;
+        return send_deliveries(out).await;
+    }
     let typ = attr(&node, "type").unwrap_or_else(|| "text".into());
     let ack = NodeBuilder::new("ack")
         .attr("class", "message")

@@ -1311,3 +1311,288 @@ async fn a_new_push_name_reaches_the_receiver() {
     ann.send_text(BEN, "hi again").await.unwrap();
     assert_eq!(name_of_next(&mut ben).await.unwrap(), "Annie");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn channels_are_created_followed_posted_to_reacted_to_and_edited() {
+    use whatsapp_rust::features::{NewsletterMessageType, NewsletterRole};
+    const ANN: &str = "6281700000001";
+    const BEN: &str = "6281700000002";
+    const CAT: &str = "6281700000003";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let cat = contact(&net, "Cat", CAT).await;
+
+    // Ann creates a channel; she owns it and nobody follows it yet.
+    let made = ann
+        .client
+        .newsletter()
+        .create("Daily news", Some("every day"))
+        .await
+        .unwrap();
+    let jid = made.jid.clone();
+    assert!(jid.to_string().ends_with("@newsletter"), "{jid}");
+    assert_eq!(made.name, "Daily news");
+    assert_eq!(made.description.as_deref(), Some("every day"));
+    assert_eq!(made.role, Some(NewsletterRole::Owner));
+    assert_eq!(made.subscriber_count, 0);
+    let invite = made.invite_code.clone().expect("an invite code");
+
+    // Ben finds it by JID and by invite code as a guest, then follows it.
+    let seen = ben.client.newsletter().get_metadata(&jid).await.unwrap();
+    assert_eq!(
+        (seen.name.as_str(), seen.role.clone()),
+        ("Daily news", Some(NewsletterRole::Guest))
+    );
+    let by_code = ben
+        .client
+        .newsletter()
+        .get_metadata_by_invite(&invite)
+        .await
+        .unwrap();
+    assert_eq!(by_code.jid, jid);
+    let joined = ben.client.newsletter().join(&jid).await.unwrap();
+    assert_eq!(joined.role, Some(NewsletterRole::Subscriber));
+    assert_eq!(joined.subscriber_count, 1);
+    let mine = ben.client.newsletter().list_subscribed().await.unwrap();
+    assert_eq!(
+        mine.iter().map(|m| m.jid.clone()).collect::<Vec<_>>(),
+        vec![jid.clone()]
+    );
+    assert!(cat
+        .client
+        .newsletter()
+        .list_subscribed()
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(ben
+        .client
+        .newsletter()
+        .get_metadata(&"120363999999999999@newsletter".parse().unwrap())
+        .await
+        .is_err());
+
+    // Ann posts; Ben's device gets the plaintext post pushed.
+    let post = ann
+        .client
+        .send_message(
+            jid.clone(),
+            wa::Message {
+                conversation: Some("first post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let got = ben.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.chat.as_str()),
+        ("first post", jid.to_string().as_str())
+    );
+    assert_eq!(got.message_id, post);
+
+    // History: the post with a server id; the owner is its sender, Ben is not.
+    let history = ben
+        .client
+        .newsletter()
+        .get_messages(jid.clone(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    let server_id = history[0].server_id;
+    assert!(server_id >= 99, "{server_id}");
+    assert_eq!(history[0].message_id, post);
+    assert_eq!(history[0].message_type, NewsletterMessageType::Text);
+    assert!(!history[0].is_sender);
+    assert_eq!(
+        history[0]
+            .message
+            .as_ref()
+            .and_then(|m| m.conversation.clone())
+            .as_deref(),
+        Some("first post")
+    );
+    let owner_view = ann
+        .client
+        .newsletter()
+        .get_messages(jid.clone(), 10, None)
+        .await
+        .unwrap();
+    assert!(owner_view[0].is_sender);
+    // Followers cannot post (nothing new appears in the history).
+    ben.client
+        .send_message(
+            jid.clone(),
+            wa::Message {
+                conversation: Some("not mine to post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // Ben watches live updates and reacts; the count reaches him and the history.
+    assert_eq!(
+        ben.client
+            .newsletter()
+            .subscribe_live_updates(jid.clone())
+            .await
+            .unwrap(),
+        300
+    );
+    ben.client
+        .newsletter()
+        .send_reaction(&jid, server_id, "👍")
+        .await
+        .unwrap();
+    let counts = ben
+        .wait("the live reaction count", |e| match e {
+            Event::NewsletterLiveUpdate(u) if u.newsletter_jid == jid => u
+                .messages
+                .iter()
+                .find(|m| m.server_id == server_id)
+                .map(|m| {
+                    m.reactions
+                        .iter()
+                        .map(|r| (r.code.clone(), r.count))
+                        .collect::<Vec<_>>()
+                }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts, vec![("👍".to_string(), 1)]);
+
+    // Ann edits the post: Ben gets the new body and the history holds it; a second
+    // post pages separately (`before`), and the revoke empties the first.
+    ann.client
+        .newsletter()
+        .edit_message(
+            &jid,
+            post.clone(),
+            wa::Message {
+                conversation: Some("first post, fixed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ben.next_text().await.unwrap().text, "first post, fixed");
+    ann.client
+        .send_message(
+            jid.clone(),
+            wa::Message {
+                conversation: Some("second post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ben.next_text().await.unwrap().text, "second post");
+    let history = ben
+        .client
+        .newsletter()
+        .get_messages(jid.clone(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2, "the follower's post was refused");
+    let text = |m: &whatsapp_rust::features::NewsletterMessage| {
+        m.message.as_ref().and_then(|m| m.conversation.clone())
+    };
+    assert_eq!(text(&history[0]).as_deref(), Some("first post, fixed"));
+    assert_eq!(
+        history[0]
+            .reactions
+            .iter()
+            .map(|r| (r.code.as_str(), r.count))
+            .collect::<Vec<_>>(),
+        vec![("👍", 1)]
+    );
+    let older = ben
+        .client
+        .newsletter()
+        .get_messages(jid.clone(), 10, Some(history[1].server_id))
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].server_id, server_id);
+    ann.client
+        .newsletter()
+        .revoke_message(&jid, post.clone())
+        .await
+        .unwrap();
+    // Ben's device gets the revoke (the post's id, an empty body) ...
+    ben.wait("the revoke", |e| match e {
+        Event::Messages(b) => b
+            .messages
+            .iter()
+            .any(|m| m.info.id == post && m.message.conversation.is_none())
+            .then_some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    // ... and the history keeps the post without its text.
+    let h = ann
+        .client
+        .newsletter()
+        .get_messages(jid.clone(), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(h[0].message_id, post);
+    assert_eq!(text(&h[0]), None);
+
+    // Only the owner renames; followers mute, guests cannot; Ben leaves.
+    assert!(ben
+        .client
+        .newsletter()
+        .update(&jid, Some("mine now"), None)
+        .await
+        .is_err());
+    let renamed = ann
+        .client
+        .newsletter()
+        .update(&jid, Some("Weekly news"), None)
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "Weekly news");
+    assert_eq!(
+        ben.client
+            .newsletter()
+            .get_metadata(&jid)
+            .await
+            .unwrap()
+            .name,
+        "Weekly news"
+    );
+    ben.client
+        .newsletter()
+        .set_follower_mute(&jid, true)
+        .await
+        .unwrap();
+    assert!(cat
+        .client
+        .newsletter()
+        .set_follower_mute(&jid, true)
+        .await
+        .is_err());
+    ben.client.newsletter().leave(&jid).await.unwrap();
+    assert!(ben
+        .client
+        .newsletter()
+        .list_subscribed()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ann.client
+            .newsletter()
+            .get_metadata(&jid)
+            .await
+            .unwrap()
+            .subscriber_count,
+        0
+    );
+}
