@@ -515,7 +515,7 @@ impl Session {
                 }
                 iq_result(&id, vec![])
             }
-            "w:mex" => crate::newsletters::mex(&self.shared, self.me.as_ref(), &node, &id),
+            "w:mex" => crate::mex::query(&self.shared, self.me.as_ref(), &node, &id),
             "newsletter" => crate::newsletters::iq(&self.shared, self.me.as_ref(), &node, &id),
             "w:profile:picture" => {
                 crate::profile::picture_iq(&self.shared, self.me.as_ref(), &node, &id)

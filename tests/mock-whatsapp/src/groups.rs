@@ -14,7 +14,7 @@
 //! notifications in `wacore/src/stanza/groups.rs` (`GroupNotificationAction`).
 
 use crate::conn::{attr, iq_error, iq_result, now};
-use crate::registry::{Group, Registry};
+use crate::registry::{CommunitySettings, Group, Registry};
 use crate::routing::{deliver, group_node, Delivery};
 use crate::Shared;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
@@ -37,13 +37,16 @@ const ACTIONS: &[&str] = &[
     "invite",
 ];
 
-type Answer = (Node, Vec<Delivery>);
+pub(crate) type Answer = (Node, Vec<Delivery>);
 
 /// The management request in `node`, if it is one.
 pub(crate) fn action(node: &Node) -> Option<Node> {
     node.children()?
         .iter()
-        .find(|n| ACTIONS.contains(&n.tag.as_ref()))
+        .find(|n| {
+            ACTIONS.contains(&n.tag.as_ref())
+                || crate::communities::ACTIONS.contains(&n.tag.as_ref())
+        })
         .cloned()
 }
 
@@ -60,11 +63,14 @@ pub(crate) fn manage(shared: &Shared, me: &str, node: &Node, action: &Node, id: 
         "create" => create(reg, me, action, id),
         "leave" => leave(reg, me, action, id),
         "invite" if gid.is_empty() => by_code(reg, me, action, get, id),
+        t if crate::communities::ACTIONS.contains(&t) => {
+            crate::communities::manage(reg, me, &gid, action, id)
+        }
         _ => change(reg, me, &gid, action, get, id),
     }
 }
 
-fn none(reply: Node) -> Answer {
+pub(crate) fn none(reply: Node) -> Answer {
     (reply, Vec::new())
 }
 
@@ -89,7 +95,7 @@ fn user_jid(phone: &str) -> String {
 }
 
 /// A `w:gp2` notification of `children` by `actor`, to every device of `to`.
-fn notify(
+pub(crate) fn notify(
     reg: &mut Registry,
     gid: &str,
     actor: &str,
@@ -119,7 +125,7 @@ fn notify(
 }
 
 /// `<tag reason="..."><participant jid="phone@..."/></tag>`: one member joining or going.
-fn one_participant(tag: &'static str, reason: &str, phone: &str) -> Node {
+pub(crate) fn one_participant(tag: &'static str, reason: &str, phone: &str) -> Node {
     NodeBuilder::new(tag)
         .attr("reason", reason.to_string())
         .children([NodeBuilder::new("participant")
@@ -138,6 +144,25 @@ fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
     let description = action
         .get_optional_child("description")
         .and_then(|d| Some((attr(d, "id")?, text(d.get_optional_child("body")?))));
+    // A community (`<parent>`), or a subgroup created inside one (`<linked_parent>`).
+    let community = action
+        .get_optional_child("parent")
+        .map(|p| CommunitySettings {
+            closed: attr(p, "default_membership_approval_mode").as_deref()
+                == Some("request_required"),
+            member_subgroups: action
+                .get_optional_child("allow_non_admin_sub_group_creation")
+                .is_some(),
+        });
+    let linked_parent = action
+        .get_optional_child("linked_parent")
+        .and_then(|l| attr(l, "jid"))
+        .map(|j| j.trim_end_matches("@g.us").to_string());
+    if let Some(parent) = &linked_parent {
+        if let Err((code, text)) = crate::communities::may_create_in(reg, me, parent) {
+            return none(iq_error(id, code, text));
+        }
+    }
     let gid = reg.next_group_id();
     let group = Group {
         id: gid.clone(),
@@ -146,8 +171,18 @@ fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
         created: now(),
         admins: [me.to_string()].into(),
         description,
+        community,
+        linked_parent: linked_parent.clone(),
         ..Group::new(participants)
     };
+    if community.is_some() {
+        let general = action.get_optional_child("create_general_chat").is_some();
+        reg.groups.insert(gid.clone(), group.clone());
+        crate::communities::make_subgroups(reg, &gid, general);
+    }
+    if let Some(parent) = &linked_parent {
+        crate::communities::join_community(reg, parent, &group.participants);
+    }
     let node = group_node(&group);
     let others: Vec<String> = group
         .participants
@@ -327,11 +362,19 @@ fn change(reg: &mut Registry, me: &str, gid: &str, action: &Node, get: bool, id:
         }
     };
     let mut to = group.participants.clone();
-    to.extend(extra);
-    let out = match notice {
-        Some(n) => notify(reg, gid, me, vec![n], &to),
+    to.extend(extra.iter().cloned());
+    let mut out = match &notice {
+        Some(n) => notify(reg, gid, me, vec![n.clone()], &to),
         None => Vec::new(),
     };
+    // `<remove linked_groups="true">` on a community: out of every linked group too.
+    if tag == "remove" && attr(action, "linked_groups").as_deref() == Some("true") {
+        for (sub, members) in crate::communities::remove_from_linked(reg, gid, &extra) {
+            if let Some(n) = &notice {
+                out.extend(notify(reg, &sub, me, vec![n.clone()], &members));
+            }
+        }
+    }
     (iq_result(id, reply), out)
 }
 

@@ -16,10 +16,12 @@
 
 #![forbid(unsafe_code)]
 
+mod communities;
 mod conn;
 pub mod contact;
 mod groups;
 mod keys;
+mod mex;
 mod newsletters;
 pub mod noise;
 mod paircode;

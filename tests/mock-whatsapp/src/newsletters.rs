@@ -1,6 +1,4 @@
-//! Newsletters (channels). Their metadata lives behind MEX, WhatsApp's GraphQL over an
-//! iq (`xmlns="w:mex"`, `<query query_id>` with `{"variables":…}` JSON, answered with
-//! `<result>{"data":…}</result>`): create, fetch by JID or invite code, list the
+//! Newsletters (channels). Their metadata lives behind MEX (`crate::mex`): create, fetch by JID or invite code, list the
 //! subscribed ones, join, leave, update name/description, mute settings. Their messages
 //! are plaintext (no Signal): the owner's `<message to="…@newsletter"><plaintext>` is
 //! numbered with a server id, acked, stored and pushed to every follower's devices;
@@ -21,12 +19,12 @@
 //! (`handle_newsletter_notification`).
 
 use crate::conn::{attr, iq_error, iq_result, now};
+use crate::mex::MexResult;
 use crate::registry::Registry;
 use crate::routing::{deliver, Delivery};
 use crate::Shared;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use whatsapp_rust::wacore::iq::mex_operations as ops;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Node, NodeContent};
 
@@ -128,75 +126,23 @@ impl Channel {
     }
 }
 
-/// A MEX answer: `{"data": …}` or `{"errors": […]}` in a `<result>`.
-fn mex_reply(id: &str, payload: Value) -> Node {
-    iq_result(
-        id,
-        vec![NodeBuilder::new("result")
-            .bytes(payload.to_string().into_bytes())
-            .build()],
-    )
-}
-
-/// A GraphQL error with a code, the shape whatsapp-rust reads as fatal.
-fn mex_error(id: &str, code: i32, message: &str) -> Node {
-    mex_reply(
-        id,
-        json!({"errors": [{"message": message,
-            "extensions": {"error_code": code, "is_summary": true, "severity": "CRITICAL"}}]}),
-    )
-}
-
 /// The user part of a newsletter JID.
 fn channel_id(jid: &str) -> Option<&str> {
     jid.strip_suffix("@newsletter")
 }
 
-/// Answers a `w:mex` query of the account `me` (its phone).
-pub(crate) fn mex(shared: &Shared, me: Option<&(String, u32)>, node: &Node, id: &str) -> Node {
-    let Some((phone, _)) = me else {
-        return iq_error(id, "401", "not-authorized");
-    };
-    let Some(query) = node.get_optional_child("query") else {
-        return iq_error(id, "400", "bad-request");
-    };
-    let doc = attr(query, "query_id").unwrap_or_default();
-    let vars: Value = match &query.content {
-        Some(NodeContent::Bytes(b)) => serde_json::from_slice(b).unwrap_or(Value::Null),
-        Some(NodeContent::String(s)) => serde_json::from_str(s).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    let vars = &vars["variables"];
-    let mut reg = shared.registry.lock().expect("registry lock");
-    let reg = &mut *reg;
-    let data = match doc.as_str() {
-        ops::create_newsletter::DOC_ID => create(reg, phone, vars),
-        ops::fetch_newsletter::DOC_ID => Ok(json!({"xwa2_newsletter": fetch(reg, phone, vars)})),
-        ops::fetch_all_newsletters_metadata::DOC_ID => {
-            let mut list: Vec<&Channel> = reg
-                .newsletters
-                .values()
-                .filter(|c| c.owner == *phone || c.followers.contains(phone))
-                .collect();
-            list.sort_by(|a, b| a.id.cmp(&b.id));
-            let list: Vec<Value> = list.iter().map(|c| c.metadata(phone)).collect();
-            Ok(json!({"xwa2_newsletter_subscribed": list}))
-        }
-        ops::join_newsletter::DOC_ID => follow(reg, phone, vars, true),
-        ops::leave_newsletter::DOC_ID => follow(reg, phone, vars, false),
-        ops::update_newsletter::DOC_ID => update(reg, phone, vars),
-        ops::update_newsletter_user_setting::DOC_ID => setting(reg, phone, vars),
-        _ => Err((400, format!("unknown query (doc_id {doc})"))),
-    };
-    match data {
-        Ok(data) => mex_reply(id, json!({ "data": data })),
-        Err((code, message)) => mex_error(id, code, &message),
-    }
+/// The channels `phone` owns or follows, as metadata.
+pub(crate) fn subscribed(reg: &Registry, phone: &str) -> Vec<Value> {
+    let mut list: Vec<&Channel> = reg
+        .newsletters
+        .values()
+        .filter(|c| c.owner == phone || c.followers.contains(phone))
+        .collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    list.iter().map(|c| c.metadata(phone)).collect()
 }
 
-type MexResult = Result<Value, (i32, String)>;
-
-fn create(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
+pub(crate) fn create(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
     let input = &vars["input"];
     let name = input["name"].as_str().unwrap_or("").trim().to_string();
     if name.is_empty() {
@@ -226,7 +172,7 @@ fn create(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
 
 /// The channel named by `input.key` (a JID when `input.type` is `JID`, an invite code
 /// when `INVITE`), or null.
-fn fetch(reg: &Registry, phone: &str, vars: &Value) -> Value {
+pub(crate) fn fetch(reg: &Registry, phone: &str, vars: &Value) -> Value {
     let key = vars["input"]["key"].as_str().unwrap_or("");
     let found = match vars["input"]["type"].as_str() {
         Some("INVITE") => reg.newsletters.values().find(|c| c.invite == key),
@@ -235,7 +181,7 @@ fn fetch(reg: &Registry, phone: &str, vars: &Value) -> Value {
     found.map(|c| c.metadata(phone)).unwrap_or(Value::Null)
 }
 
-fn follow(reg: &mut Registry, phone: &str, vars: &Value, join: bool) -> MexResult {
+pub(crate) fn follow(reg: &mut Registry, phone: &str, vars: &Value, join: bool) -> MexResult {
     let jid = vars["newsletter_id"].as_str().unwrap_or("");
     let Some(c) = channel_id(jid).and_then(|id| reg.newsletters.get_mut(id)) else {
         return Err((404, format!("no channel {jid}")));
@@ -255,7 +201,7 @@ fn follow(reg: &mut Registry, phone: &str, vars: &Value, join: bool) -> MexResul
     }
 }
 
-fn update(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
+pub(crate) fn update(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
     let jid = vars["newsletter_id"].as_str().unwrap_or("");
     let Some(c) = channel_id(jid).and_then(|id| reg.newsletters.get_mut(id)) else {
         return Err((404, format!("no channel {jid}")));
@@ -279,7 +225,7 @@ fn update(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
     Ok(json!({ "xwa2_newsletter_update": c.metadata(phone) }))
 }
 
-fn setting(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
+pub(crate) fn setting(reg: &mut Registry, phone: &str, vars: &Value) -> MexResult {
     let input = &vars["input"];
     let jid = input["newsletter_id"].as_str().unwrap_or("");
     let (Some(kind), Some(value)) = (input["type"].as_str(), input["value"].as_str()) else {

@@ -262,6 +262,23 @@ pub struct Group {
     pub description: Option<(String, String)>,
     /// The invite-link code, made on first request.
     pub invite: Option<String>,
+    /// Set when this group is a community (a parent group).
+    pub community: Option<CommunitySettings>,
+    /// The community (its group id) this group is linked to.
+    pub linked_parent: Option<String>,
+    /// The community's announcement group: every community member is in it.
+    pub default_sub: bool,
+    /// The community's general chat.
+    pub general_chat: bool,
+}
+
+/// How a community is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommunitySettings {
+    /// Joining needs an admin's approval.
+    pub closed: bool,
+    /// Members who are not admins may create subgroups.
+    pub member_subgroups: bool,
 }
 
 impl Group {
@@ -278,6 +295,10 @@ impl Group {
             announce: false,
             description: None,
             invite: None,
+            community: None,
+            linked_parent: None,
+            default_sub: false,
+            general_chat: false,
         }
     }
 }

@@ -677,6 +677,29 @@ pub(crate) fn group_node(g: &crate::registry::Group) -> Node {
     if g.announce {
         children.push(NodeBuilder::new("announcement").build());
     }
+    if let Some(c) = &g.community {
+        let mut parent = NodeBuilder::new("parent");
+        if c.closed {
+            parent = parent.attr("default_membership_approval_mode", "request_required");
+        }
+        children.push(parent.build());
+        if c.member_subgroups {
+            children.push(NodeBuilder::new("allow_non_admin_sub_group_creation").build());
+        }
+    }
+    if let Some(p) = &g.linked_parent {
+        children.push(
+            NodeBuilder::new("linked_parent")
+                .attr("jid", format!("{p}@g.us"))
+                .build(),
+        );
+    }
+    if g.default_sub {
+        children.push(NodeBuilder::new("default_sub_group").build());
+    }
+    if g.general_chat {
+        children.push(NodeBuilder::new("general_chat").build());
+    }
     if let Some((id, body)) = &g.description {
         children.push(
             NodeBuilder::new("description")

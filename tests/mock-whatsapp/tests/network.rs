@@ -1596,3 +1596,184 @@ async fn channels_are_created_followed_posted_to_reacted_to_and_edited() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn communities_link_subgroups_and_members_join_them() {
+    use whatsapp_rust::features::{CreateCommunityOptions, GroupCreateOptions};
+    use whatsapp_rust::wacore::iq::groups::GroupParticipantOptions;
+    const ANN: &str = "6281800000001";
+    const BEN: &str = "6281800000002";
+    const CAT: &str = "6281800000003";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let cat = contact(&net, "Cat", CAT).await;
+    let members = |m: &whatsapp_rust::features::GroupMetadata| {
+        let mut v: Vec<String> = m
+            .participants
+            .iter()
+            .map(|p| p.jid.user.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // Ann creates a community: it comes with an announcement group and a general chat.
+    let mut options = CreateCommunityOptions::new("Town");
+    options.description = Some("our town".into());
+    let town = ann
+        .client
+        .community()
+        .create(options)
+        .await
+        .unwrap()
+        .metadata;
+    assert!(town.is_parent_group);
+    assert_eq!(town.description.as_deref(), Some("our town"));
+    let parent = town.id.clone();
+    let subs = ann.client.community().get_subgroups(&parent).await.unwrap();
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    assert!(subs
+        .iter()
+        .any(|s| s.is_default_sub_group && s.subject == "Town"));
+    assert!(subs.iter().any(|s| s.is_general_chat));
+    let announce = subs
+        .iter()
+        .find(|s| s.is_default_sub_group)
+        .unwrap()
+        .id
+        .clone();
+    let meta = ann.client.groups().get_metadata(&announce).await.unwrap();
+    assert!(meta.is_default_sub_group && meta.is_announcement);
+    assert_eq!(meta.parent_group_jid.as_ref(), Some(&parent));
+
+    // An existing group of Ann's (with Ben) is linked; an unknown group is refused.
+    let options = GroupCreateOptions::builder()
+        .subject("Book club")
+        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
+        .finish();
+    let book = ann
+        .client
+        .groups()
+        .create_group(options)
+        .await
+        .unwrap()
+        .metadata
+        .id;
+    let unknown: Jid = "120363999999999999@g.us".parse().unwrap();
+    let linked = ann
+        .client
+        .community()
+        .link_subgroups(parent.clone(), &[book.clone(), unknown.clone()])
+        .await
+        .unwrap();
+    assert_eq!(linked.linked_jids, vec![book.clone()]);
+    assert_eq!(linked.failed_groups, vec![(unknown, 404)]);
+    // Ben, in the linked group, is now a community member and hears of the link.
+    ben.wait("the link notification", |e| match e {
+        Event::GroupUpdate(u) if u.group_jid == parent => Some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    let his = ben.client.community().get_participating().await.unwrap();
+    assert!(
+        his.contains_key(&parent),
+        "{:?}",
+        his.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        members(&ann.client.groups().get_metadata(&announce).await.unwrap()),
+        vec![ANN.to_string(), BEN.to_string()]
+    );
+    // Only admins link.
+    assert!(ben
+        .client
+        .community()
+        .link_subgroups(parent.clone(), &[book.clone()])
+        .await
+        .is_err());
+
+    // Ann creates a subgroup inside; Ben looks it up and joins it.
+    let garden = ann
+        .client
+        .community()
+        .create_subgroup("Garden", &[], parent.clone())
+        .await
+        .unwrap()
+        .metadata;
+    assert_eq!(garden.parent_group_jid.as_ref(), Some(&parent));
+    let seen = ben
+        .client
+        .community()
+        .query_linked_group(parent.clone(), garden.id.clone())
+        .await
+        .unwrap();
+    assert_eq!(seen.subject, "Garden");
+    let joined = ben
+        .client
+        .community()
+        .join_subgroup(parent.clone(), garden.id.clone())
+        .await
+        .unwrap();
+    assert_eq!(members(&joined), vec![ANN.to_string(), BEN.to_string()]);
+    let everyone = ann
+        .client
+        .community()
+        .get_linked_groups_participants(parent.clone())
+        .await
+        .unwrap();
+    let mut everyone: Vec<String> = everyone.iter().map(|p| p.jid.user.to_string()).collect();
+    everyone.sort();
+    everyone.dedup();
+    assert_eq!(everyone, vec![ANN.to_string(), BEN.to_string()]);
+    let counts = ann
+        .client
+        .community()
+        .get_subgroup_participant_counts(&parent)
+        .await
+        .unwrap();
+    assert!(counts.contains(&(garden.id.clone(), 2)), "{counts:?}");
+    // Outsiders see nothing.
+    assert!(cat.client.community().get_subgroups(&parent).await.is_err());
+
+    // Removing Ben from the community takes him out of every linked group.
+    ann.client
+        .community()
+        .remove_participants(parent.clone(), &[Jid::pn(BEN)])
+        .await
+        .unwrap();
+    for g in [&book, &garden.id, &announce] {
+        assert_eq!(
+            members(&ann.client.groups().get_metadata(g).await.unwrap()),
+            vec![ANN.to_string()],
+            "{g}"
+        );
+    }
+
+    // Unlink the book club, then deactivate: the book club and the garden outlive it.
+    let unlinked = ann
+        .client
+        .community()
+        .unlink_subgroups(parent.clone(), &[book.clone()], false)
+        .await
+        .unwrap();
+    assert_eq!(unlinked.unlinked_jids, vec![book.clone()]);
+    let subs = ann.client.community().get_subgroups(&parent).await.unwrap();
+    assert!(!subs.iter().any(|s| s.id == book));
+    ann.client
+        .community()
+        .deactivate(parent.clone())
+        .await
+        .unwrap();
+    assert!(!ann
+        .client
+        .community()
+        .get_participating()
+        .await
+        .unwrap()
+        .contains_key(&parent));
+    let garden_now = ann.client.groups().get_metadata(&garden.id).await.unwrap();
+    assert_eq!(garden_now.parent_group_jid, None);
+    assert!(ann.client.groups().get_metadata(&book).await.is_ok());
+}
