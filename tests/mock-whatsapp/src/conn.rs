@@ -489,10 +489,18 @@ impl Session {
                     crate::routing::prekey_bundles(&self.shared, node.get_optional_child("key"));
                 iq_result(&id, vec![list])
             }
-            "abt" => iq_result(
-                &id,
-                vec![NodeBuilder::new("props").attr("protocol", "1").build()],
-            ),
+            "abt" => {
+                // Code 9435 is `lid_one_on_one_migration_enabled`
+                // (`wacore/src/iq/abprops.rs`), read by `is_lid_migrated`.
+                let mut props = NodeBuilder::new("props").attr("protocol", "1");
+                if self.shared.lid_migrated.load(Ordering::Relaxed) {
+                    props = props.children([NodeBuilder::new("prop")
+                        .attr("config_code", "9435")
+                        .attr("config_value", "1")
+                        .build()]);
+                }
+                iq_result(&id, vec![props.build()])
+            }
             "privacy" if node.get_optional_child("privacy").is_some() => {
                 iq_result(&id, vec![NodeBuilder::new("privacy").build()])
             }

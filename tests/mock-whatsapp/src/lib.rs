@@ -71,6 +71,9 @@ pub(crate) struct Inner {
     pub tls_addr: Mutex<Option<SocketAddr>>,
     /// Whether IK hellos of paired devices are accepted (else: XXfallback).
     pub accept_ik: AtomicBool,
+    /// Accounts are 1:1-LID-migrated: the `abt` props answer turns on
+    /// `lid_one_on_one_migration_enabled`, so clients address 1:1 chats by LID.
+    pub lid_migrated: AtomicBool,
     /// Handshakes completed by accepting IK.
     pub ik_accepted: AtomicU64,
     /// IK attempts answered with XXfallback and completed.
@@ -231,6 +234,7 @@ impl MockNetwork {
             addr: Mutex::new(None),
             tls_addr: Mutex::new(None),
             accept_ik: AtomicBool::new(true),
+            lid_migrated: AtomicBool::new(false),
             ik_accepted: AtomicU64::new(0),
             xx_fallbacks: AtomicU64::new(0),
         }));
@@ -482,6 +486,15 @@ impl MockNetwork {
 
     /// Whether paired devices reconnecting with IK are accepted (the default) or
     /// answered with XXfallback, as WhatsApp does after rotating its static key.
+    /// Whether accounts are 1:1-LID-migrated (off by default): with it on, the props
+    /// every client fetches at login enable `lid_one_on_one_migration_enabled`, and
+    /// clients address 1:1 chats by LID (the other side then sees the sender's LID
+    /// with `sender_pn` beside it). Clients already connected pick it up at their
+    /// next login.
+    pub fn lid_migration(&self, on: bool) {
+        self.shared.lid_migrated.store(on, Ordering::Relaxed);
+    }
+
     pub fn accept_ik(&self, on: bool) {
         self.shared.accept_ik.store(on, Ordering::Relaxed);
     }
@@ -840,6 +853,12 @@ struct IkBody {
     accept: bool,
 }
 
+/// Body of a plain switch (`lid-migration`).
+#[derive(serde::Deserialize)]
+struct OnBody {
+    on: bool,
+}
+
 /// Body of the per-device fault switches (`hold-acks`, `drop-before-ack`).
 #[derive(serde::Deserialize)]
 struct DeviceFaultBody {
@@ -939,6 +958,15 @@ fn routes(
                 200,
                 json!({"accept_ik": b.accept, "handshakes": handshake_stats(&s)}),
             )
+        });
+    let lid_r = warp::path!("admin" / "lid-migration")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: OnBody, s: Shared| {
+            s.lid_migrated.store(b.on, Ordering::Relaxed);
+            reply(200, json!({"lid_migrated": b.on}))
         });
     // `POST /admin/faults/<name>` with a `DeviceFaultBody`.
     let device_fault = |name: &'static str, apply: fn(&Shared, &str, Option<u32>, bool) -> bool| {
@@ -1058,6 +1086,8 @@ fn routes(
         .or(drop_r)
         .unify()
         .or(ik_r)
+        .unify()
+        .or(lid_r)
         .unify()
         .or(hold_r)
         .unify()

@@ -1,4 +1,4 @@
-//! `cargo run -p mock-whatsapp --features insecure-clients [-- --port N] [--tls]`: runs the mock network alone on
+//! `cargo run -p mock-whatsapp --features insecure-clients [-- --port N] [--tls] [--lid-migrated]`: runs the mock network alone on
 //! loopback and prints its WebSocket URL and admin URL (with `--tls` also the `wss://`
 //! and `https://` URLs and the self-signed certificate to trust); Ctrl-C stops it.
 
@@ -6,10 +6,12 @@
 async fn main() {
     let mut port = 0u16;
     let mut tls = false;
+    let mut lid = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tls" => tls = true,
+            "--lid-migrated" => lid = true,
             "--port" => match args.next().and_then(|p| p.parse().ok()) {
                 Some(p) => port = p,
                 None => usage(),
@@ -29,6 +31,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    net.lid_migration(lid);
     println!("mock WhatsApp network");
     println!("  socket: {}", net.ws_url());
     println!("  admin:  {}/admin/accounts", net.base_url());
@@ -50,6 +53,6 @@ async fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: mock-whatsapp [--port N] [--tls]");
+    eprintln!("usage: mock-whatsapp [--port N] [--tls] [--lid-migrated]");
     std::process::exit(2);
 }

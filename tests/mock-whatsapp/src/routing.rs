@@ -61,6 +61,7 @@ pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
     let wants_contact = query.get_optional_child("contact").is_some();
     let wants_status = query.get_optional_child("status").is_some();
     let wants_picture = query.get_optional_child("picture").is_some();
+    let wants_lid = query.get_optional_child("lid").is_some();
     let list = usync.get_optional_child("list")?;
     let reg = shared.registry.lock().expect("registry lock");
     let mut users = Vec::new();
@@ -109,6 +110,16 @@ pub(crate) fn usync(shared: &Shared, iq: &Node) -> Option<Node> {
                     );
                 }
                 children.push(NodeBuilder::new("devices").children(dev_children).build());
+            }
+        }
+        // The account's LID for a user asked by phone number (`project_lid_mapping`).
+        if let (true, Some(acc)) = (wants_lid, account) {
+            if acc.phone == user {
+                children.push(
+                    NodeBuilder::new("lid")
+                        .attr("val", format!("{}@lid", acc.lid))
+                        .build(),
+                );
             }
         }
         if let (true, Some(acc)) = (wants_status, account) {
@@ -399,13 +410,36 @@ pub(crate) async fn route_message(
     let mut out = Vec::new();
     {
         let mut reg = shared.registry.lock().expect("registry lock");
-        let push_name = reg
+        let (push_name, my_lid) = reg
             .accounts
             .get(my_phone)
-            .map(|a| a.push_name.clone())
+            .map(|a| (a.push_name.clone(), a.lid.clone()))
             .unwrap_or_default();
-        let Some(recipient_phone) = reg.find_user(&to_jid.user).map(|a| a.phone.clone()) else {
+        let Some(recipient) = reg.find_user(&to_jid.user) else {
             return;
+        };
+        // Addressed by LID, the stanza comes from the sender's LID with its phone
+        // number beside it (`sender_pn`); addressed by phone number, the other way
+        // round (`sender_lid`). The copy for the sender's own devices names the
+        // recipient the same way.
+        let by_lid = to_jid.server == "lid";
+        let recipient_jid = if by_lid {
+            format!("{}@lid", recipient.lid)
+        } else {
+            format!("{}@s.whatsapp.net", recipient.phone)
+        };
+        let (from, alt_name, alt) = if by_lid {
+            (
+                format!("{my_lid}:{my_dev}@lid"),
+                "sender_pn",
+                format!("{my_phone}@s.whatsapp.net"),
+            )
+        } else {
+            (
+                format!("{my_phone}:{my_dev}@s.whatsapp.net"),
+                "sender_lid",
+                format!("{my_lid}@lid"),
+            )
         };
         let Some(participants) = node.get_optional_child("participants") else {
             return;
@@ -428,14 +462,16 @@ pub(crate) async fn route_message(
                 children.push(di.clone());
             }
             let mut b = NodeBuilder::new("message")
-                .attr("from", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
+                .attr("from", from.clone())
                 .attr("id", id.clone())
                 .attr("type", typ.clone())
                 .attr("t", now().to_string())
                 .attr("notify", push_name.clone());
             if target_phone == *my_phone {
                 // A copy for the sender's own other device.
-                b = b.attr("recipient", format!("{recipient_phone}@s.whatsapp.net"));
+                b = b.attr("recipient", recipient_jid.clone());
+            } else {
+                b = b.attr(alt_name, alt.clone());
             }
             let stanza = b.children(children).build();
             if let Some(x) = deliver(&mut reg, &target_phone, u32::from(target.device), stanza) {
@@ -475,7 +511,20 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     let Ok(mut to) = to_s.parse::<Jid>() else {
         return;
     };
-    let me_jid = format!("{my_phone}:{my_dev}@s.whatsapp.net");
+    // A receipt for a LID-addressed message comes from the reader's LID.
+    let me_jid = if to.server == "lid" {
+        let lid = shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .accounts
+            .get(my_phone)
+            .map(|a| a.lid.clone())
+            .unwrap_or_default();
+        format!("{lid}:{my_dev}@lid")
+    } else {
+        format!("{my_phone}:{my_dev}@s.whatsapp.net")
+    };
     let mut b = NodeBuilder::new("receipt")
         .attr("id", attr(&node, "id").unwrap_or_default())
         .attr("t", now().to_string());
@@ -810,10 +859,10 @@ pub(crate) async fn route_group_message(
                 direct.insert((phone, u32::from(target.device)), encs);
             }
         }
-        let push_name = reg
+        let (push_name, my_lid) = reg
             .accounts
             .get(my_phone)
-            .map(|a| a.push_name.clone())
+            .map(|a| (a.push_name.clone(), a.lid.clone()))
             .unwrap_or_default();
         for phone in &group.participants {
             let devices: Vec<u32> = reg
@@ -838,6 +887,7 @@ pub(crate) async fn route_group_message(
                 let stanza = NodeBuilder::new("message")
                     .attr("from", group_jid.clone())
                     .attr("participant", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
+                    .attr("participant_lid", format!("{my_lid}@lid"))
                     .attr("id", id.clone())
                     .attr("type", typ.clone())
                     .attr("t", now().to_string())

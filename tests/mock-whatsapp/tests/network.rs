@@ -1777,3 +1777,167 @@ async fn communities_link_subgroups_and_members_join_them() {
     assert_eq!(garden_now.parent_group_jid, None);
     assert!(ann.client.groups().get_metadata(&book).await.is_ok());
 }
+
+/// Polls `client.is_lid_migrated()` until it holds (the props that set it are fetched in
+/// the background after login), with a deadline.
+async fn lid_migrated(c: &Contact) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !c.client.is_lid_migrated().await {
+        assert!(tokio::time::Instant::now() < until, "never LID-migrated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside() {
+    const ANN: &str = "6281900000001";
+    const BEN: &str = "6281900000002";
+    let net = MockNetwork::start().await.unwrap();
+    let mut ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let lid_of = |phone: &str| {
+        net.accounts()
+            .into_iter()
+            .find(|a| a.phone == phone)
+            .map(|a| a.lid)
+            .expect("the account")
+    };
+    let (ann_lid, ben_lid) = (lid_of(ANN), lid_of(BEN));
+
+    // The number check answers the LID; the client keeps the mapping.
+    let found = ann
+        .client
+        .contacts()
+        .is_on_whatsapp(&[Jid::pn(BEN)])
+        .await
+        .unwrap();
+    assert!(found[0].is_registered);
+    assert_eq!(
+        found[0].lid.as_ref().map(|l| l.user.to_string()),
+        Some(ben_lid.clone())
+    );
+    let entry = ann
+        .client
+        .get_lid_pn_entry(&Jid::pn(BEN))
+        .await
+        .unwrap()
+        .expect("mapping");
+    assert_eq!(&*entry.lid, ben_lid.as_str());
+    let by_lid = ann
+        .client
+        .contacts()
+        .is_on_whatsapp(&[Jid::lid(&ben_lid)])
+        .await
+        .unwrap();
+    assert!(by_lid[0].is_registered, "{by_lid:?}");
+
+    // Not migrated: 1:1 chats go by phone number, the sender's LID beside it.
+    ann.send_text(BEN, "hello by number").await.unwrap();
+    let (sender, alt) = ben
+        .wait("the PN-addressed message", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some("hello by number")).then(|| {
+                    (
+                        m.info.source.sender.clone(),
+                        m.info.source.sender_alt.clone(),
+                    )
+                })
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (sender.server.to_string(), sender.user.to_string()),
+        ("s.whatsapp.net".into(), ANN.into())
+    );
+    assert_eq!(alt.map(|a| a.user.to_string()), Some(ann_lid.clone()));
+    ben.send_text(ANN, "answer by number").await.unwrap();
+    assert_eq!(ann.next_text().await.unwrap().from, BEN);
+    // Both sides keep their pairwise sessions under the other's LID.
+    for (c, peer) in [(&ann, &ben_lid), (&ben, &ann_lid)] {
+        let s = c
+            .client
+            .signal()
+            .session_info(&Jid::lid_device(peer, 1))
+            .await;
+        assert!(s.unwrap().is_some(), "no session under {peer}");
+    }
+
+    // The accounts migrate to LID 1:1 chats (props at the next login): the same
+    // sessions carry on, the stanza now comes from the sender's LID with its number
+    // beside it, and the delivery receipt from the reader's LID.
+    net.lid_migration(true);
+    assert_eq!(net.drop_connections(None), 2);
+    for c in [&mut ann, &mut ben] {
+        reconnected(c).await;
+        lid_migrated(c).await;
+    }
+    let sent = ann
+        .client
+        .send_message(
+            Jid::lid(&ben_lid),
+            wa::Message {
+                conversation: Some("hello by lid".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .message_id;
+    let (sender, alt) = ben
+        .wait("the LID-addressed message", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some("hello by lid")).then(|| {
+                    (
+                        m.info.source.sender.clone(),
+                        m.info.source.sender_alt.clone(),
+                    )
+                })
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (sender.server.to_string(), sender.user.to_string()),
+        ("lid".into(), ann_lid.clone())
+    );
+    assert_eq!(alt.map(|a| a.user.to_string()), Some(ANN.to_string()));
+    let receipt_from = ann
+        .wait("the delivery receipt", |e| match e {
+            Event::Receipt(r) if r.message_ids.iter().any(|i| *i == sent) => {
+                Some(r.source.sender.clone())
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt_from.user.as_str(),
+        ben_lid.as_str(),
+        "{receipt_from}"
+    );
+    // A send by phone number is addressed by LID too now; Ben answers the LID he saw.
+    ann.send_text(BEN, "number, but migrated").await.unwrap();
+    let got = ben.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.from.as_str()),
+        ("number, but migrated", ann_lid.as_str())
+    );
+    ben.client
+        .send_message(
+            sender.to_non_ad(),
+            wa::Message {
+                conversation: Some("hello back".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let back = ann.next_text().await.unwrap();
+    assert_eq!(
+        (back.text.as_str(), back.from.as_str()),
+        ("hello back", ben_lid.as_str())
+    );
+}
