@@ -492,14 +492,40 @@ impl Session {
             "abt" => {
                 // Code 9435 is `lid_one_on_one_migration_enabled`
                 // (`wacore/src/iq/abprops.rs`), read by `is_lid_migrated`.
-                let mut props = NodeBuilder::new("props").attr("protocol", "1");
-                if self.shared.lid_migrated.load(Ordering::Relaxed) {
-                    props = props.children([NodeBuilder::new("prop")
-                        .attr("config_code", "9435")
+                // Code 10518 is `privacy_token_sending_on_all_1_on_1_messages`: clients
+                // attach the privacy tokens they hold to 1:1 messages.
+                let prop = |code: &str| {
+                    NodeBuilder::new("prop")
+                        .attr("config_code", code.to_string())
                         .attr("config_value", "1")
-                        .build()]);
+                        .build()
+                };
+                let mut props = vec![prop("10518")];
+                if self.shared.lid_migrated.load(Ordering::Relaxed) {
+                    props.push(prop("9435"));
                 }
-                iq_result(&id, vec![props.build()])
+                iq_result(
+                    &id,
+                    vec![NodeBuilder::new("props")
+                        .attr("protocol", "1")
+                        .children(props)
+                        .build()],
+                )
+            }
+            "privacy" if node.get_optional_child("tokens").is_some() => {
+                let Some((phone, _)) = self.me.clone() else {
+                    self.send(iq_error(&id, "401", "not-authorized")).await;
+                    return;
+                };
+                let (reply, out) = {
+                    let mut reg = self.shared.registry.lock().expect("registry lock");
+                    crate::privacy::issue(&mut reg, &phone, &node, &id)
+                };
+                self.send(reply).await;
+                for d in out {
+                    d.send().await;
+                }
+                return;
             }
             "privacy" if node.get_optional_child("privacy").is_some() => {
                 iq_result(&id, vec![NodeBuilder::new("privacy").build()])

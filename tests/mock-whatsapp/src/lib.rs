@@ -26,6 +26,7 @@ mod newsletters;
 pub mod noise;
 mod paircode;
 mod phone;
+mod privacy;
 mod profile;
 mod registry;
 pub mod remote;
@@ -495,6 +496,13 @@ impl MockNetwork {
         self.shared.lid_migrated.store(on, Ordering::Relaxed);
     }
 
+    /// While `on`, `phone` refuses 1:1 messages that do not carry the privacy token it
+    /// granted their sender (a `463` nack, nothing delivered). False for an unknown
+    /// account.
+    pub fn require_tc_token(&self, phone: &str, on: bool) -> bool {
+        require_tc_token(&self.shared, phone, on)
+    }
+
     pub fn accept_ik(&self, on: bool) {
         self.shared.accept_ik.store(on, Ordering::Relaxed);
     }
@@ -853,6 +861,26 @@ struct IkBody {
     accept: bool,
 }
 
+/// Body of a per-account switch (`privacy/require-tctoken`).
+#[derive(serde::Deserialize)]
+struct PhoneSwitchBody {
+    phone: String,
+    on: bool,
+}
+
+fn require_tc_token(shared: &Shared, phone: &str, on: bool) -> bool {
+    let mut reg = shared.registry.lock().expect("registry lock");
+    if !reg.accounts.contains_key(phone) {
+        return false;
+    }
+    if on {
+        reg.tc_required.insert(phone.to_string());
+    } else {
+        reg.tc_required.remove(phone);
+    }
+    true
+}
+
 /// Body of a plain switch (`lid-migration`).
 #[derive(serde::Deserialize)]
 struct OnBody {
@@ -958,6 +986,18 @@ fn routes(
                 200,
                 json!({"accept_ik": b.accept, "handshakes": handshake_stats(&s)}),
             )
+        });
+    let tc_r = warp::path!("admin" / "privacy" / "require-tctoken")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(4096))
+        .and(warp::body::json())
+        .and(with.clone())
+        .map(|b: PhoneSwitchBody, s: Shared| {
+            if require_tc_token(&s, &b.phone, b.on) {
+                reply(200, json!({"phone": b.phone, "require_tctoken": b.on}))
+            } else {
+                reply(404, json!({"error": "no such account"}))
+            }
         });
     let lid_r = warp::path!("admin" / "lid-migration")
         .and(warp::post())
@@ -1088,6 +1128,8 @@ fn routes(
         .or(ik_r)
         .unify()
         .or(lid_r)
+        .unify()
+        .or(tc_r)
         .unify()
         .or(hold_r)
         .unify()

@@ -348,6 +348,10 @@ pub struct Registry {
     pub pictures: HashMap<String, crate::profile::Picture>,
     /// Pictures set so far (their ids are derived from it).
     pub next_picture: u64,
+    /// Privacy tokens: (granter phone, holder phone) → the latest grant.
+    pub tc_tokens: HashMap<(String, String), crate::privacy::Grant>,
+    /// Accounts that refuse 1:1 messages without the privacy token they granted.
+    pub tc_required: BTreeSet<String>,
     /// Newsletters (channels) by id (user part of the JID).
     pub newsletters: HashMap<String, crate::newsletters::Channel>,
     next_lid: u64,

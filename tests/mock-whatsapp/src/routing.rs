@@ -395,17 +395,28 @@ pub(crate) async fn route_message(
         return send_deliveries(out).await;
     }
     let typ = attr(&node, "type").unwrap_or_else(|| "text".into());
-    let ack = NodeBuilder::new("ack")
-        .attr("class", "message")
-        .attr("id", id.clone())
-        .attr("from", to.clone())
-        .attr("t", now().to_string())
-        .build();
-    let _ = conn.tx.send(Outbound::Node(ack)).await;
-
     let Ok(to_jid) = to.parse::<Jid>() else {
         return;
     };
+    // A recipient that requires privacy tokens refuses the message without one (463).
+    let refused = {
+        let reg = shared.registry.lock().expect("registry lock");
+        reg.find_user(&to_jid.user)
+            .is_some_and(|r| !crate::privacy::admits(&reg, my_phone, &r.phone, &node))
+    };
+    let mut ack = NodeBuilder::new("ack")
+        .attr("class", "message")
+        .attr("id", id.clone())
+        .attr("from", to.clone())
+        .attr("t", now().to_string());
+    if refused {
+        ack = ack.attr("error", crate::privacy::MISSING_TOKEN);
+    }
+    let _ = conn.tx.send(Outbound::Node(ack.build())).await;
+    if refused {
+        return;
+    }
+
     let device_identity = node.get_optional_child("device-identity").cloned();
     let mut out = Vec::new();
     {

@@ -1941,3 +1941,73 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
         ("hello back", ben_lid.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn privacy_tokens_are_granted_attached_and_required() {
+    const ANN: &str = "6282000000001";
+    const BEN: &str = "6282000000002";
+    let net = MockNetwork::start().await.unwrap();
+    let mut ann = contact(&net, "Ann", ANN).await;
+    let mut ben = contact(&net, "Ben", BEN).await;
+    let ben_lid = net
+        .accounts()
+        .into_iter()
+        .find(|a| a.phone == BEN)
+        .map(|a| a.lid)
+        .expect("Ben's account");
+    let ann_lid = net
+        .accounts()
+        .into_iter()
+        .find(|a| a.phone == ANN)
+        .map(|a| a.lid)
+        .expect("Ann's account");
+
+    // Ben only takes messages from people he gave a token. Ann has none: 463, and
+    // nothing reaches Ben.
+    assert!(net.require_tc_token(BEN, true));
+    let refused = ann.send_text(BEN, "let me in").await.unwrap();
+    let error = ann
+        .wait("the 463 nack", |e| match e {
+            Event::ServerAck(a) if a.id == refused => Some(a.error.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(error.as_deref(), Some("463"));
+    assert!(net.unacked(BEN, 1).is_empty());
+
+    // Ben writes to Ann: his client grants Ann a token after the send, the server
+    // hands it to Ann's device, which keeps it under Ben's LID.
+    ben.send_text(ANN, "hi Ann").await.unwrap();
+    assert_eq!(ann.next_text().await.unwrap().text, "hi Ann");
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        if let Some(t) = ann.client.tc_token().get(&ben_lid).await.unwrap() {
+            if !t.token.is_empty() {
+                break t;
+            }
+        }
+        assert!(tokio::time::Instant::now() < until, "no token from Ben");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(held.token.len(), 20);
+
+    // Now Ann's message carries the token and gets through.
+    let let_in = ann.send_text(BEN, "thanks for the token").await.unwrap();
+    let got = ben.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str()),
+        ("thanks for the token", let_in.as_str())
+    );
+
+    // The explicit grant API answers with the token it made.
+    let issued = ben
+        .client
+        .tc_token()
+        .issue_tokens(&[Jid::lid(&ann_lid)])
+        .await
+        .unwrap();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].jid.user.as_str(), ann_lid.as_str());
+    assert_eq!(issued[0].token.len(), 20);
+}
