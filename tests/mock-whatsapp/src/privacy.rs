@@ -26,6 +26,10 @@ use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
 /// The nack code for a message refused for want of a privacy token.
 pub(crate) const MISSING_TOKEN: &str = "463";
 
+/// How long a granted token admits messages: four 7-day buckets, the client's own
+/// default (`TC_TOKEN_BUCKET_DURATION` × `TC_TOKEN_NUM_BUCKETS`).
+const TOKEN_LIFETIME_SECS: u64 = 4 * 604_800;
+
 /// A token the account `granter` gave the account `holder`: its bytes and time.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -121,7 +125,7 @@ pub(crate) fn admits(reg: &Registry, sender: &str, recipient: &str, node: &Node)
             .get(&(recipient.to_string(), sender.to_string())),
         presented,
     ) {
-        (Some(g), Some(p)) => g.token == p,
+        (Some(g), Some(p)) => g.token == p && g.t + TOKEN_LIFETIME_SECS > now(),
         _ => false,
     }
 }
