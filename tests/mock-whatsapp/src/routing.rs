@@ -834,13 +834,26 @@ pub(crate) async fn route_group_message(
     let id = attr(&node, "id").unwrap_or_default();
     let typ = attr(&node, "type").unwrap_or_else(|| "text".into());
     let group_jid = format!("{gid}@g.us");
-    let ack = NodeBuilder::new("ack")
+    // In announcement mode only admins may send: anyone else's message is nacked
+    // (403) and goes nowhere.
+    let refused = {
+        let reg = shared.registry.lock().expect("registry lock");
+        reg.groups
+            .get(gid)
+            .is_some_and(|g| g.announce && !g.admins.contains(my_phone) && g.creator != *my_phone)
+    };
+    let mut ack = NodeBuilder::new("ack")
         .attr("class", "message")
         .attr("id", id.clone())
         .attr("from", group_jid.clone())
-        .attr("t", now().to_string())
-        .build();
-    let _ = conn.tx.send(Outbound::Node(ack)).await;
+        .attr("t", now().to_string());
+    if refused {
+        ack = ack.attr("error", "403");
+    }
+    let _ = conn.tx.send(Outbound::Node(ack.build())).await;
+    if refused {
+        return;
+    }
     let device_identity = node.get_optional_child("device-identity").cloned();
     let skmsg: Vec<Node> = node
         .get_children_by_tag("enc")

@@ -1106,7 +1106,7 @@ async fn clients_create_and_manage_groups() {
     let ann = contact(&net, "Ann", ANN).await;
     let mut ben = contact(&net, "Ben", BEN).await;
     let cat = contact(&net, "Cat", CAT).await;
-    let dan = contact(&net, "Dan", DAN).await;
+    let mut dan = contact(&net, "Dan", DAN).await;
     fn groups(c: &Contact) -> whatsapp_rust::Groups<'_> {
         c.client.groups()
     }
@@ -1214,6 +1214,32 @@ async fn clients_create_and_manage_groups() {
         .map(|p| p.jid.user.to_string())
         .collect();
     assert_eq!(left, vec![ANN.to_string(), DAN.to_string()]);
+
+    // Announcement mode: only admins talk. Dan's message is nacked and reaches nobody;
+    // Ann's still reaches Dan.
+    groups(&ann).set_announce(gid.clone(), true).await.unwrap();
+    let ann_had = net.ack_stats(ANN, 1).expect("Ann's device").delivered;
+    let refused = dan
+        .send_group_text(&gid.to_string(), "may I?")
+        .await
+        .unwrap();
+    let error = dan
+        .wait("the nack", |e| match e {
+            Event::ServerAck(a) if a.id == refused => Some(a.error.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(error.as_deref(), Some("403"));
+    assert_eq!(
+        net.ack_stats(ANN, 1).expect("Ann's device").delivered,
+        ann_had,
+        "Dan's message reached Ann"
+    );
+    ann.send_group_text(&gid.to_string(), "only admins here")
+        .await
+        .unwrap();
+    assert_eq!(dan.next_text().await.unwrap().text, "only admins here");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
