@@ -1716,7 +1716,7 @@ async fn communities_link_subgroups_and_members_join_them() {
     assert!(ben
         .client
         .community()
-        .link_subgroups(parent.clone(), &[book.clone()])
+        .link_subgroups(parent.clone(), std::slice::from_ref(&book))
         .await
         .is_err());
 
@@ -1781,7 +1781,7 @@ async fn communities_link_subgroups_and_members_join_them() {
     let unlinked = ann
         .client
         .community()
-        .unlink_subgroups(parent.clone(), &[book.clone()], false)
+        .unlink_subgroups(parent.clone(), std::slice::from_ref(&book), false)
         .await
         .unwrap();
     assert_eq!(unlinked.unlinked_jids, vec![book.clone()]);
@@ -1932,7 +1932,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
     assert_eq!(alt.map(|a| a.user.to_string()), Some(ANN.to_string()));
     let receipt_from = ann
         .wait("the delivery receipt", |e| match e {
-            Event::Receipt(r) if r.message_ids.iter().any(|i| *i == sent) => {
+            Event::Receipt(r) if r.message_ids.contains(&sent) => {
                 Some(r.source.sender.clone())
             }
             _ => None,
