@@ -198,7 +198,7 @@ pub(crate) fn manage(
                 let add = one_participant("add", "linked_group_join", me);
                 out = notify(reg, &sub, me, vec![add], &to);
             }
-            let node = reg.groups.get(&sub).map(group_node);
+            let node = reg.groups.get(&sub).map(|g| group_node(reg, g));
             let wrapped = NodeBuilder::new("linked_group")
                 .attr("jid", format!("{sub}@g.us"))
                 .children(node)

@@ -60,7 +60,15 @@ pub(crate) fn manage(shared: &Shared, me: &str, node: &Node, action: &Node, id: 
     let mut reg = shared.registry.lock().expect("registry lock");
     let reg = &mut *reg;
     match action.tag.as_ref() {
-        "create" => create(reg, me, action, id),
+        "create" => create(
+            reg,
+            me,
+            action,
+            id,
+            shared
+                .lid_migrated
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
         "leave" => leave(reg, me, action, id),
         "invite" if gid.is_empty() => by_code(reg, me, action, get, id),
         t if crate::communities::ACTIONS.contains(&t) => {
@@ -134,7 +142,9 @@ pub(crate) fn one_participant(tag: &'static str, reason: &str, phone: &str) -> N
         .build()
 }
 
-fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
+/// Creates a group; `lid` when accounts are LID-migrated (new groups are then
+/// LID-addressed, as WhatsApp makes them).
+fn create(reg: &mut Registry, me: &str, action: &Node, id: &str, lid: bool) -> Answer {
     let mut participants = vec![me.to_string()];
     for (_, phone) in named(reg, action) {
         if let Some(p) = phone.filter(|p| !participants.contains(p)) {
@@ -173,6 +183,7 @@ fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
         description,
         community,
         linked_parent: linked_parent.clone(),
+        lid_addressed: lid,
         ..Group::new(participants)
     };
     if community.is_some() {
@@ -183,7 +194,7 @@ fn create(reg: &mut Registry, me: &str, action: &Node, id: &str) -> Answer {
     if let Some(parent) = &linked_parent {
         crate::communities::join_community(reg, parent, &group.participants);
     }
-    let node = group_node(&group);
+    let node = group_node(reg, &group);
     let others: Vec<String> = group
         .participants
         .iter()
@@ -237,7 +248,8 @@ fn by_code(reg: &mut Registry, me: &str, action: &Node, get: bool, id: &str) -> 
         return none(iq_error(id, "404", "item-not-found"));
     };
     if get {
-        return none(iq_result(id, vec![group_node(group)]));
+        let g = group.clone();
+        return none(iq_result(id, vec![group_node(reg, &g)]));
     }
     let joined = NodeBuilder::new("group")
         .attr("jid", format!("{gid}@g.us"))

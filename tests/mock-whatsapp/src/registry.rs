@@ -270,6 +270,8 @@ pub struct Group {
     pub default_sub: bool,
     /// The community's general chat.
     pub general_chat: bool,
+    /// Members are named by LID (`addressing_mode="lid"`), their numbers beside.
+    pub lid_addressed: bool,
 }
 
 /// How a community is run.
@@ -299,6 +301,7 @@ impl Group {
             linked_parent: None,
             default_sub: false,
             general_chat: false,
+            lid_addressed: false,
         }
     }
 }

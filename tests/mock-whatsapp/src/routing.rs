@@ -522,16 +522,20 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     let Ok(mut to) = to_s.parse::<Jid>() else {
         return;
     };
-    // A receipt for a LID-addressed message comes from the reader's LID.
-    let me_jid = if to.server == "lid" {
-        let lid = shared
-            .registry
-            .lock()
-            .expect("registry lock")
-            .accounts
-            .get(my_phone)
-            .map(|a| a.lid.clone())
-            .unwrap_or_default();
+    // A receipt for a LID-addressed message (or in a LID-addressed group) comes from
+    // the reader's LID.
+    let my_lid = {
+        let reg = shared.registry.lock().expect("registry lock");
+        let lid_group = to.server == "g.us"
+            && reg
+                .groups
+                .get(to.user.as_str())
+                .is_some_and(|g| g.lid_addressed);
+        (to.server == "lid" || lid_group)
+            .then(|| reg.accounts.get(my_phone).map(|a| a.lid.clone()))
+            .flatten()
+    };
+    let me_jid = if let Some(lid) = my_lid {
         format!("{lid}:{my_dev}@lid")
     } else {
         format!("{my_phone}:{my_dev}@s.whatsapp.net")
@@ -720,9 +724,18 @@ pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, 
 }
 
 /// A group as `w:g2` answers describe it (phone-number addressing).
-pub(crate) fn group_node(g: &crate::registry::Group) -> Node {
+pub(crate) fn group_node(reg: &Registry, g: &crate::registry::Group) -> Node {
     let participants = g.participants.iter().map(|p| {
-        let mut b = NodeBuilder::new("participant").attr("jid", format!("{p}@s.whatsapp.net"));
+        let mut b = NodeBuilder::new("participant");
+        // A LID-addressed group names members by LID, their number beside.
+        match reg.accounts.get(p).filter(|_| g.lid_addressed) {
+            Some(a) => {
+                b = b
+                    .attr("jid", format!("{}@lid", a.lid))
+                    .attr("phone_number", format!("{p}@s.whatsapp.net"));
+            }
+            None => b = b.attr("jid", format!("{p}@s.whatsapp.net")),
+        }
         if *p == g.creator {
             b = b.attr("type", "superadmin");
         } else if g.admins.contains(p) {
@@ -777,7 +790,10 @@ pub(crate) fn group_node(g: &crate::registry::Group) -> Node {
         .attr("s_o", format!("{}@s.whatsapp.net", g.creator))
         .attr("creation", g.created.to_string())
         .attr("creator", format!("{}@s.whatsapp.net", g.creator))
-        .attr("addressing_mode", "pn")
+        .attr(
+            "addressing_mode",
+            if g.lid_addressed { "lid" } else { "pn" },
+        )
         .children(children)
         .build()
 }
@@ -804,7 +820,7 @@ pub(crate) fn groups_iq(
             .collect();
         mine.sort_by(|a, b| a.id.cmp(&b.id));
         let groups = NodeBuilder::new("groups")
-            .children(mine.into_iter().map(group_node))
+            .children(mine.into_iter().map(|g| group_node(&reg, g)))
             .build();
         return iq_result(id, vec![groups]);
     }
@@ -812,7 +828,9 @@ pub(crate) fn groups_iq(
         let to = attr(node, "to").unwrap_or_default();
         let gid = to.strip_suffix("@g.us").unwrap_or_default();
         return match reg.groups.get(gid) {
-            Some(g) if g.participants.contains(my_phone) => iq_result(id, vec![group_node(g)]),
+            Some(g) if g.participants.contains(my_phone) => {
+                iq_result(id, vec![group_node(&reg, g)])
+            }
             Some(_) => iq_error(id, "403", "forbidden"),
             None => iq_error(id, "404", "item-not-found"),
         };
@@ -888,6 +906,22 @@ pub(crate) async fn route_group_message(
             .get(my_phone)
             .map(|a| (a.push_name.clone(), a.lid.clone()))
             .unwrap_or_default();
+        // The sender as the group's addressing names it, the other form beside.
+        let (participant, alt_name, alt, mode) = if group.lid_addressed {
+            (
+                format!("{my_lid}:{my_dev}@lid"),
+                "participant_pn",
+                format!("{my_phone}@s.whatsapp.net"),
+                "lid",
+            )
+        } else {
+            (
+                format!("{my_phone}:{my_dev}@s.whatsapp.net"),
+                "participant_lid",
+                format!("{my_lid}@lid"),
+                "pn",
+            )
+        };
         for phone in &group.participants {
             let devices: Vec<u32> = reg
                 .accounts
@@ -910,13 +944,13 @@ pub(crate) async fn route_group_message(
                 }
                 let stanza = NodeBuilder::new("message")
                     .attr("from", group_jid.clone())
-                    .attr("participant", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
-                    .attr("participant_lid", format!("{my_lid}@lid"))
+                    .attr("participant", participant.clone())
+                    .attr(alt_name, alt.clone())
                     .attr("id", id.clone())
                     .attr("type", typ.clone())
                     .attr("t", now().to_string())
                     .attr("notify", push_name.clone())
-                    .attr("addressing_mode", "pn")
+                    .attr("addressing_mode", mode)
                     .children(children)
                     .build();
                 if let Some(x) = deliver(&mut reg, phone, dev, stanza) {

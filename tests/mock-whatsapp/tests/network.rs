@@ -1932,9 +1932,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
     assert_eq!(alt.map(|a| a.user.to_string()), Some(ANN.to_string()));
     let receipt_from = ann
         .wait("the delivery receipt", |e| match e {
-            Event::Receipt(r) if r.message_ids.contains(&sent) => {
-                Some(r.source.sender.clone())
-            }
+            Event::Receipt(r) if r.message_ids.contains(&sent) => Some(r.source.sender.clone()),
             _ => None,
         })
         .await
@@ -1965,6 +1963,65 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
     assert_eq!(
         (back.text.as_str(), back.from.as_str()),
         ("hello back", ben_lid.as_str())
+    );
+
+    // A group made by migrated accounts is LID-addressed: members by LID with their
+    // numbers beside, group messages from the sender's LID.
+    use whatsapp_rust::features::GroupCreateOptions;
+    use whatsapp_rust::wacore::iq::groups::GroupParticipantOptions;
+    let options = GroupCreateOptions::builder()
+        .subject("Lids")
+        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
+        .finish();
+    let gid = ann
+        .client
+        .groups()
+        .create_group(options)
+        .await
+        .unwrap()
+        .metadata
+        .id;
+    let meta = ben.client.groups().get_metadata(&gid).await.unwrap();
+    assert_eq!(
+        format!("{:?}", meta.addressing_mode).to_lowercase(),
+        "lid",
+        "{meta:?}"
+    );
+    let ben_entry = meta
+        .participants
+        .iter()
+        .find(|p| p.jid.user.as_str() == ben_lid)
+        .expect("Ben by LID");
+    assert_eq!(
+        ben_entry.phone_number.as_ref().map(|j| j.user.to_string()),
+        Some(BEN.to_string())
+    );
+    ann.send_group_text(&gid.to_string(), "group by lid")
+        .await
+        .unwrap();
+    let (sender, alt) = ben
+        .wait("the LID-addressed group message", |e| match e {
+            Event::Messages(b) => b.messages.iter().find_map(|m| {
+                (m.message.conversation.as_deref() == Some("group by lid")).then(|| {
+                    (
+                        m.info.source.sender.clone(),
+                        m.info.source.sender_alt.clone(),
+                    )
+                })
+            }),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(sender.user.as_str(), ann_lid.as_str(), "{sender}");
+    assert_eq!(alt.map(|a| a.user.to_string()), Some(ANN.to_string()));
+    ben.send_group_text(&gid.to_string(), "group answer")
+        .await
+        .unwrap();
+    let got = ann.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.from.as_str()),
+        ("group answer", ben_lid.as_str())
     );
 }
 
