@@ -1223,13 +1223,7 @@ async fn clients_create_and_manage_groups() {
         .send_group_text(&gid.to_string(), "may I?")
         .await
         .unwrap();
-    let error = dan
-        .wait("the nack", |e| match e {
-            Event::ServerAck(a) if a.id == refused => Some(a.error.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let error = nack_of(&mut dan, &refused).await;
     assert_eq!(error.as_deref(), Some("403"));
     assert_eq!(
         net.ack_stats(ANN, 1).expect("Ann's device").delivered,
@@ -1804,6 +1798,43 @@ async fn communities_link_subgroups_and_members_join_them() {
     assert!(ann.client.groups().get_metadata(&book).await.is_ok());
 }
 
+/// The LID of the account `phone`.
+fn lid_of(net: &MockNetwork, phone: &str) -> String {
+    net.accounts()
+        .into_iter()
+        .find(|a| a.phone == phone)
+        .map(|a| a.lid)
+        .expect("the account")
+}
+
+/// Waits for the text message `text` and returns its sender and the sender's other
+/// addressing form.
+async fn sender_of(c: &mut Contact, text: &str) -> (Jid, Option<Jid>) {
+    c.wait(text, |e| match e {
+        Event::Messages(b) => b.messages.iter().find_map(|m| {
+            (m.message.conversation.as_deref() == Some(text)).then(|| {
+                (
+                    m.info.source.sender.clone(),
+                    m.info.source.sender_alt.clone(),
+                )
+            })
+        }),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits for the server's ack of the stanza `id` and returns its error code, if any.
+async fn nack_of(c: &mut Contact, id: &str) -> Option<String> {
+    c.wait("the server ack", |e| match e {
+        Event::ServerAck(a) if a.id == id => Some(a.error.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `client.is_lid_migrated()` until it holds (the props that set it are fetched in
 /// the background after login), with a deadline.
 async fn lid_migrated(c: &Contact) {
@@ -1821,14 +1852,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
     let net = MockNetwork::start().await.unwrap();
     let mut ann = contact(&net, "Ann", ANN).await;
     let mut ben = contact(&net, "Ben", BEN).await;
-    let lid_of = |phone: &str| {
-        net.accounts()
-            .into_iter()
-            .find(|a| a.phone == phone)
-            .map(|a| a.lid)
-            .expect("the account")
-    };
-    let (ann_lid, ben_lid) = (lid_of(ANN), lid_of(BEN));
+    let (ann_lid, ben_lid) = (lid_of(&net, ANN), lid_of(&net, BEN));
 
     // The number check answers the LID; the client keeps the mapping.
     let found = ann
@@ -1859,20 +1883,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
 
     // Not migrated: 1:1 chats go by phone number, the sender's LID beside it.
     ann.send_text(BEN, "hello by number").await.unwrap();
-    let (sender, alt) = ben
-        .wait("the PN-addressed message", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| {
-                (m.message.conversation.as_deref() == Some("hello by number")).then(|| {
-                    (
-                        m.info.source.sender.clone(),
-                        m.info.source.sender_alt.clone(),
-                    )
-                })
-            }),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let (sender, alt) = sender_of(&mut ben, "hello by number").await;
     assert_eq!(
         (sender.server.to_string(), sender.user.to_string()),
         ("s.whatsapp.net".into(), ANN.into())
@@ -1911,20 +1922,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
         .await
         .unwrap()
         .message_id;
-    let (sender, alt) = ben
-        .wait("the LID-addressed message", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| {
-                (m.message.conversation.as_deref() == Some("hello by lid")).then(|| {
-                    (
-                        m.info.source.sender.clone(),
-                        m.info.source.sender_alt.clone(),
-                    )
-                })
-            }),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let (sender, alt) = sender_of(&mut ben, "hello by lid").await;
     assert_eq!(
         (sender.server.to_string(), sender.user.to_string()),
         ("lid".into(), ann_lid.clone())
@@ -1999,20 +1997,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
     ann.send_group_text(&gid.to_string(), "group by lid")
         .await
         .unwrap();
-    let (sender, alt) = ben
-        .wait("the LID-addressed group message", |e| match e {
-            Event::Messages(b) => b.messages.iter().find_map(|m| {
-                (m.message.conversation.as_deref() == Some("group by lid")).then(|| {
-                    (
-                        m.info.source.sender.clone(),
-                        m.info.source.sender_alt.clone(),
-                    )
-                })
-            }),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let (sender, alt) = sender_of(&mut ben, "group by lid").await;
     assert_eq!(sender.user.as_str(), ann_lid.as_str(), "{sender}");
     assert_eq!(alt.map(|a| a.user.to_string()), Some(ANN.to_string()));
     ben.send_group_text(&gid.to_string(), "group answer")
@@ -2032,30 +2017,13 @@ async fn privacy_tokens_are_granted_attached_and_required() {
     let net = MockNetwork::start().await.unwrap();
     let mut ann = contact(&net, "Ann", ANN).await;
     let mut ben = contact(&net, "Ben", BEN).await;
-    let ben_lid = net
-        .accounts()
-        .into_iter()
-        .find(|a| a.phone == BEN)
-        .map(|a| a.lid)
-        .expect("Ben's account");
-    let ann_lid = net
-        .accounts()
-        .into_iter()
-        .find(|a| a.phone == ANN)
-        .map(|a| a.lid)
-        .expect("Ann's account");
+    let (ann_lid, ben_lid) = (lid_of(&net, ANN), lid_of(&net, BEN));
 
     // Ben only takes messages from people he gave a token. Ann has none: 463, and
     // nothing reaches Ben.
     assert!(net.require_tc_token(BEN, true));
     let refused = ann.send_text(BEN, "let me in").await.unwrap();
-    let error = ann
-        .wait("the 463 nack", |e| match e {
-            Event::ServerAck(a) if a.id == refused => Some(a.error.clone()),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let error = nack_of(&mut ann, &refused).await;
     assert_eq!(error.as_deref(), Some("463"));
     assert!(net.unacked(BEN, 1).is_empty());
 
