@@ -500,7 +500,9 @@ impl Session {
                         .attr("config_value", "1")
                         .build()
                 };
-                let mut props = vec![prop("10518")];
+                // 10518: privacy tokens on every 1:1 message; 24941: `cstoken`s from the
+                // NCT salt when no token is held.
+                let mut props = vec![prop("10518"), prop("24941")];
                 if self.shared.lid_migrated.load(Ordering::Relaxed) {
                     props.push(prop("9435"));
                 }
@@ -534,7 +536,17 @@ impl Session {
                 Some(u) => iq_result(&id, vec![u]),
                 None => iq_result(&id, vec![]),
             },
-            "w:sync:app:state" => iq_result(&id, vec![app_state_reply(&node)]),
+            "w:sync:app:state" => {
+                let (reply, out) = {
+                    let mut reg = self.shared.registry.lock().expect("registry lock");
+                    crate::appstate::sync_iq(&mut reg, self.me.as_ref(), &node, &id)
+                };
+                self.send(reply).await;
+                for d in out {
+                    d.send().await;
+                }
+                return;
+            }
             "w:m" => iq_result(&id, vec![self.shared.media_conn_node()]),
             // The profile "about" text (`SetStatusTextSpec`), read back through usync.
             "status" => {
@@ -700,22 +712,4 @@ fn take_backlog(d: &mut crate::registry::Device, first: bool) -> (Vec<Node>, boo
         }
     }
     (batch, false)
-}
-
-/// Every requested collection, synced at version 0 with nothing in it.
-fn app_state_reply(node: &Node) -> Node {
-    let cols = node
-        .get_optional_child("sync")
-        .map(|s| {
-            s.get_children_by_tag("collection")
-                .map(|c| {
-                    NodeBuilder::new("collection")
-                        .attr("name", attr(c, "name").unwrap_or_default())
-                        .attr("version", "0")
-                        .build()
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    NodeBuilder::new("sync").children(cols).build()
 }

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod appstate;
 mod communities;
 mod conn;
 pub mod contact;
@@ -63,6 +64,9 @@ pub(crate) struct Inner {
     pub hold_uploads: AtomicBool,
     /// Wakes held uploads when the hold is released.
     pub uploads_released: tokio::sync::Notify,
+    /// Serialises the phone's Signal work (its sessions live in the registry and are
+    /// taken out while a message is encrypted or decrypted).
+    pub phone_crypto: tokio::sync::Mutex<()>,
     /// Uploads received and not answered yet because of the hold.
     pub uploads_held: AtomicU64,
     /// Uploaded media by direct path.
@@ -230,6 +234,7 @@ impl MockNetwork {
             frame_delay: Arc::new(AtomicU64::new(0)),
             hold_uploads: AtomicBool::new(false),
             uploads_released: tokio::sync::Notify::new(),
+            phone_crypto: tokio::sync::Mutex::new(()),
             uploads_held: AtomicU64::new(0),
             media: Mutex::new(HashMap::new()),
             addr: Mutex::new(None),
@@ -501,6 +506,68 @@ impl MockNetwork {
     /// account.
     pub fn require_tc_token(&self, phone: &str, on: bool) -> bool {
         require_tc_token(&self.shared, phone, on)
+    }
+
+    /// The phone sets an app-state action (any of `wacore::appstate::schemas`): `value`
+    /// at the index `args` (the schema's non-literal index parts, in order), one patch
+    /// in the schema's collection, encrypted and MACed with the account's current key
+    /// as a client builds it. With `notify` the account's devices get a `server_sync`
+    /// notification; without, they see the patch at their next sync or as a 409 when
+    /// they upload on the old version. Returns the collection's new version.
+    pub async fn phone_app_state_set(
+        &self,
+        phone: &str,
+        schema: &whatsapp_rust::wacore::appstate::schemas::Schema,
+        args: &[&str],
+        value: &wa::SyncActionValue,
+        notify: bool,
+    ) -> Result<u64, String> {
+        let (version, out) = {
+            let mut reg = self.shared.registry.lock().expect("registry lock");
+            appstate::phone_set(&mut reg, phone, schema, args, value, notify)?
+        };
+        for d in out {
+            d.send().await;
+        }
+        Ok(version)
+    }
+
+    /// The phone moves to a new app-state key (hex id returned); patches it writes
+    /// from now on use it. With `share` every companion gets the key at once; without,
+    /// a companion meeting such a patch has to request the key from the phone.
+    pub async fn rotate_app_state_key(&self, phone: &str, share: bool) -> Result<String, String> {
+        let id = phone::rotate_app_state_key(&self.shared, phone, share).await?;
+        Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The phone leaves the next `n` app-state key requests of `phone`'s companions
+    /// unanswered (a phone that is away). False for an unknown account.
+    pub fn ignore_key_requests(&self, phone: &str, n: u64) -> bool {
+        let mut reg = self.shared.registry.lock().expect("registry lock");
+        match reg.accounts.get_mut(phone) {
+            Some(a) => {
+                a.app_state.ignore_key_requests = n;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// App-state key requests the phone of `phone` has received so far.
+    pub fn app_state_key_requests(&self, phone: &str) -> u64 {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        reg.accounts
+            .get(phone)
+            .map_or(0, |a| a.app_state.key_requests)
+    }
+
+    /// Each app-state collection of `phone` that has been written to, and its version.
+    pub fn app_state_versions(&self, phone: &str) -> std::collections::BTreeMap<String, u64> {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        reg.accounts
+            .get(phone)
+            .map(|a| appstate::versions(&a.app_state))
+            .unwrap_or_default()
     }
 
     pub fn accept_ik(&self, on: bool) {

@@ -4,15 +4,18 @@
 //! step), as a phone does. The client accepts the share only from its own account and
 //! then skips its 10-second key-share grace (PROTOCOL.md §3, step 7a).
 //!
-//! Each share opens a fresh session: the phone never talks to that device again, so
-//! its Signal state lives only for the duration of one encryption.
+//! The phone keeps its Signal session with each companion (in the registry), so it can
+//! also read what a companion sends it: app-state key requests, which it answers with
+//! the keys asked for (`peer_message`), and it can share a rotated key later.
 
 use crate::Shared;
 use whatsapp_rust::buffa::Message as _;
 use whatsapp_rust::wacore::libsignal::protocol::{
-    message_encrypt, process_prekey_bundle, CiphertextMessage, DeviceId, Direction, IdentityChange,
-    IdentityKey, IdentityKeyPair, IdentityKeyStore, KeyPair, PreKeyBundle, ProtocolAddress,
-    PublicKey, SessionRecord, SessionStore, SignalProtocolError, UsePQRatchet,
+    message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage, DeviceId,
+    Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair, IdentityKeyStore,
+    PreKeyBundle, PreKeyId, PreKeyRecord, PreKeySignalMessage, PreKeyStore, ProtocolAddress,
+    PublicKey, SessionRecord, SessionStore, SignalMessage, SignalProtocolError, SignedPreKeyId,
+    SignedPreKeyRecord, SignedPreKeyStore, Timestamp, UsePQRatchet,
 };
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::waproto::whatsapp as wa;
@@ -111,17 +114,6 @@ impl AppStateKey {
     }
 }
 
-/// Everything the phone needs, copied out of the registry so no lock is held while
-/// encrypting.
-struct ShareInputs {
-    account_key: KeyPair,
-    registration_id: u32,
-    raw_id: u32,
-    key_index: u32,
-    key: AppStateKey,
-    bundle: PreKeyBundle,
-}
-
 fn u32_be(b: &[u8]) -> Option<u32> {
     match b.len() {
         3 => Some(u32::from_be_bytes([0, b[0], b[1], b[2]])),
@@ -130,21 +122,55 @@ fn u32_be(b: &[u8]) -> Option<u32> {
     }
 }
 
-fn inputs(shared: &Shared, phone: &str, device: u32) -> Result<ShareInputs, String> {
+fn pub_key(b: &[u8]) -> Result<PublicKey, String> {
+    PublicKey::from_djb_public_key_bytes(b).map_err(|e| e.to_string())
+}
+
+/// What the phone needs to talk to one companion, copied out of the registry so no
+/// lock is held while encrypting or decrypting.
+struct PeerInputs {
+    identity: PhoneIdentity,
+    signed_prekey: SignedPreKeyRecord,
+    session: OneSession,
+}
+
+fn peer_inputs(shared: &Shared, phone: &str, device: u32) -> Result<PeerInputs, String> {
+    let reg = shared.registry.lock().expect("registry lock");
+    let acc = reg.accounts.get(phone).ok_or("no such account")?;
+    let d = acc.devices.get(&device).ok_or("no such device")?;
+    let peer = if d.keys.identity.is_empty() {
+        None
+    } else {
+        Some(IdentityKey::new(pub_key(&d.keys.identity)?))
+    };
+    Ok(PeerInputs {
+        identity: PhoneIdentity {
+            pair: IdentityKeyPair::from(acc.account_key.clone()),
+            registration_id: acc.phone_reg_id,
+            peer,
+        },
+        // The phone's bundle names its signed prekey id 1 (`routing::prekey_bundles`).
+        signed_prekey: SignedPreKeyRecord::new(
+            1.into(),
+            Timestamp::from_epoch_millis(0),
+            &acc.phone_skey,
+            &acc.phone_skey_sig,
+        ),
+        session: OneSession(acc.phone_sessions.get(&device).cloned()),
+    })
+}
+
+/// The companion's bundle as the server hands it out (one one-time prekey consumed).
+fn bundle_of(shared: &Shared, phone: &str, device: u32) -> Result<PreKeyBundle, String> {
     let mut reg = shared.registry.lock().expect("registry lock");
     let acc = reg.accounts.get_mut(phone).ok_or("no such account")?;
-    let account_key = acc.account_key.clone();
-    let registration_id = acc.phone_reg_id;
-    let raw_id = acc.raw_id;
-    let key = acc.app_state_key.clone();
     let d = acc.devices.get_mut(&device).ok_or("no such device")?;
     let k = &mut d.keys;
-    let pub_key = |b: &[u8]| PublicKey::from_djb_public_key_bytes(b).map_err(|e| e.to_string());
     let one_time = match k.prekeys.pop_front() {
         Some((id, value)) => Some((u32_be(&id).ok_or("bad prekey id")?.into(), pub_key(&value)?)),
         None => None,
     };
-    let bundle = PreKeyBundle::new(
+    PreKeyBundle::new(
         u32_be(&k.registration_id).ok_or("bad registration id")?,
         DeviceId::from(device),
         one_time,
@@ -155,102 +181,99 @@ fn inputs(shared: &Shared, phone: &str, device: u32) -> Result<ShareInputs, Stri
         k.signed_prekey_sig.clone(),
         IdentityKey::new(pub_key(&k.identity)?),
     )
-    .map_err(|e| e.to_string())?;
-    Ok(ShareInputs {
-        account_key,
-        registration_id,
-        raw_id,
-        key_index: d.key_index,
-        key,
-        bundle,
-    })
+    .map_err(|e| e.to_string())
 }
 
-/// The padded plaintext: a protocol message carrying the key.
-fn plaintext(i: &ShareInputs) -> Vec<u8> {
+fn address(phone: &str, device: u32) -> ProtocolAddress {
+    ProtocolAddress::new(&format!("{phone}:{device}"), DeviceId::from(device))
+}
+
+fn store_session(shared: &Shared, phone: &str, device: u32, session: OneSession) {
+    let mut reg = shared.registry.lock().expect("registry lock");
+    if let (Some(acc), Some(record)) = (reg.accounts.get_mut(phone), session.0) {
+        acc.phone_sessions.insert(device, record);
+    }
+}
+
+/// A protocol message sharing `keys` with a companion.
+fn key_share(keys: &[AppStateKey], raw_id: u32, key_index: u32) -> wa::Message {
     use wa::message::{
         protocol_message::Type, AppStateSyncKey, AppStateSyncKeyData, AppStateSyncKeyFingerprint,
         AppStateSyncKeyId, AppStateSyncKeyShare, ProtocolMessage,
     };
-    let key = AppStateSyncKey {
-        key_id: AppStateSyncKeyId {
-            key_id: Some(i.key.id.clone()),
-            ..Default::default()
-        }
-        .into(),
-        key_data: AppStateSyncKeyData {
-            key_data: Some(i.key.data.to_vec()),
-            fingerprint: AppStateSyncKeyFingerprint {
-                raw_id: Some(i.raw_id),
-                current_index: Some(i.key_index),
-                device_indexes: vec![0, i.key_index],
-                ..Default::default()
+    let keys = keys
+        .iter()
+        .map(|k| AppStateSyncKey {
+            key_id: AppStateSyncKeyId {
+                key_id: Some(k.id.clone()),
             }
             .into(),
-            timestamp: Some(i.key.timestamp),
-            ..Default::default()
-        }
-        .into(),
-        ..Default::default()
-    };
-    let msg = wa::Message {
+            key_data: AppStateSyncKeyData {
+                key_data: Some(k.data.to_vec()),
+                fingerprint: AppStateSyncKeyFingerprint {
+                    raw_id: Some(raw_id),
+                    current_index: Some(key_index),
+                    device_indexes: vec![0, key_index],
+                }
+                .into(),
+                timestamp: Some(k.timestamp),
+            }
+            .into(),
+        })
+        .collect();
+    wa::Message {
         protocol_message: ProtocolMessage {
             r#type: Some(Type::APP_STATE_SYNC_KEY_SHARE),
-            app_state_sync_key_share: AppStateSyncKeyShare {
-                keys: vec![key],
-                ..Default::default()
-            }
-            .into(),
+            app_state_sync_key_share: AppStateSyncKeyShare { keys }.into(),
             ..Default::default()
         }
         .into(),
         ..Default::default()
-    };
+    }
+}
+
+/// Encrypts `msg` for `phone:device` on the phone's session with it — opened from the
+/// device's prekey bundle (X3DH) when there is none — and delivers it from the phone
+/// (`<phone>@s.whatsapp.net`, `category="peer"`), queued if the device is offline.
+async fn send_to_companion(
+    shared: &Shared,
+    phone: &str,
+    device: u32,
+    msg: &wa::Message,
+) -> Result<(), String> {
+    let _crypto = shared.phone_crypto.lock().await;
+    let mut i = peer_inputs(shared, phone, device)?;
+    let address = address(phone, device);
+    if i.session.0.is_none() {
+        let bundle = bundle_of(shared, phone, device)?;
+        // A Send generator: this future runs on a spawned task.
+        let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+        process_prekey_bundle(
+            &address,
+            &mut i.session,
+            &mut i.identity,
+            &bundle,
+            &mut rng,
+            UsePQRatchet::No,
+        )
+        .await
+        .map_err(|e| format!("x3dh: {e}"))?;
+    }
     let mut plain = msg.encode_to_vec();
     // Padding as clients write it: n bytes of value n, n in 1..=16.
     let pad = (rand::random::<u8>() & 0x0f) + 1;
     plain.resize(plain.len() + pad as usize, pad);
-    plain
-}
-
-/// Encrypts the account's app-state key for `phone:device` and delivers it (queued if
-/// the device went offline meanwhile). Errors are reported, never panicked on.
-pub(crate) async fn share_app_state_key(
-    shared: &Shared,
-    phone: &str,
-    device: u32,
-) -> Result<(), String> {
-    let i = inputs(shared, phone, device)?;
-    let address = ProtocolAddress::new(&format!("{phone}:{device}"), DeviceId::from(device));
-    let mut sessions = OneSession::default();
-    let mut identity = PhoneIdentity {
-        pair: IdentityKeyPair::from(i.account_key.clone()),
-        registration_id: i.registration_id,
-        peer: None,
-    };
-    // A Send generator: this future runs on a spawned task.
-    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
-    process_prekey_bundle(
-        &address,
-        &mut sessions,
-        &mut identity,
-        &i.bundle,
-        &mut rng,
-        UsePQRatchet::No,
-    )
-    .await
-    .map_err(|e| format!("x3dh: {e}"))?;
-    let cipher = message_encrypt(&plaintext(&i), &address, &mut sessions, &mut identity)
+    let cipher = message_encrypt(&plain, &address, &mut i.session, &mut i.identity)
         .await
         .map_err(|e| format!("encrypt: {e}"))?;
+    store_session(shared, phone, device, i.session);
     let enc_type = match &cipher {
         CiphertextMessage::PreKeySignalMessage(_) => "pkmsg",
         _ => "msg",
     };
-    let id = format!("3EB0{:016X}", rand::random::<u64>());
     let stanza = NodeBuilder::new("message")
         .attr("from", format!("{phone}@s.whatsapp.net"))
-        .attr("id", id)
+        .attr("id", format!("3EB0{:016X}", rand::random::<u64>()))
         .attr("type", "protocol")
         .attr("category", "peer")
         .attr("t", crate::conn::now().to_string())
@@ -262,17 +285,186 @@ pub(crate) async fn share_app_state_key(
         .build();
     let out = {
         let mut reg = shared.registry.lock().expect("registry lock");
-        if let Some(d) = reg
-            .accounts
-            .get_mut(phone)
-            .and_then(|a| a.devices.get_mut(&device))
-        {
-            d.key_share_sent = true;
-        }
         crate::routing::deliver(&mut reg, phone, device, stanza)
     };
     if let Some(d) = out {
         d.send().await;
     }
     Ok(())
+}
+
+/// Shares the account's current app-state key with a newly paired `phone:device`.
+/// Errors are reported, never panicked on.
+pub(crate) async fn share_app_state_key(
+    shared: &Shared,
+    phone: &str,
+    device: u32,
+) -> Result<(), String> {
+    let msg = {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let acc = reg.accounts.get_mut(phone).ok_or("no such account")?;
+        // A new pairing: whatever session the phone had with that device id is gone.
+        acc.phone_sessions.remove(&device);
+        let key_index = acc.devices.get(&device).ok_or("no such device")?.key_index;
+        key_share(&[acc.app_state_key.clone()], acc.raw_id, key_index)
+    };
+    send_to_companion(shared, phone, device, &msg).await?;
+    let mut reg = shared.registry.lock().expect("registry lock");
+    if let Some(d) = reg
+        .accounts
+        .get_mut(phone)
+        .and_then(|a| a.devices.get_mut(&device))
+    {
+        d.key_share_sent = true;
+    }
+    Ok(())
+}
+
+/// The phone's new app-state key: the old one is kept for older patches; with `share`
+/// every companion gets the new key at once, without, they have to ask for it when a
+/// patch needs it. Returns the new key's id.
+pub(crate) async fn rotate_app_state_key(
+    shared: &Shared,
+    phone: &str,
+    share: bool,
+) -> Result<Vec<u8>, String> {
+    let (key, devices) = {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let acc = reg.accounts.get_mut(phone).ok_or("no such account")?;
+        let new = AppStateKey::generate();
+        let old = std::mem::replace(&mut acc.app_state_key, new.clone());
+        acc.old_app_state_keys.push(old);
+        let devices: Vec<(u32, u32)> = acc.devices.values().map(|d| (d.id, d.key_index)).collect();
+        (new, (acc.raw_id, devices))
+    };
+    if share {
+        let (raw_id, devices) = devices;
+        for (device, key_index) in devices {
+            let msg = key_share(std::slice::from_ref(&key), raw_id, key_index);
+            send_to_companion(shared, phone, device, &msg).await?;
+        }
+    }
+    Ok(key.id)
+}
+
+/// A companion's message to the phone (device 0), `category="peer"`: decrypted on the
+/// phone's session with that device (or opened from the phone's signed prekey), and
+/// answered when it is an app-state key request: the keys asked for that the phone
+/// knows, in a key share. Other peer messages are read and dropped.
+pub(crate) async fn peer_message(
+    shared: Shared,
+    phone: String,
+    device: u32,
+    enc_type: String,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let msg = {
+        let _crypto = shared.phone_crypto.lock().await;
+        let mut i = peer_inputs(&shared, &phone, device)?;
+        let cipher = match enc_type.as_str() {
+            "pkmsg" => CiphertextMessage::PreKeySignalMessage(
+                PreKeySignalMessage::try_from(body.as_slice()).map_err(|e| e.to_string())?,
+            ),
+            "msg" => CiphertextMessage::SignalMessage(
+                SignalMessage::try_from(body.as_slice()).map_err(|e| e.to_string())?,
+            ),
+            other => return Err(format!("unexpected enc type {other}")),
+        };
+        let mut prekeys = NoPreKeys;
+        let mut signed = OneSignedPreKey(i.signed_prekey.clone());
+        let mut rng = rand::make_rng::<rand::rngs::StdRng>();
+        let plain = message_decrypt(
+            &cipher,
+            &address(&phone, device),
+            &mut i.session,
+            &mut i.identity,
+            &mut prekeys,
+            &mut signed,
+            &mut rng,
+            UsePQRatchet::No,
+        )
+        .await
+        .map_err(|e| format!("decrypt: {e}"))?
+        .plaintext;
+        store_session(&shared, &phone, device, i.session);
+        let unpadded = match plain.last() {
+            Some(&n) if (1..=16).contains(&n) && plain.len() >= n as usize => {
+                &plain[..plain.len() - n as usize]
+            }
+            _ => &plain[..],
+        };
+        wa::Message::decode_from_slice(unpadded).map_err(|e| e.to_string())?
+    };
+    let Some(req) = msg
+        .protocol_message
+        .as_option()
+        .and_then(|p| p.app_state_sync_key_request.as_option())
+    else {
+        return Ok(());
+    };
+    let wanted: Vec<Vec<u8>> = req
+        .key_ids
+        .iter()
+        .filter_map(|k| k.key_id.clone())
+        .collect();
+    let answer = {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        let acc = reg.accounts.get_mut(&phone).ok_or("no such account")?;
+        acc.app_state.key_requests += 1;
+        if acc.app_state.ignore_key_requests > 0 {
+            acc.app_state.ignore_key_requests -= 1;
+            None
+        } else {
+            let keys: Vec<AppStateKey> = crate::appstate::known_keys(acc)
+                .into_iter()
+                .filter(|k| wanted.contains(&k.id))
+                .collect();
+            let key_index = acc.devices.get(&device).map_or(0, |d| d.key_index);
+            (!keys.is_empty()).then(|| key_share(&keys, acc.raw_id, key_index))
+        }
+    };
+    match answer {
+        Some(share) => send_to_companion(&shared, &phone, device, &share).await,
+        None => Ok(()),
+    }
+}
+
+/// The phone hands out no one-time prekeys (its bundle has none).
+struct NoPreKeys;
+
+#[async_trait::async_trait]
+impl PreKeyStore for NoPreKeys {
+    async fn get_pre_key(&self, _id: PreKeyId) -> SignalResult<PreKeyRecord> {
+        Err(SignalProtocolError::InvalidPreKeyId)
+    }
+
+    async fn save_pre_key(&mut self, _id: PreKeyId, _record: &PreKeyRecord) -> SignalResult<()> {
+        Ok(())
+    }
+
+    async fn remove_pre_key(&mut self, _id: PreKeyId) -> SignalResult<()> {
+        Ok(())
+    }
+}
+
+/// The phone's one signed prekey.
+struct OneSignedPreKey(SignedPreKeyRecord);
+
+#[async_trait::async_trait]
+impl SignedPreKeyStore for OneSignedPreKey {
+    async fn get_signed_pre_key(&self, id: SignedPreKeyId) -> SignalResult<SignedPreKeyRecord> {
+        if u32::from(id) == 1 {
+            Ok(self.0.clone())
+        } else {
+            Err(SignalProtocolError::InvalidSignedPreKeyId)
+        }
+    }
+
+    async fn save_signed_pre_key(
+        &mut self,
+        _id: SignedPreKeyId,
+        _record: &SignedPreKeyRecord,
+    ) -> SignalResult<()> {
+        Ok(())
+    }
 }

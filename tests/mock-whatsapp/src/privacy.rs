@@ -20,6 +20,7 @@
 use crate::conn::{attr, iq_result, now};
 use crate::registry::Registry;
 use crate::routing::{deliver, Delivery};
+use whatsapp_rust::wacore::iq::tctoken::compute_cs_token;
 use whatsapp_rust::wacore_binary::builder::NodeBuilder;
 use whatsapp_rust::wacore_binary::{Jid, Node, NodeContent};
 
@@ -114,18 +115,29 @@ pub(crate) fn admits(reg: &Registry, sender: &str, recipient: &str, node: &Node)
     if sender == recipient || !reg.tc_required.contains(recipient) {
         return true;
     }
-    let presented = node
-        .get_optional_child("tctoken")
-        .and_then(|t| match &t.content {
+    let child = |tag: &str| {
+        node.get_optional_child(tag).and_then(|t| match &t.content {
             Some(NodeContent::Bytes(b)) => Some(b.as_slice()),
             _ => None,
-        });
-    match (
+        })
+    };
+    let granted = match (
         reg.tc_tokens
             .get(&(recipient.to_string(), sender.to_string())),
-        presented,
+        child("tctoken"),
     ) {
         (Some(g), Some(p)) => g.token == p && g.t + TOKEN_LIFETIME_SECS > now(),
         _ => false,
-    }
+    };
+    // Without a granted token, a `cstoken` made from the sender's NCT salt and the
+    // recipient's LID (`user@lid`) also admits the message.
+    let salted = match (
+        reg.accounts.get(sender).and_then(|a| a.nct_salt.as_deref()),
+        reg.accounts.get(recipient),
+        child("cstoken"),
+    ) {
+        (Some(salt), Some(r), Some(p)) => compute_cs_token(salt, &format!("{}@lid", r.lid)) == p,
+        _ => false,
+    };
+    granted || salted
 }

@@ -204,6 +204,15 @@ pub struct Account {
     pub next_device: u32,
     /// The app-state sync key the phone shares with every new companion.
     pub app_state_key: crate::phone::AppStateKey,
+    /// Keys the phone rotated away from (still needed for older patches).
+    pub old_app_state_keys: Vec<crate::phone::AppStateKey>,
+    /// The app-state collections and the phone's key-request switches.
+    pub app_state: crate::appstate::Store,
+    /// The NCT salt the phone synced to its companions (`nct_salt_sync`), with which
+    /// they derive `cstoken`s: HMAC-SHA256(salt, recipient LID).
+    pub nct_salt: Option<Vec<u8>>,
+    /// The phone's Signal sessions with its companions, by device.
+    pub phone_sessions: HashMap<u32, whatsapp_rust::wacore::libsignal::protocol::SessionRecord>,
     /// The profile "about" text and when it was set (unix seconds).
     pub about: Option<(String, u64)>,
 }
@@ -404,6 +413,10 @@ impl Registry {
                 devices: BTreeMap::new(),
                 next_device: 1,
                 app_state_key: crate::phone::AppStateKey::generate(),
+                old_app_state_keys: Vec::new(),
+                app_state: Default::default(),
+                nct_salt: None,
+                phone_sessions: HashMap::new(),
                 about: None,
             };
             self.accounts.insert(phone.to_string(), account);

@@ -398,6 +398,11 @@ pub(crate) async fn route_message(
     let Ok(to_jid) = to.parse::<Jid>() else {
         return;
     };
+    // One `<enc>` and no fan-out: a device writing to another device of its own account.
+    if node.get_optional_child("participants").is_none() && node.get_optional_child("enc").is_some()
+    {
+        return route_peer_message(shared, (my_phone, *my_dev), conn, &node, &to_jid).await;
+    }
     // A recipient that requires privacy tokens refuses the message without one (463).
     let refused = {
         let reg = shared.registry.lock().expect("registry lock");
@@ -491,6 +496,71 @@ pub(crate) async fn route_message(
         }
     }
     send_deliveries(out).await;
+}
+
+/// A peer message (`category="peer"`): one device of an account to another, e.g. an
+/// app-state key request to the phone. Acked; one for the phone (device 0) is read by
+/// the phone (`phone::peer_message`), one for a companion delivered to it from the
+/// sender's device. Addressed outside the sender's own account, it goes nowhere.
+async fn route_peer_message(
+    shared: &Shared,
+    (my_phone, my_dev): (&String, u32),
+    conn: &ConnHandle,
+    node: &Node,
+    to: &Jid,
+) {
+    let id = attr(node, "id").unwrap_or_default();
+    let ack = NodeBuilder::new("ack")
+        .attr("class", "message")
+        .attr("id", id.clone())
+        .attr("from", to.to_string())
+        .attr("t", now().to_string())
+        .build();
+    let _ = conn.tx.send(Outbound::Node(ack)).await;
+    let target = u32::from(to.device);
+    let out = {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        if reg.find_user(&to.user).map(|a| a.phone.as_str()) != Some(my_phone.as_str())
+            || target == my_dev
+        {
+            return;
+        }
+        if target != 0 {
+            let mut children: Vec<Node> = node.children().map(|c| c.to_vec()).unwrap_or_default();
+            children.retain(|c| c.tag == "enc" || c.tag == "device-identity");
+            let stanza = NodeBuilder::new("message")
+                .attr("from", format!("{my_phone}:{my_dev}@s.whatsapp.net"))
+                .attr("id", id)
+                .attr("type", attr(node, "type").unwrap_or_else(|| "text".into()))
+                .attr("category", "peer")
+                .attr("t", now().to_string())
+                .children(children)
+                .build();
+            deliver(&mut reg, my_phone, target, stanza)
+        } else {
+            None
+        }
+    };
+    if let Some(d) = out {
+        return d.send().await;
+    }
+    if target != 0 {
+        return;
+    }
+    let Some(enc) = node.get_optional_child("enc") else {
+        return;
+    };
+    let body = match &enc.content {
+        Some(NodeContent::Bytes(b)) => b.clone(),
+        _ => return,
+    };
+    let enc_type = attr(enc, "type").unwrap_or_default();
+    let (shared, phone) = (shared.clone(), my_phone.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::phone::peer_message(shared, phone, my_dev, enc_type, body).await {
+            tracing::warn!("the phone could not read a peer message: {e}");
+        }
+    });
 }
 
 /// Forwards a receipt to the device it is addressed to.

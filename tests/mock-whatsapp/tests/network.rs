@@ -2062,3 +2062,152 @@ async fn privacy_tokens_are_granted_attached_and_required() {
     assert_eq!(issued[0].jid.user.as_str(), ann_lid.as_str());
     assert_eq!(issued[0].token.len(), 20);
 }
+
+/// A sync action's value with the given action filled in, stamped now.
+fn action(fill: impl FnOnce(&mut wa::SyncActionValue)) -> wa::SyncActionValue {
+    let mut v = wa::SyncActionValue {
+        timestamp: Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        ),
+        ..Default::default()
+    };
+    fill(&mut v);
+    v
+}
+
+fn mute(v: &mut wa::SyncActionValue) {
+    v.mute_action = wa::sync_action_value::MuteAction {
+        muted: Some(true),
+        mute_end_timestamp: Some(-1),
+        ..Default::default()
+    }
+    .into();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_state_patches_sync_between_the_phone_and_its_companions() {
+    use whatsapp_rust::schemas;
+    const PAT: &str = "15550000301";
+    let net = MockNetwork::start().await.unwrap();
+    net.add_account(PAT, "Pat");
+
+    // History on the phone before any companion: a push name, and more contacts
+    // than one answer holds (20), each a real encrypted, MACed patch.
+    let renamed = action(|v| {
+        v.push_name_setting = wa::sync_action_value::PushNameSetting {
+            name: Some("Pat on the phone".into()),
+        }
+        .into();
+    });
+    net.phone_app_state_set(PAT, &schemas::SETTING_PUSH_NAME, &[], &renamed, true)
+        .await
+        .unwrap();
+    for i in 0..25 {
+        let jid = format!("1555123{i:04}@s.whatsapp.net");
+        let saved = action(|v| {
+            v.contact_action = wa::sync_action_value::ContactAction {
+                full_name: Some(format!("Friend {i}")),
+                ..Default::default()
+            }
+            .into();
+        });
+        net.phone_app_state_set(PAT, &schemas::CONTACT, &[jid.as_str()], &saved, true)
+            .await
+            .unwrap();
+    }
+    assert_eq!(net.app_state_versions(PAT)["critical_unblock_low"], 25);
+
+    // A new companion syncs all of it (two pages of contacts) and takes the name.
+    let mut a = contact(&net, "Pat", PAT).await;
+    let name = a
+        .wait("the push name from app state", |e| match e {
+            Event::SelfPushNameUpdated(u) => Some(u.new_name.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(name, "Pat on the phone");
+    let mut friends = std::collections::BTreeSet::new();
+    while friends.len() < 25 {
+        let (jid, full) = a
+            .wait("a contact from app state", |e| match e {
+                Event::ContactUpdate(u) => {
+                    Some((u.jid.user.to_string(), u.action.full_name.clone()))
+                }
+                _ => None,
+            })
+            .await
+            .unwrap();
+        let i: u32 = jid[7..].parse().unwrap();
+        assert_eq!(full, Some(format!("Friend {i}")));
+        friends.insert(jid);
+    }
+
+    // Live: the phone mutes a chat and the companion hears of it by `server_sync`.
+    let chat = "15559990001@s.whatsapp.net";
+    net.phone_app_state_set(PAT, &schemas::MUTE, &[chat], &action(mute), true)
+        .await
+        .unwrap();
+    let muted = a
+        .wait("the mute", |e| match e {
+            Event::MuteUpdate(u) => Some(u.jid.to_string()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(muted, chat);
+
+    // A second companion; the first one pins a chat, the second one learns of it.
+    let mut b = contact(&net, "Pat", PAT).await;
+    let pinned: Jid = "15559990002@s.whatsapp.net".parse().unwrap();
+    let before = net
+        .app_state_versions(PAT)
+        .get("regular_low")
+        .copied()
+        .unwrap_or(0);
+    a.client.chat_actions().pin_chat(&pinned).await.unwrap();
+    assert_eq!(net.app_state_versions(PAT)["regular_low"], before + 1);
+    let seen = b
+        .wait("the pin from the other companion", |e| match e {
+            Event::PinUpdate(u) if u.jid == pinned => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(seen.is_ok(), "{seen:?}");
+
+    // Conflict: the phone archives a chat without telling anyone, so the first
+    // companion uploads its next pin on an old version. The server answers 409 with
+    // the patch it missed; the client applies it and sends its pin again.
+    let archived = "15559990003@s.whatsapp.net";
+    let archive = action(|v| {
+        v.archive_chat_action = wa::sync_action_value::ArchiveChatAction {
+            archived: Some(true),
+            ..Default::default()
+        }
+        .into();
+    });
+    net.phone_app_state_set(PAT, &schemas::ARCHIVE, &[archived], &archive, false)
+        .await
+        .unwrap();
+    let second: Jid = "15559990004@s.whatsapp.net".parse().unwrap();
+    a.client.chat_actions().pin_chat(&second).await.unwrap();
+    assert_eq!(net.app_state_versions(PAT)["regular_low"], before + 3);
+    let absorbed = a
+        .wait("the archive absorbed from the conflict", |e| match e {
+            Event::ArchiveUpdate(u) => Some(u.jid.to_string()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(absorbed, archived);
+    let seen = b
+        .wait("the second pin", |e| match e {
+            Event::PinUpdate(u) if u.jid == second => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(seen.is_ok(), "{seen:?}");
+}
