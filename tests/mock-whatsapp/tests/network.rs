@@ -2211,3 +2211,104 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
         .await;
     assert!(seen.is_ok(), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_app_state_key_is_requested_from_the_phone() {
+    use whatsapp_rust::schemas;
+    const QUINN: &str = "15550000302";
+    let net = MockNetwork::start().await.unwrap();
+    let mut a = contact(&net, "Quinn", QUINN).await;
+
+    // The phone moves to a new key without sharing it, and is away for the first
+    // request. Its next patch names a key the companion lacks: the companion asks the
+    // phone (a Signal peer message to device 0), waits, asks again, and applies the
+    // patch once the phone's share arrives.
+    let key_hex = net.rotate_app_state_key(QUINN, false).await.unwrap();
+    let key_id: Vec<u8> = (0..key_hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key_hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(a.backend.get_sync_key(&key_id).await.unwrap().is_none());
+    assert!(net.ignore_key_requests(QUINN, 1));
+    let chat = "15559990011@s.whatsapp.net";
+    net.phone_app_state_set(QUINN, &schemas::MUTE, &[chat], &action(mute), true)
+        .await
+        .unwrap();
+    let muted = a
+        .wait("the mute under the new key", |e| match e {
+            Event::MuteUpdate(u) => Some(u.jid.to_string()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(muted, chat);
+    assert!(
+        net.app_state_key_requests(QUINN) >= 2,
+        "one request ignored, one answered: {}",
+        net.app_state_key_requests(QUINN)
+    );
+    let key = a
+        .backend
+        .get_sync_key(&key_id)
+        .await
+        .unwrap()
+        .expect("the key");
+    assert_eq!(key.key_data.len(), 32);
+
+    // Shared at once, a rotated key needs no request.
+    let asked = net.app_state_key_requests(QUINN);
+    net.rotate_app_state_key(QUINN, true).await.unwrap();
+    let chat = "15559990012@s.whatsapp.net";
+    net.phone_app_state_set(QUINN, &schemas::MUTE, &[chat], &action(mute), true)
+        .await
+        .unwrap();
+    let muted = a
+        .wait("the mute under the shared key", |e| match e {
+            Event::MuteUpdate(u) if u.jid.user == "15559990012" => Some(u.jid.to_string()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(muted, chat);
+    assert_eq!(net.app_state_key_requests(QUINN), asked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_nct_salt_from_app_state_lets_a_cstoken_through() {
+    use whatsapp_rust::schemas;
+    const RAY: &str = "15550000303";
+    const SAM: &str = "15550000304";
+    let net = MockNetwork::start().await.unwrap();
+    let mut ray = contact(&net, "Ray", RAY).await;
+    let mut sam = contact(&net, "Sam", SAM).await;
+
+    // Sam takes messages only with a token; Ray holds none and has no salt: 463.
+    assert!(net.require_tc_token(SAM, true));
+    let refused = ray.send_text(SAM, "no token").await.unwrap();
+    assert_eq!(nack_of(&mut ray, &refused).await.as_deref(), Some("463"));
+
+    // Ray's phone syncs an NCT salt; the client stores it, derives a cstoken from
+    // it and Sam's LID, and the server lets the message through.
+    let salt = action(|v| {
+        v.nct_salt_sync_action = wa::sync_action_value::NctSaltSyncAction {
+            salt: Some(vec![7u8; 32]),
+        }
+        .into();
+    });
+    net.phone_app_state_set(RAY, &schemas::NCT_SALT_SYNC, &[], &salt, true)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let id = ray.send_text(SAM, "salted").await.unwrap();
+        match nack_of(&mut ray, &id).await {
+            None => break,
+            Some(code) => assert_eq!(code, "463"),
+        }
+        // The salt arrives by a background sync: try again until it has.
+        assert!(tokio::time::Instant::now() < until, "never admitted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = sam.next_text().await.unwrap();
+    assert_eq!(got.text, "salted");
+}
