@@ -380,3 +380,166 @@ pub fn versions(store: &Store) -> BTreeMap<String, u64> {
         .map(|(k, c)| (k.clone(), c.version()))
         .collect()
 }
+
+/// Body of `POST /admin/mock-phone/app-state`: `op` is `set` (the phone writes an
+/// action: `push_name` with `name`, `nct_salt` with base64 `salt`, `mute` / `pin` /
+/// `archive` with `chat` and `on`, `contact` with `jid` and `name`), `rotate-key`
+/// (`share`), or `ignore-key-requests` (`count`).
+#[derive(serde::Deserialize)]
+pub(crate) struct AdminBody {
+    phone: String,
+    op: String,
+    action: Option<String>,
+    name: Option<String>,
+    salt: Option<String>,
+    chat: Option<String>,
+    jid: Option<String>,
+    on: Option<bool>,
+    #[serde(default = "yes")]
+    notify: bool,
+    #[serde(default = "yes")]
+    share: bool,
+    count: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One admin app-state operation: (HTTP status, JSON answer).
+pub(crate) async fn admin(shared: &crate::Shared, b: AdminBody) -> (u16, serde_json::Value) {
+    use serde_json::json;
+    use wa::sync_action_value as sav;
+    use whatsapp_rust::wacore::appstate::schemas;
+    match b.op.as_str() {
+        "rotate-key" => match crate::phone::rotate_app_state_key(shared, &b.phone, b.share).await {
+            Ok(id) => {
+                let hex: String = id.iter().map(|x| format!("{x:02x}")).collect();
+                (
+                    200,
+                    json!({"phone": b.phone, "key_id": hex, "shared": b.share}),
+                )
+            }
+            Err(e) => (404, json!({"error": e})),
+        },
+        "ignore-key-requests" => {
+            let mut reg = shared.registry.lock().expect("registry lock");
+            match reg.accounts.get_mut(&b.phone) {
+                Some(a) => {
+                    a.app_state.ignore_key_requests = b.count.unwrap_or(1);
+                    (
+                        200,
+                        json!({"phone": b.phone, "ignore": a.app_state.ignore_key_requests}),
+                    )
+                }
+                None => (404, json!({"error": "no such account"})),
+            }
+        }
+        "set" => {
+            let mut v = wa::SyncActionValue {
+                timestamp: Some(now() as i64 * 1000),
+                ..Default::default()
+            };
+            let on = b.on.unwrap_or(true);
+            let chat = b.chat.clone().unwrap_or_default();
+            let (schema, args): (&Schema, Vec<String>) = match b.action.as_deref() {
+                Some("push_name") => {
+                    v.push_name_setting = sav::PushNameSetting {
+                        name: b.name.clone(),
+                    }
+                    .into();
+                    (&schemas::SETTING_PUSH_NAME, vec![])
+                }
+                Some("nct_salt") => {
+                    use base64::Engine as _;
+                    let Some(salt) = b
+                        .salt
+                        .as_deref()
+                        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    else {
+                        return (400, json!({"error": "salt must be base64"}));
+                    };
+                    v.nct_salt_sync_action = sav::NctSaltSyncAction { salt: Some(salt) }.into();
+                    (&schemas::NCT_SALT_SYNC, vec![])
+                }
+                Some("mute") => {
+                    v.mute_action = sav::MuteAction {
+                        muted: Some(on),
+                        mute_end_timestamp: on.then_some(-1),
+                        ..Default::default()
+                    }
+                    .into();
+                    (&schemas::MUTE, vec![chat])
+                }
+                Some("pin") => {
+                    v.pin_action = sav::PinAction { pinned: Some(on) }.into();
+                    (&schemas::PIN, vec![chat])
+                }
+                Some("archive") => {
+                    v.archive_chat_action = sav::ArchiveChatAction {
+                        archived: Some(on),
+                        ..Default::default()
+                    }
+                    .into();
+                    (&schemas::ARCHIVE, vec![chat])
+                }
+                Some("contact") => {
+                    v.contact_action = sav::ContactAction {
+                        full_name: b.name.clone(),
+                        ..Default::default()
+                    }
+                    .into();
+                    (&schemas::CONTACT, vec![b.jid.clone().unwrap_or_default()])
+                }
+                _ => {
+                    return (
+                        400,
+                        json!({"error": "action is one of push_name, nct_salt, mute, pin, archive, contact"}),
+                    )
+                }
+            };
+            if args.iter().any(|a| !a.contains('@')) {
+                return (400, json!({"error": "chat / jid must be a JID"}));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let result = {
+                let mut reg = shared.registry.lock().expect("registry lock");
+                phone_set(&mut reg, &b.phone, schema, &args, &v, b.notify)
+            };
+            match result {
+                Ok((version, out)) => {
+                    for d in out {
+                        d.send().await;
+                    }
+                    (
+                        200,
+                        json!({"phone": b.phone, "collection": schema.collection.as_str(), "version": version}),
+                    )
+                }
+                Err(e) => (404, json!({"error": e})),
+            }
+        }
+        _ => (
+            400,
+            json!({"error": "op is one of set, rotate-key, ignore-key-requests"}),
+        ),
+    }
+}
+
+/// `GET /admin/mock-phone/app-state/<phone>`: versions, key requests, current key id.
+pub(crate) fn admin_view(shared: &crate::Shared, phone: &str) -> Option<serde_json::Value> {
+    let reg = shared.registry.lock().expect("registry lock");
+    let a = reg.accounts.get(phone)?;
+    let key: String = a
+        .app_state_key
+        .id
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    Some(serde_json::json!({
+        "phone": phone,
+        "versions": versions(&a.app_state),
+        "key_requests": a.app_state.key_requests,
+        "key_id": key,
+    }))
+}

@@ -392,6 +392,18 @@ impl MockNetwork {
         routing::create_group(&self.shared, subject, creator, &members)
     }
 
+    /// The accounts subscribed to `phone`'s presence (each subscribing account once).
+    pub fn presence_subscribers(&self, phone: &str) -> Vec<String> {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        let mut subs: Vec<String> = reg
+            .presence_subs
+            .get(phone)
+            .map(|s| s.iter().map(|(p, _)| p.clone()).collect())
+            .unwrap_or_default();
+        subs.dedup();
+        subs
+    }
+
     /// The presence stanzas `phone`'s devices sent, oldest first (`available`, ...).
     pub fn presences(&self, phone: &str) -> Vec<String> {
         let reg = self.shared.registry.lock().expect("registry lock");
@@ -1066,6 +1078,24 @@ fn routes(
                 reply(404, json!({"error": "no such account"}))
             }
         });
+    let app_state_r = warp::path!("admin" / "mock-phone" / "app-state")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::json())
+        .and(with.clone())
+        .then(|b: appstate::AdminBody, s: Shared| async move {
+            let (status, body) = appstate::admin(&s, b).await;
+            reply(status, body)
+        });
+    let app_state_view_r = warp::path!("admin" / "mock-phone" / "app-state" / String)
+        .and(warp::get())
+        .and(with.clone())
+        .map(
+            |phone: String, s: Shared| match appstate::admin_view(&s, &phone) {
+                Some(v) => reply(200, v),
+                None => reply(404, json!({"error": "no such account"})),
+            },
+        );
     let lid_r = warp::path!("admin" / "lid-migration")
         .and(warp::post())
         .and(warp::body::content_length_limit(4096))
@@ -1195,6 +1225,10 @@ fn routes(
         .or(ik_r)
         .unify()
         .or(lid_r)
+        .unify()
+        .or(app_state_r)
+        .unify()
+        .or(app_state_view_r)
         .unify()
         .or(tc_r)
         .unify()

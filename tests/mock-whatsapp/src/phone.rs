@@ -306,7 +306,11 @@ pub(crate) async fn share_app_state_key(
         // A new pairing: whatever session the phone had with that device id is gone.
         acc.phone_sessions.remove(&device);
         let key_index = acc.devices.get(&device).ok_or("no such device")?.key_index;
-        key_share(&[acc.app_state_key.clone()], acc.raw_id, key_index)
+        key_share(
+            std::slice::from_ref(&acc.app_state_key),
+            acc.raw_id,
+            key_index,
+        )
     };
     send_to_companion(shared, phone, device, &msg).await?;
     let mut reg = shared.registry.lock().expect("registry lock");
@@ -371,7 +375,7 @@ pub(crate) async fn peer_message(
             other => return Err(format!("unexpected enc type {other}")),
         };
         let mut prekeys = NoPreKeys;
-        let mut signed = OneSignedPreKey(i.signed_prekey.clone());
+        let signed = OneSignedPreKey(i.signed_prekey.clone());
         let mut rng = rand::make_rng::<rand::rngs::StdRng>();
         let plain = message_decrypt(
             &cipher,
@@ -379,7 +383,7 @@ pub(crate) async fn peer_message(
             &mut i.session,
             &mut i.identity,
             &mut prekeys,
-            &mut signed,
+            &signed,
             &mut rng,
             UsePQRatchet::No,
         )

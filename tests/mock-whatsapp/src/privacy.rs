@@ -109,35 +109,49 @@ pub(crate) fn issue(reg: &mut Registry, me: &str, node: &Node, id: &str) -> (Nod
     (iq_result(id, vec![reply]), out)
 }
 
+fn token_child<'a>(node: &'a Node, tag: &str) -> Option<&'a [u8]> {
+    node.get_optional_child(tag).and_then(|t| match &t.content {
+        Some(NodeContent::Bytes(b)) => Some(b.as_slice()),
+        _ => None,
+    })
+}
+
+/// Whether `node` carries (`<tctoken>`) the valid token `granter` gave `holder`.
+fn presents_grant(reg: &Registry, granter: &str, holder: &str, node: &Node) -> bool {
+    match (
+        reg.tc_tokens
+            .get(&(granter.to_string(), holder.to_string())),
+        token_child(node, "tctoken"),
+    ) {
+        (Some(g), Some(p)) => g.token == p && g.t + TOKEN_LIFETIME_SECS > now(),
+        _ => false,
+    }
+}
+
 /// Whether a 1:1 message `node` from `sender` may reach `recipient`: always, unless
-/// the recipient requires tokens and the stanza lacks the one it granted the sender.
+/// the recipient requires tokens and the stanza carries neither the token it granted
+/// the sender nor a `cstoken` made from the sender's NCT salt and the recipient's LID
+/// (`user@lid`).
 pub(crate) fn admits(reg: &Registry, sender: &str, recipient: &str, node: &Node) -> bool {
     if sender == recipient || !reg.tc_required.contains(recipient) {
         return true;
     }
-    let child = |tag: &str| {
-        node.get_optional_child(tag).and_then(|t| match &t.content {
-            Some(NodeContent::Bytes(b)) => Some(b.as_slice()),
-            _ => None,
-        })
-    };
-    let granted = match (
-        reg.tc_tokens
-            .get(&(recipient.to_string(), sender.to_string())),
-        child("tctoken"),
-    ) {
-        (Some(g), Some(p)) => g.token == p && g.t + TOKEN_LIFETIME_SECS > now(),
-        _ => false,
-    };
-    // Without a granted token, a `cstoken` made from the sender's NCT salt and the
-    // recipient's LID (`user@lid`) also admits the message.
     let salted = match (
         reg.accounts.get(sender).and_then(|a| a.nct_salt.as_deref()),
         reg.accounts.get(recipient),
-        child("cstoken"),
+        token_child(node, "cstoken"),
     ) {
         (Some(salt), Some(r), Some(p)) => compute_cs_token(salt, &format!("{}@lid", r.lid)) == p,
         _ => false,
     };
-    granted || salted
+    salted || presents_grant(reg, recipient, sender, node)
+}
+
+/// Whether `asker` may see `owner`'s presence or profile picture: always, unless the
+/// owner requires tokens and the request (`<presence type="subscribe">`, or the
+/// `<picture>` of a `w:profile:picture` get) lacks the token the owner granted.
+pub(crate) fn shows(reg: &Registry, asker: &str, owner: &str, request: Option<&Node>) -> bool {
+    asker == owner
+        || !reg.tc_required.contains(owner)
+        || request.is_some_and(|r| presents_grant(reg, owner, asker, r))
 }

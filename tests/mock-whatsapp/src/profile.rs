@@ -51,7 +51,7 @@ pub(crate) fn picture_iq(
     let target = attr(node, "target").or_else(|| attr(node, "to").filter(|t| t.ends_with("@g.us")));
     match attr(node, "type").as_deref() {
         Some("set") => set(shared, my_phone, target, node, id),
-        Some("get") => get(shared, target, node, id),
+        Some("get") => get(shared, my_phone, target, node, id),
         _ => iq_error(id, "400", "bad-request"),
     }
 }
@@ -97,11 +97,19 @@ fn set(shared: &Shared, my_phone: &str, target: Option<String>, node: &Node, id:
     )
 }
 
-fn get(shared: &Shared, target: Option<String>, node: &Node, id: &str) -> Node {
+fn get(shared: &Shared, my_phone: &str, target: Option<String>, node: &Node, id: &str) -> Node {
     let Some(key) = target.as_deref().and_then(|t| key_of(shared, t)) else {
         return not_found(id);
     };
     let request = node.get_optional_child("picture");
+    // An account that requires privacy tokens shows its picture only to those who
+    // present the token it granted them (`<picture><tctoken>`); others get 401.
+    if let Some(owner) = key.strip_suffix("@s.whatsapp.net") {
+        let reg = shared.registry.lock().expect("registry lock");
+        if !crate::privacy::shows(&reg, my_phone, owner, request) {
+            return picture_error(id, "401", "not-authorized");
+        }
+    }
     let kind = request
         .and_then(|p| attr(p, "type"))
         .unwrap_or_else(|| "image".into());
@@ -134,12 +142,18 @@ fn picture_node(shared: &Shared, p: &Picture, kind: &str) -> NodeBuilder {
 }
 
 fn not_found(id: &str) -> Node {
+    picture_error(id, "404", "item-not-found")
+}
+
+/// `<picture><error code text/></picture>`: how a picture get says "none" (404) or
+/// "not for you" (401); the client reads both as no picture.
+fn picture_error(id: &str, code: &str, text: &str) -> Node {
     iq_result(
         id,
         vec![NodeBuilder::new("picture")
             .children([NodeBuilder::new("error")
-                .attr("code", "404")
-                .attr("text", "item-not-found")
+                .attr("code", code)
+                .attr("text", text)
                 .build()])
             .build()],
     )

@@ -717,6 +717,10 @@ pub(crate) async fn route_presence(shared: &Shared, me: Option<&(String, u32)>, 
             seen.push(what.clone());
         }
         match (node.tag.as_ref(), what.as_str(), target) {
+            // An account that requires privacy tokens shows its presence only to
+            // subscribers presenting the token it granted them.
+            ("presence", "subscribe", Some(t))
+                if !crate::privacy::shows(&reg, phone, &t, Some(&node)) => {}
             ("presence", "subscribe", Some(t)) => {
                 reg.presence_subs
                     .entry(t.clone())

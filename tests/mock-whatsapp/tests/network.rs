@@ -2146,11 +2146,49 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
         friends.insert(jid);
     }
 
-    // Live: the phone mutes a chat and the companion hears of it by `server_sync`.
+    // Live, through the admin API: the phone mutes a chat and the companion hears of
+    // it by `server_sync`. Bad requests get JSON errors.
     let chat = "15559990001@s.whatsapp.net";
-    net.phone_app_state_set(PAT, &schemas::MUTE, &[chat], &action(mute), true)
-        .await
-        .unwrap();
+    let (status, v) = admin(
+        &net,
+        "POST",
+        "/admin/mock-phone/app-state",
+        Some(serde_json::json!({"phone": PAT, "op": "set", "action": "mute", "chat": chat})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["collection"].as_str(), v["version"].as_u64()),
+        (200, Some("regular_high"), Some(1)),
+        "{v}"
+    );
+    for (body, want) in [
+        (
+            serde_json::json!({"phone": PAT, "op": "set", "action": "mute", "chat": "nope"}),
+            400,
+        ),
+        (
+            serde_json::json!({"phone": PAT, "op": "set", "action": "dance"}),
+            400,
+        ),
+        (
+            serde_json::json!({"phone": "1", "op": "set", "action": "mute", "chat": chat}),
+            404,
+        ),
+        (serde_json::json!({"phone": PAT, "op": "fly"}), 400),
+    ] {
+        let (status, v) = admin(&net, "POST", "/admin/mock-phone/app-state", Some(body)).await;
+        assert_eq!(status, want, "{v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (status, v) = admin(
+        &net,
+        "GET",
+        &format!("/admin/mock-phone/app-state/{PAT}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["versions"]["critical_unblock_low"], 25);
     let muted = a
         .wait("the mute", |e| match e {
             Event::MuteUpdate(u) => Some(u.jid.to_string()),
@@ -2311,4 +2349,78 @@ async fn the_nct_salt_from_app_state_lets_a_cstoken_through() {
     }
     let got = sam.next_text().await.unwrap();
     assert_eq!(got.text, "salted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restricted_account_shows_presence_and_picture_only_to_token_holders() {
+    const TIA: &str = "15550000305";
+    const UMA: &str = "15550000306";
+    let net = MockNetwork::start().await.unwrap();
+    let mut tia = contact(&net, "Tia", TIA).await;
+    let mut uma = contact(&net, "Uma", UMA).await;
+    let uma_jid = Jid::pn(UMA);
+    uma.client
+        .profile()
+        .set_profile_picture(b"\xff\xd8\xff\xe0 uma".to_vec())
+        .await
+        .unwrap();
+    uma.client.presence().set_available().await.unwrap();
+    assert!(net.require_tc_token(UMA, true));
+
+    // Tia holds no token from Uma: the picture is "not authorized" (401, which the
+    // client reads as no picture) and her presence subscription is not taken.
+    let pic = tia
+        .client
+        .contacts()
+        .get_profile_picture(&uma_jid, false)
+        .await;
+    assert!(pic.as_ref().is_ok_and(|p| p.is_none()), "{pic:?}");
+    tia.client
+        .presence()
+        .subscribe(uma_jid.clone())
+        .await
+        .unwrap();
+    until("Tia's subscription reached the network", || {
+        net.presences(TIA).iter().any(|p| p == "subscribe")
+    })
+    .await;
+    assert!(!net.presence_subscribers(UMA).contains(&TIA.to_string()));
+
+    // Uma writes to Tia, which grants Tia a token; with it both work.
+    uma.send_text(TIA, "hello Tia").await.unwrap();
+    assert_eq!(tia.next_text().await.unwrap().text, "hello Tia");
+    let uma_lid = lid_of(&net, UMA);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tia
+        .client
+        .tc_token()
+        .get(&uma_lid)
+        .await
+        .unwrap()
+        .is_none_or(|t| t.token.is_empty())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no token from Uma");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pic = tia
+        .client
+        .contacts()
+        .get_profile_picture(&uma_jid, false)
+        .await
+        .unwrap();
+    assert!(pic.is_some(), "the token shows the picture");
+    tia.client
+        .presence()
+        .subscribe(uma_jid.clone())
+        .await
+        .unwrap();
+    let online = tia
+        .wait("Uma's presence", |e| match e {
+            Event::Presence(p) if p.from.user == UMA => Some(p.unavailable),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(!online, "Uma is available");
+    assert!(net.presence_subscribers(UMA).contains(&TIA.to_string()));
 }
