@@ -258,6 +258,9 @@ pub(crate) fn sync_iq(
         let mut b = NodeBuilder::new("collection")
             .attr("name", name.clone())
             .attr("version", current.to_string());
+        if let Some(d) = acc.devices.get_mut(device) {
+            d.app_state_fetched.insert(name.clone());
+        }
         if end < coll.patches.len() {
             b = b.attr("has_more_patches", "true");
         }
@@ -270,6 +273,25 @@ pub(crate) fn sync_iq(
         iq_result(id, vec![NodeBuilder::new("sync").children(answers).build()]),
         out,
     )
+}
+
+/// `server_sync` for every collection that has patches, to every device of `phone`:
+/// what the server says to a device that may have missed a notification.
+pub(crate) fn announce(reg: &mut Registry, phone: &str) -> Vec<Delivery> {
+    let versions: Vec<(String, u64)> = reg
+        .accounts
+        .get(phone)
+        .map(|a| {
+            versions(&a.app_state)
+                .into_iter()
+                .filter(|(_, v)| *v > 0)
+                .collect()
+        })
+        .unwrap_or_default();
+    versions
+        .into_iter()
+        .flat_map(|(name, v)| server_sync(reg, phone, None, &name, v))
+        .collect()
 }
 
 /// The JSON index of an action: the schema's literal name and `args` in order.

@@ -565,6 +565,28 @@ impl MockNetwork {
         }
     }
 
+    /// The phone's server re-announces every written app-state collection to all of
+    /// `phone`'s devices (`server_sync`), as for a device that may have missed one.
+    pub async fn announce_app_state(&self, phone: &str) {
+        let out = {
+            let mut reg = self.shared.registry.lock().expect("registry lock");
+            appstate::announce(&mut reg, phone)
+        };
+        for d in out {
+            d.send().await;
+        }
+    }
+
+    /// The app-state collections `phone:device` has fetched since it paired.
+    pub fn app_state_fetched(&self, phone: &str, device: u32) -> Vec<String> {
+        let reg = self.shared.registry.lock().expect("registry lock");
+        reg.accounts
+            .get(phone)
+            .and_then(|a| a.devices.get(&device))
+            .map(|d| d.app_state_fetched.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// App-state key requests the phone of `phone` has received so far.
     pub fn app_state_key_requests(&self, phone: &str) -> u64 {
         let reg = self.shared.registry.lock().expect("registry lock");
@@ -1214,42 +1236,33 @@ fn routes(
                 None => reply(404, json!({"error": "no such media"})),
             }
         });
-    ws.or(scan_qr)
-        .unify()
-        .or(list)
-        .unify()
-        .or(unlink_r)
-        .unify()
-        .or(drop_r)
-        .unify()
-        .or(ik_r)
-        .unify()
-        .or(lid_r)
-        .unify()
-        .or(app_state_r)
-        .unify()
-        .or(app_state_view_r)
-        .unify()
-        .or(tc_r)
-        .unify()
-        .or(hold_r)
-        .unify()
-        .or(drop_ack_r)
-        .unify()
-        .or(acks_r)
-        .unify()
-        .or(code_r)
-        .unify()
-        .or(groups_r)
-        .unify()
-        .or(upload)
-        .unify()
-        .or(download)
-        .unify()
-        .recover(|_r: warp::Rejection| async move {
-            Ok::<_, std::convert::Infallible>(reply(404, json!({"error": "not found"})))
-        })
-        .unify()
+    // Each step boxed: one long `or` chain of concrete filter types takes minutes to
+    // type-check; boxed, the types stay flat.
+    let mut all = ws.boxed();
+    for r in [
+        scan_qr.boxed(),
+        list.boxed(),
+        unlink_r.boxed(),
+        drop_r.boxed(),
+        ik_r.boxed(),
+        lid_r.boxed(),
+        app_state_r.boxed(),
+        app_state_view_r.boxed(),
+        tc_r.boxed(),
+        hold_r.boxed(),
+        drop_ack_r.boxed(),
+        acks_r.boxed(),
+        code_r.boxed(),
+        groups_r.boxed(),
+        upload.boxed(),
+        download.boxed(),
+    ] {
+        all = all.or(r).unify().boxed();
+    }
+    all.recover(|_r: warp::Rejection| async move {
+        Ok::<_, std::convert::Infallible>(reply(404, json!({"error": "not found"})))
+    })
+    .unify()
 }
 
 /// The HTTP client of the network's own contacts: whatsapp-rust's ureq client, with

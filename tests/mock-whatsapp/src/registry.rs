@@ -113,6 +113,8 @@ pub struct Device {
     pub awaiting_key_share: bool,
     /// The mock phone's app-state key share was encrypted and sent to this device.
     pub key_share_sent: bool,
+    /// App-state collections this device has fetched since it paired.
+    pub app_state_fetched: BTreeSet<String>,
 }
 
 impl Device {
@@ -141,6 +143,7 @@ impl Device {
             drop_before_ack: false,
             awaiting_key_share: true,
             key_share_sent: false,
+            app_state_fetched: BTreeSet::new(),
         }
     }
 

@@ -33,6 +33,13 @@ macro_rules! media_fields {
 }
 
 async fn contact(net: &MockNetwork, name: &str, phone: &str) -> Contact {
+    // With RUST_LOG set, the client's and the mock's logs go to the test output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     net.add_contact(phone, name)
         .await
         .expect("pairs and connects")
@@ -1270,6 +1277,19 @@ async fn read_receipts_reach_the_sender_live_and_queued_while_offline() {
     // marked as coming from the offline queue.
     let id = ann.send_text(BEN, "read me later").await.unwrap();
     let got = ben.next_text().await.unwrap();
+    // Ben's delivery receipt first, so that it is not what lands in Ann's queue.
+    let delivered = id.clone();
+    ann.wait("the delivery receipt", move |e| match e {
+        Event::Receipt(r)
+            if r.r#type == ReceiptType::Delivered
+                && r.message_ids.iter().any(|m| m.as_str() == delivered) =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await
+    .unwrap();
     let backend = ann.backend.clone();
     ann.client.disconnect().await;
     drop(ann);
@@ -2063,6 +2083,43 @@ async fn privacy_tokens_are_granted_attached_and_required() {
     assert_eq!(issued[0].token.len(), 20);
 }
 
+/// Waits until `phone:device` has fetched every app-state collection (its first sync
+/// after login), so that a notification does not race that sync: whatsapp-rust skips
+/// a `server_sync` arriving while another sync of the collection runs, and does not
+/// come back to it.
+async fn first_sync_done(net: &MockNetwork, phone: &str, device: u32) {
+    until("the first app-state sync", || {
+        net.app_state_fetched(phone, device).len() == 5
+    })
+    .await;
+}
+
+/// Waits until the client holds `collection` at the server's version. Should a
+/// notification still have been skipped (above), the server announces the collections
+/// again after 5 s without progress.
+async fn caught_up(net: &MockNetwork, c: &Contact, phone: &str, collection: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut nudge_at = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let want = net
+            .app_state_versions(phone)
+            .get(collection)
+            .copied()
+            .unwrap_or(0);
+        let have = c.backend.get_version(collection).await.unwrap().version;
+        if have >= want {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        assert!(now < deadline, "{collection} stuck at {have} of {want}");
+        if now >= nudge_at {
+            net.announce_app_state(phone).await;
+            nudge_at = now + Duration::from_secs(5);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A sync action's value with the given action filled in, stamped now.
 fn action(fill: impl FnOnce(&mut wa::SyncActionValue)) -> wa::SyncActionValue {
     let mut v = wa::SyncActionValue {
@@ -2146,6 +2203,8 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
         friends.insert(jid);
     }
 
+    first_sync_done(&net, PAT, 1).await;
+
     // Live, through the admin API: the phone mutes a chat and the companion hears of
     // it by `server_sync`. Bad requests get JSON errors.
     let chat = "15559990001@s.whatsapp.net";
@@ -2189,6 +2248,7 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["versions"]["critical_unblock_low"], 25);
+    caught_up(&net, &a, PAT, "regular_high").await;
     let muted = a
         .wait("the mute", |e| match e {
             Event::MuteUpdate(u) => Some(u.jid.to_string()),
@@ -2200,6 +2260,7 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
 
     // A second companion; the first one pins a chat, the second one learns of it.
     let mut b = contact(&net, "Pat", PAT).await;
+    first_sync_done(&net, PAT, 2).await;
     let pinned: Jid = "15559990002@s.whatsapp.net".parse().unwrap();
     let before = net
         .app_state_versions(PAT)
@@ -2208,6 +2269,7 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
         .unwrap_or(0);
     a.client.chat_actions().pin_chat(&pinned).await.unwrap();
     assert_eq!(net.app_state_versions(PAT)["regular_low"], before + 1);
+    caught_up(&net, &b, PAT, "regular_low").await;
     let seen = b
         .wait("the pin from the other companion", |e| match e {
             Event::PinUpdate(u) if u.jid == pinned => Some(()),
@@ -2233,6 +2295,7 @@ async fn app_state_patches_sync_between_the_phone_and_its_companions() {
     let second: Jid = "15559990004@s.whatsapp.net".parse().unwrap();
     a.client.chat_actions().pin_chat(&second).await.unwrap();
     assert_eq!(net.app_state_versions(PAT)["regular_low"], before + 3);
+    caught_up(&net, &b, PAT, "regular_low").await;
     let absorbed = a
         .wait("the archive absorbed from the conflict", |e| match e {
             Event::ArchiveUpdate(u) => Some(u.jid.to_string()),
@@ -2256,6 +2319,7 @@ async fn a_missing_app_state_key_is_requested_from_the_phone() {
     const QUINN: &str = "15550000302";
     let net = MockNetwork::start().await.unwrap();
     let mut a = contact(&net, "Quinn", QUINN).await;
+    first_sync_done(&net, QUINN, 1).await;
 
     // The phone moves to a new key without sharing it, and is away for the first
     // request. Its next patch names a key the companion lacks: the companion asks the
@@ -2272,6 +2336,7 @@ async fn a_missing_app_state_key_is_requested_from_the_phone() {
     net.phone_app_state_set(QUINN, &schemas::MUTE, &[chat], &action(mute), true)
         .await
         .unwrap();
+    caught_up(&net, &a, QUINN, "regular_high").await;
     let muted = a
         .wait("the mute under the new key", |e| match e {
             Event::MuteUpdate(u) => Some(u.jid.to_string()),
@@ -2300,6 +2365,7 @@ async fn a_missing_app_state_key_is_requested_from_the_phone() {
     net.phone_app_state_set(QUINN, &schemas::MUTE, &[chat], &action(mute), true)
         .await
         .unwrap();
+    caught_up(&net, &a, QUINN, "regular_high").await;
     let muted = a
         .wait("the mute under the shared key", |e| match e {
             Event::MuteUpdate(u) if u.jid.user == "15559990012" => Some(u.jid.to_string()),
@@ -2318,6 +2384,7 @@ async fn the_nct_salt_from_app_state_lets_a_cstoken_through() {
     const SAM: &str = "15550000304";
     let net = MockNetwork::start().await.unwrap();
     let mut ray = contact(&net, "Ray", RAY).await;
+    first_sync_done(&net, RAY, 1).await;
     let mut sam = contact(&net, "Sam", SAM).await;
 
     // Sam takes messages only with a token; Ray holds none and has no salt: 463.
@@ -2336,6 +2403,7 @@ async fn the_nct_salt_from_app_state_lets_a_cstoken_through() {
     net.phone_app_state_set(RAY, &schemas::NCT_SALT_SYNC, &[], &salt, true)
         .await
         .unwrap();
+    caught_up(&net, &ray, RAY, "regular_high").await;
     let until = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let id = ray.send_text(SAM, "salted").await.unwrap();
