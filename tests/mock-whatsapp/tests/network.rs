@@ -2425,7 +2425,7 @@ async fn a_restricted_account_shows_presence_and_picture_only_to_token_holders()
     const UMA: &str = "15550000306";
     let net = MockNetwork::start().await.unwrap();
     let mut tia = contact(&net, "Tia", TIA).await;
-    let mut uma = contact(&net, "Uma", UMA).await;
+    let uma = contact(&net, "Uma", UMA).await;
     let uma_jid = Jid::pn(UMA);
     uma.client
         .profile()
