@@ -195,6 +195,10 @@ pub struct AckStats {
     pub acks_held: bool,
     /// Whether the drop-before-ack fault is armed ([`MockNetwork::drop_before_ack`]).
     pub drop_before_ack: bool,
+    /// Whether the next message will be damaged ([`MockNetwork::corrupt_next_message`]).
+    pub corrupt_next: bool,
+    /// Retry receipts the device sent (messages it could not decrypt).
+    pub retry_receipts: u64,
 }
 
 /// Counts of paired-device handshakes.
@@ -481,6 +485,14 @@ impl MockNetwork {
         drop_before_ack(&self.shared, phone, device, on)
     }
 
+    /// One-shot fault: the next message stanza to one device (or each device) of
+    /// `phone` arrives with its ciphertext damaged; the device cannot decrypt it,
+    /// sends the sender a retry receipt, and the sender encrypts it again. False for
+    /// an unknown account or device.
+    pub fn corrupt_next_message(&self, phone: &str, device: Option<u32>, on: bool) -> bool {
+        corrupt_next_message(&self.shared, phone, device, on)
+    }
+
     /// Ids of the messages written to `phone`'s device `device` and not acknowledged
     /// yet, oldest first (empty for an unknown device).
     pub fn unacked(&self, phone: &str, device: u32) -> Vec<String> {
@@ -736,7 +748,14 @@ fn hold_acks(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> boo
     true
 }
 
-fn drop_before_ack(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> bool {
+/// Applies `set` to one device of `phone`, or to each: false for an unknown account or
+/// device.
+fn for_devices(
+    shared: &Shared,
+    phone: &str,
+    device: Option<u32>,
+    set: impl Fn(&mut registry::Device),
+) -> bool {
     let mut reg = shared.registry.lock().expect("registry lock");
     let Some(acc) = reg.accounts.get_mut(phone) else {
         return false;
@@ -747,10 +766,18 @@ fn drop_before_ack(shared: &Shared, phone: &str, device: Option<u32>, on: bool) 
         .values_mut()
         .filter(|d| device.is_none_or(|x| x == d.id))
     {
-        d.drop_before_ack = on;
+        set(d);
         any = true;
     }
     any || device.is_none()
+}
+
+fn drop_before_ack(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> bool {
+    for_devices(shared, phone, device, |d| d.drop_before_ack = on)
+}
+
+fn corrupt_next_message(shared: &Shared, phone: &str, device: Option<u32>, on: bool) -> bool {
+    for_devices(shared, phone, device, |d| d.corrupt_next = on)
 }
 
 fn ack_stats(shared: &Shared, phone: &str, device: u32) -> Option<AckStats> {
@@ -768,6 +795,8 @@ fn ack_stats(shared: &Shared, phone: &str, device: u32) -> Option<AckStats> {
         held_acks: d.held_acks,
         acks_held: reg.faults.acks_held(phone, device),
         drop_before_ack: d.drop_before_ack,
+        corrupt_next: d.corrupt_next,
+        retry_receipts: d.retry_receipts,
     })
 }
 
@@ -1150,6 +1179,7 @@ fn routes(
     };
     let hold_r = device_fault("hold-acks", hold_acks);
     let drop_ack_r = device_fault("drop-before-ack", drop_before_ack);
+    let corrupt_r = device_fault("corrupt-next-message", corrupt_next_message);
     let acks_r = warp::path!("admin" / "devices" / String / u32 / "acks")
         .and(warp::get())
         .and(with.clone())
@@ -1251,6 +1281,7 @@ fn routes(
         tc_r.boxed(),
         hold_r.boxed(),
         drop_ack_r.boxed(),
+        corrupt_r.boxed(),
         acks_r.boxed(),
         code_r.boxed(),
         groups_r.boxed(),

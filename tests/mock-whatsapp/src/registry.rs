@@ -108,6 +108,11 @@ pub struct Device {
     pub held_acks: u64,
     /// One-shot fault: close the socket right after the next message stanza.
     pub drop_before_ack: bool,
+    /// One-shot fault: the next message stanza reaches the device with its ciphertext
+    /// damaged, so it cannot decrypt it and asks the sender to retry.
+    pub corrupt_next: bool,
+    /// Retry receipts (`type="retry"`) the device sent.
+    pub retry_receipts: u64,
     /// Paired but its first prekey upload has not arrived yet: the mock phone shares
     /// the app-state key as soon as it does.
     pub awaiting_key_share: bool,
@@ -141,6 +146,8 @@ impl Device {
             acked: 0,
             held_acks: 0,
             drop_before_ack: false,
+            corrupt_next: false,
+            retry_receipts: 0,
             awaiting_key_share: true,
             key_share_sent: false,
             app_state_fetched: BTreeSet::new(),

@@ -256,9 +256,12 @@ pub(crate) fn deliver(
     reg: &mut Registry,
     phone: &str,
     device: u32,
-    node: Node,
+    mut node: Node,
 ) -> Option<Delivery> {
     let d = reg.accounts.get_mut(phone)?.devices.get_mut(&device)?;
+    if node.tag == "message" && std::mem::take(&mut d.corrupt_next) {
+        corrupt(&mut node);
+    }
     let Some(conn) = d.live() else {
         d.queue(node);
         return None;
@@ -398,10 +401,16 @@ pub(crate) async fn route_message(
     let Ok(to_jid) = to.parse::<Jid>() else {
         return;
     };
-    // One `<enc>` and no fan-out: a device writing to another device of its own account.
+    // One `<enc>` and no fan-out: a device writing to another device of its own account
+    // (`category="peer"`), or a resend after a retry receipt, addressed to the one
+    // device that asked (`to` names the device): routed as a fan-out to that device.
+    let mut node = node;
     if node.get_optional_child("participants").is_none() && node.get_optional_child("enc").is_some()
     {
-        return route_peer_message(shared, (my_phone, *my_dev), conn, &node, &to_jid).await;
+        if attr(&node, "category").as_deref() == Some("peer") {
+            return route_peer_message(shared, (my_phone, *my_dev), conn, &node, &to_jid).await;
+        }
+        node = as_fan_out(node, &to);
     }
     // A recipient that requires privacy tokens refuses the message without one (463).
     let refused = {
@@ -498,6 +507,26 @@ pub(crate) async fn route_message(
     send_deliveries(out).await;
 }
 
+/// A direct message (`<enc>` children) as a fan-out to the one device `to`.
+fn as_fan_out(mut node: Node, to: &str) -> Node {
+    let children = match node.content.take() {
+        Some(NodeContent::Nodes(c)) => c,
+        _ => Vec::new(),
+    };
+    let (encs, mut rest): (Vec<Node>, Vec<Node>) =
+        children.into_iter().partition(|c| c.tag == "enc");
+    rest.push(
+        NodeBuilder::new("participants")
+            .children([NodeBuilder::new("to")
+                .attr("jid", to)
+                .children(encs)
+                .build()])
+            .build(),
+    );
+    node.content = Some(NodeContent::Nodes(rest));
+    node
+}
+
 /// A peer message (`category="peer"`): one device of an account to another, e.g. an
 /// app-state key request to the phone. Acked; one for the phone (device 0) is read by
 /// the phone (`phone::peer_message`), one for a companion delivered to it from the
@@ -563,7 +592,38 @@ async fn route_peer_message(
     });
 }
 
-/// Forwards a receipt to the device it is addressed to.
+/// Damages every `<enc>` payload of a message where its receiver checks it: the last
+/// byte of the Signal message's MAC (inside a `pkmsg`, the inner message's), so the
+/// envelope still parses and the decryption fails as with a broken session.
+fn corrupt(node: &mut Node) {
+    use whatsapp_rust::wacore::libsignal::protocol::PreKeySignalMessage;
+    let Some(NodeContent::Nodes(children)) = &mut node.content else {
+        return;
+    };
+    for c in children.iter_mut().filter(|c| c.tag == "enc") {
+        let pkmsg = attr(c, "type").as_deref() == Some("pkmsg");
+        let Some(NodeContent::Bytes(b)) = &mut c.content else {
+            continue;
+        };
+        let mut end = b.len();
+        if pkmsg {
+            let Ok(outer) = PreKeySignalMessage::try_from(b.as_slice()) else {
+                continue;
+            };
+            let inner = outer.message().serialized();
+            match b.windows(inner.len()).position(|w| w == inner) {
+                Some(at) => end = at + inner.len(),
+                None => continue,
+            }
+        }
+        if let Some(byte) = end.checked_sub(1).and_then(|i| b.get_mut(i)) {
+            *byte ^= 0xff;
+        }
+    }
+}
+
+/// Forwards a receipt to the device it is addressed to: a retry receipt with its
+/// `<retry>`, `<registration>` and `<keys>`, so that the sender can re-encrypt.
 pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, node: Node) {
     let Some((my_phone, my_dev)) = me else { return };
     let Some(to_s) = attr(&node, "to") else {
@@ -571,7 +631,16 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     };
     let typ = attr(&node, "type");
     // Any receipt but a retry request says the device has the message(s).
-    if !matches!(typ.as_deref(), Some("retry" | "enc_rekey_retry")) {
+    if matches!(typ.as_deref(), Some("retry" | "enc_rekey_retry")) {
+        let mut reg = shared.registry.lock().expect("registry lock");
+        if let Some(d) = reg
+            .accounts
+            .get_mut(my_phone)
+            .and_then(|a| a.devices.get_mut(my_dev))
+        {
+            d.retry_receipts += 1;
+        }
+    } else {
         let mut ids: Vec<String> = attr(&node, "id").into_iter().collect();
         if let Some(list) = node.get_optional_child("list") {
             ids.extend(
@@ -628,8 +697,8 @@ pub(crate) async fn route_receipt(shared: &Shared, me: Option<&(String, u32)>, n
     if let Some(t) = typ {
         b = b.attr("type", t);
     }
-    if let Some(list) = node.get_optional_child("list") {
-        b = b.children([list.clone()]);
+    if let Some(children) = node.children() {
+        b = b.children(children.to_vec());
     }
     let stanza = b.build();
     let out: Vec<Delivery> = {
@@ -946,6 +1015,9 @@ pub(crate) async fn route_group_message(
     if refused {
         return;
     }
+    // A resend after a retry receipt names the one member device that asked
+    // (`participant`) and carries its pairwise `<enc>`: only that device gets it.
+    let only = attr(&node, "participant").and_then(|p| p.parse::<Jid>().ok());
     let device_identity = node.get_optional_child("device-identity").cloned();
     let skmsg: Vec<Node> = node
         .get_children_by_tag("enc")
@@ -963,6 +1035,10 @@ pub(crate) async fn route_group_message(
         if !group.participants.contains(my_phone) {
             return;
         }
+        let only = only.and_then(|j| {
+            reg.find_user(&j.user)
+                .map(|a| (a.phone.clone(), u32::from(j.device)))
+        });
         if let Some(participants) = node.get_optional_child("participants") {
             for t in participants.get_children_by_tag("to") {
                 let Some(target) = attr(t, "jid").and_then(|j| j.parse::<Jid>().ok()) else {
@@ -1003,14 +1079,16 @@ pub(crate) async fn route_group_message(
                 .map(|a| a.devices.keys().copied().collect())
                 .unwrap_or_default();
             for dev in devices {
-                if phone == my_phone && dev == *my_dev {
+                if phone == my_phone && dev == *my_dev
+                    || only.as_ref().is_some_and(|o| o.0 != *phone || o.1 != dev)
+                {
                     continue;
                 }
                 let mut children = direct.remove(&(phone.clone(), dev)).unwrap_or_default();
+                children.extend(skmsg.iter().cloned());
                 let has_pkmsg = children
                     .iter()
                     .any(|c| attr(c, "type").as_deref() == Some("pkmsg"));
-                children.extend(skmsg.iter().cloned());
                 if has_pkmsg {
                     if let Some(di) = &device_identity {
                         children.push(di.clone());

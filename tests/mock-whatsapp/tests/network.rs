@@ -2045,7 +2045,8 @@ async fn privacy_tokens_are_granted_attached_and_required() {
     let refused = ann.send_text(BEN, "let me in").await.unwrap();
     let error = nack_of(&mut ann, &refused).await;
     assert_eq!(error.as_deref(), Some("463"));
-    assert!(net.unacked(BEN, 1).is_empty());
+    let unacked = net.unacked(BEN, 1);
+    assert!(unacked.iter().all(|id| *id != refused), "{unacked:?}");
 
     // Ben writes to Ann: his client grants Ann a token after the send, the server
     // hands it to Ann's device, which keeps it under Ben's LID.
@@ -2491,4 +2492,58 @@ async fn a_restricted_account_shows_presence_and_picture_only_to_token_holders()
         .unwrap();
     assert!(!online, "Uma is available");
     assert!(net.presence_subscribers(UMA).contains(&TIA.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undecryptable_message_is_retried_and_arrives() {
+    const VIC: &str = "15550000307";
+    const WES: &str = "15550000308";
+    let net = MockNetwork::start().await.unwrap();
+    let vic = contact(&net, "Vic", VIC).await;
+    let mut wes = contact(&net, "Wes", WES).await;
+
+    // A first message sets up the session; the second reaches Wes damaged. His client
+    // cannot decrypt it and sends Vic a retry receipt (with its keys); Vic's client
+    // encrypts it again and Wes reads it, once.
+    vic.send_text(WES, "warm up").await.unwrap();
+    assert_eq!(wes.next_text().await.unwrap().text, "warm up");
+    assert!(net.corrupt_next_message(WES, Some(1), true));
+    let id = vic.send_text(WES, "second try").await.unwrap();
+    let got = wes.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str()),
+        ("second try", id.as_str())
+    );
+    let stats = net.ack_stats(WES, 1).unwrap();
+    assert!(!stats.corrupt_next, "the fault fired");
+    assert!(stats.retry_receipts >= 1, "{stats:?}");
+    until("the resend acked", || net.unacked(WES, 1).is_empty()).await;
+
+    // In a group: the sender-key message reaches Wes damaged; Vic's client answers
+    // his retry receipt with a pairwise copy for his device alone (`participant`).
+    let group = net.create_group("Retry", VIC, &[WES]).expect("a group");
+    vic.send_group_text(&group, "group warm up").await.unwrap();
+    assert_eq!(wes.next_text().await.unwrap().text, "group warm up");
+    let before = net.ack_stats(WES, 1).unwrap().retry_receipts;
+    assert!(net.corrupt_next_message(WES, Some(1), true));
+    let id = vic
+        .send_group_text(&group, "group second try")
+        .await
+        .unwrap();
+    let got = wes.next_text().await.unwrap();
+    assert_eq!(
+        (got.text.as_str(), got.message_id.as_str(), got.is_group),
+        ("group second try", id.as_str(), true)
+    );
+    assert!(net.ack_stats(WES, 1).unwrap().retry_receipts > before);
+
+    // Over the admin API too; an unknown device is a 404.
+    let (status, v) = admin(
+        &net,
+        "POST",
+        "/admin/faults/corrupt-next-message",
+        Some(serde_json::json!({"phone": WES, "device": 9, "on": true})),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
 }
