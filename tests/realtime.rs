@@ -283,3 +283,76 @@ async fn listen_socket_carries_incoming_messages() {
     assert_eq!(http_status(e), 403);
     srv.stop().await;
 }
+
+/// Wrapped messages (a chat with disappearing messages on) and the kinds beyond text
+/// and media arrive as what they are, with their text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrapped_and_other_kinds_arrive_as_what_they_are() {
+    use whatsapp_rust::waproto::whatsapp as wa;
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000041";
+    let net = MockNetwork::start().await.unwrap();
+    let dana = net.add_contact("6281200000041", "Dana").await.unwrap();
+    let srv = TestServer::start(&net, "ws-kinds", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let (mut l, _) = connect(
+        &srv,
+        &format!("/api/listen/{id}"),
+        Some(("authorization", format!("Bearer {token}"))),
+    )
+    .await
+    .unwrap();
+    let send = |m: wa::Message| {
+        let c = dana.client.clone();
+        async move { c.send_message(Jid::pn(ME), m).await.unwrap().message_id }
+    };
+    let ephemeral = wa::Message {
+        ephemeral_message: wa::message::FutureProofMessage {
+            message: wa::Message {
+                conversation: Some("this disappears".into()),
+                ..Default::default()
+            }
+            .into(),
+        }
+        .into(),
+        ..Default::default()
+    };
+    let location = wa::Message {
+        location_message: wa::message::LocationMessage {
+            degrees_latitude: Some(-6.2),
+            degrees_longitude: Some(106.8),
+            name: Some("Monas".into()),
+            address: Some("Jakarta".into()),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    };
+    let card = wa::Message {
+        contact_message: wa::message::ContactMessage {
+            display_name: Some("Eko".into()),
+            vcard: Some("BEGIN:VCARD\nVERSION:3.0\nFN:Eko\nEND:VCARD".into()),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    };
+    for (m, kind, text) in [
+        (ephemeral, "text", "this disappears"),
+        (location, "location", "Monas, Jakarta"),
+        (card, "contact", "Eko"),
+    ] {
+        let mid = send(m).await;
+        let ev = next_event(&mut l, "incoming_message").await;
+        let d = &ev["data"];
+        assert_eq!(
+            (
+                d["message_id"].as_str(),
+                d["type"].as_str(),
+                d["message"].as_str()
+            ),
+            (Some(mid.as_str()), Some(kind), Some(text)),
+            "{d}"
+        );
+    }
+}

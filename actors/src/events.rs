@@ -110,7 +110,8 @@ pub struct IncomingMessage {
     /// Sender's LID JID, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_lid: Option<String>,
-    /// text, image, video, audio, document, sticker, other.
+    /// text, image, video, audio, document, sticker, location, contact, reaction,
+    /// poll, other — of the message inside any wrapper (disappearing, view-once, ...).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]

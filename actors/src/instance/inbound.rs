@@ -6,6 +6,7 @@ use super::{InstanceMsg, InstanceState};
 use crate::events::{IncomingMessage, MediaInfo, MessageStatus};
 use chrono::Utc;
 use ractor::ActorRef;
+use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
 use whatsapp_rust::wacore::types::events::{MessageBatch, Receipt, ServerAck};
 use whatsapp_rust::waproto::whatsapp as wa;
 
@@ -161,14 +162,18 @@ pub fn incoming(
 /// such as the phone's app-state key share, or a bare sender-key distribution)
 /// rather than something a person sent.
 pub fn is_signalling(m: &wa::Message) -> bool {
+    let m = m.get_base_message();
     if m.protocol_message.is_set() {
         return true;
     }
     m.sender_key_distribution_message.is_set() && describe(m).0 == "other"
 }
 
-/// The message type, its text (or caption) and media metadata.
+/// The message type, its text (or caption) and media metadata, read from the message
+/// inside whatever wraps it (disappearing-messages `ephemeralMessage`, view-once,
+/// document with caption, edit, a copy sent from the account's own phone).
 pub fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
+    let m = m.get_base_message();
     let opt = |s: &Option<String>| s.clone().unwrap_or_default();
     if let Some(t) = &m.conversation {
         return ("text", t.clone(), None);
@@ -216,6 +221,36 @@ pub fn describe(m: &wa::Message) -> (&'static str, String, Option<MediaInfo>) {
         };
         return ("sticker", String::new(), Some(media));
     }
+    if let Some(x) = m.location_message.as_option() {
+        let text = [x.name.as_deref(), x.address.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return ("location", text, None);
+    }
+    if let Some(x) = m.live_location_message.as_option() {
+        return ("location", opt(&x.caption), None);
+    }
+    if let Some(x) = m.contact_message.as_option() {
+        return ("contact", opt(&x.display_name), None);
+    }
+    if let Some(x) = m.contacts_array_message.as_option() {
+        return ("contact", opt(&x.display_name), None);
+    }
+    if let Some(x) = m.reaction_message.as_option() {
+        return ("reaction", opt(&x.text), None);
+    }
+    for poll in [
+        &m.poll_creation_message,
+        &m.poll_creation_message_v2,
+        &m.poll_creation_message_v3,
+    ] {
+        if let Some(x) = poll.as_option() {
+            return ("poll", opt(&x.name), None);
+        }
+    }
     ("other", String::new(), None)
 }
 
@@ -257,9 +292,112 @@ mod signalling_tests {
             location_message: wa::message::LocationMessage::default().into(),
             ..Default::default()
         };
+        assert!(!is_signalling(&location), "a location is a user message");
+        assert_eq!(describe(&location).0, "location");
+        let poll = wa::Message {
+            poll_creation_message_v3: wa::message::PollCreationMessage::default().into(),
+            ..Default::default()
+        };
+        assert!(!is_signalling(&poll));
+        assert_eq!(describe(&poll).0, "poll");
+        let odd = wa::Message {
+            call: wa::message::Call::default().into(),
+            ..Default::default()
+        };
         assert!(
-            !is_signalling(&location),
+            !is_signalling(&odd),
             "unknown kinds still reach users as 'other'"
         );
+        assert_eq!(describe(&odd).0, "other");
+    }
+
+    fn text(t: &str) -> wa::Message {
+        wa::Message {
+            conversation: Some(t.into()),
+            ..Default::default()
+        }
+    }
+
+    fn wrapped(inner: wa::Message) -> wa::message::FutureProofMessage {
+        wa::message::FutureProofMessage {
+            message: inner.into(),
+        }
+    }
+
+    #[test]
+    fn wrapped_messages_are_described_by_what_they_wrap() {
+        // A text in a chat with disappearing messages on.
+        let ephemeral = wa::Message {
+            ephemeral_message: wrapped(text("gone soon")).into(),
+            ..Default::default()
+        };
+        assert_eq!(describe(&ephemeral).0, "text");
+        assert_eq!(describe(&ephemeral).1, "gone soon");
+        // A view-once image, inside a disappearing chat.
+        let image = wa::Message {
+            image_message: wa::message::ImageMessage {
+                caption: Some("once".into()),
+                mimetype: Some("image/jpeg".into()),
+                file_length: Some(42),
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        };
+        let view_once = wa::Message {
+            ephemeral_message: wrapped(wa::Message {
+                view_once_message_v2: wrapped(image).into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let (kind, caption, media) = describe(&view_once);
+        assert_eq!((kind, caption.as_str()), ("image", "once"));
+        assert_eq!(
+            media.map(|m| (m.mimetype, m.size)),
+            Some(("image/jpeg".into(), 42))
+        );
+        // A document sent with a caption.
+        let document = wa::Message {
+            document_with_caption_message: wrapped(wa::Message {
+                document_message: wa::message::DocumentMessage {
+                    caption: Some("the report".into()),
+                    file_name: Some("r.pdf".into()),
+                    ..Default::default()
+                }
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let (kind, caption, media) = describe(&document);
+        assert_eq!((kind, caption.as_str()), ("document", "the report"));
+        assert_eq!(media.and_then(|m| m.file_name).as_deref(), Some("r.pdf"));
+        // A copy of what the account's own phone sent.
+        let from_phone = wa::Message {
+            device_sent_message: wa::message::DeviceSentMessage {
+                destination_jid: Some("6281@s.whatsapp.net".into()),
+                message: text("sent from the phone").into(),
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            describe(&from_phone),
+            ("text", "sent from the phone".into(), None)
+        );
+        // A wrapped protocol message is still signalling.
+        let wrapped_protocol = wa::Message {
+            ephemeral_message: wrapped(wa::Message {
+                protocol_message: wa::message::ProtocolMessage::default().into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        assert!(is_signalling(&wrapped_protocol));
     }
 }
