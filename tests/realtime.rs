@@ -36,6 +36,13 @@ async fn connect(
     tokio_tungstenite::connect_async(req).await
 }
 
+/// The listen socket of instance `id`, opened with the bearer `token`.
+async fn listen(srv: &TestServer, id: &str, token: &str) -> Socket {
+    let path = format!("/api/listen/{id}");
+    let header = ("authorization", format!("Bearer {token}"));
+    connect(srv, &path, Some(header)).await.unwrap().0
+}
+
 /// The next JSON text frame whose event is `event` (others are skipped).
 async fn next_event(ws: &mut Socket, event: &str) -> Value {
     let until = tokio::time::Instant::now() + DEADLINE;
@@ -192,20 +199,8 @@ async fn listen_socket_carries_incoming_messages() {
     assert_eq!(http_status(e), 404);
 
     // Two listeners on the same instance both get the message.
-    let (mut l1, _) = connect(
-        &srv,
-        &format!("/api/listen/{id}"),
-        Some(("authorization", format!("Bearer {token}"))),
-    )
-    .await
-    .unwrap();
-    let (mut l2, _) = connect(
-        &srv,
-        &format!("/api/listen/{id}"),
-        Some(("authorization", format!("Bearer {ADMIN_KEY}"))),
-    )
-    .await
-    .unwrap();
+    let mut l1 = listen(&srv, &id, &token).await;
+    let mut l2 = listen(&srv, &id, ADMIN_KEY).await;
     let sent_id = carol
         .send_text("6281100000031", "hello listeners")
         .await
@@ -295,13 +290,7 @@ async fn wrapped_and_other_kinds_arrive_as_what_they_are() {
     let dana = net.add_contact("6281200000041", "Dana").await.unwrap();
     let srv = TestServer::start(&net, "ws-kinds", &[]).await;
     let (id, token) = srv.paired_instance(&net, ME).await;
-    let (mut l, _) = connect(
-        &srv,
-        &format!("/api/listen/{id}"),
-        Some(("authorization", format!("Bearer {token}"))),
-    )
-    .await
-    .unwrap();
+    let mut l = listen(&srv, &id, &token).await;
     let send = |m: wa::Message| {
         let c = dana.client.clone();
         async move { c.send_message(Jid::pn(ME), m).await.unwrap().message_id }

@@ -1103,8 +1103,8 @@ async fn key_digest_matches_the_upload_and_a_lost_bundle_is_uploaded_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_create_and_manage_groups() {
-    use whatsapp_rust::features::{GroupCreateOptions, GroupSubject};
-    use whatsapp_rust::wacore::iq::groups::{GroupParticipantOptions, ParticipantType};
+    use whatsapp_rust::features::GroupSubject;
+    use whatsapp_rust::wacore::iq::groups::ParticipantType;
     const ANN: &str = "6281600000001";
     const BEN: &str = "6281600000002";
     const CAT: &str = "6281600000003";
@@ -1119,11 +1119,7 @@ async fn clients_create_and_manage_groups() {
     }
 
     // Ann creates a group with Ben; the answer is the whole group.
-    let options = GroupCreateOptions::builder()
-        .subject("Plans")
-        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
-        .finish();
-    let created = groups(&ann).create_group(options).await.unwrap().metadata;
+    let created = create_group_with(&ann, "Plans", BEN).await;
     let gid = created.id.clone();
     assert_eq!(created.subject, "Plans");
     assert_eq!(created.participants.len(), 2);
@@ -1639,8 +1635,7 @@ async fn channels_are_created_followed_posted_to_reacted_to_and_edited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn communities_link_subgroups_and_members_join_them() {
-    use whatsapp_rust::features::{CreateCommunityOptions, GroupCreateOptions};
-    use whatsapp_rust::wacore::iq::groups::GroupParticipantOptions;
+    use whatsapp_rust::features::CreateCommunityOptions;
     const ANN: &str = "6281800000001";
     const BEN: &str = "6281800000002";
     const CAT: &str = "6281800000003";
@@ -1688,18 +1683,7 @@ async fn communities_link_subgroups_and_members_join_them() {
     assert_eq!(meta.parent_group_jid.as_ref(), Some(&parent));
 
     // An existing group of Ann's (with Ben) is linked; an unknown group is refused.
-    let options = GroupCreateOptions::builder()
-        .subject("Book club")
-        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
-        .finish();
-    let book = ann
-        .client
-        .groups()
-        .create_group(options)
-        .await
-        .unwrap()
-        .metadata
-        .id;
+    let book = create_group_with(&ann, "Book club", BEN).await.id;
     let unknown: Jid = "120363999999999999@g.us".parse().unwrap();
     let linked = ann
         .client
@@ -1985,20 +1969,7 @@ async fn peers_are_addressed_by_lid_or_phone_number_with_the_other_form_beside()
 
     // A group made by migrated accounts is LID-addressed: members by LID with their
     // numbers beside, group messages from the sender's LID.
-    use whatsapp_rust::features::GroupCreateOptions;
-    use whatsapp_rust::wacore::iq::groups::GroupParticipantOptions;
-    let options = GroupCreateOptions::builder()
-        .subject("Lids")
-        .participants(vec![GroupParticipantOptions::new(Jid::pn(BEN))])
-        .finish();
-    let gid = ann
-        .client
-        .groups()
-        .create_group(options)
-        .await
-        .unwrap()
-        .metadata
-        .id;
+    let gid = create_group_with(&ann, "Lids", BEN).await.id;
     let meta = ben.client.groups().get_metadata(&gid).await.unwrap();
     assert_eq!(
         format!("{:?}", meta.addressing_mode).to_lowercase(),
@@ -2082,6 +2053,27 @@ async fn privacy_tokens_are_granted_attached_and_required() {
     assert_eq!(issued.len(), 1);
     assert_eq!(issued[0].jid.user.as_str(), ann_lid.as_str());
     assert_eq!(issued[0].token.len(), 20);
+}
+
+/// `c` creates a group named `subject` with the account `member`; the group as the
+/// server answered it.
+async fn create_group_with(
+    c: &Contact,
+    subject: &str,
+    member: &str,
+) -> whatsapp_rust::features::GroupMetadata {
+    use whatsapp_rust::features::GroupCreateOptions;
+    use whatsapp_rust::wacore::iq::groups::GroupParticipantOptions;
+    let options = GroupCreateOptions::builder()
+        .subject(subject)
+        .participants(vec![GroupParticipantOptions::new(Jid::pn(member))])
+        .finish();
+    c.client
+        .groups()
+        .create_group(options)
+        .await
+        .unwrap()
+        .metadata
 }
 
 /// Waits until `phone:device` has fetched every app-state collection (its first sync
