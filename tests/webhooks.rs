@@ -489,6 +489,7 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
             from_lid: None,
             kind: "text".into(),
             media: None,
+            details: Default::default(),
         };
         ids.push(
             outbox

@@ -80,12 +80,120 @@ impl LifecycleNotice {
 }
 
 /// Media metadata of an incoming message.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MediaInfo {
     pub mimetype: String,
     pub size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_name: Option<String>,
+    /// Audio recorded as a voice note (push-to-talk).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ptt: bool,
+    /// Duration of audio and video.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// An animated sticker.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub animated: bool,
+}
+
+/// The message a reply quotes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quoted {
+    pub message_id: String,
+    /// The quoted message's sender (JID), when the reply names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The quoted message's text or caption, at most 200 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// The link preview of a text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkPreview {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A shared location (`live`: a live location's latest point).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub live: bool,
+}
+
+/// A shared contact card.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContactCard {
+    pub display_name: String,
+    pub vcard: String,
+}
+
+/// A reaction to a message (`removed`: the sender took its reaction back).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reaction {
+    /// The message reacted to.
+    pub message_id: String,
+    pub emoji: String,
+    pub removed: bool,
+}
+
+/// A poll as created.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Poll {
+    pub name: String,
+    pub options: Vec<String>,
+    /// How many options a voter may choose (0: any number).
+    pub selectable_count: u32,
+}
+
+/// What an incoming message carries beyond its type and text (each field only when
+/// present), the same in the listen socket, the webhook and the event log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quoted: Option<Quoted>,
+    /// JIDs mentioned in the text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_preview: Option<LinkPreview>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<ContactCard>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Reaction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll: Option<Poll>,
+    /// `message_edited` / `message_revoked`: the id of the message edited or deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_message_id: Option<String>,
+    /// `message_undecryptable`: why the message could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Sent as view-once.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub view_once: bool,
+    /// Sent in a chat with disappearing messages on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+    /// The disappearing-messages timer, in seconds, when the message carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ephemeral_expiration: Option<u32>,
 }
 
 /// The `incoming_message` payload (API.md), sent to listeners and webhooks alike.
@@ -116,15 +224,35 @@ pub struct IncomingMessage {
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media: Option<MediaInfo>,
+    #[serde(flatten)]
+    pub details: Details,
 }
 
+/// `type` of an edit of an earlier message (event `message_edited`).
+pub const KIND_EDIT: &str = "edit";
+/// `type` of a delete-for-everyone (event `message_revoked`).
+pub const KIND_REVOKE: &str = "revoke";
+/// `type` of a message that could not be decrypted (event `message_undecryptable`).
+pub const KIND_UNDECRYPTABLE: &str = "undecryptable";
+
 impl IncomingMessage {
+    /// The event this message is reported as: `message_edited`, `message_revoked`,
+    /// `message_undecryptable`, or `incoming_message`.
+    pub fn event(&self) -> &'static str {
+        match self.kind.as_str() {
+            KIND_EDIT => "message_edited",
+            KIND_REVOKE => "message_revoked",
+            KIND_UNDECRYPTABLE => "message_undecryptable",
+            _ => "incoming_message",
+        }
+    }
+
     /// The listen-socket / webhook envelope. Its timestamp is the message's own, so
     /// the listen socket and the webhook carry byte-identical payloads.
     pub fn to_envelope(&self) -> Value {
         let at = DateTime::from_timestamp(self.timestamp, 0).unwrap_or_else(Utc::now);
         json!({
-            "event": "incoming_message",
+            "event": self.event(),
             "timestamp": rfc3339(at),
             "data": serde_json::to_value(self).unwrap_or(Value::Null),
         })
@@ -262,7 +390,7 @@ impl EventSink for NoSink {
             .iter()
             .map(|m| LiveEvent {
                 cursor: 0,
-                event: "incoming_message".into(),
+                event: m.event().into(),
                 json: m.to_envelope().to_string().into(),
             })
             .collect())
@@ -333,6 +461,7 @@ mod tests {
             from_lid: None,
             kind: "text".into(),
             media: None,
+            details: Default::default(),
         };
         let v = m.to_envelope();
         assert_eq!(v["event"], "incoming_message");

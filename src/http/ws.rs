@@ -325,7 +325,7 @@ impl Source {
 }
 
 /// The events the listen socket carries (and replays).
-const LISTEN_EVENTS: &[&str] = &["incoming_message", "message_status"];
+const LISTEN_EVENTS: &[&str] = crate::store::journal::MESSAGE_EVENTS;
 
 async fn subscribe(
     a: &ractor::ActorRef<InstanceMsg>,

@@ -119,12 +119,21 @@ pub mod event {
 }
 
 /// Event names of the message events (the default webhook subscription).
-pub const MESSAGE_EVENTS: &[&str] = &["incoming_message", "message_status"];
+pub const MESSAGE_EVENTS: &[&str] = &[
+    "incoming_message",
+    "message_status",
+    "message_edited",
+    "message_revoked",
+    "message_undecryptable",
+];
 
 /// Every event name a webhook filter may list (`*` means all of them).
 pub const EVENT_NAMES: &[&str] = &[
     "incoming_message",
     "message_status",
+    "message_edited",
+    "message_revoked",
+    "message_undecryptable",
     "QR_GENERATED",
     "QR_SUCCESS",
     "QR_TIMEOUT",
@@ -406,6 +415,22 @@ impl Journal {
         let mut out = Vec::new();
         let mut queued = false;
         for m in msgs {
+            if m.kind == actors::events::KIND_UNDECRYPTABLE {
+                // Not a message yet (its id arrives again if the sender's resend
+                // decrypts): an event only.
+                let (e, q) = Self::append(
+                    &txn,
+                    instance_id,
+                    m.event(),
+                    &m.to_envelope(),
+                    &webhook,
+                    now,
+                )
+                .await?;
+                queued |= q;
+                out.push(e);
+                continue;
+            }
             let row = message::ActiveModel {
                 instance_id: Set(instance_id.to_string()),
                 direction: Set(if m.from_me { "out" } else { "in" }.into()),
@@ -436,7 +461,7 @@ impl Journal {
             let (e, q) = Self::append(
                 &txn,
                 instance_id,
-                "incoming_message",
+                m.event(),
                 &m.to_envelope(),
                 &webhook,
                 now,

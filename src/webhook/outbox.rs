@@ -74,7 +74,7 @@ impl Outbox {
         entity::Entity::insert(entity::ActiveModel {
             id: Set(id.clone()),
             instance_id: Set(msg.instance_id.clone()),
-            event: Set("incoming_message".into()),
+            event: Set(msg.event().into()),
             payload: Set(msg.to_envelope().to_string()),
             status: Set(PENDING.into()),
             attempts: Set(0),

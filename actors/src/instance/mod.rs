@@ -33,7 +33,7 @@ mod reconnect;
 pub use env::{
     Durability, InstanceArgs, InstanceEnv, InstanceRecord, InstanceStore, InstanceTiming, WaOptions,
 };
-pub use inbound::{describe, incoming, is_signalling};
+pub use inbound::{describe, incoming, is_signalling, read, undecryptable, Described};
 #[cfg(feature = "test-faults")]
 pub use msg::Fault;
 pub use msg::{
@@ -313,6 +313,10 @@ impl InstanceState {
             }
             Event::Messages(batch) => self.messages(batch).await,
             Event::Receipt(r) => self.receipt(r).await,
+            Event::UndecryptableMessage(u) => {
+                let m = undecryptable(&self.id, u);
+                self.commit(vec![m]).await
+            }
             Event::ServerAck(a) if a.class.as_deref() == Some("message") => {
                 self.server_ack(a).await
             }
