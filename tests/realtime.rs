@@ -345,3 +345,175 @@ async fn wrapped_and_other_kinds_arrive_as_what_they_are() {
         );
     }
 }
+
+/// Every incoming kind of the message-kinds issue, sent by a contact's real client,
+/// arrives on the listen socket with its documented fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_kinds_carry_their_details() {
+    use whatsapp_rust::send::RevokeType;
+    use whatsapp_rust::waproto::whatsapp as wa;
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000042";
+    const DANA: &str = "6281200000042";
+    let net = MockNetwork::start().await.unwrap();
+    let dana = net.add_contact(DANA, "Dana").await.unwrap();
+    let srv = TestServer::start(&net, "ws-details", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let mut l = listen(&srv, &id, &token).await;
+    let c = dana.client.clone();
+    let dana_jid = format!("{DANA}@s.whatsapp.net");
+
+    // A text, then a reply to it that mentions someone and previews a link.
+    let first = dana.send_text(ME, "the original").await.unwrap();
+    let ev = next_event(&mut l, "incoming_message").await;
+    assert_eq!(ev["data"]["message_id"], first.as_str());
+    let reply = wa::Message {
+        extended_text_message: wa::message::ExtendedTextMessage {
+            text: Some("@6281300000042 see https://example.org".into()),
+            matched_text: Some("https://example.org".into()),
+            title: Some("Example Domain".into()),
+            description: Some("An example".into()),
+            context_info: wa::ContextInfo {
+                stanza_id: Some(first.clone()),
+                participant: Some(dana_jid.clone()),
+                quoted_message: wa::Message {
+                    conversation: Some("the original".into()),
+                    ..Default::default()
+                }
+                .into(),
+                mentioned_jid: vec!["6281300000042@s.whatsapp.net".into()],
+                ..Default::default()
+            }
+            .into(),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    };
+    c.send_message(Jid::pn(ME), reply).await.unwrap();
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(d["type"], "text", "{d}");
+    assert_eq!(
+        d["quoted"],
+        serde_json::json!({"message_id": first, "sender": dana_jid, "text": "the original"})
+    );
+    assert_eq!(
+        d["mentions"],
+        serde_json::json!(["6281300000042@s.whatsapp.net"])
+    );
+    assert_eq!(
+        d["link_preview"],
+        serde_json::json!({"url": "https://example.org", "title": "Example Domain", "description": "An example"})
+    );
+
+    // A voice note (uploaded through the mock's media server).
+    let up = c
+        .upload(
+            vec![7u8; 3000],
+            whatsapp_rust::download::MediaType::Audio,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let voice = wa::Message {
+        audio_message: wa::message::AudioMessage {
+            url: Some(up.url.clone()),
+            direct_path: Some(up.direct_path.clone()),
+            media_key: Some(up.media_key.to_vec()),
+            file_enc_sha256: Some(up.file_enc_sha256.to_vec()),
+            file_sha256: Some(up.file_sha256.to_vec()),
+            file_length: Some(up.file_length),
+            mimetype: Some("audio/ogg; codecs=opus".into()),
+            ptt: Some(true),
+            seconds: Some(4),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    };
+    c.send_message(Jid::pn(ME), voice).await.unwrap();
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(d["type"], "audio", "{d}");
+    assert_eq!(
+        (
+            &d["media"]["ptt"],
+            &d["media"]["seconds"],
+            &d["media"]["size"]
+        ),
+        (
+            &Value::Bool(true),
+            &serde_json::json!(4),
+            &serde_json::json!(3000)
+        )
+    );
+
+    // A poll, as WhatsApp's poll call creates it.
+    let options = vec!["Tea".to_string(), "Coffee".to_string()];
+    c.polls()
+        .create(Jid::pn(ME), "Drink?", &options, 1)
+        .await
+        .unwrap();
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(d["type"], "poll", "{d}");
+    assert_eq!(
+        d["poll"],
+        serde_json::json!({"name": "Drink?", "options": ["Tea", "Coffee"], "selectable_count": 1})
+    );
+
+    // A reaction to the first message, then its removal.
+    let key = wa::MessageKey {
+        remote_jid: Some(format!("{ME}@s.whatsapp.net")),
+        from_me: Some(true),
+        id: Some(first.clone()),
+        ..Default::default()
+    };
+    c.send_reaction(Jid::pn(ME), key.clone(), "👍")
+        .await
+        .unwrap();
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(d["type"], "reaction", "{d}");
+    assert_eq!(
+        d["reaction"],
+        serde_json::json!({"message_id": first, "emoji": "👍", "removed": false})
+    );
+    c.send_reaction(Jid::pn(ME), key, "").await.unwrap();
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(d["reaction"]["removed"], true, "{d}");
+
+    // An edit and a delete-for-everyone of the first message.
+    let edited = wa::Message {
+        conversation: Some("the original, edited".into()),
+        ..Default::default()
+    };
+    c.edit_message(Jid::pn(ME), first.clone(), edited)
+        .await
+        .unwrap();
+    let d = next_event(&mut l, "message_edited").await["data"].clone();
+    assert_eq!(
+        (&d["type"], &d["message"], &d["original_message_id"]),
+        (
+            &serde_json::json!("edit"),
+            &serde_json::json!("the original, edited"),
+            &serde_json::json!(first)
+        ),
+        "{d}"
+    );
+    c.revoke_message(Jid::pn(ME), first.clone(), RevokeType::Sender)
+        .await
+        .unwrap();
+    let d = next_event(&mut l, "message_revoked").await["data"].clone();
+    assert_eq!(d["type"], "revoke", "{d}");
+    assert_eq!(d["original_message_id"], first.as_str());
+
+    // A message that cannot be decrypted is reported, then arrives once resent.
+    assert!(net.corrupt_next_message(ME, None, true));
+    let lost = dana.send_text(ME, "try again").await.unwrap();
+    let d = next_event(&mut l, "message_undecryptable").await["data"].clone();
+    assert_eq!(d["message_id"], lost.as_str(), "{d}");
+    assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
+    let d = next_event(&mut l, "incoming_message").await["data"].clone();
+    assert_eq!(
+        (d["message_id"].as_str(), d["message"].as_str()),
+        (Some(lost.as_str()), Some("try again"))
+    );
+}

@@ -50,6 +50,17 @@ pub struct ReceivedText {
     pub is_group: bool,
 }
 
+/// A message a contact received, as [`Contact::next_message`] shows it.
+pub struct ReceivedMessage<'a> {
+    pub id: String,
+    /// The sender's JID, without device.
+    pub sender: String,
+    /// The chat's JID, without device.
+    pub chat: String,
+    /// The decrypted message, as sent (wrappers included).
+    pub message: &'a wa::Message,
+}
+
 impl Contact {
     /// Starts a client on `net` with `backend` (fresh in-memory storage when `None`).
     /// It is not paired yet unless the backend holds a session.
@@ -170,6 +181,27 @@ impl Contact {
                     message_id: m.info.id.to_string(),
                     chat: m.info.source.chat.to_string(),
                     is_group: m.info.source.is_group,
+                })
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the next message of any kind whose `pick` answer is `Some`, and
+    /// returns that answer (messages `pick` refuses stay in the backlog).
+    pub async fn next_message<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ReceivedMessage) -> Option<T>,
+    ) -> Result<T, String> {
+        self.wait(what, |e| match e {
+            Event::Messages(batch) => batch.messages.iter().find_map(|m| {
+                pick(&ReceivedMessage {
+                    id: m.info.id.to_string(),
+                    sender: m.info.source.sender.to_non_ad().to_string(),
+                    chat: m.info.source.chat.to_non_ad().to_string(),
+                    message: &m.message,
                 })
             }),
             _ => None,
