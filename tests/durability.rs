@@ -935,6 +935,7 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
         kind: "text".into(),
         media: None,
         details: Default::default(),
+        raw: None,
     };
     // A: 3 old + 5 new; B: 2 new.
     let old: Vec<_> = (0..3).map(|i| msg("A", i)).collect();

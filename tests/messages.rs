@@ -529,3 +529,297 @@ async fn idempotency_key_sends_once_across_concurrency_and_restarts() {
     assert_eq!(n, 1);
     srv.stop().await;
 }
+
+/// Every outgoing kind of the message-kinds issue, sent through the REST API, arrives
+/// at a contact's real client as that kind; reactions, edits, deletes, forwards and
+/// read receipts refer to the right message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outgoing_kinds_arrive_as_what_they_are() {
+    use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
+    use whatsapp_rust::wacore::types::events::Event;
+    use whatsapp_rust::waproto::whatsapp as wa;
+    const ME: &str = "6281100000043";
+    const DANA: &str = "6281200000043";
+    const EVE: &str = "6281200000044";
+    let net = MockNetwork::start().await.unwrap();
+    let mut dana = contact(&net, DANA, "Dana").await;
+    let mut eve = contact(&net, EVE, "Eve").await;
+    let srv = TestServer::start(&net, "compose", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let post = |path: String, body: Value| {
+        let (srv, token) = (&srv, token.clone());
+        async move { srv.call("POST", &path, Some(&token), Some(body)).await }
+    };
+    let base = format!("/api/instances/{id}/messages");
+
+    // Dana writes first; her message is in the log.
+    let hello = dana.send_text(ME, "hello there").await.unwrap();
+    wait_logged(&srv, &token, &id, 1).await;
+
+    // A reply to it that mentions Eve.
+    let (s, v) = post(
+        format!("{base}/text"),
+        json!({"to": DANA, "text": format!("@{EVE} meet Dana"), "mentions": [EVE], "quotedMessageId": hello}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mine = v["data"]["messageId"].as_str().unwrap().to_string();
+    let (text, ctx) = dana
+        .next_message("the reply", |m| {
+            let x = m
+                .message
+                .get_base_message()
+                .extended_text_message
+                .as_option()?;
+            Some((x.text.clone(), x.context_info.as_option()?.clone()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(text.as_deref(), Some(format!("@{EVE} meet Dana").as_str()));
+    assert_eq!(ctx.stanza_id.as_deref(), Some(hello.as_str()));
+    assert_eq!(
+        ctx.participant.as_deref(),
+        Some(format!("{DANA}@s.whatsapp.net").as_str())
+    );
+    assert_eq!(
+        ctx.quoted_message
+            .as_option()
+            .and_then(|q| q.conversation.clone())
+            .as_deref(),
+        Some("hello there")
+    );
+    assert_eq!(ctx.mentioned_jid, vec![format!("{EVE}@s.whatsapp.net")]);
+
+    // A location, two contact cards, a poll.
+    let (s, v) = post(
+        format!("{base}/location"),
+        json!({"to": DANA, "latitude": -6.175, "longitude": 106.827, "name": "Monas", "address": "Jakarta"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let loc = dana
+        .next_message("the location", |m| {
+            m.message.location_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            loc.degrees_latitude,
+            loc.degrees_longitude,
+            loc.name.as_deref()
+        ),
+        (Some(-6.175), Some(106.827), Some("Monas"))
+    );
+    let (s, v) = post(
+        format!("{base}/contact"),
+        json!({"to": DANA, "contacts": [{"name": "Eve", "phone": EVE}, {"name": "Fay", "phone": "6281200000045"}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let cards = dana
+        .next_message("the cards", |m| {
+            m.message.contacts_array_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(cards.contacts.len(), 2);
+    assert!(
+        cards.contacts[0]
+            .vcard
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("waid={EVE}")),
+        "{:?}",
+        cards.contacts[0].vcard
+    );
+    let (s, v) = post(
+        format!("{base}/poll"),
+        json!({"to": DANA, "name": "Lunch?", "options": ["Rice", "Noodles", "Soup"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let poll = dana
+        .next_message("the poll", |m| {
+            m.message.poll_creation_message_v3.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = poll
+        .options
+        .iter()
+        .map(|o| o.option_name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        (poll.name.as_deref(), names),
+        (
+            Some("Lunch?"),
+            vec!["Rice".to_string(), "Noodles".into(), "Soup".into()]
+        )
+    );
+
+    // A reaction to Dana's message, then its removal.
+    let (s, v) = post(format!("{base}/{hello}/reaction"), json!({"emoji": "🎉"})).await;
+    assert_eq!(s, 200, "{v}");
+    let r = dana
+        .next_message("the reaction", |m| {
+            m.message.reaction_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    let key = r.key.as_option().unwrap();
+    assert_eq!(
+        (key.id.as_deref(), key.from_me, r.text.as_deref()),
+        (Some(hello.as_str()), Some(false), Some("🎉"))
+    );
+    let (s, _) = post(format!("{base}/{hello}/reaction"), json!({"emoji": ""})).await;
+    assert_eq!(s, 200);
+    let r = dana
+        .next_message("the removal", |m| {
+            m.message.reaction_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.text.as_deref(), Some(""));
+
+    // Edit and delete our reply.
+    let (s, v) = srv
+        .call(
+            "PATCH",
+            &format!("{base}/{mine}"),
+            Some(&token),
+            Some(json!({"text": "meet Dana!"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let p = dana
+        .next_message("the edit", |m| {
+            let p = m.message.get_base_message().protocol_message.as_option()?;
+            (p.r#type == Some(wa::message::protocol_message::Type::MESSAGE_EDIT)).then(|| p.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        p.key.as_option().and_then(|k| k.id.as_deref()),
+        Some(mine.as_str())
+    );
+    assert_eq!(
+        p.edited_message
+            .as_option()
+            .and_then(|e| e.get_base_message().conversation.clone())
+            .as_deref(),
+        Some("meet Dana!")
+    );
+    let (s, v) = srv
+        .call("DELETE", &format!("{base}/{mine}"), Some(&token), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let p = dana
+        .next_message("the delete", |m| {
+            let p = m.message.get_base_message().protocol_message.as_option()?;
+            (p.r#type == Some(wa::message::protocol_message::Type::REVOKE)).then(|| p.clone())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        p.key.as_option().and_then(|k| k.id.as_deref()),
+        Some(mine.as_str())
+    );
+
+    // Dana's message forwarded to Eve, marked forwarded.
+    let (s, v) = post(format!("{base}/{hello}/forward"), json!({"to": EVE})).await;
+    assert_eq!(s, 200, "{v}");
+    let (text, forwarded) = eve
+        .next_message("the forward", |m| {
+            let b = m.message.get_base_message();
+            let x = b.extended_text_message.as_option()?;
+            Some((
+                x.text.clone(),
+                x.context_info.as_option().and_then(|c| c.is_forwarded),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (text.as_deref(), forwarded),
+        (Some("hello there"), Some(true))
+    );
+
+    // Read receipt for Dana's message.
+    let (s, v) = post(format!("{base}/{hello}/read"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    dana.wait("the read receipt", |e| match e {
+        Event::Receipt(r) => (r.r#type
+            == whatsapp_rust::wacore::types::presence::ReceiptType::Read
+            && r.message_ids.iter().any(|m| m.as_str() == hello))
+        .then_some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+
+    // Typing in Dana's chat; then appear offline.
+    let (s, v) = post(
+        format!("/api/instances/{id}/chat-state"),
+        json!({"to": DANA, "state": "typing"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    dana.wait("the typing state", |e| {
+        matches!(e, Event::ChatPresence(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    let (s, v) = post(
+        format!("/api/instances/{id}/presence"),
+        json!({"presence": "unavailable"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while net.presences(ME).last().map(String::as_str) != Some("unavailable") {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{:?}",
+            net.presences(ME)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Refusals, each with its code.
+    let (s, v) = srv
+        .call(
+            "PATCH",
+            &format!("{base}/{hello}"),
+            Some(&token),
+            Some(json!({"text": "not mine"})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, "NOT_OWN_MESSAGE"), "{v}");
+    let (s, v) = post(format!("{base}/nope/reaction"), json!({"emoji": "x"})).await;
+    assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"), "{v}");
+    let (s, v) = post(
+        format!("{base}/poll"),
+        json!({"to": DANA, "name": "?", "options": ["one"]}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (s, v) = post(
+        format!("{base}/location"),
+        json!({"to": DANA, "latitude": 91, "longitude": 0}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (s, v) = post(
+        format!("{base}/text"),
+        json!({"to": "12@g.us.x", "text": "x"}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{v}");
+    let (s, v) = post(
+        format!("/api/instances/{id}/chat-state"),
+        json!({"to": DANA, "state": "dancing"}),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+}

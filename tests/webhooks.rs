@@ -490,6 +490,7 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
             kind: "text".into(),
             media: None,
             details: Default::default(),
+            raw: None,
         };
         ids.push(
             outbox

@@ -226,6 +226,19 @@ pub struct IncomingMessage {
     pub media: Option<MediaInfo>,
     #[serde(flatten)]
     pub details: Details,
+    /// The message protobuf, kept in the message log (never sent in events).
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
+}
+
+/// Largest message protobuf kept in the message log; a bigger one (a huge embedded
+/// thumbnail) is kept without it.
+pub const RAW_MAX: usize = 128 * 1024;
+
+/// The protobuf of `m` to keep beside its log row, if small enough.
+pub fn raw_of(m: &whatsapp_rust::waproto::whatsapp::Message) -> Option<Vec<u8>> {
+    use whatsapp_rust::buffa::Message as _;
+    Some(m.encode_to_vec()).filter(|b| b.len() <= RAW_MAX)
 }
 
 /// `type` of an edit of an earlier message (event `message_edited`).
@@ -338,6 +351,9 @@ pub struct SentRecord {
     pub media: Option<MediaInfo>,
     /// Unix seconds.
     pub timestamp: i64,
+    /// The message protobuf (see [`raw_of`]).
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
 }
 
 /// Where everything an instance observes is made durable: the message log, the status
@@ -462,6 +478,7 @@ mod tests {
             kind: "text".into(),
             media: None,
             details: Default::default(),
+            raw: None,
         };
         let v = m.to_envelope();
         assert_eq!(v["event"], "incoming_message");

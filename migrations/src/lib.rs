@@ -8,7 +8,8 @@
 //!   tables behind our implementation of whatsapp-rust's `Backend` traits;
 //! - the durable message path (`m20261203_000003_message_log`): message log,
 //!   status timeline, event log (cursors), idempotency keys, webhook event filter;
-//! - the URL each webhook outbox row was queued for (`m20261204_000004_outbox_target`).
+//! - the URL each webhook outbox row was queued for (`m20261204_000004_outbox_target`);
+//! - the message protobuf beside each message-log row (`m20261205_000005_message_raw`).
 //!
 //! Migrations run at server start and through `sudevwa migrate`.
 
@@ -18,6 +19,7 @@ mod m20261123_000001_app_tables;
 mod m20261123_000002_whatsapp_store;
 mod m20261203_000003_message_log;
 mod m20261204_000004_outbox_target;
+mod m20261205_000005_message_raw;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -30,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_whatsapp_store::Migration),
             Box::new(m20261203_000003_message_log::Migration),
             Box::new(m20261204_000004_outbox_target::Migration),
+            Box::new(m20261205_000005_message_raw::Migration),
         ]
     }
 }

@@ -434,7 +434,7 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
             .allow_origins(origins.iter().map(String::as_str))
             .allow_headers(["authorization", "content-type", "idempotency-key"])
             .expose_headers(["idempotent-replayed", "retry-after"])
-            .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
+            .allow_methods(["GET", "POST", "PATCH", "DELETE", "OPTIONS"])
             .max_age(600);
         served
             .with(cors)

@@ -126,6 +126,7 @@ pub fn methods_for(docs: &[RouteDoc], path: &str) -> Vec<&'static str> {
             "post" => "POST",
             "delete" => "DELETE",
             "put" => "PUT",
+            "patch" => "PATCH",
             _ => continue,
         };
         if !out.contains(&m) {

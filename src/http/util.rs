@@ -40,6 +40,14 @@ fn invalid_phone() -> ApiError {
 }
 
 /// Is `jid` a group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`)?
+/// `<digits>@lid` (trimmed), if `raw` is a LID JID.
+pub fn lid_jid(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let user = raw.strip_suffix("@lid")?;
+    (!user.is_empty() && user.len() <= 20 && user.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| raw.to_string())
+}
+
 pub fn is_group_jid(jid: &str) -> bool {
     let Some(user) = jid.strip_suffix("@g.us") else {
         return false;

@@ -4,8 +4,8 @@
 
 use actors::events::LiveEvent;
 use actors::instance::{
-    GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, NumberCheck, OutgoingMedia, QrCode,
-    Sent,
+    ChatState, GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, MessageAction, MessageRef,
+    NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
 };
 use actors::lifecycle::LifecycleError;
 use actors::InstanceStatus;
@@ -29,13 +29,15 @@ pub enum Recipient {
     Phone(String),
     /// A group JID (`…@g.us`, validated).
     Group(String),
+    /// A person known by LID (`<digits>@lid`, validated).
+    Lid(String),
 }
 
 impl Recipient {
     /// The phone digits or the group JID.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Phone(s) | Self::Group(s) => s,
+            Self::Phone(s) | Self::Group(s) | Self::Lid(s) => s,
         }
     }
 }
@@ -114,7 +116,7 @@ impl InstanceHandle {
         message_id: Option<String>,
     ) -> Result<Sent, InstanceError> {
         let r = match (to, content) {
-            (Recipient::Phone(to), Content::Text(text)) => call_t!(
+            (Recipient::Phone(to) | Recipient::Lid(to), Content::Text(text)) => call_t!(
                 self.actor,
                 |reply| InstanceMsg::SendText {
                     to,
@@ -136,7 +138,7 @@ impl InstanceHandle {
             ),
             (to, Content::Media(media)) => {
                 let to = match to {
-                    Recipient::Phone(s) | Recipient::Group(s) => s,
+                    Recipient::Phone(s) | Recipient::Group(s) | Recipient::Lid(s) => s,
                 };
                 call_t!(
                     self.actor,
@@ -151,6 +153,66 @@ impl InstanceHandle {
             }
         };
         r.map_err(unavailable)?
+    }
+
+    /// Sends a message of another kind (`quoted`: the message it replies to).
+    pub async fn compose(
+        &self,
+        to: String,
+        content: Outgoing,
+        quoted: Option<MessageRef>,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::Compose {
+                to,
+                content,
+                quoted,
+                message_id,
+                reply
+            },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
+    /// Reacts to, edits, deletes or marks read a logged message.
+    pub async fn on_message(
+        &self,
+        target: MessageRef,
+        action: MessageAction,
+    ) -> Result<Sent, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::OnMessage {
+                target,
+                action,
+                reply
+            },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
+    /// Shows typing, recording or paused in a chat.
+    pub async fn chat_state(&self, to: String, state: ChatState) -> Result<(), InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::SetChatState { to, state, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
+    /// Appears online or offline.
+    pub async fn set_presence(&self, available: bool) -> Result<(), InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::SetPresence { available, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
     }
 
     /// Which of `phones` are on WhatsApp.

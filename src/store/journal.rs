@@ -62,6 +62,8 @@ pub mod message {
         pub timestamp: i64,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The WhatsApp message protobuf (see [`actors::events::RAW_MAX`]).
+        pub raw: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -449,6 +451,7 @@ impl Journal {
                 timestamp: Set(m.timestamp * 1000),
                 created_at: Set(now),
                 updated_at: Set(now),
+                raw: Set(m.raw.clone()),
                 ..Default::default()
             };
             let inserted = message::Entity::insert(row)
@@ -500,6 +503,7 @@ impl Journal {
             timestamp: Set(s.timestamp * 1000),
             created_at: Set(now),
             updated_at: Set(now),
+            raw: Set(s.raw.clone()),
             ..Default::default()
         })
         .on_conflict(message_key_conflict())
@@ -718,6 +722,29 @@ impl Journal {
     }
 
     /// One message (the newest with that id) with its status timeline.
+    /// A logged message, as actions refer to it (the newest with this id).
+    pub async fn message_ref(
+        &self,
+        instance_id: &str,
+        message_id: &str,
+    ) -> Result<Option<actors::instance::MessageRef>, DbErr> {
+        let row = message::Entity::find()
+            .filter(message::Column::InstanceId.eq(instance_id))
+            .filter(message::Column::MessageId.eq(message_id))
+            .order_by_desc(message::Column::Seq)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|r| actors::instance::MessageRef {
+            id: r.message_id,
+            chat: r.chat,
+            sender: r.sender,
+            from_me: r.from_me,
+            kind: r.kind,
+            body: r.body,
+            raw: r.raw,
+        }))
+    }
+
     pub async fn get_message(
         &self,
         instance_id: &str,

@@ -160,6 +160,7 @@ pub fn incoming(
         kind: kind.to_string(),
         media,
         details,
+        raw: crate::events::raw_of(m),
     }
 }
 
@@ -197,6 +198,7 @@ pub fn undecryptable(
             reason: Some(reason.to_lowercase()),
             ..Default::default()
         },
+        raw: None,
     }
 }
 

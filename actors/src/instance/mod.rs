@@ -20,8 +20,10 @@
 //! | `presence.rs` | the **presence heartbeat** while online |
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
+//! | `compose.rs` | other kinds (reply, mentions, location, contacts, poll, forward), actions on logged messages (react, edit, delete, read), chat state, own presence |
 
 mod client;
+mod compose;
 mod env;
 mod inbound;
 mod msg;
@@ -37,8 +39,8 @@ pub use inbound::{describe, incoming, is_signalling, read, undecryptable, Descri
 #[cfg(feature = "test-faults")]
 pub use msg::Fault;
 pub use msg::{
-    GroupInfo, Identity, InstanceError, InstanceMsg, InstanceSnapshot, MediaKind, NumberCheck,
-    OutgoingMedia, QrCode, Sent,
+    CardOut, ChatState, GroupInfo, Identity, InstanceError, InstanceMsg, InstanceSnapshot,
+    MediaKind, MessageAction, MessageRef, NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
 };
 pub use outbound::media_message;
 pub use presence::spawn_ticker;
@@ -92,6 +94,8 @@ pub struct InstanceState {
     numbers: Arc<NumberCache>,
     /// Stores message statuses off the mailbox (see [`crate::receipts`]).
     statuses: crate::receipts::StatusWriter,
+    /// Asked to appear offline: the presence heartbeat stays quiet.
+    appear_offline: bool,
 }
 
 impl Actor for InstanceActor {
@@ -132,6 +136,7 @@ impl Actor for InstanceActor {
             ops: OpTasks::new(env_max_ops),
             numbers: Arc::new(NumberCache::default()),
             statuses,
+            appear_offline: false,
         };
         // Restore: a paired session reconnects, a QR wait becomes "ready for a new QR".
         let backend = state.env.store.backend(&state.id);
@@ -207,6 +212,24 @@ impl InstanceActor {
                 message_id,
                 reply,
             } => state.send_group_text(group_jid, text, message_id, reply),
+            InstanceMsg::Compose {
+                to,
+                content,
+                quoted,
+                message_id,
+                reply,
+            } => state.compose(to, content, quoted, message_id, reply),
+            InstanceMsg::OnMessage {
+                target,
+                action,
+                reply,
+            } => state.on_message(target, action, reply),
+            InstanceMsg::SetChatState {
+                to,
+                state: s,
+                reply,
+            } => state.set_chat_state(to, s, reply),
+            InstanceMsg::SetPresence { available, reply } => state.set_presence(available, reply),
             InstanceMsg::Logout(reply) => state.logout(me, reply).await,
             InstanceMsg::Subscribe(reply) => drop(reply.send(state.listeners.subscribe())),
             InstanceMsg::Shutdown(reply) => state.shutdown(me, reply).await,

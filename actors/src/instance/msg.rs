@@ -52,6 +52,10 @@ pub enum InstanceError {
     Busy,
     #[error("the request was abandoned by its caller before it started; nothing was sent")]
     Abandoned,
+    #[error("only messages this instance sent can be edited or deleted for everyone")]
+    NotOwnMessage,
+    #[error("this message cannot be forwarded: its content was not kept")]
+    NotForwardable,
     /// The actor did not answer in time (or is gone).
     #[error("the instance did not answer")]
     Unavailable,
@@ -75,6 +79,8 @@ impl InstanceError {
             Self::Storage => "INTERNAL_ERROR",
             Self::Busy => "INSTANCE_BUSY",
             Self::Abandoned => "REQUEST_ABANDONED",
+            Self::NotOwnMessage => "NOT_OWN_MESSAGE",
+            Self::NotForwardable => "MESSAGE_NOT_FORWARDABLE",
             Self::Unavailable => "INTERNAL_ERROR",
         }
     }
@@ -158,6 +164,77 @@ pub enum Fault {
     Panic,
 }
 
+/// A message in the instance's message log that a request refers to (quoted,
+/// reacted to, edited, deleted, forwarded, marked read).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageRef {
+    pub id: String,
+    /// Its chat's JID.
+    pub chat: String,
+    /// Its sender's JID; empty for messages this instance sent.
+    pub sender: String,
+    pub from_me: bool,
+    /// Its `type` (text, image, ...).
+    pub kind: String,
+    /// Its text or caption, if any.
+    pub body: Option<String>,
+    /// Its protobuf, if kept.
+    pub raw: Option<Vec<u8>>,
+}
+
+/// A contact card to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CardOut {
+    pub name: String,
+    /// Digits of the contact's number.
+    pub phone: String,
+}
+
+/// A new message of a kind beyond plain text and media.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A text with mentions (JIDs).
+    Text {
+        text: String,
+        mentions: Vec<String>,
+    },
+    Location {
+        latitude: f64,
+        longitude: f64,
+        name: Option<String>,
+        address: Option<String>,
+    },
+    Contacts(Vec<CardOut>),
+    Poll {
+        name: String,
+        options: Vec<String>,
+        selectable_count: u32,
+    },
+    /// A copy of a message in the log, marked forwarded.
+    Forward(MessageRef),
+}
+
+/// An action on a message in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageAction {
+    /// React (an empty emoji removes the reaction).
+    React(String),
+    /// Replace the text of a message this instance sent.
+    Edit(String),
+    /// Delete for everyone.
+    Revoke,
+    /// Send a read receipt.
+    Read,
+}
+
+/// What the instance shows a chat it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatState {
+    Typing,
+    Recording,
+    Paused,
+}
+
 /// Messages of [`InstanceActor`](super::InstanceActor).
 pub enum InstanceMsg {
     /// Start (or join) a QR login; replies with the code on offer, waiting up to
@@ -195,6 +272,31 @@ pub enum InstanceMsg {
         text: String,
         message_id: Option<String>,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Send a message of another kind (optionally as a reply to `quoted`).
+    Compose {
+        to: String,
+        content: Outgoing,
+        quoted: Option<MessageRef>,
+        message_id: Option<String>,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Act on a message in the log (in its chat's turn).
+    OnMessage {
+        target: MessageRef,
+        action: MessageAction,
+        reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Show typing / recording / paused in a chat.
+    SetChatState {
+        to: String,
+        state: ChatState,
+        reply: RpcReplyPort<Result<(), InstanceError>>,
+    },
+    /// Appear online (`true`, the default while connected) or offline.
+    SetPresence {
+        available: bool,
+        reply: RpcReplyPort<Result<(), InstanceError>>,
     },
     /// Unlink on WhatsApp and wipe the keys; the instance stays.
     Logout(RpcReplyPort<Result<(), InstanceError>>),

@@ -90,17 +90,17 @@ impl InstanceState {
 /// so the actor never awaits a round trip to WhatsApp: sends, uploads, number checks
 /// and group listings run beside it, bounded per instance, and reply when done.
 #[derive(Clone)]
-struct Ops {
-    id: Arc<str>,
-    client: Arc<Client>,
-    env: Arc<InstanceEnv>,
+pub(super) struct Ops {
+    pub(super) id: Arc<str>,
+    pub(super) client: Arc<Client>,
+    pub(super) env: Arc<InstanceEnv>,
     numbers: Arc<NumberCache>,
 }
 
 /// A send's place in its chat's queue: the send waits for the previous send to the
 /// same chat to finish (or fail) before it goes out, so order per chat is kept while
 /// different chats, uploads and number checks run in parallel.
-struct Turn {
+pub(super) struct Turn {
     prev: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Dropped when this operation ends, which releases the next one.
     _done: Option<tokio::sync::oneshot::Sender<()>>,
@@ -119,11 +119,11 @@ impl Turn {
 
     /// The caller gave up (an HTTP request that timed out): a send that has not
     /// started yet must not start, or the caller's retry would send it twice.
-    fn caller_gone(&self) -> bool {
+    pub(super) fn caller_gone(&self) -> bool {
         self.caller_gone.as_ref().is_some_and(|f| f())
     }
 
-    async fn wait(&mut self) {
+    pub(super) async fn wait(&mut self) {
         if let Some(prev) = self.prev.take() {
             // Err only means the previous operation ended without a signal: its
             // sender was dropped, which is the signal.
@@ -241,7 +241,7 @@ impl InstanceState {
     /// Starts `op` as a task and replies with its result when it ends. Refused at once
     /// (`NOT_CONNECTED`, `NOT_LOGGED_IN`, `INSTANCE_BUSY`) without starting anything.
     /// With a `chat`, the operation takes the next turn in that chat's queue.
-    fn run_op<T, F, Fut>(
+    pub(super) fn run_op<T, F, Fut>(
         &mut self,
         reply: RpcReplyPort<Result<T, InstanceError>>,
         chat: Option<String>,
@@ -288,9 +288,18 @@ impl InstanceState {
 }
 
 impl Ops {
-    /// Resolves `to` (digits or a JID) and, for phone numbers, checks it is on WhatsApp.
-    /// Answers from the number cache when it can (see [`NumberCache`]).
-    async fn recipient(&self, to: &str) -> Result<Jid, InstanceError> {
+    /// Resolves `to` — phone digits, `<digits>@s.whatsapp.net`, `<digits>@lid` or a
+    /// group JID — and, for phone numbers, checks it is on WhatsApp. Answers from the
+    /// number cache when it can (see [`NumberCache`]). A LID is sent to as it is:
+    /// WhatsApp gave it, so it exists.
+    pub(super) async fn recipient(&self, to: &str) -> Result<Jid, InstanceError> {
+        let to = to.strip_suffix("@s.whatsapp.net").unwrap_or(to);
+        if let Some(user) = to.strip_suffix("@lid") {
+            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InstanceError::InvalidPhone);
+            }
+            return Ok(Jid::lid(user));
+        }
         if to.contains('@') {
             return group_jid_of(to);
         }
@@ -326,7 +335,7 @@ impl Ops {
     }
 
     /// Sends once `turn` comes (the previous send to this chat has ended).
-    async fn send(
+    pub(super) async fn send(
         &self,
         to: Jid,
         message: wa::Message,
@@ -340,6 +349,7 @@ impl Ops {
         }
         let client = &self.client;
         let (kind, body, media) = describe(&message);
+        let raw = crate::events::raw_of(&message);
         let (kind, is_group) = (kind.to_string(), to.is_group());
         let chat_user = to.user.to_string();
         let mut options = whatsapp_rust::send::SendOptions::default();
@@ -374,6 +384,7 @@ impl Ops {
             body,
             media,
             timestamp: sent.timestamp,
+            raw,
         };
         if let Err(e) = self.env.sink.record_sent(&record).await {
             // The message is on its way; only its log row is missing.
@@ -561,7 +572,7 @@ pub fn media_message(
 }
 
 /// A group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`), or `InvalidGroupJid`.
-fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
+pub(super) fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
     let user = s
         .strip_suffix("@g.us")
         .ok_or(InstanceError::InvalidGroupJid)?;

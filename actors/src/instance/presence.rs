@@ -28,6 +28,9 @@ impl InstanceState {
 
     /// One tick: send "available" if online.
     pub(super) fn heartbeat(&mut self) {
+        if self.appear_offline {
+            return;
+        }
         if let (Some(client), InstanceStatus::Online) = (&self.client, self.status) {
             let (client, id) = (client.clone(), self.id.clone());
             self.ops.track(async move {

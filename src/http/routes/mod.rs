@@ -6,6 +6,7 @@
 //! | `instances.rs` | create, status, list, logout, delete, resume, tokens |
 //! | `qr.rs` | the QR login: code, image, cancel |
 //! | `send.rs` | **every send** (by id or by number × phone or group × text, URL or file) and the number check |
+//! | `compose.rs` | other message kinds (mentions, location, contacts, poll, forward), reactions, edits, deletes, read receipts, chat state, presence |
 //! | `groups.rs` | group listings |
 //! | `webhooks.rs` | webhook settings, delivery log, redelivery |
 //! | `journal.rs` | message log and event log |
@@ -52,6 +53,7 @@ macro_rules! declare {
     }};
 }
 
+mod compose;
 mod groups;
 mod idempotent;
 mod instances;
@@ -78,6 +80,7 @@ pub(crate) fn all(api: &Shared) -> table::Table {
         instances::routes(api),
         qr::routes(api),
         send::routes(api),
+        compose::routes(api),
         groups::routes(api),
         webhooks::routes(api),
         journal::routes(api),

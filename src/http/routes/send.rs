@@ -293,7 +293,7 @@ fn multipart(api: &Shared) -> BoxedFilter<(MediaForm,)> {
 
 /// The raw `Idempotency-Key` (checked after the instance scope, so a malformed key is
 /// a `VALIDATION_ERROR` rather than a header rejection).
-fn idempotency_key() -> BoxedFilter<(Option<String>,)> {
+pub(super) fn idempotency_key() -> BoxedFilter<(Option<String>,)> {
     warp::header::headers_cloned()
         .map(|h: warp::http::HeaderMap| {
             h.get("idempotency-key")
@@ -503,8 +503,12 @@ fn recipient(api: &Shared, raw: &str, group: bool) -> Result<Recipient, ApiError
             return Err(InstanceError::InvalidGroupJid.into());
         }
         Ok(Recipient::Group(jid.to_string()))
+    } else if let Some(lid) = util::lid_jid(raw) {
+        Ok(Recipient::Lid(lid))
     } else {
         let cc = &api.config.whatsapp.default_country_code;
+        let raw = raw.trim();
+        let raw = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
         Ok(Recipient::Phone(util::normalize_phone(raw, cc)?))
     }
 }
