@@ -316,7 +316,13 @@ async fn webhook_events_filter_is_validated_and_honoured() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["data"]["events"],
-        json!(["incoming_message", "message_status"])
+        json!([
+            "incoming_message",
+            "message_status",
+            "message_edited",
+            "message_revoked",
+            "message_undecryptable"
+        ])
     );
     // Only statuses: an incoming message is not delivered, a status is.
     let (s, v) = srv
@@ -558,7 +564,7 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
 
     // A reply to it that mentions Eve.
     let (s, v) = post(
-        format!("{base}/text"),
+        format!("/api/instances/{id}/send/text"),
         json!({"to": DANA, "text": format!("@{EVE} meet Dana"), "mentions": [EVE], "quotedMessageId": hello}),
     )
     .await;
@@ -592,7 +598,7 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
 
     // A location, two contact cards, a poll.
     let (s, v) = post(
-        format!("{base}/location"),
+        format!("/api/instances/{id}/send/location"),
         json!({"to": DANA, "latitude": -6.175, "longitude": 106.827, "name": "Monas", "address": "Jakarta"}),
     )
     .await;
@@ -612,7 +618,7 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
         (Some(-6.175), Some(106.827), Some("Monas"))
     );
     let (s, v) = post(
-        format!("{base}/contact"),
+        format!("/api/instances/{id}/send/contact"),
         json!({"to": DANA, "contacts": [{"name": "Eve", "phone": EVE}, {"name": "Fay", "phone": "6281200000045"}]}),
     )
     .await;
@@ -634,7 +640,7 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
         cards.contacts[0].vcard
     );
     let (s, v) = post(
-        format!("{base}/poll"),
+        format!("/api/instances/{id}/send/poll"),
         json!({"to": DANA, "name": "Lunch?", "options": ["Rice", "Noodles", "Soup"]}),
     )
     .await;
@@ -799,19 +805,19 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
     let (s, v) = post(format!("{base}/nope/reaction"), json!({"emoji": "x"})).await;
     assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"), "{v}");
     let (s, v) = post(
-        format!("{base}/poll"),
+        format!("/api/instances/{id}/send/poll"),
         json!({"to": DANA, "name": "?", "options": ["one"]}),
     )
     .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
     let (s, v) = post(
-        format!("{base}/location"),
+        format!("/api/instances/{id}/send/location"),
         json!({"to": DANA, "latitude": 91, "longitude": 0}),
     )
     .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
     let (s, v) = post(
-        format!("{base}/text"),
+        format!("/api/instances/{id}/send/text"),
         json!({"to": "12@g.us.x", "text": "x"}),
     )
     .await;
@@ -822,4 +828,54 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
     )
     .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+}
+
+/// A contact that writes by LID (a LID-migrated chat) is answered through the API at
+/// that LID, on the old send route and the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contact_known_by_lid_can_be_answered() {
+    const ME: &str = "6281100000046";
+    const GIL: &str = "6281200000046";
+    let net = MockNetwork::start().await.unwrap();
+    net.lid_migration(true);
+    let mut gil = contact(&net, GIL, "Gil").await;
+    let srv = TestServer::start(&net, "lid-answer", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    gil.send_text(ME, "by lid").await.unwrap();
+    wait_logged(&srv, &token, &id, 1).await;
+    let (_, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/messages?direction=in"),
+    )
+    .await;
+    let from = v["data"]["messages"][0]["from"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(from.ends_with("@lid"), "the contact wrote by LID: {v}");
+    for (path, body) in [
+        (
+            format!("/api/send/{id}"),
+            json!({"to": from, "message": "answer one"}),
+        ),
+        (
+            format!("/api/instances/{id}/send/text"),
+            json!({"to": from, "text": "answer two"}),
+        ),
+    ] {
+        let (s, v) = srv.call("POST", &path, Some(&token), Some(body)).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        let got = gil.next_text().await.unwrap();
+        assert!(got.text.starts_with("answer"), "{got:?}");
+    }
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "12ab@lid", "message": "x"})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{v}");
 }

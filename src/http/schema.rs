@@ -27,6 +27,35 @@ pub const fn of<T: PartialSchema>() -> SchemaFn {
 /// type `image|video|audio|document|file` (any case) or blank, a URL `^https?://`.
 pub const PHONE: &str = "{phone}";
 
+/// Stands for a recipient: a phone number, `<10-15 digits>@s.whatsapp.net`,
+/// `<digits>@lid` or a group JID.
+pub const RECIPIENT: &str = "{recipient}";
+
+/// Stands for a person: a phone number, `<10-15 digits>@s.whatsapp.net` or
+/// `<digits>@lid`.
+pub const PERSON: &str = "{person}";
+
+/// The JID forms a person may be given in.
+const PERSON_JIDS: &str = r"^[0-9]{10,15}@s\.whatsapp\.net$|^[0-9]{1,20}@lid$";
+
+/// A list of people (mentions): at most 256.
+pub fn people() -> Schema {
+    ArrayBuilder::new()
+        .items(string(PERSON))
+        .max_items(Some(256))
+        .into()
+}
+
+/// Poll options: 2-12 distinct non-blank texts.
+pub fn poll_options() -> Schema {
+    ArrayBuilder::new()
+        .items(string(r"\S"))
+        .min_items(Some(2))
+        .max_items(Some(12))
+        .unique_items(true)
+        .into()
+}
+
 /// The pattern of a phone number when the default country code has `cc_len` digits:
 /// digits with optional `+ -.()` and spaces, 10-15 digits, or a leading `0` and as many
 /// digits as make 10-15 once the `0` becomes the country code.
@@ -150,8 +179,19 @@ pub fn to_30(v: &mut Value, phone: &str) {
                     map.insert(key.into(), Value::Array(rest));
                 }
             }
-            if map.get("pattern").and_then(Value::as_str) == Some(PHONE) {
-                map.insert("pattern".into(), Value::from(phone));
+            match map.get("pattern").and_then(Value::as_str) {
+                Some(PHONE) => {
+                    map.insert("pattern".into(), Value::from(phone));
+                }
+                Some(PERSON) => {
+                    map.insert("pattern".into(), format!("{phone}|{PERSON_JIDS}").into());
+                }
+                Some(RECIPIENT) => {
+                    let group = r"^[0-9]+(-[0-9]+)?@g\.us$";
+                    let all = format!("{phone}|{PERSON_JIDS}|{group}");
+                    map.insert("pattern".into(), all.into());
+                }
+                _ => {}
             }
             map.remove("$schema");
             map.remove("default");

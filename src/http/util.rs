@@ -40,6 +40,14 @@ fn invalid_phone() -> ApiError {
 }
 
 /// Is `jid` a group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`)?
+/// The digits of `<10-15 digits>@s.whatsapp.net` (trimmed), if `raw` is a person's
+/// phone-number JID.
+pub fn pn_jid_digits(raw: &str) -> Option<String> {
+    let user = raw.trim().strip_suffix("@s.whatsapp.net")?;
+    ((10..=15).contains(&user.len()) && user.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| user.to_string())
+}
+
 /// `<digits>@lid` (trimmed), if `raw` is a LID JID.
 pub fn lid_jid(raw: &str) -> Option<String> {
     let raw = raw.trim();

@@ -1,6 +1,6 @@
 //! Message kinds beyond text and media, and actions on messages in the log:
 //!
-//! - `POST /api/instances/:id/messages/{text,location,contact,poll}`: a text with
+//! - `POST /api/instances/:id/send/{text,location,contact,poll}`: a text with
 //!   mentions, a location, contact cards, a poll — each optionally a reply
 //!   (`quotedMessageId`), each at most once per `Idempotency-Key`;
 //! - `POST /api/instances/:id/messages/:messageId/{forward,reaction,read}`,
@@ -69,7 +69,7 @@ pub(super) fn routes(api: &Shared) -> Table {
         at1,
         doc(
             "post",
-            "/api/instances/{id}/messages/text",
+            "/api/instances/{id}/send/text",
             "messages",
             "Send a text with mentions, optionally as a reply",
             true,
@@ -86,7 +86,7 @@ pub(super) fn routes(api: &Shared) -> Table {
         at1,
         doc(
             "post",
-            "/api/instances/{id}/messages/location",
+            "/api/instances/{id}/send/location",
             "messages",
             "Send a location",
             true,
@@ -103,7 +103,7 @@ pub(super) fn routes(api: &Shared) -> Table {
         at1,
         doc(
             "post",
-            "/api/instances/{id}/messages/contact",
+            "/api/instances/{id}/send/contact",
             "messages",
             "Send one or more contact cards",
             true,
@@ -120,7 +120,7 @@ pub(super) fn routes(api: &Shared) -> Table {
         at1,
         doc(
             "post",
-            "/api/instances/{id}/messages/poll",
+            "/api/instances/{id}/send/poll",
             "messages",
             "Send a poll",
             true,
@@ -258,11 +258,12 @@ pub(super) fn routes(api: &Shared) -> Table {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TextBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
     #[schema(value_type = String, required = true, pattern = r"\S")]
     text: Option<String>,
     /// Phone numbers or JIDs mentioned (the text names them as `@<digits>`).
+    #[schema(schema_with = schema::people)]
     mentions: Option<Vec<String>>,
     /// The id of a logged message this one replies to.
     quoted_message_id: Option<String>,
@@ -272,7 +273,7 @@ struct TextBody {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LocationBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
     #[schema(value_type = f64, required = true, minimum = -90, maximum = 90)]
     latitude: Option<f64>,
@@ -296,23 +297,23 @@ struct CardBody {
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ContactBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
-    #[schema(value_type = Vec<CardBody>, required = true, min_items = 1, max_items = 20)]
+    #[schema(inline, value_type = Vec<CardBody>, required = true, min_items = 1, max_items = 20)]
     contacts: Option<Vec<CardBody>>,
     quoted_message_id: Option<String>,
 }
 
-/// A poll: 2-12 distinct options; `selectableCount` 1 (default) to the number of
-/// options.
+/// A poll: 2-12 distinct options; `selectableCount` 1 (default) to 12, how many
+/// options a voter may pick (more than there are options: any number of them).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PollBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
     #[schema(value_type = String, required = true, pattern = r"\S")]
     name: Option<String>,
-    #[schema(value_type = Vec<String>, required = true, min_items = 2, max_items = 12)]
+    #[schema(schema_with = schema::poll_options, required = true)]
     options: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 12)]
     selectable_count: Option<u32>,
@@ -322,7 +323,7 @@ struct PollBody {
 /// Where to forward.
 #[derive(Deserialize, Default, ToSchema)]
 struct ForwardBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
 }
 
@@ -343,7 +344,7 @@ struct EditBody {
 /// A chat state shown in `to`.
 #[derive(Deserialize, Default, ToSchema)]
 struct ChatStateBody {
-    #[schema(value_type = String, required = true, pattern = r"^[0-9+()\-. ]+(@s\.whatsapp\.net|@lid)?$|^[0-9]+(-[0-9]+)?@g\.us$")]
+    #[schema(value_type = String, required = true, pattern = "{recipient}")]
     to: Option<String>,
     /// `typing`, `recording` or `paused`.
     #[schema(value_type = String, required = true, pattern = "^(typing|recording|paused)$")]
@@ -373,8 +374,10 @@ fn recipient(api: &Shared, raw: &str) -> Result<String, ApiError> {
     if let Some(lid) = util::lid_jid(raw) {
         return Ok(lid);
     }
-    let phone = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
-    util::normalize_phone(phone, &api.config.whatsapp.default_country_code)
+    if let Some(digits) = util::pn_jid_digits(raw) {
+        return Ok(digits);
+    }
+    util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
 }
 
 /// A mention: a phone number or a person's JID, as a JID.
@@ -382,10 +385,11 @@ fn mention(api: &Shared, raw: &str) -> Result<String, ApiError> {
     if let Some(lid) = util::lid_jid(raw) {
         return Ok(lid);
     }
-    let raw = raw.trim();
-    let phone = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
-    let digits = util::normalize_phone(phone, &api.config.whatsapp.default_country_code)
-        .map_err(|_| invalid("mentions must be phone numbers or person JIDs"))?;
+    let digits = match util::pn_jid_digits(raw) {
+        Some(d) => d,
+        None => util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
+            .map_err(|_| invalid("mentions must be phone numbers or person JIDs"))?,
+    };
     Ok(format!("{digits}@s.whatsapp.net"))
 }
 
@@ -554,12 +558,12 @@ async fn poll(id: String, p: Principal, body: Bytes, key: Option<String>, api: S
         if distinct.len() != options.len() {
             return Err(invalid("options must be distinct"));
         }
+        // More than there are options means "any number of them".
         let selectable_count = b.selectable_count.unwrap_or(1);
-        if selectable_count < 1 || selectable_count as usize > options.len() {
-            return Err(invalid(
-                "selectableCount must be from 1 to the number of options",
-            ));
+        if !(1..=12).contains(&selectable_count) {
+            return Err(invalid("selectableCount must be from 1 to 12"));
         }
+        let selectable_count = selectable_count.min(options.len() as u32);
         Ok(Draft {
             to,
             content: Outgoing::Poll {

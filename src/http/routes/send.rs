@@ -506,9 +506,10 @@ fn recipient(api: &Shared, raw: &str, group: bool) -> Result<Recipient, ApiError
     } else if let Some(lid) = util::lid_jid(raw) {
         Ok(Recipient::Lid(lid))
     } else {
+        if let Some(digits) = util::pn_jid_digits(raw) {
+            return Ok(Recipient::Phone(digits));
+        }
         let cc = &api.config.whatsapp.default_country_code;
-        let raw = raw.trim();
-        let raw = raw.strip_suffix("@s.whatsapp.net").unwrap_or(raw);
         Ok(Recipient::Phone(util::normalize_phone(raw, cc)?))
     }
 }
