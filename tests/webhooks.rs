@@ -533,3 +533,52 @@ async fn hard_killed_server_delivers_its_outbox_after_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Edits and deletes of a contact's message reach the webhook as `message_edited` and
+/// `message_revoked` (default subscription), signed, naming the original message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_and_deletes_reach_the_webhook() {
+    use whatsapp_rust::send::RevokeType;
+    use whatsapp_rust::waproto::whatsapp as wa;
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000047";
+    let net = MockNetwork::start().await.unwrap();
+    let erin = net.add_contact("6281200000047", "Erin").await.unwrap();
+    let srv = TestServer::start(&net, "hooks-edit", HOOK_ENV).await;
+    let (id, _) = srv.paired_instance(&net, ME).await;
+    let rx = Receiver::start(vec![]).await;
+    let secret = set_webhook(&srv, &id, &rx.url, None).await;
+    let original = erin.send_text(ME, "frist").await.unwrap();
+    let edited = wa::Message {
+        conversation: Some("first".into()),
+        ..Default::default()
+    };
+    erin.client
+        .edit_message(Jid::pn(ME), original.clone(), edited)
+        .await
+        .unwrap();
+    erin.client
+        .revoke_message(Jid::pn(ME), original.clone(), RevokeType::Sender)
+        .await
+        .unwrap();
+    let hits = rx.wait_for("three deliveries", |h| h.len() >= 3).await;
+    let events: Vec<Value> = hits
+        .iter()
+        .map(|h| {
+            assert_eq!(h.signature, signature(&secret, &h.body), "signed");
+            serde_json::from_slice(&h.body).unwrap()
+        })
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["incoming_message", "message_edited", "message_revoked"]
+    );
+    assert_eq!(events[1]["data"]["message"], "first");
+    for e in &events[1..] {
+        assert_eq!(e["data"]["original_message_id"], original.as_str(), "{e}");
+    }
+}
