@@ -878,3 +878,103 @@ fn default_events() -> Vec<&'static str> {
         "message_undecryptable",
     ]
 }
+
+/// Media a contact sent downloads through the API byte-exact, with its type and file
+/// name; expired media is a 410, a text has no media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn received_media_downloads_byte_exact() {
+    use actors::instance::{media_message, MediaKind};
+    use whatsapp_rust::download::MediaType;
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000048";
+    let net = MockNetwork::start().await.unwrap();
+    let hal = contact(&net, "6281200000048", "Hal").await;
+    let srv = TestServer::start(&net, "media-download", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    // Not compressible, not all the same byte: a real file's worth of entropy.
+    let image: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let doc = b"%PDF-1.4 minutes of the meeting".to_vec();
+    let mut paths = Vec::new();
+    let mut ids = Vec::new();
+    for (kind, media_type, bytes, mime, name) in [
+        (
+            MediaKind::Image,
+            MediaType::Image,
+            image.clone(),
+            "image/jpeg",
+            None,
+        ),
+        (
+            MediaKind::Document,
+            MediaType::Document,
+            doc.clone(),
+            "application/pdf",
+            Some("Minutes Q3 ü.pdf".to_string()),
+        ),
+    ] {
+        let up = hal
+            .client
+            .upload(bytes, media_type, Default::default())
+            .await
+            .unwrap();
+        paths.push(up.direct_path.clone());
+        let m = media_message(&kind, up, mime.into(), Some("see".into()), name);
+        ids.push(
+            hal.client
+                .send_message(Jid::pn(ME), m)
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+    let text = hal.send_text(ME, "no media here").await.unwrap();
+    wait_logged(&srv, &token, &id, 3).await;
+    let fetch = |mid: String| {
+        let (srv, token, id) = (&srv, token.clone(), id.clone());
+        async move {
+            let r = srv
+                .http
+                .get(srv.url(&format!("/api/instances/{id}/messages/{mid}/media")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let header = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+            let (ct, cd) = (header("content-type"), header("content-disposition"));
+            (status, ct, cd, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (s, ct, cd, body) = fetch(ids[0].clone()).await;
+    assert_eq!((s, ct.as_deref(), cd), (200, Some("image/jpeg"), None));
+    assert!(
+        body == image,
+        "the image downloads byte-exact ({} bytes)",
+        body.len()
+    );
+    let (s, ct, cd, body) = fetch(ids[1].clone()).await;
+    assert_eq!((s, ct.as_deref()), (200, Some("application/pdf")));
+    assert_eq!(body, doc);
+    let cd = cd.unwrap();
+    assert!(
+        cd.starts_with("attachment; filename=\"Minutes Q3 _.pdf\""),
+        "{cd}"
+    );
+    assert!(
+        cd.contains("filename*=UTF-8''Minutes%20Q3%20%C3%BC%2Epdf"),
+        "{cd}"
+    );
+    // Expired on WhatsApp's side; and a text.
+    assert!(net.expire_media(&paths[0]));
+    let (s, _, _, body) = fetch(ids[0].clone()).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((s, code(&v)), (410, "MEDIA_EXPIRED"), "{v}");
+    let (s, _, _, body) = fetch(text).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((s, code(&v)), (400, "NO_MEDIA"), "{v}");
+    let (s, _, _, body) = fetch("unknown".into()).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"), "{v}");
+}

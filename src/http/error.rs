@@ -178,6 +178,9 @@ impl From<actors::instance::InstanceError> for ApiError {
             }
             E::Lifecycle(L::NoQrSession) => StatusCode::NOT_FOUND,
             E::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            E::MediaExpired => StatusCode::GONE,
+            E::MediaUnavailable => StatusCode::NOT_FOUND,
+            E::MediaDownloadFailed => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         };
         let message = match &e {

@@ -139,7 +139,9 @@ pub fn methods_for(docs: &[RouteDoc], path: &str) -> Vec<&'static str> {
 fn status_of(code: &str) -> u16 {
     match code {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
-        | "MESSAGE_NOT_FOUND" => 404,
+        | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" => 404,
+        "MEDIA_EXPIRED" => 410,
+        "MEDIA_DOWNLOAD_FAILED" => 502,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
         "QR_IN_PROGRESS"
         | "IDEMPOTENCY_KEY_REUSED"
@@ -156,7 +158,11 @@ fn status_of(code: &str) -> u16 {
 
 /// A route that sends a message (and so takes an `Idempotency-Key`).
 fn is_send(r: &RouteDoc) -> bool {
-    r.method == "post" && (r.path.starts_with("/api/send") || r.path.starts_with("/api/by-number"))
+    r.method == "post"
+        && (r.path.starts_with("/api/send")
+            || r.path.starts_with("/api/by-number")
+            || r.path.starts_with("/api/instances/{id}/send/")
+            || r.path.ends_with("/{messageId}/forward"))
 }
 
 /// The query parameters of the list and log routes.

@@ -4,8 +4,8 @@
 
 use actors::events::LiveEvent;
 use actors::instance::{
-    ChatState, GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, MessageAction, MessageRef,
-    NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
+    ChatState, Downloaded, GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, MessageAction,
+    MessageRef, NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
 };
 use actors::lifecycle::LifecycleError;
 use actors::InstanceStatus;
@@ -191,6 +191,16 @@ impl InstanceHandle {
                 reply
             },
             SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
+    /// Downloads and decrypts a logged message's media.
+    pub async fn download_media(&self, target: MessageRef) -> Result<Downloaded, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::DownloadMedia { target, reply },
+            MEDIA_MS
         )
         .map_err(unavailable)?
     }

@@ -6,7 +6,8 @@
 
 use super::outbound::{Ops, Turn};
 use super::{
-    CardOut, ChatState, InstanceError, InstanceState, MessageAction, MessageRef, Outgoing, Sent,
+    CardOut, ChatState, Downloaded, InstanceError, InstanceState, MessageAction, MessageRef,
+    Outgoing, Sent,
 };
 use ractor::RpcReplyPort;
 use std::future::Future;
@@ -51,6 +52,17 @@ impl InstanceState {
         let chat = target.chat.clone();
         self.run_op(reply, Some(chat), move |ops, turn| async move {
             act(&ops, target, action, turn).await
+        });
+    }
+
+    /// `DownloadMedia`: a logged message's media, with the keys the message carries.
+    pub(super) fn download_media(
+        &mut self,
+        target: MessageRef,
+        reply: RpcReplyPort<Result<Downloaded, InstanceError>>,
+    ) {
+        self.run_op(reply, None, move |ops, _| async move {
+            download(&ops, &target).await
         });
     }
 
@@ -374,5 +386,58 @@ async fn act(
         message_id: target.id,
         timestamp: chrono::Utc::now().timestamp(),
         to: chat.to_string(),
+    })
+}
+
+/// Downloads the media of a logged message (its kept protobuf carries the keys).
+async fn download(ops: &Ops, target: &MessageRef) -> Result<Downloaded, InstanceError> {
+    use whatsapp_rust::download::Downloadable;
+    use whatsapp_rust::error::ErrorChainExt as _;
+    let Some(raw) = &target.raw else {
+        return Err(if target.kind == "text" {
+            InstanceError::NoMedia
+        } else {
+            InstanceError::MediaUnavailable
+        });
+    };
+    let msg = wa::Message::decode_from_slice(raw).map_err(|_| InstanceError::MediaUnavailable)?;
+    let m = msg.get_base_message();
+    let opt = |s: &Option<String>| s.clone().unwrap_or_default();
+    let (media, mimetype, file_name): (&dyn Downloadable, String, Option<String>) =
+        if let Some(x) = m.image_message.as_option() {
+            (x, opt(&x.mimetype), None)
+        } else if let Some(x) = m.video_message.as_option() {
+            (x, opt(&x.mimetype), None)
+        } else if let Some(x) = m.audio_message.as_option() {
+            (x, opt(&x.mimetype), None)
+        } else if let Some(x) = m.document_message.as_option() {
+            (x, opt(&x.mimetype), x.file_name.clone())
+        } else if let Some(x) = m.sticker_message.as_option() {
+            (x, opt(&x.mimetype), None)
+        } else {
+            return Err(InstanceError::NoMedia);
+        };
+    // Large files take longer than a request: the upload's allowance.
+    let bytes = tokio::time::timeout(
+        ops.env.timing.request_timeout * 4,
+        ops.client.download(media),
+    )
+    .await
+    .map_err(|_| InstanceError::MediaDownloadFailed)?
+    .map_err(|e| {
+        tracing::warn!(instance_id = %ops.id, error = %e, "media download failed");
+        match e.http_status() {
+            Some(404 | 410) => InstanceError::MediaExpired,
+            _ => InstanceError::MediaDownloadFailed,
+        }
+    })?;
+    Ok(Downloaded {
+        bytes,
+        mimetype: if mimetype.is_empty() {
+            "application/octet-stream".into()
+        } else {
+            mimetype
+        },
+        file_name,
     })
 }

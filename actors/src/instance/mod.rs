@@ -39,8 +39,9 @@ pub use inbound::{describe, incoming, is_signalling, read, undecryptable, Descri
 #[cfg(feature = "test-faults")]
 pub use msg::Fault;
 pub use msg::{
-    CardOut, ChatState, GroupInfo, Identity, InstanceError, InstanceMsg, InstanceSnapshot,
-    MediaKind, MessageAction, MessageRef, NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
+    CardOut, ChatState, Downloaded, GroupInfo, Identity, InstanceError, InstanceMsg,
+    InstanceSnapshot, MediaKind, MessageAction, MessageRef, NumberCheck, Outgoing, OutgoingMedia,
+    QrCode, Sent,
 };
 pub use outbound::media_message;
 pub use presence::spawn_ticker;
@@ -224,6 +225,7 @@ impl InstanceActor {
                 action,
                 reply,
             } => state.on_message(target, action, reply),
+            InstanceMsg::DownloadMedia { target, reply } => state.download_media(target, reply),
             InstanceMsg::SetChatState {
                 to,
                 state: s,

@@ -56,6 +56,14 @@ pub enum InstanceError {
     NotOwnMessage,
     #[error("this message cannot be forwarded: its content was not kept")]
     NotForwardable,
+    #[error("this message carries no media")]
+    NoMedia,
+    #[error("the media keys of this message were not kept")]
+    MediaUnavailable,
+    #[error("the media has expired on WhatsApp's servers")]
+    MediaExpired,
+    #[error("the media could not be downloaded from WhatsApp")]
+    MediaDownloadFailed,
     /// The actor did not answer in time (or is gone).
     #[error("the instance did not answer")]
     Unavailable,
@@ -81,6 +89,10 @@ impl InstanceError {
             Self::Abandoned => "REQUEST_ABANDONED",
             Self::NotOwnMessage => "NOT_OWN_MESSAGE",
             Self::NotForwardable => "MESSAGE_NOT_FORWARDABLE",
+            Self::NoMedia => "NO_MEDIA",
+            Self::MediaUnavailable => "MEDIA_UNAVAILABLE",
+            Self::MediaExpired => "MEDIA_EXPIRED",
+            Self::MediaDownloadFailed => "MEDIA_DOWNLOAD_FAILED",
             Self::Unavailable => "INTERNAL_ERROR",
         }
     }
@@ -214,6 +226,14 @@ pub enum Outgoing {
     Forward(MessageRef),
 }
 
+/// A logged message's media, downloaded and decrypted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Downloaded {
+    pub bytes: Vec<u8>,
+    pub mimetype: String,
+    pub file_name: Option<String>,
+}
+
 /// An action on a message in the log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MessageAction {
@@ -286,6 +306,11 @@ pub enum InstanceMsg {
         target: MessageRef,
         action: MessageAction,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// Download and decrypt a logged message's media.
+    DownloadMedia {
+        target: MessageRef,
+        reply: RpcReplyPort<Result<Downloaded, InstanceError>>,
     },
     /// Show typing / recording / paused in a chat.
     SetChatState {

@@ -213,6 +213,32 @@ pub(super) fn routes(api: &Shared) -> Table {
     declare!(
         t,
         api,
+        at2,
+        doc(
+            "get",
+            "/api/instances/{id}/messages/{messageId}/media",
+            "messages",
+            "Download a logged message's media (decrypted; Content-Type and file name set)",
+            true,
+            Body::None,
+            &[
+                "FORBIDDEN",
+                "SESSION_NOT_FOUND",
+                "NOT_CONNECTED",
+                "NOT_LOGGED_IN",
+                "MESSAGE_NOT_FOUND",
+                "NO_MEDIA",
+                "MEDIA_UNAVAILABLE",
+                "MEDIA_EXPIRED",
+                "MEDIA_DOWNLOAD_FAILED",
+                "INSTANCE_BUSY"
+            ]
+        ),
+        media
+    );
+    declare!(
+        t,
+        api,
         at1,
         doc(
             "post",
@@ -673,6 +699,44 @@ async fn revoke(id: String, message_id: String, p: Principal, api: Shared) -> R 
 /// `POST /api/instances/:id/messages/:messageId/read`.
 async fn read(id: String, message_id: String, p: Principal, api: Shared) -> R {
     on_message(id, message_id, p, api, MessageAction::Read, "Marked read").await
+}
+
+/// `GET /api/instances/:id/messages/:messageId/media`: the decrypted file.
+async fn media(id: String, message_id: String, p: Principal, api: Shared) -> R {
+    let row = instance(&api, &p, &id).await?;
+    let handle = ready(&api, &row).await?;
+    let target = logged(&api, &row.id, &message_id).await?;
+    let file = handle.download_media(target).await?;
+    let mut r = warp::reply::Response::new(file.bytes.into());
+    let h = r.headers_mut();
+    let content_type = warp::http::HeaderValue::from_str(&file.mimetype).unwrap_or(
+        warp::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("content-type", content_type);
+    if let Some(name) = file.file_name {
+        // Only safe characters in the plain form; the full name percent-encoded.
+        let plain: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._- ".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC);
+        let v = format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{encoded}");
+        if let Ok(v) = warp::http::HeaderValue::from_str(&v) {
+            h.insert("content-disposition", v);
+        }
+    }
+    h.insert(
+        "x-content-type-options",
+        warp::http::HeaderValue::from_static("nosniff"),
+    );
+    Ok(r)
 }
 
 /// `POST /api/instances/:id/chat-state`.

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub uploads_held: AtomicU64,
     /// Uploaded media by direct path.
     pub media: Mutex<HashMap<String, Vec<u8>>>,
+    /// Direct paths of media expired by [`MockNetwork::expire_media`] (answered 410).
+    pub media_expired: Mutex<std::collections::HashSet<String>>,
     pub addr: Mutex<Option<SocketAddr>>,
     /// The TLS front's address once TLS is on: media URLs then name it.
     pub tls_addr: Mutex<Option<SocketAddr>>,
@@ -241,6 +243,7 @@ impl MockNetwork {
             phone_crypto: tokio::sync::Mutex::new(()),
             uploads_held: AtomicU64::new(0),
             media: Mutex::new(HashMap::new()),
+            media_expired: Mutex::new(std::collections::HashSet::new()),
             addr: Mutex::new(None),
             tls_addr: Mutex::new(None),
             accept_ik: AtomicBool::new(true),
@@ -632,6 +635,26 @@ impl MockNetwork {
         if !on {
             self.shared.uploads_released.notify_waiters();
         }
+    }
+
+    /// Expires an uploaded file (by its direct path, `/v/t62/...`), as WhatsApp's CDN
+    /// does after a while: downloads answer 410 from then on. False for an unknown path.
+    pub fn expire_media(&self, direct_path: &str) -> bool {
+        let gone = self
+            .shared
+            .media
+            .lock()
+            .expect("media lock")
+            .remove(direct_path)
+            .is_some();
+        if gone {
+            self.shared
+                .media_expired
+                .lock()
+                .expect("media lock")
+                .insert(direct_path.to_string());
+        }
+        gone
     }
 
     /// Uploads currently held open by [`MockNetwork::hold_uploads`].
@@ -1262,6 +1285,9 @@ fn routes(
                 Some(b) => {
                     warp::reply::with_header(b.clone(), "content-type", "application/octet-stream")
                         .into_response()
+                }
+                None if s.media_expired.lock().expect("media lock").contains(&path) => {
+                    reply(410, json!({"error": "media expired"}))
                 }
                 None => reply(404, json!({"error": "no such media"})),
             }
