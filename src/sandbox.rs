@@ -1,7 +1,7 @@
 //! Sandbox mode (cargo feature `sandbox`, `sudevwa --sandbox`): the server runs against
 //! an in-process mock WhatsApp network on loopback, and `/sandbox/...` routes (admin
 //! auth) let a person or an integrator's CI be the phone and the other people:
-//! scan an instance's QR, create contacts, send as a contact, read what a contact
+//! scan an instance's QR (or type its pairing code), create contacts, send as a contact, read what a contact
 //! received, create groups, unlink a device, drop sockets.
 //!
 //! A sandbox build only ever connects to a mock: the one it starts in-process, or —
@@ -78,6 +78,13 @@ impl Net {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Net::Remote(n) => n.scan_qr(qr, Some(phone)).await,
+        }
+    }
+
+    async fn enter_code(&self, phone: &str, code: &str) -> Result<(), String> {
+        match self {
+            Net::Local(n) => n.enter_pairing_code(phone, code).map_err(|e| e.to_string()),
+            Net::Remote(n) => n.enter_pairing_code(phone, code).await,
         }
     }
 
@@ -322,6 +329,34 @@ async fn scan(
     Ok(ok(
         "Scanned; the instance is pairing",
         json!({"instance_id": id, "phone": number}),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct CodeBody {
+    phone: Option<String>,
+    code: Option<String>,
+}
+
+/// `POST /sandbox/enter-code` `{phone, code}`: the person types a pairing code on
+/// that phone (see `POST /api/pair-code/:id`).
+async fn enter_code(
+    p: crate::http::auth::Principal,
+    body: Bytes,
+    api: Shared,
+    sb: Arc<Sandbox>,
+) -> R {
+    admin_only(&p)?;
+    let b: CodeBody = parse(&body)?;
+    let number = phone(&api, &required(&b.phone, "phone")?)?;
+    let code = required(&b.code, "code")?;
+    sb.net
+        .enter_code(&number, &code)
+        .await
+        .map_err(|e| ApiError::bad_request("ENTER_CODE_FAILED", e))?;
+    Ok(ok(
+        "Code typed on the phone; the instance is pairing",
+        json!({"phone": number}),
     ))
 }
 
@@ -633,6 +668,15 @@ pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
         .then(scan)
         .map(respond)
         .boxed();
+    let code_r = p!("sandbox" / "enter-code")
+        .and(warp::post())
+        .and(auth())
+        .and(json())
+        .and(a())
+        .and(s())
+        .then(enter_code)
+        .map(respond)
+        .boxed();
     let contacts = p!("sandbox" / "contacts")
         .and(warp::post())
         .and(auth())
@@ -694,7 +738,9 @@ pub fn routes(api: Shared, sb: Arc<Sandbox>) -> BoxedFilter<(Response,)> {
         .then(ack_faults)
         .map(respond)
         .boxed();
-    [contacts, send, msgs, groups, unlink_r, drop_r, acks_r]
-        .into_iter()
-        .fold(scan_r, |acc, r| acc.or(r).unify().boxed())
+    [
+        code_r, contacts, send, msgs, groups, unlink_r, drop_r, acks_r,
+    ]
+    .into_iter()
+    .fold(scan_r, |acc, r| acc.or(r).unify().boxed())
 }

@@ -1140,3 +1140,139 @@ async fn crashed_instance_is_visible_and_resumes_through_the_api() {
     let _ = ADMIN_KEY;
     srv.stop().await;
 }
+
+async fn pair_code(srv: &TestServer, id: &str, phone: &str) -> (u16, Value) {
+    srv.admin(
+        "POST",
+        &format!("/api/pair-code/{id}"),
+        Some(json!({"phone": phone})),
+    )
+    .await
+}
+
+/// Waits until the instance's event log holds an event `pred` accepts.
+async fn wait_event(srv: &TestServer, id: &str, what: &str, pred: impl Fn(&Value) -> bool) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, v) = srv
+            .admin(
+                "GET",
+                &format!("/api/instances/{id}/events?limit=1000"),
+                None,
+            )
+            .await;
+        let events = v["data"]["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(&pred) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "no {what}: {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Login by pairing code: the right code pairs (the `PAIR_CODE` notice carries it),
+/// a wrong one is reported as `PAIR_CODE_FAILED` and a new code can be asked for;
+/// cancel and timeout end the flow as for the QR; a paired instance refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pairing_by_code_right_wrong_cancel_and_timeout() {
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(&net, "pair-code", &[]).await;
+    // The window running out is tried on a server with the shortest one.
+    let short = TestServer::start(
+        &net,
+        "pair-code-short",
+        &[("SUDEVWA_WHATSAPP_QR_TIMEOUT_SECS", "10")],
+    )
+    .await;
+
+    // The right code.
+    let (id, _) = srv.create_instance().await;
+    let (s, v) = pair_code(&srv, &id, "6281100000051").await;
+    assert_eq!(s, 200, "{v}");
+    let code = v["data"]["code"].as_str().unwrap().to_string();
+    assert_eq!(
+        code.chars().filter(|c| c.is_ascii_alphanumeric()).count(),
+        8,
+        "{v}"
+    );
+    assert_eq!(v["data"]["phone"], "6281100000051");
+    let st = srv
+        .wait_status(&id, "qr_pending", |d| d["status"] == "qr_pending")
+        .await;
+    assert_eq!(st["status"], "qr_pending");
+    // Asking again for the same number joins the same code; another number waits.
+    let (s, again) = pair_code(&srv, &id, "6281100000051").await;
+    assert_eq!(
+        (s, again["data"]["code"].as_str()),
+        (200, Some(code.as_str()))
+    );
+    let (s, other) = pair_code(&srv, &id, "6281100000059").await;
+    assert_eq!((s, code_of(&other)), (409, "QR_IN_PROGRESS"), "{other}");
+    wait_event(&srv, &id, "PAIR_CODE", |e| {
+        e["event"] == "PAIR_CODE" && e["data"]["code"] == code.as_str()
+    })
+    .await;
+    net.enter_pairing_code("6281100000051", &code).unwrap();
+    let st = srv
+        .wait_status(&id, "online", |d| {
+            d["status"] == "online" && d["isConnected"] == true
+        })
+        .await;
+    assert_eq!(st["phoneNumber"], "6281100000051", "{st}");
+    let (s, v) = pair_code(&srv, &id, "6281100000051").await;
+    assert_eq!((s, code_of(&v)), (409, "ALREADY_CONNECTED"), "{v}");
+
+    // A wrong code: reported, nothing paired, a new code pairs.
+    let (id, _) = srv.create_instance().await;
+    let (s, v) = pair_code(&srv, &id, "6281100000052").await;
+    assert_eq!(s, 200, "{v}");
+    let code = v["data"]["code"].as_str().unwrap().to_string();
+    let wrong: String = code
+        .chars()
+        .map(|c| if c == 'A' { 'B' } else { 'A' })
+        .collect();
+    net.enter_pairing_code("6281100000052", &wrong).unwrap();
+    wait_event(&srv, &id, "PAIR_CODE_FAILED", |e| {
+        e["event"] == "INSTANCE_ERROR" && e["data"]["code"] == "PAIR_CODE_FAILED"
+    })
+    .await;
+    assert!(net
+        .accounts()
+        .iter()
+        .find(|a| a.phone == "6281100000052")
+        .is_none_or(|a| a.devices.is_empty()));
+    let (s, v) = pair_code(&srv, &id, "6281100000052").await;
+    assert_eq!(s, 200, "{v}");
+    let fresh = v["data"]["code"].as_str().unwrap().to_string();
+    net.enter_pairing_code("6281100000052", &fresh).unwrap();
+    srv.wait_status(&id, "online", |d| d["status"] == "online")
+        .await;
+
+    // Cancel, then the window running out.
+    let (id, _) = short.create_instance().await;
+    let (s, v) = pair_code(&short, &id, "6281100000053").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = short
+        .admin("DELETE", &format!("/api/qr-cancel/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    wait_event(&short, &id, "QR_CANCELLED", |e| {
+        e["event"] == "QR_CANCELLED"
+    })
+    .await;
+    let (s, v) = pair_code(&short, &id, "6281100000053").await;
+    assert_eq!(s, 200, "a new flow after a cancel: {v}");
+    wait_event(&short, &id, "QR_TIMEOUT", |e| e["event"] == "QR_TIMEOUT").await;
+    let st = short
+        .wait_status(&id, "not pending", |d| d["status"] != "qr_pending")
+        .await;
+    assert_ne!(st["status"], "online");
+    let (s, v) = pair_code(&short, &id, "").await;
+    assert_eq!((s, code_of(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (s, v) = pair_code(&short, &id, "12").await;
+    assert_eq!((s, code_of(&v)), (400, "INVALID_PHONE"), "{v}");
+}
+
+fn code_of(v: &Value) -> &str {
+    code(v)
+}

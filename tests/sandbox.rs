@@ -166,6 +166,28 @@ impl Api {
         id
     }
 
+    /// The same by pairing code: ask for a code for `phone`, let that mock phone type it.
+    async fn pair_by_code(&self, phone: &str) -> String {
+        let v = self.ok("POST", "/api/login", None).await;
+        let id = v["data"]["instanceId"].as_str().unwrap().to_string();
+        let v = self
+            .ok(
+                "POST",
+                &format!("/api/pair-code/{id}"),
+                Some(json!({"phone": phone})),
+            )
+            .await;
+        let code = v["data"]["code"].as_str().unwrap().to_string();
+        self.ok(
+            "POST",
+            "/sandbox/enter-code",
+            Some(json!({"phone": phone, "code": code})),
+        )
+        .await;
+        eventually("online by code", async || self.online(&id).await).await;
+        id
+    }
+
     async fn add_contact(&self, phone: &str, name: &str) {
         self.ok(
             "POST",
@@ -209,6 +231,9 @@ async fn readme_tour_in_sandbox_mode() {
     // 1. login-jwt, 2.–4. create, QR, scan
     let api = Api::login(&base).await;
     let id = api.pair("6281100000101").await;
+    // The pairing-code alternative.
+    let by_code = api.pair_by_code("6281100000102").await;
+    assert_ne!(by_code, id);
     // 5. a contact, 6. send to it, 7. check, 8. read what it got, 9. it answers
     api.add_contact("6281200000101", "Rina").await;
     api.send(&id, "6281200000101", "Halo Rina").await;
@@ -284,6 +309,7 @@ async fn sandbox_restarted_against_a_standalone_mock_keeps_its_instances() {
     // The sandbox routes drive the remote mock through its admin API.
     let api = Api::login(&base).await;
     let id = api.pair("6281100000201").await;
+    api.pair_by_code("6281100000202").await;
     api.add_contact("6281200000201", "Sari").await;
     api.send(&id, "6281200000201", "before the restart").await;
     api.contact_received("6281200000201", "the sandbox contact received it", |x| {

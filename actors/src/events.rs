@@ -22,6 +22,13 @@ pub enum LifecycleNotice {
         qr_data: String,
         expires_at: String,
     },
+    /// A pairing code to type on the phone (the pairing-code alternative to the QR).
+    PairCode {
+        instance_id: String,
+        phone_number: String,
+        code: String,
+        expires_at: String,
+    },
     /// The phone scanned the code and pairing succeeded.
     QrSuccess {
         instance_id: String,
@@ -63,6 +70,7 @@ impl LifecycleNotice {
     pub fn instance_id(&self) -> &str {
         match self {
             Self::QrGenerated { instance_id, .. }
+            | Self::PairCode { instance_id, .. }
             | Self::QrSuccess { instance_id, .. }
             | Self::QrTimeout { instance_id, .. }
             | Self::QrCancelled { instance_id, .. }

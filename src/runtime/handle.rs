@@ -5,7 +5,7 @@
 use actors::events::LiveEvent;
 use actors::instance::{
     ChatState, Downloaded, GroupInfo, InstanceError, InstanceMsg, InstanceSnapshot, MessageAction,
-    MessageRef, NumberCheck, Outgoing, OutgoingMedia, QrCode, Sent,
+    MessageRef, NumberCheck, Outgoing, OutgoingMedia, PairCode, QrCode, Sent,
 };
 use actors::lifecycle::LifecycleError;
 use actors::InstanceStatus;
@@ -101,6 +101,16 @@ impl InstanceHandle {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts (or joins) the login flow and asks for a pairing code for `phone`.
+    pub async fn start_pair_code(&self, phone: String) -> Result<PairCode, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::StartPairCode { phone, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
     }
 
     /// Cancels the running QR flow.

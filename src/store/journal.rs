@@ -137,6 +137,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "message_revoked",
     "message_undecryptable",
     "QR_GENERATED",
+    "PAIR_CODE",
     "QR_SUCCESS",
     "QR_TIMEOUT",
     "QR_CANCELLED",

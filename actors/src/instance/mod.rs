@@ -17,6 +17,7 @@
 //! | `client.rs` | the whatsapp-rust client: start, stop, logout, wipe |
 //! | `reconnect.rs` | connection events and the **reconnect policy** (whose it is, what the actor does) |
 //! | `qr.rs` | the **QR login flow**: start, join, cancel, codes, deadline, pairing |
+//! | `paircode.rs` | login by **pairing code**, riding on the QR flow |
 //! | `presence.rs` | the **presence heartbeat** while online |
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
@@ -28,6 +29,7 @@ mod env;
 mod inbound;
 mod msg;
 mod outbound;
+mod paircode;
 mod presence;
 mod qr;
 mod reconnect;
@@ -41,7 +43,7 @@ pub use msg::Fault;
 pub use msg::{
     CardOut, ChatState, Downloaded, GroupInfo, Identity, InstanceError, InstanceMsg,
     InstanceSnapshot, MediaKind, MessageAction, MessageRef, NumberCheck, Outgoing, OutgoingMedia,
-    QrCode, Sent,
+    PairCode, QrCode, Sent,
 };
 pub use outbound::media_message;
 pub use presence::spawn_ticker;
@@ -97,6 +99,8 @@ pub struct InstanceState {
     statuses: crate::receipts::StatusWriter,
     /// Asked to appear offline: the presence heartbeat stays quiet.
     appear_offline: bool,
+    /// The pairing-code request of the running login flow.
+    pairing: paircode::PairState,
 }
 
 impl Actor for InstanceActor {
@@ -138,6 +142,7 @@ impl Actor for InstanceActor {
             numbers: Arc::new(NumberCache::default()),
             statuses,
             appear_offline: false,
+            pairing: Default::default(),
         };
         // Restore: a paired session reconnects, a QR wait becomes "ready for a new QR".
         let backend = state.env.store.backend(&state.id);
@@ -191,6 +196,10 @@ impl InstanceActor {
         let me = &myself;
         match msg {
             InstanceMsg::StartQr(reply) => state.start_qr(me, reply).await,
+            InstanceMsg::StartPairCode { phone, reply } => {
+                state.start_pair_code(me, phone, reply).await
+            }
+            InstanceMsg::PairCodeDone(flow, r) => state.pair_code_done(flow, r).await,
             InstanceMsg::CancelQr(reply) => state.cancel_qr(me, reply).await,
             InstanceMsg::Status(reply) => drop(reply.send(state.snapshot())),
             InstanceMsg::SendText {
@@ -315,7 +324,12 @@ impl InstanceState {
     async fn on_event(&mut self, myself: &ActorRef<InstanceMsg>, event: &Event) {
         use LifecycleEvent as L;
         match event {
-            Event::PairingQrCode(qr) => self.qr_code(qr).await,
+            Event::PairingQrCode(qr) => {
+                self.qr_code(qr).await;
+                self.ask_pair_code(myself);
+            }
+            Event::PairingCodeError(e) => self.pair_code_ended(false, &e.error).await,
+            Event::PairingCodeRefresh(_) => self.pair_code_ended(true, "expired").await,
             Event::PairingQrCodesExhausted(_) => self.qr_codes_exhausted(myself).await,
             Event::PairSuccess(p) => self.pair_success(p).await,
             Event::Connected(_) => self.connected(myself).await,

@@ -64,6 +64,8 @@ pub enum InstanceError {
     MediaExpired,
     #[error("the media could not be downloaded from WhatsApp")]
     MediaDownloadFailed,
+    #[error("WhatsApp refused the pairing-code request")]
+    PairCodeFailed,
     /// The actor did not answer in time (or is gone).
     #[error("the instance did not answer")]
     Unavailable,
@@ -93,6 +95,7 @@ impl InstanceError {
             Self::MediaUnavailable => "MEDIA_UNAVAILABLE",
             Self::MediaExpired => "MEDIA_EXPIRED",
             Self::MediaDownloadFailed => "MEDIA_DOWNLOAD_FAILED",
+            Self::PairCodeFailed => "PAIR_CODE_FAILED",
             Self::Unavailable => "INTERNAL_ERROR",
         }
     }
@@ -102,6 +105,14 @@ impl InstanceError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QrCode {
     pub code: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A pairing code on offer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairCode {
+    pub code: String,
+    pub phone: String,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -260,6 +271,14 @@ pub enum InstanceMsg {
     /// Start (or join) a QR login; replies with the code on offer, waiting up to
     /// `first_qr_wait` for the first code of a new flow (`None` if none came).
     StartQr(RpcReplyPort<Result<Option<QrCode>, InstanceError>>),
+    /// Start (or join) a login and ask WhatsApp for a pairing code for `phone`
+    /// (digits): the code to type on that phone.
+    StartPairCode {
+        phone: String,
+        reply: RpcReplyPort<Result<PairCode, InstanceError>>,
+    },
+    /// Internal: the pairing-code request of flow `.0` ended (the code, or why not).
+    PairCodeDone(u64, Result<PairCode, InstanceError>),
     /// Cancel the running QR login.
     CancelQr(RpcReplyPort<Result<(), InstanceError>>),
     /// Current status.

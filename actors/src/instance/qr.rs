@@ -97,6 +97,7 @@ impl InstanceState {
     /// Action `StopQrFlow`.
     pub(super) async fn stop_qr_flow(&mut self) {
         self.qr = None;
+        self.end_pairing();
         self.stop_client().await;
     }
 
@@ -140,6 +141,7 @@ impl InstanceState {
     /// The phone scanned a code: the device is paired (online follows on `Connected`).
     pub(super) async fn pair_success(&mut self, p: &PairSuccess) {
         self.qr = None;
+        self.end_pairing();
         self.identity.phone = Some(p.id.user.to_string());
         self.identity.jid = Some(p.id.to_non_ad().to_string());
         self.identity.lid = Some(p.lid.to_non_ad().to_string());

@@ -55,6 +55,31 @@ pub(super) fn routes(api: &Shared) -> Table {
         api,
         at1,
         doc(
+            "post",
+            "/api/pair-code/{id}",
+            "qr",
+            "Start (or join) the login and get a pairing code to type on the phone",
+            true,
+            Body::Json(crate::http::schema::of::<PairCodeBody>()),
+            &[
+                "VALIDATION_ERROR",
+                "INVALID_REQUEST",
+                "INVALID_PHONE",
+                "SESSION_NOT_FOUND",
+                "FORBIDDEN",
+                "QR_IN_PROGRESS",
+                "ALREADY_CONNECTED",
+                "PAIR_CODE_FAILED"
+            ]
+        ),
+        pair_code,
+        super::json()
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
             "delete",
             "/api/qr-cancel/{id}",
             "qr",
@@ -94,6 +119,42 @@ async fn qr(id: String, p: Principal, api: Shared) -> R {
         data["expires_at"] = json!(actors::events::rfc3339(code.expires_at));
     }
     Ok(ok("QR login started; scan the code with WhatsApp", data))
+}
+
+/// The number to link.
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
+struct PairCodeBody {
+    /// The phone number of the WhatsApp account to link (country code included).
+    #[schema(value_type = String, required = true, pattern = "{phone}")]
+    phone: Option<String>,
+}
+
+/// `POST /api/pair-code/:id`: starts (or joins) the login flow and returns a pairing
+/// code for the phone (also sent on `/ws` as `PAIR_CODE`).
+async fn pair_code(id: String, p: Principal, body: bytes::Bytes, api: Shared) -> R {
+    super::guard(&p, &id)?;
+    let raw = super::required(&super::parse::<PairCodeBody>(&body)?.phone, "phone")?;
+    let phone =
+        crate::http::util::normalize_phone(&raw, &api.config.whatsapp.default_country_code)?;
+    instance(&api, &p, &id).await?;
+    let code = api
+        .runtime
+        .ensure_handle(&id)
+        .await?
+        .start_pair_code(phone)
+        .await?;
+    let timeout = api.config.whatsapp.qr_timeout.as_secs();
+    Ok(ok(
+        "Pairing code issued; type it on the phone (Linked devices, link with phone number)",
+        json!({
+            "status": "pairing",
+            "instance_id": id,
+            "phone": code.phone,
+            "code": code.code,
+            "expires_at": actors::events::rfc3339(code.expires_at),
+            "timeout": timeout,
+        }),
+    ))
 }
 
 /// `GET /api/qr/:id/image`: the current code as PNG.

@@ -98,6 +98,18 @@ impl RemoteNetwork {
         .map(|_| ())
     }
 
+    /// The person types a pairing code on `phone` (see
+    /// [`crate::MockNetwork::enter_pairing_code`]).
+    pub async fn enter_pairing_code(&self, phone: &str, code: &str) -> Result<(), String> {
+        self.call(
+            "POST",
+            "/admin/mock-phone/enter-code",
+            Some(json!({"phone": phone, "code": code})),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Every account.
     pub async fn accounts(&self) -> Result<Vec<AccountInfo>, String> {
         let v = self.call("GET", "/admin/accounts", None).await?;
