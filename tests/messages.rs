@@ -866,6 +866,39 @@ async fn a_contact_known_by_lid_can_be_answered() {
         )
         .await;
     assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{v}");
+    // Lookups both ways, and the number check names the LID.
+    let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/phone/{from}")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["data"]["phone"].as_str(), v["data"]["lid"].as_str()),
+        (Some(GIL), Some(from.as_str()))
+    );
+    let (s, v) = get(&srv, &token, &format!("/api/instances/{id}/lid/{GIL}")).await;
+    assert_eq!(
+        (s, v["data"]["lid"].as_str()),
+        (200, Some(from.as_str())),
+        "{v}"
+    );
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/check/{id}"),
+            Some(&token),
+            Some(json!({"phone": GIL})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["data"]["lid"].as_str()),
+        (200, Some(from.as_str())),
+        "{v}"
+    );
+    let (s, v) = get(
+        &srv,
+        &token,
+        &format!("/api/instances/{id}/phone/99999@lid"),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "MAPPING_NOT_FOUND"), "{v}");
 }
 
 /// The events a webhook gets by default: the message events.

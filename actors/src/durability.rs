@@ -45,10 +45,10 @@ pub const PARKED_LINE: &str = "fault: inbound commit parked";
 impl InboundDurabilityHook for CommitHook {
     async fn on_messages(
         &self,
-        _client: Arc<Client>,
+        client: Arc<Client>,
         batch: &[InboundMessage],
     ) -> anyhow::Result<()> {
-        let msgs: Vec<_> = batch
+        let mut msgs: Vec<_> = batch
             .iter()
             .filter(|m| !is_signalling(&m.message))
             .map(|m| incoming(&self.instance_id, &m.message, &m.info))
@@ -56,6 +56,7 @@ impl InboundDurabilityHook for CommitHook {
         if msgs.is_empty() {
             return Ok(());
         }
+        crate::instance::fill_ids(&client, &mut msgs).await;
         if self.park {
             println!("{PARKED_LINE}");
             std::future::pending::<()>().await;

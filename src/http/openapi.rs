@@ -139,7 +139,7 @@ pub fn methods_for(docs: &[RouteDoc], path: &str) -> Vec<&'static str> {
 fn status_of(code: &str) -> u16 {
     match code {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
-        | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" => 404,
+        | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" | "MAPPING_NOT_FOUND" => 404,
         "MEDIA_EXPIRED" => 410,
         "MEDIA_DOWNLOAD_FAILED" | "PAIR_CODE_FAILED" => 502,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,

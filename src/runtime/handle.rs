@@ -205,6 +205,19 @@ impl InstanceHandle {
         .map_err(unavailable)?
     }
 
+    /// A person's LID from their number, or number from their LID.
+    pub async fn lookup_lid(
+        &self,
+        what: actors::instance::Lookup,
+    ) -> Result<Option<actors::instance::LidMapping>, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::LookupLid { what, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
     /// Downloads and decrypts a logged message's media.
     pub async fn download_media(&self, target: MessageRef) -> Result<Downloaded, InstanceError> {
         call_t!(

@@ -29,6 +29,10 @@ impl InstanceState {
             .filter(|m| !is_signalling(&m.message))
             .map(|m| incoming(&self.id, &m.message, &m.info))
             .collect();
+        let mut msgs = msgs;
+        if let Some(client) = &self.client {
+            super::fill_ids(client, &mut msgs).await;
+        }
         self.commit(msgs).await
     }
 

@@ -21,10 +21,12 @@
 //! | `presence.rs` | the **presence heartbeat** while online |
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
+//! | `contacts.rs` | the LID ↔ phone mapping: lookups, filling in incoming senders |
 //! | `compose.rs` | other kinds (reply, mentions, location, contacts, poll, forward), actions on logged messages (react, edit, delete, read), chat state, own presence |
 
 mod client;
 mod compose;
+mod contacts;
 mod env;
 mod inbound;
 mod msg;
@@ -34,6 +36,7 @@ mod presence;
 mod qr;
 mod reconnect;
 
+pub use contacts::{fill_ids, LidMapping, Lookup};
 pub use env::{
     Durability, InstanceArgs, InstanceEnv, InstanceRecord, InstanceStore, InstanceTiming, WaOptions,
 };
@@ -235,6 +238,7 @@ impl InstanceActor {
                 reply,
             } => state.on_message(target, action, reply),
             InstanceMsg::DownloadMedia { target, reply } => state.download_media(target, reply),
+            InstanceMsg::LookupLid { what, reply } => state.lookup(what, reply),
             InstanceMsg::SetChatState {
                 to,
                 state: s,

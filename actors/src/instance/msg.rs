@@ -142,6 +142,8 @@ pub struct NumberCheck {
     pub phone: String,
     pub is_registered: bool,
     pub jid: Option<String>,
+    /// The account's LID (`<digits>@lid`), when WhatsApp gave it.
+    pub lid: Option<String>,
 }
 
 /// A group, as `GET /api/groups/:id` lists it.
@@ -325,6 +327,11 @@ pub enum InstanceMsg {
         target: MessageRef,
         action: MessageAction,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// A person's LID from their number, or number from their LID.
+    LookupLid {
+        what: super::contacts::Lookup,
+        reply: RpcReplyPort<Result<Option<super::contacts::LidMapping>, InstanceError>>,
     },
     /// Download and decrypt a logged message's media.
     DownloadMedia {

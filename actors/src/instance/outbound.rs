@@ -487,7 +487,10 @@ impl Ops {
         self.send(jid, message, message_id, turn).await
     }
 
-    async fn check_numbers(&self, phones: &[String]) -> Result<Vec<NumberCheck>, InstanceError> {
+    pub(super) async fn check_numbers(
+        &self,
+        phones: &[String],
+    ) -> Result<Vec<NumberCheck>, InstanceError> {
         let client = &self.client;
         if phones
             .iter()
@@ -513,6 +516,10 @@ impl Ops {
                     jid: hit
                         .filter(|r| r.is_registered)
                         .map(|r| r.jid.to_non_ad().to_string()),
+                    lid: hit
+                        .filter(|r| r.is_registered)
+                        .and_then(|r| r.lid.as_ref())
+                        .map(|l| l.to_non_ad().to_string()),
                 }
             })
             .collect())

@@ -236,6 +236,41 @@ pub(super) fn routes(api: &Shared) -> Table {
         ),
         media
     );
+    for (path, summary) in [
+        (
+            "/api/instances/{id}/lid/{phone}",
+            "The LID of a phone number (asks WhatsApp when not known yet)",
+        ),
+        (
+            "/api/instances/{id}/phone/{lid}",
+            "The phone number of a LID, as far as this instance was told",
+        ),
+    ] {
+        declare!(
+            t,
+            api,
+            at2,
+            doc(
+                "get",
+                path,
+                "messages",
+                summary,
+                true,
+                Body::None,
+                &[
+                    "FORBIDDEN",
+                    "SESSION_NOT_FOUND",
+                    "NOT_CONNECTED",
+                    "NOT_LOGGED_IN",
+                    "INVALID_PHONE",
+                    "VERIFICATION_FAILED",
+                    "MAPPING_NOT_FOUND",
+                    "INSTANCE_BUSY"
+                ]
+            ),
+            lid_lookup
+        );
+    }
     declare!(
         t,
         api,
@@ -737,6 +772,32 @@ async fn media(id: String, message_id: String, p: Principal, api: Shared) -> R {
         warp::http::HeaderValue::from_static("nosniff"),
     );
     Ok(r)
+}
+
+/// `GET /api/instances/:id/lid/:phone` and `GET /api/instances/:id/phone/:lid`.
+async fn lid_lookup(id: String, who: String, p: Principal, api: Shared) -> R {
+    use actors::instance::Lookup;
+    guard(&p, &id)?;
+    let who = percent_encoding::percent_decode_str(&who)
+        .decode_utf8_lossy()
+        .into_owned();
+    let what = match util::lid_jid(&who) {
+        Some(lid) => Lookup::Lid(lid),
+        None => Lookup::Phone(util::normalize_phone(
+            &who,
+            &api.config.whatsapp.default_country_code,
+        )?),
+    };
+    let row = instance(&api, &p, &id).await?;
+    let handle = ready(&api, &row).await?;
+    match handle.lookup_lid(what).await? {
+        Some(m) => Ok(ok("Found", json!({"phone": m.phone, "lid": m.lid}))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MAPPING_NOT_FOUND",
+            "This instance knows no LID for that number (or no number for that LID)",
+        )),
+    }
 }
 
 /// `POST /api/instances/:id/chat-state`.

@@ -589,6 +589,7 @@ async fn check(id: String, p: Principal, body: Bytes, api: Shared) -> R {
         json!({
             "phone": phone,
             "isRegistered": hit.as_ref().is_some_and(|h| h.is_registered),
+            "lid": hit.as_ref().and_then(|h| h.lid.clone()),
             "jid": hit.and_then(|h| h.jid),
         }),
     ))
