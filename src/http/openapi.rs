@@ -222,6 +222,8 @@ pub fn document(docs: &[RouteDoc], cc_len: usize) -> Value {
             .map(|name| {
                 let schema = if name == "phone" {
                     json!({"type": "string", "pattern": schema::phone_pattern(cc_len)})
+                } else if name == "lid" {
+                    json!({"type": "string", "pattern": "^[0-9]{1,20}@lid$"})
                 } else {
                     json!({"type": "string", "minLength": 1})
                 };
