@@ -1276,3 +1276,187 @@ async fn pairing_by_code_right_wrong_cancel_and_timeout() {
 fn code_of(v: &Value) -> &str {
     code(v)
 }
+
+/// Group management through the API with three accounts (the instance and two
+/// contacts' real clients): create, add, promote, settings, invite link and its
+/// revocation, remove, join by link, leave; changes made by others arrive as
+/// `group_update` events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_management_round_trip_with_events() {
+    use whatsapp_rust::features::GroupSubject;
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000061";
+    const ANN: &str = "6281200000061";
+    const BEN: &str = "6281200000062";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = net.add_contact(ANN, "Ann").await.unwrap();
+    let ben = net.add_contact(BEN, "Ben").await.unwrap();
+    let srv = TestServer::start(&net, "group-admin", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let (srv, token) = (&srv, token.clone());
+        async move { srv.call(method, &path, Some(&token), body).await }
+    };
+    let base = format!("/api/instances/{id}/groups");
+    let role = |v: &Value, phone: &str| {
+        v["data"]["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phone"] == phone)
+            .map(|p| p["role"].as_str().unwrap().to_string())
+    };
+
+    // Create with Ann; add Ben; promote Ann.
+    let (s, v) = call(
+        "POST",
+        base.clone(),
+        Some(json!({"name": "Trip", "participants": [ANN]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let gid = v["data"]["jid"].as_str().unwrap().to_string();
+    assert_eq!(v["data"]["name"], "Trip");
+    assert_eq!(role(&v, ME).as_deref(), Some("superadmin"), "{v}");
+    let (s, v) = call(
+        "POST",
+        format!("{base}/{gid}/participants"),
+        Some(json!({"action": "add", "participants": [BEN]})),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["data"]["participants"][0]["ok"]),
+        (200, &json!(true)),
+        "{v}"
+    );
+    let (s, v) = call(
+        "POST",
+        format!("{base}/{gid}/participants"),
+        Some(json!({"action": "promote", "participants": [format!("{ANN}@s.whatsapp.net")]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call("GET", format!("{base}/{gid}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["participants"].as_array().unwrap().len(), 3);
+    assert_eq!(role(&v, ANN).as_deref(), Some("admin"));
+    assert_eq!(role(&v, BEN).as_deref(), Some("member"));
+
+    // Settings: name, description, announce, locked.
+    let (s, v) = call(
+        "PATCH",
+        format!("{base}/{gid}"),
+        Some(json!({"name": "Trip 2", "description": "Bali in May", "announce": true, "locked": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            &v["data"]["name"],
+            &v["data"]["topic"],
+            &v["data"]["announce"],
+            &v["data"]["locked"]
+        ),
+        (
+            &json!("Trip 2"),
+            &json!("Bali in May"),
+            &json!(true),
+            &json!(true)
+        ),
+        "{v}"
+    );
+
+    // Invite link; revoking it makes a new one.
+    let (s, v) = call("GET", format!("{base}/{gid}/invite"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let link = v["data"]["link"].as_str().unwrap().to_string();
+    assert!(link.contains(v["data"]["code"].as_str().unwrap()), "{v}");
+    let (s, v) = call("DELETE", format!("{base}/{gid}/invite"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_ne!(v["data"]["link"].as_str(), Some(link.as_str()));
+
+    // Ann (an admin) renames it and removes Ben from her phone: the instance hears both.
+    ann.client
+        .groups()
+        .set_subject(
+            Jid::group(gid.trim_end_matches("@g.us")),
+            GroupSubject::new("Ann's trip").unwrap(),
+        )
+        .await
+        .unwrap();
+    ann.client
+        .groups()
+        .remove_participants(Jid::group(gid.trim_end_matches("@g.us")), &[Jid::pn(BEN)])
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, v) = call(
+            "GET",
+            format!("/api/instances/{id}/events?limit=1000"),
+            None,
+        )
+        .await;
+        let ev: Vec<Value> = v["data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "group_update" && e["data"]["group"] == gid.as_str())
+            .cloned()
+            .collect();
+        let subject = ev.iter().any(|e| {
+            e["data"]["action"] == "subject"
+                && e["data"]["subject"] == "Ann's trip"
+                && e["data"]["author"] == format!("{ANN}@s.whatsapp.net")
+        });
+        let removed = ev.iter().any(|e| {
+            e["data"]["action"] == "remove"
+                && e["data"]["participants"] == json!([format!("{BEN}@s.whatsapp.net")])
+        });
+        if subject && removed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "group events: {ev:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Join another group by its link, then leave it.
+    let other = net.create_group("Ben's", BEN, &[ANN]).unwrap();
+    let other_jid = Jid::group(other.trim_end_matches("@g.us"));
+    let their_link = ben
+        .client
+        .groups()
+        .get_invite_link(other_jid, false)
+        .await
+        .unwrap();
+    let (s, v) = call(
+        "POST",
+        format!("/api/instances/{id}/join-group"),
+        Some(json!({"invite": their_link})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["data"]["jid"].as_str()),
+        (200, Some(other.as_str())),
+        "{v}"
+    );
+    let (s, _) = call("GET", format!("{base}/{other}"), None).await;
+    assert_eq!(s, 200);
+    let (s, v) = call("POST", format!("{base}/{other}/leave"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call("GET", format!("{base}/{other}"), None).await;
+    assert_eq!((s, code(&v)), (502, "GROUP_REQUEST_FAILED"), "{v}");
+
+    // Refusals.
+    let (s, v) = call("GET", format!("{base}/123@s.whatsapp.net"), None).await;
+    assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"), "{v}");
+    let (s, v) = call("PATCH", format!("{base}/{gid}"), Some(json!({}))).await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (s, v) = call(
+        "POST",
+        format!("{base}/{gid}/participants"),
+        Some(json!({"action": "kick", "participants": [BEN]})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+}

@@ -909,6 +909,7 @@ fn default_events() -> Vec<&'static str> {
         "message_edited",
         "message_revoked",
         "message_undecryptable",
+        "group_update",
     ]
 }
 

@@ -394,6 +394,20 @@ pub trait EventSink: Send + Sync + 'static {
         }
         Ok(out)
     }
+    /// Another instance event (`group_update`, ...): an envelope `{event, timestamp,
+    /// data}` for the event log and the webhook; returns it with its cursor.
+    /// The default keeps nothing (cursor 0): the event reaches live listeners only.
+    async fn record_event(
+        &self,
+        _instance_id: &str,
+        envelope: &Value,
+    ) -> Result<LiveEvent, String> {
+        Ok(LiveEvent {
+            cursor: 0,
+            event: envelope["event"].as_str().unwrap_or_default().into(),
+            json: envelope.to_string().into(),
+        })
+    }
     /// A lifecycle notice, for the event log and subscribed webhooks.
     async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String>;
     /// Succeeds when the storage takes writes again (after a failed commit).

@@ -180,7 +180,9 @@ impl From<actors::instance::InstanceError> for ApiError {
             E::Busy => StatusCode::SERVICE_UNAVAILABLE,
             E::MediaExpired => StatusCode::GONE,
             E::MediaUnavailable => StatusCode::NOT_FOUND,
-            E::MediaDownloadFailed | E::PairCodeFailed => StatusCode::BAD_GATEWAY,
+            E::MediaDownloadFailed | E::PairCodeFailed | E::GroupRequestFailed => {
+                StatusCode::BAD_GATEWAY
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let message = match &e {

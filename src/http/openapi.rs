@@ -141,7 +141,7 @@ fn status_of(code: &str) -> u16 {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
         | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" | "MAPPING_NOT_FOUND" => 404,
         "MEDIA_EXPIRED" => 410,
-        "MEDIA_DOWNLOAD_FAILED" | "PAIR_CODE_FAILED" => 502,
+        "MEDIA_DOWNLOAD_FAILED" | "PAIR_CODE_FAILED" | "GROUP_REQUEST_FAILED" => 502,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
         "QR_IN_PROGRESS"
         | "ALREADY_CONNECTED"
@@ -222,6 +222,8 @@ pub fn document(docs: &[RouteDoc], cc_len: usize) -> Value {
             .map(|name| {
                 let schema = if name == "phone" {
                     json!({"type": "string", "pattern": schema::phone_pattern(cc_len)})
+                } else if name == "groupJid" {
+                    json!({"type": "string", "pattern": r"^[0-9]+(-[0-9]+)?@g\.us$"})
                 } else if name == "lid" {
                     json!({"type": "string", "pattern": "^[0-9]{1,20}@lid$"})
                 } else {

@@ -205,6 +205,19 @@ impl InstanceHandle {
         .map_err(unavailable)?
     }
 
+    /// Runs a group operation; its JSON result.
+    pub async fn group(
+        &self,
+        op: actors::instance::GroupOp,
+    ) -> Result<serde_json::Value, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::Group { op, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
     /// A person's LID from their number, or number from their LID.
     pub async fn lookup_lid(
         &self,

@@ -127,6 +127,7 @@ pub const MESSAGE_EVENTS: &[&str] = &[
     "message_edited",
     "message_revoked",
     "message_undecryptable",
+    "group_update",
 ];
 
 /// Every event name a webhook filter may list (`*` means all of them).
@@ -136,6 +137,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "message_edited",
     "message_revoked",
     "message_undecryptable",
+    "group_update",
     "QR_GENERATED",
     "PAIR_CODE",
     "QR_SUCCESS",
@@ -653,6 +655,21 @@ impl Journal {
         Ok(())
     }
 
+    /// Records an instance event (envelope `{event, timestamp, data}`) in the event log
+    /// and, when the webhook takes it, the outbox; returns it with its cursor.
+    pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
+        let webhook = self.webhook_filter(instance_id).await?;
+        let name = env["event"].as_str().unwrap_or_default().to_string();
+        let _order = self.stripe(instance_id).lock().await;
+        let txn = self.begin_write().await?;
+        let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
+        txn.commit().await?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok(e)
+    }
+
     /// Events of an instance after `after` (exclusive), oldest first; `kinds` limits
     /// them to those event names.
     pub async fn events_after(
@@ -972,6 +989,12 @@ impl EventSink for Journal {
 
     async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String> {
         Journal::record_lifecycle(self, notice)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, String> {
+        Journal::record_event(self, instance_id, env)
             .await
             .map_err(|e| e.to_string())
     }

@@ -55,6 +55,18 @@ impl InstanceState {
         }
     }
 
+    /// Records another event (`group_update`, ...) and broadcasts it.
+    pub(super) async fn record_event(&mut self, env: serde_json::Value) {
+        match self.env.sink.record_event(&self.id, &env).await {
+            Ok(e) => {
+                let _ = self.listeners.send(e);
+            }
+            Err(e) => {
+                tracing::error!(instance_id = %self.id, error = %e, "recording an event failed");
+            }
+        }
+    }
+
     /// A receipt from a recipient (delivered, read, played, ...).
     pub(super) async fn receipt(&mut self, r: &Receipt) {
         use whatsapp_rust::wacore::types::presence::ReceiptType as T;

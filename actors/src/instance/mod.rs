@@ -21,6 +21,7 @@
 //! | `presence.rs` | the **presence heartbeat** while online |
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
+//! | `groups.rs` | group management and `group_update` events |
 //! | `contacts.rs` | the LID ↔ phone mapping: lookups, filling in incoming senders |
 //! | `compose.rs` | other kinds (reply, mentions, location, contacts, poll, forward), actions on logged messages (react, edit, delete, read), chat state, own presence |
 
@@ -28,6 +29,7 @@ mod client;
 mod compose;
 mod contacts;
 mod env;
+mod groups;
 mod inbound;
 mod msg;
 mod outbound;
@@ -40,6 +42,7 @@ pub use contacts::{fill_ids, LidMapping, Lookup};
 pub use env::{
     Durability, InstanceArgs, InstanceEnv, InstanceRecord, InstanceStore, InstanceTiming, WaOptions,
 };
+pub use groups::{GroupOp, GroupSettings, ParticipantAction};
 pub use inbound::{describe, incoming, is_signalling, read, undecryptable, Described};
 #[cfg(feature = "test-faults")]
 pub use msg::Fault;
@@ -239,6 +242,7 @@ impl InstanceActor {
             } => state.on_message(target, action, reply),
             InstanceMsg::DownloadMedia { target, reply } => state.download_media(target, reply),
             InstanceMsg::LookupLid { what, reply } => state.lookup(what, reply),
+            InstanceMsg::Group { op, reply } => state.group(op, reply),
             InstanceMsg::SetChatState {
                 to,
                 state: s,
@@ -356,6 +360,11 @@ impl InstanceState {
             }
             Event::Messages(batch) => self.messages(batch).await,
             Event::Receipt(r) => self.receipt(r).await,
+            Event::GroupUpdate(u) => {
+                if let Some(env) = groups::group_event(&self.id, u) {
+                    self.record_event(env).await
+                }
+            }
             Event::UndecryptableMessage(u) => {
                 let m = undecryptable(&self.id, u);
                 self.commit(vec![m]).await

@@ -66,6 +66,10 @@ pub enum InstanceError {
     MediaDownloadFailed,
     #[error("WhatsApp refused the pairing-code request")]
     PairCodeFailed,
+    #[error("WhatsApp refused the group request (not a member or admin, or no such group)")]
+    GroupRequestFailed,
+    #[error("invalid group name or description (too long or empty)")]
+    InvalidGroupSettings,
     /// The actor did not answer in time (or is gone).
     #[error("the instance did not answer")]
     Unavailable,
@@ -96,6 +100,8 @@ impl InstanceError {
             Self::MediaExpired => "MEDIA_EXPIRED",
             Self::MediaDownloadFailed => "MEDIA_DOWNLOAD_FAILED",
             Self::PairCodeFailed => "PAIR_CODE_FAILED",
+            Self::GroupRequestFailed => "GROUP_REQUEST_FAILED",
+            Self::InvalidGroupSettings => "INVALID_GROUP_SETTINGS",
             Self::Unavailable => "INTERNAL_ERROR",
         }
     }
@@ -327,6 +333,11 @@ pub enum InstanceMsg {
         target: MessageRef,
         action: MessageAction,
         reply: RpcReplyPort<Result<Sent, InstanceError>>,
+    },
+    /// A group operation; answers its JSON result.
+    Group {
+        op: super::groups::GroupOp,
+        reply: RpcReplyPort<Result<serde_json::Value, InstanceError>>,
     },
     /// A person's LID from their number, or number from their LID.
     LookupLid {
