@@ -1460,3 +1460,184 @@ async fn group_management_round_trip_with_events() {
     .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
 }
+
+/// Profiles and blocking through the API: a contact's about and picture; this
+/// number's push name, about and picture (seen from the contact's side); blocking
+/// stops a contact's messages, the block list names them, unblocking lets them through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn profiles_and_blocking() {
+    use whatsapp_rust::Jid;
+    const ME: &str = "6281100000071";
+    const ANN: &str = "6281200000071";
+    let net = MockNetwork::start().await.unwrap();
+    let ann = net.add_contact(ANN, "Ann").await.unwrap();
+    let srv = TestServer::start(&net, "profiles", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let (srv, token) = (&srv, token.clone());
+        async move { srv.call(method, &path, Some(&token), body).await }
+    };
+    // A JPEG's worth of bytes, served locally for the picture URL.
+    let jpeg: Vec<u8> = [0xFF, 0xD8, 0xFF, 0xE0]
+        .iter()
+        .copied()
+        .chain((0..2000u32).map(|i| (i % 251) as u8))
+        .collect();
+    let served = jpeg.clone();
+    let route = warp::path!("me.jpg").map(move || {
+        warp::http::Response::builder()
+            .header("content-type", "image/jpeg")
+            .body(served.clone())
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+
+    // Ann's about and picture, as the instance sees them.
+    ann.client
+        .profile()
+        .set_status_text("Hi there")
+        .await
+        .unwrap();
+    ann.client
+        .profile()
+        .set_profile_picture(jpeg.clone())
+        .await
+        .unwrap();
+    let (s, v) = call(
+        "GET",
+        format!("/api/instances/{id}/contacts/{ANN}/profile"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["about"], "Hi there", "{v}");
+    assert!(
+        v["data"]["pictureUrl"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://")),
+        "{v}"
+    );
+
+    // This number's name, about and picture, as Ann sees them.
+    let (s, v) = call(
+        "PATCH",
+        format!("/api/instances/{id}/profile"),
+        Some(json!({"pushName": "Toko Maju", "about": "Open 9-5"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let info = ann
+        .client
+        .contacts()
+        .get_user_info(&[Jid::pn(ME)])
+        .await
+        .unwrap();
+    assert_eq!(
+        info.values()
+            .next()
+            .and_then(|u| u.status.clone())
+            .as_deref(),
+        Some("Open 9-5")
+    );
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while net
+        .accounts()
+        .iter()
+        .find(|a| a.phone == ME)
+        .map(|a| a.push_name.clone())
+        != Some("Toko Maju".into())
+    {
+        assert!(tokio::time::Instant::now() < until, "push name not set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = call(
+        "POST",
+        format!("/api/instances/{id}/profile/picture"),
+        Some(json!({"url": format!("http://{addr}/me.jpg")})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let pic = ann
+        .client
+        .contacts()
+        .get_profile_picture(&Jid::pn(ME), false)
+        .await
+        .unwrap();
+    assert!(pic.is_some(), "Ann sees the new picture");
+    let (s, v) = call(
+        "DELETE",
+        format!("/api/instances/{id}/profile/picture"),
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["data"]["removed"]), (200, &json!(true)), "{v}");
+    let pic = ann
+        .client
+        .contacts()
+        .get_profile_picture(&Jid::pn(ME), false)
+        .await
+        .unwrap();
+    assert!(pic.is_none(), "the picture is gone");
+
+    // Block Ann: her message is not delivered; the list names her; unblock.
+    let (s, v) = call(
+        "POST",
+        format!("/api/instances/{id}/contacts/{ANN}/block"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call("GET", format!("/api/instances/{id}/blocklist"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["blocked"][0]["phone"], ANN, "{v}");
+    ann.send_text(ME, "while blocked").await.unwrap();
+    let (s, v) = call(
+        "DELETE",
+        format!("/api/instances/{id}/contacts/{ANN}/block"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = call("GET", format!("/api/instances/{id}/blocklist"), None).await;
+    assert_eq!(v["data"]["blocked"], json!([]), "{v}");
+    ann.send_text(ME, "after unblocking").await.unwrap();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let texts = loop {
+        let (_, v) = call(
+            "GET",
+            format!("/api/instances/{id}/messages?direction=in"),
+            None,
+        )
+        .await;
+        let texts: Vec<String> = v["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect();
+        if texts.iter().any(|t| t == "after unblocking") {
+            break texts;
+        }
+        assert!(tokio::time::Instant::now() < until, "{texts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!texts.iter().any(|t| t == "while blocked"), "{texts:?}");
+
+    // Refusals.
+    let (s, v) = call(
+        "PATCH",
+        format!("/api/instances/{id}/profile"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (s, v) = call(
+        "POST",
+        format!("/api/instances/{id}/contacts/12/block"),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_PHONE"), "{v}");
+}

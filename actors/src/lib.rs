@@ -11,6 +11,9 @@
 //! This crate never depends on warp or the database: storage and event sinks reach it
 //! through small traits.
 
+// whatsapp-rust's profile calls nest futures deeper than the default limit allows to lay out.
+#![recursion_limit = "256"]
+
 pub mod admission;
 pub mod backoff;
 pub mod durability;

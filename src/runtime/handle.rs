@@ -218,6 +218,19 @@ impl InstanceHandle {
         .map_err(unavailable)?
     }
 
+    /// Runs a profile or blocking operation; its JSON result.
+    pub async fn profile(
+        &self,
+        op: actors::instance::ProfileOp,
+    ) -> Result<serde_json::Value, InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::Profile { op, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
     /// A person's LID from their number, or number from their LID.
     pub async fn lookup_lid(
         &self,

@@ -73,8 +73,8 @@ impl InstanceState {
     }
 }
 
-/// A person as a JID.
-fn person(p: &str) -> Result<Jid, InstanceError> {
+/// A person as a JID: phone digits, `<digits>@s.whatsapp.net` or `<digits>@lid`.
+pub(super) fn person(p: &str) -> Result<Jid, InstanceError> {
     let p = p.trim();
     if let Some(user) = p.strip_suffix("@lid") {
         if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {

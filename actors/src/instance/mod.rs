@@ -22,6 +22,7 @@
 //! | `inbound.rs` | incoming messages and receipts: translation, commit, storage recovery |
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
 //! | `groups.rs` | group management and `group_update` events |
+//! | `profile.rs` | contacts' about and picture; own push name, about, picture; blocking |
 //! | `contacts.rs` | the LID ↔ phone mapping: lookups, filling in incoming senders |
 //! | `compose.rs` | other kinds (reply, mentions, location, contacts, poll, forward), actions on logged messages (react, edit, delete, read), chat state, own presence |
 
@@ -35,6 +36,7 @@ mod msg;
 mod outbound;
 mod paircode;
 mod presence;
+mod profile;
 mod qr;
 mod reconnect;
 
@@ -53,6 +55,7 @@ pub use msg::{
 };
 pub use outbound::media_message;
 pub use presence::spawn_ticker;
+pub use profile::ProfileOp;
 
 use crate::events::{rfc3339, LifecycleNotice, LiveEvent};
 use crate::lifecycle::{self, Action, LifecycleEvent};
@@ -243,6 +246,7 @@ impl InstanceActor {
             InstanceMsg::DownloadMedia { target, reply } => state.download_media(target, reply),
             InstanceMsg::LookupLid { what, reply } => state.lookup(what, reply),
             InstanceMsg::Group { op, reply } => state.group(op, reply),
+            InstanceMsg::Profile { op, reply } => state.profile(op, reply),
             InstanceMsg::SetChatState {
                 to,
                 state: s,

@@ -339,6 +339,11 @@ pub enum InstanceMsg {
         op: super::groups::GroupOp,
         reply: RpcReplyPort<Result<serde_json::Value, InstanceError>>,
     },
+    /// A profile or blocking operation; answers its JSON result.
+    Profile {
+        op: super::profile::ProfileOp,
+        reply: RpcReplyPort<Result<serde_json::Value, InstanceError>>,
+    },
     /// A person's LID from their number, or number from their LID.
     LookupLid {
         what: super::contacts::Lookup,

@@ -7,7 +7,8 @@
 //! | `qr.rs` | the QR login: code, image, cancel |
 //! | `send.rs` | **every send** (by id or by number × phone or group × text, URL or file) and the number check |
 //! | `compose.rs` | other message kinds (mentions, location, contacts, poll, forward), reactions, edits, deletes, read receipts, chat state, presence |
-//! | `groups.rs` | group listings |
+//! | `groups.rs` | group listings and management |
+//! | `profile.rs` | contacts' profiles, own profile and picture, blocking |
 //! | `webhooks.rs` | webhook settings, delivery log, redelivery |
 //! | `journal.rs` | message log and event log |
 //!
@@ -59,6 +60,7 @@ mod idempotent;
 mod instances;
 mod journal;
 mod media;
+mod profile;
 mod qr;
 mod send;
 mod session;
@@ -81,6 +83,7 @@ pub(crate) fn all(api: &Shared) -> table::Table {
         qr::routes(api),
         send::routes(api),
         compose::routes(api),
+        profile::routes(api),
         groups::routes(api),
         webhooks::routes(api),
         journal::routes(api),

@@ -561,6 +561,7 @@ impl Session {
                 }
                 iq_result(&id, vec![])
             }
+            "blocklist" => crate::privacy::blocklist_iq(&self.shared, self.me.as_ref(), &node, &id),
             "w:mex" => crate::mex::query(&self.shared, self.me.as_ref(), &node, &id),
             "newsletter" => crate::newsletters::iq(&self.shared, self.me.as_ref(), &node, &id),
             "w:profile:picture" => {

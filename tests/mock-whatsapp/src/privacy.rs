@@ -155,3 +155,66 @@ pub(crate) fn shows(reg: &Registry, asker: &str, owner: &str, request: Option<&N
         || !reg.tc_required.contains(owner)
         || request.is_some_and(|r| presents_grant(reg, owner, asker, r))
 }
+
+/// Whether account `phone` blocked the account `sender` (by phone number).
+pub(crate) fn blocks(reg: &crate::registry::Registry, phone: &str, sender: &str) -> bool {
+    let (Some(acc), Some(from)) = (reg.accounts.get(phone), reg.accounts.get(sender)) else {
+        return false;
+    };
+    acc.blocked.contains_key(&from.lid)
+}
+
+/// `<iq xmlns="blocklist">`: `get` answers `<list>` of `<item jid t>`; `set` with
+/// `<item jid action="block|unblock" pn_jid?>` changes the list (the person named by
+/// LID or phone number; an unknown one is a 404).
+pub(crate) fn blocklist_iq(
+    shared: &crate::Shared,
+    me: Option<&(String, u32)>,
+    node: &Node,
+    id: &str,
+) -> Node {
+    use crate::conn::iq_error;
+    let Some((phone, _)) = me else {
+        return iq_error(id, "401", "not-authorized");
+    };
+    let mut reg = shared.registry.lock().expect("registry lock");
+    if attr(node, "type").as_deref() == Some("get") {
+        let items = reg
+            .accounts
+            .get(phone)
+            .map(|a| {
+                a.blocked
+                    .iter()
+                    .map(|(lid, t)| {
+                        NodeBuilder::new("item")
+                            .attr("jid", format!("{lid}@lid"))
+                            .attr("t", t.to_string())
+                            .build()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        return iq_result(id, vec![NodeBuilder::new("list").children(items).build()]);
+    }
+    let Some(item) = node.get_optional_child("item") else {
+        return iq_error(id, "400", "bad-request");
+    };
+    let jid = attr(item, "jid").unwrap_or_default();
+    let user = jid.split(['@', ':']).next().unwrap_or_default().to_string();
+    let Some(lid) = reg.find_user(&user).map(|a| a.lid.clone()) else {
+        return iq_error(id, "404", "item-not-found");
+    };
+    let Some(acc) = reg.accounts.get_mut(phone) else {
+        return iq_error(id, "404", "item-not-found");
+    };
+    match attr(item, "action").as_deref() {
+        Some("block") => {
+            acc.blocked.insert(lid, now());
+        }
+        Some("unblock") => {
+            acc.blocked.remove(&lid);
+        }
+        _ => return iq_error(id, "400", "bad-request"),
+    }
+    iq_result(id, vec![])
+}

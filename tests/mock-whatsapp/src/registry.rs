@@ -225,6 +225,9 @@ pub struct Account {
     pub phone_sessions: HashMap<u32, whatsapp_rust::wacore::libsignal::protocol::SessionRecord>,
     /// The profile "about" text and when it was set (unix seconds).
     pub about: Option<(String, u64)>,
+    /// People this account blocked (their LID user → when): their 1:1 messages are
+    /// acked to them but not delivered.
+    pub blocked: BTreeMap<String, u64>,
 }
 
 /// A device that connected without a session and is waiting for a QR scan.
@@ -428,6 +431,7 @@ impl Registry {
                 nct_salt: None,
                 phone_sessions: HashMap::new(),
                 about: None,
+                blocked: BTreeMap::new(),
             };
             self.accounts.insert(phone.to_string(), account);
         }

@@ -413,10 +413,14 @@ pub(crate) async fn route_message(
         node = as_fan_out(node, &to);
     }
     // A recipient that requires privacy tokens refuses the message without one (463).
-    let refused = {
+    // One that blocked the sender takes it (the sender sees it sent) and drops it.
+    let (refused, blocked) = {
         let reg = shared.registry.lock().expect("registry lock");
-        reg.find_user(&to_jid.user)
-            .is_some_and(|r| !crate::privacy::admits(&reg, my_phone, &r.phone, &node))
+        let r = reg.find_user(&to_jid.user);
+        (
+            r.is_some_and(|r| !crate::privacy::admits(&reg, my_phone, &r.phone, &node)),
+            r.is_some_and(|r| crate::privacy::blocks(&reg, &r.phone, my_phone)),
+        )
     };
     let mut ack = NodeBuilder::new("ack")
         .attr("class", "message")
@@ -427,7 +431,7 @@ pub(crate) async fn route_message(
         ack = ack.attr("error", crate::privacy::MISSING_TOKEN);
     }
     let _ = conn.tx.send(Outbound::Node(ack.build())).await;
-    if refused {
+    if refused || blocked {
         return;
     }
 
