@@ -1451,6 +1451,12 @@ async fn group_management_round_trip_with_events() {
     let (s, v) = call("GET", format!("{base}/123@s.whatsapp.net"), None).await;
     assert_eq!((s, code(&v)), (400, "INVALID_GROUP_JID"), "{v}");
     let (s, v) = call("PATCH", format!("{base}/{gid}"), Some(json!({}))).await;
+    assert_eq!(
+        (s, &v["data"]["name"]),
+        (200, &json!("Ann's trip")),
+        "nothing to change: {v}"
+    );
+    let (s, v) = call("PATCH", format!("{base}/{gid}"), Some(json!({"name": " "}))).await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
     let (s, v) = call(
         "POST",
@@ -1629,7 +1635,7 @@ async fn profiles_and_blocking() {
     let (s, v) = call(
         "PATCH",
         format!("/api/instances/{id}/profile"),
-        Some(json!({})),
+        Some(json!({"pushName": ""})),
     )
     .await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"), "{v}");

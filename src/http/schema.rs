@@ -46,6 +46,15 @@ pub fn people() -> Schema {
         .into()
 }
 
+/// A list of at least one person: 1-256.
+pub fn some_people() -> Schema {
+    ArrayBuilder::new()
+        .items(string(PERSON))
+        .min_items(Some(1))
+        .max_items(Some(256))
+        .into()
+}
+
 /// Poll options: 2-12 distinct non-blank texts.
 pub fn poll_options() -> Schema {
     ArrayBuilder::new()

@@ -194,7 +194,7 @@ struct JoinBody {
     invite: Option<String>,
 }
 
-/// Settings to change; each only when present.
+/// Settings to change; each only when present (none: the group as it is).
 #[derive(Deserialize, Default, ToSchema)]
 struct SettingsBody {
     #[schema(pattern = r"\S", max_length = 100)]
@@ -215,7 +215,7 @@ struct ParticipantsBody {
     #[schema(value_type = String, required = true, pattern = "^(add|remove|promote|demote)$")]
     action: Option<String>,
     /// Phone numbers or person JIDs (1-256).
-    #[schema(schema_with = crate::http::schema::people, required = true)]
+    #[schema(schema_with = crate::http::schema::some_people, required = true)]
     participants: Option<Vec<String>>,
 }
 
@@ -308,19 +308,13 @@ async fn settings(id: String, group: String, p: Principal, body: Bytes, api: Sha
         announce: b.announce,
         locked: b.locked,
     };
-    if settings == GroupSettings::default() {
-        return Err(invalid(
-            "give at least one of name, description, announce, locked",
-        ));
-    }
-    run(
-        &api,
-        &p,
-        &id,
-        GroupOp::Settings { group, settings },
-        "Group updated",
-    )
-    .await
+    // Nothing to change: the group as it is.
+    let op = if settings == GroupSettings::default() {
+        GroupOp::Info(group)
+    } else {
+        GroupOp::Settings { group, settings }
+    };
+    run(&api, &p, &id, op, "Group updated").await
 }
 
 /// `POST /api/instances/:id/groups/:groupJid/participants`.

@@ -153,7 +153,7 @@ pub(super) fn routes(api: &Shared) -> Table {
     t
 }
 
-/// Profile fields to set; at least one.
+/// Profile fields to set (none: nothing changes).
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ProfileBody {
@@ -236,9 +236,6 @@ async fn set_profile(id: String, p: Principal, body: Bytes, api: Shared) -> R {
         }
         a => a,
     };
-    if name.is_none() && about.is_none() {
-        return Err(invalid("give pushName and/or about"));
-    }
     let row = instance(&api, &p, &id).await?;
     let handle = ready(&api, &row).await?;
     let mut data = serde_json::json!({});
@@ -248,7 +245,12 @@ async fn set_profile(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     if let Some(a) = about {
         data["about"] = handle.profile(ProfileOp::SetAbout(a)).await?["about"].take();
     }
-    Ok(ok("Profile updated", data))
+    let done = if data.as_object().is_some_and(|o| o.is_empty()) {
+        "Nothing to change"
+    } else {
+        "Profile updated"
+    };
+    Ok(ok(done, data))
 }
 
 /// `POST /api/instances/:id/profile/picture`.
