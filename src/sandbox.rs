@@ -15,7 +15,7 @@ use crate::http::routes::{self, admin_only, parse, required};
 use crate::http::util::{self, ok};
 use crate::http::{authed, body_limited, respond, with_api, Shared, MAX_JSON_BODY};
 use crate::runtime::QrStart;
-use actors::instance::{MediaKind, WaOptions};
+use actors::instance::WaOptions;
 use bytes::Bytes;
 use mock_whatsapp::contact::Contact;
 use mock_whatsapp::remote::RemoteNetwork;
@@ -451,12 +451,7 @@ async fn contact_send(
                 caption,
                 hold: _hold,
             } = fetched;
-            let media_type = match kind {
-                MediaKind::Image => whatsapp_rust::download::MediaType::Image,
-                MediaKind::Video => whatsapp_rust::download::MediaType::Video,
-                MediaKind::Audio => whatsapp_rust::download::MediaType::Audio,
-                MediaKind::Document => whatsapp_rust::download::MediaType::Document,
-            };
+            let media_type = kind.upload_type();
             let up = client
                 .upload(bytes, media_type, Default::default())
                 .await

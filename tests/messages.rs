@@ -1012,3 +1012,73 @@ async fn received_media_downloads_byte_exact() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((s, code(&v)), (404, "MESSAGE_NOT_FOUND"), "{v}");
 }
+
+/// A voice note (with the length its Ogg/Opus file carries) and a sticker, uploaded
+/// through the API, arrive at the contact as a push-to-talk audio and a sticker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn voice_notes_and_stickers_arrive_as_such() {
+    const ME: &str = "6281100000049";
+    const IDA: &str = "6281200000049";
+    let net = MockNetwork::start().await.unwrap();
+    let mut ida = contact(&net, IDA, "Ida").await;
+    let srv = TestServer::start(&net, "voice-sticker", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    // An Ogg/Opus file of 3 s: OpusHead (pre-skip 312), then a last page whose granule
+    // position is 3 s of 48 kHz samples after the pre-skip.
+    let page = |granule: u64, body: &[u8]| {
+        let mut p = b"OggS\0\0".to_vec();
+        p.extend_from_slice(&granule.to_le_bytes());
+        p.extend_from_slice(&[0u8; 13]);
+        p.extend_from_slice(body);
+        p
+    };
+    let mut head = b"OpusHead\x01\x01".to_vec();
+    head.extend_from_slice(&312u16.to_le_bytes());
+    head.extend_from_slice(&[0x80, 0xBB, 0, 0, 0, 0, 0]);
+    let mut ogg = page(0, &head);
+    ogg.extend(page(0, &[1u8; 200]));
+    ogg.extend(page(3 * 48_000 + 312, &[2u8; 200]));
+    let webp: Vec<u8> = b"RIFF\x20\0\0\0WEBPVP8 "
+        .iter()
+        .copied()
+        .chain([3u8; 500])
+        .collect();
+    for (media_type, name, bytes) in [("voice", "note.ogg", ogg), ("sticker", "smile.webp", webp)] {
+        let form = reqwest::multipart::Form::new()
+            .text("to", IDA)
+            .text("mediaType", media_type)
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        let resp = srv
+            .http
+            .post(srv.url(&format!("/api/send/{id}/media")))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let (s, v): (u16, Value) = (resp.status().as_u16(), resp.json().await.unwrap());
+        assert_eq!(
+            (s, v["data"]["mediaType"].as_str()),
+            (200, Some(media_type)),
+            "{v}"
+        );
+    }
+    let voice = ida
+        .next_message("the voice note", |m| {
+            m.message.audio_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!((voice.ptt, voice.seconds), (Some(true), Some(3)));
+    let sticker = ida
+        .next_message("the sticker", |m| {
+            m.message.sticker_message.as_option().cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sticker.mimetype.as_deref(), Some("image/webp"));
+    assert!(sticker.media_key.is_some(), "a real upload");
+}

@@ -24,7 +24,7 @@ pub const fn of<T: PartialSchema>() -> SchemaFn {
 /// Stands for the phone pattern in a `pattern` attribute (see [`phone_pattern`]).
 /// The other rules are written where the fields are: a group JID
 /// `^[0-9]+(-[0-9]+)?@g\.us$`, a required text `\S` (one non-blank character), a media
-/// type `image|video|audio|document|file` (any case) or blank, a URL `^https?://`.
+/// type `image|video|audio|document|file|voice|ptt|sticker` (any case) or blank, a URL `^https?://`.
 pub const PHONE: &str = "{phone}";
 
 /// Stands for a recipient: a phone number, `<10-15 digits>@s.whatsapp.net`,

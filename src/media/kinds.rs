@@ -10,6 +10,8 @@ pub fn parse_media_type(s: &str) -> Option<MediaKind> {
         "video" => Some(MediaKind::Video),
         "audio" => Some(MediaKind::Audio),
         "document" | "file" => Some(MediaKind::Document),
+        "voice" | "ptt" => Some(MediaKind::Voice),
+        "sticker" => Some(MediaKind::Sticker),
         _ => None,
     }
 }
@@ -69,6 +71,8 @@ pub fn media_kind_word(k: MediaKind) -> &'static str {
         MediaKind::Video => "video",
         MediaKind::Audio => "audio",
         MediaKind::Document => "document",
+        MediaKind::Voice => "voice",
+        MediaKind::Sticker => "sticker",
     }
 }
 

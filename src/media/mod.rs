@@ -29,9 +29,9 @@ impl Caps {
     /// The cap of `kind`.
     pub fn of(&self, kind: MediaKind) -> u64 {
         match kind {
-            MediaKind::Image => self.image,
+            MediaKind::Image | MediaKind::Sticker => self.image,
             MediaKind::Video => self.video,
-            MediaKind::Audio => self.audio,
+            MediaKind::Audio | MediaKind::Voice => self.audio,
             MediaKind::Document => self.document,
         }
     }

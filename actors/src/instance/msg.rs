@@ -174,6 +174,24 @@ pub enum MediaKind {
     Video,
     Audio,
     Document,
+    /// Audio sent as a voice note (push-to-talk).
+    Voice,
+    /// A sticker (WebP).
+    Sticker,
+}
+
+impl MediaKind {
+    /// The kind WhatsApp's media servers file the upload under.
+    pub fn upload_type(self) -> whatsapp_rust::download::MediaType {
+        use whatsapp_rust::download::MediaType as T;
+        match self {
+            Self::Image => T::Image,
+            Self::Video => T::Video,
+            Self::Audio | Self::Voice => T::Audio,
+            Self::Document => T::Document,
+            Self::Sticker => T::Sticker,
+        }
+    }
 }
 
 /// Media to send.

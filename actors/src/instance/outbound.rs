@@ -416,15 +416,13 @@ impl Ops {
         message_id: Option<String>,
         turn: Turn,
     ) -> Result<Sent, InstanceError> {
-        use whatsapp_rust::download::MediaType;
         let client = &self.client;
         let jid = self.recipient(to).await?;
-        let media_type = match media.kind {
-            MediaKind::Image => MediaType::Image,
-            MediaKind::Video => MediaType::Video,
-            MediaKind::Audio => MediaType::Audio,
-            MediaKind::Document => MediaType::Document,
-        };
+        let media_type = media.kind.upload_type();
+        // A voice note shows its length; Ogg/Opus files carry it.
+        let seconds = (media.kind == MediaKind::Voice)
+            .then(|| ogg_opus_seconds(&media.bytes))
+            .flatten();
         let up = tokio::time::timeout(
             self.env.timing.request_timeout * 4,
             client.upload(media.bytes, media_type, Default::default()),
@@ -435,13 +433,16 @@ impl Ops {
             tracing::warn!(instance_id = %self.id, error = %e, "upload failed");
             InstanceError::UploadFailed
         })?;
-        let message = media_message(
+        let mut message = media_message(
             &media.kind,
             up,
             media.mimetype,
             media.caption,
             media.file_name,
         );
+        if let Some(a) = message.audio_message.as_option_mut() {
+            a.seconds = seconds;
+        }
         self.send(jid, message, message_id, turn).await
     }
 
@@ -534,7 +535,7 @@ pub fn media_message(
     caption: Option<String>,
     file_name: Option<String>,
 ) -> wa::Message {
-    use wa::message::{AudioMessage, DocumentMessage, ImageMessage, VideoMessage};
+    use wa::message::{AudioMessage, DocumentMessage, ImageMessage, StickerMessage, VideoMessage};
     macro_rules! fill {
         ($t:ident) => {
             $t {
@@ -563,10 +564,17 @@ pub fn media_message(
             x.streaming_sidecar = up.streaming_sidecar.clone();
             m.video_message = x.into();
         }
-        MediaKind::Audio => {
+        MediaKind::Audio | MediaKind::Voice => {
             let mut x = fill!(AudioMessage);
             x.streaming_sidecar = up.streaming_sidecar.clone();
+            if *kind == MediaKind::Voice {
+                x.ptt = Some(true);
+            }
             m.audio_message = x.into();
+        }
+        MediaKind::Sticker => {
+            let x = fill!(StickerMessage);
+            m.sticker_message = x.into();
         }
         MediaKind::Document => {
             let mut x = fill!(DocumentMessage);
@@ -576,6 +584,25 @@ pub fn media_message(
         }
     }
     m
+}
+
+/// The length of an Ogg/Opus file in whole seconds (rounded up): the granule position
+/// of its last page (48 kHz samples) less the pre-skip of its `OpusHead`. `None` for
+/// anything else.
+pub fn ogg_opus_seconds(b: &[u8]) -> Option<u32> {
+    if !b.starts_with(b"OggS") {
+        return None;
+    }
+    let head = b.windows(8).position(|w| w == b"OpusHead")?;
+    let pre_skip = u16::from_le_bytes([*b.get(head + 10)?, *b.get(head + 11)?]) as u64;
+    // The last page header: "OggS", version, type, then the granule position.
+    let last = b.windows(4).rposition(|w| w == b"OggS")?;
+    let granule = u64::from_le_bytes(b.get(last + 6..last + 14)?.try_into().ok()?);
+    if granule == u64::MAX {
+        return None;
+    }
+    let samples = granule.saturating_sub(pre_skip);
+    u32::try_from(samples.div_ceil(48_000)).ok()
 }
 
 /// A group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`), or `InvalidGroupJid`.

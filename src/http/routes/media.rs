@@ -21,7 +21,7 @@ pub(super) struct MediaUrl {
     pub media_url: Option<String>,
     pub caption: Option<String>,
     /// The kind to send it as; blank or absent: from the file.
-    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file|voice|ptt|sticker) *)?$")]
     pub media_type: Option<String>,
     pub file_name: Option<String>,
 }
@@ -37,7 +37,7 @@ pub(super) struct FileSend {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     caption: Option<String>,
-    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file|voice|ptt|sticker) *)?$")]
     media_type: Option<String>,
 }
 
@@ -51,7 +51,7 @@ pub(super) struct GroupFileSend {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     caption: Option<String>,
-    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file) *)?$")]
+    #[schema(pattern = r"^ *(?:(?i:image|video|audio|document|file|voice|ptt|sticker) *)?$")]
     media_type: Option<String>,
 }
 
