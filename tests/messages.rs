@@ -24,6 +24,35 @@ async fn contact(net: &MockNetwork, phone: &str, name: &str) -> Contact {
     c
 }
 
+/// Waits for an event in the instance's event log whose `data` `pred` accepts.
+async fn wait_event(
+    srv: &TestServer,
+    token: &str,
+    id: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (s, v) = get(
+            srv,
+            token,
+            &format!("/api/instances/{id}/events?limit=1000"),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        if let Some(e) = v["data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| pred(&e["data"]))
+        {
+            return e["data"].clone();
+        }
+        assert!(tokio::time::Instant::now() < until, "no such event: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the instance's log holds `n` incoming messages.
 async fn wait_logged(srv: &TestServer, token: &str, id: &str, n: usize) {
     let until = tokio::time::Instant::now() + DEADLINE;
@@ -633,9 +662,18 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    let poll = dana
+    let poll_id = v["data"]["messageId"].as_str().unwrap().to_string();
+    let (poll, secret) = dana
         .next_message("the poll", |m| {
-            m.message.poll_creation_message_v3.as_option().cloned()
+            let secret = m
+                .message
+                .message_context_info
+                .as_option()
+                .and_then(|c| c.message_secret.clone());
+            Some((
+                m.message.poll_creation_message_v3.as_option().cloned()?,
+                secret?,
+            ))
         })
         .await
         .unwrap();
@@ -650,6 +688,24 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
             Some("Lunch?"),
             vec!["Rice".to_string(), "Noodles".into(), "Soup".into()]
         )
+    );
+    // Dana votes; the instance reads her choice.
+    dana.client
+        .polls()
+        .vote(
+            whatsapp_rust::Jid::pn(ME),
+            &poll_id,
+            &whatsapp_rust::Jid::pn(ME),
+            &secret,
+            &["Noodles".to_string()],
+        )
+        .await
+        .unwrap();
+    let d = wait_event(&srv, &token, &id, |d| d["type"] == "poll_vote").await;
+    assert_eq!(
+        d["poll_vote"],
+        json!({"poll_message_id": poll_id, "selected_options": ["Noodles"]}),
+        "{d}"
     );
 
     // A reaction to Dana's message, then its removal.

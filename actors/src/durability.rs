@@ -57,6 +57,8 @@ impl InboundDurabilityHook for CommitHook {
             return Ok(());
         }
         crate::instance::fill_ids(&client, &mut msgs).await;
+        crate::instance::open_votes(&client, self.sink.as_ref(), &self.instance_id, &mut msgs)
+            .await;
         if self.park {
             println!("{PARKED_LINE}");
             std::future::pending::<()>().await;

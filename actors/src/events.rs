@@ -168,6 +168,16 @@ pub struct Poll {
     pub selectable_count: u32,
 }
 
+/// A vote on a poll, decrypted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PollVote {
+    /// The poll voted on.
+    pub poll_message_id: String,
+    /// The options now chosen (empty: the vote was taken back); `None` when the vote
+    /// could not be decrypted (the poll is not in the message log).
+    pub selected_options: Option<Vec<String>>,
+}
+
 /// What an incoming message carries beyond its type and text (each field only when
 /// present), the same in the listen socket, the webhook and the event log.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -187,6 +197,8 @@ pub struct Details {
     pub reaction: Option<Reaction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll: Option<Poll>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_vote: Option<PollVote>,
     /// `message_edited` / `message_revoked`: the id of the message edited or deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original_message_id: Option<String>,
@@ -407,6 +419,15 @@ pub trait EventSink: Send + Sync + 'static {
             event: envelope["event"].as_str().unwrap_or_default().into(),
             json: envelope.to_string().into(),
         })
+    }
+    /// A logged message (poll votes are decrypted with their poll's kept secret).
+    /// The default knows none.
+    async fn message_ref(
+        &self,
+        _instance_id: &str,
+        _message_id: &str,
+    ) -> Result<Option<crate::instance::MessageRef>, String> {
+        Ok(None)
     }
     /// A lifecycle notice, for the event log and subscribed webhooks.
     async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String>;

@@ -993,6 +993,16 @@ impl EventSink for Journal {
             .map_err(|e| e.to_string())
     }
 
+    async fn message_ref(
+        &self,
+        instance_id: &str,
+        message_id: &str,
+    ) -> Result<Option<actors::instance::MessageRef>, String> {
+        Journal::message_ref(self, instance_id, message_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, String> {
         Journal::record_event(self, instance_id, env)
             .await

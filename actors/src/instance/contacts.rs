@@ -90,3 +90,94 @@ pub async fn fill_ids(client: &Client, msgs: &mut [IncomingMessage]) {
         }
     }
 }
+
+/// Decrypts the poll votes among `msgs` with their polls' secrets and options, read
+/// from the message log (a vote on a poll the log does not hold stays undecrypted).
+pub async fn open_votes(
+    client: &Client,
+    sink: &dyn crate::events::EventSink,
+    instance_id: &str,
+    msgs: &mut [IncomingMessage],
+) {
+    use whatsapp_rust::buffa::Message as _;
+    use whatsapp_rust::wacore::poll::{compute_option_hash, PollVoteCiphertext};
+    use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
+    use whatsapp_rust::waproto::whatsapp as wa;
+    for m in msgs.iter_mut() {
+        let Some(vote) = m.details.poll_vote.as_mut() else {
+            continue;
+        };
+        let Some(raw) = &m.raw else { continue };
+        let Ok(update) = wa::Message::decode_from_slice(raw) else {
+            continue;
+        };
+        let Some(enc) = update
+            .get_base_message()
+            .poll_update_message
+            .as_option()
+            .and_then(|u| u.vote.as_option())
+        else {
+            continue;
+        };
+        let (Some(payload), Some(iv)) = (&enc.enc_payload, &enc.enc_iv) else {
+            continue;
+        };
+        let Ok(Some(poll)) = sink.message_ref(instance_id, &vote.poll_message_id).await else {
+            continue;
+        };
+        let Some(poll_msg) = poll
+            .raw
+            .as_deref()
+            .and_then(|r| wa::Message::decode_from_slice(r).ok())
+        else {
+            continue;
+        };
+        let Some(secret) = poll_msg
+            .message_context_info
+            .as_option()
+            .and_then(|c| c.message_secret.clone())
+        else {
+            continue;
+        };
+        let base = poll_msg.get_base_message();
+        let Some(creation) = [
+            &base.poll_creation_message,
+            &base.poll_creation_message_v2,
+            &base.poll_creation_message_v3,
+        ]
+        .into_iter()
+        .find_map(|p| p.as_option()) else {
+            continue;
+        };
+        let creator = if poll.from_me || poll.sender.is_empty() {
+            client.pn().map(|j| j.to_non_ad())
+        } else {
+            poll.sender.parse::<Jid>().ok()
+        };
+        let (Some(creator), Ok(voter)) = (creator, m.from.parse::<Jid>()) else {
+            continue;
+        };
+        let ciphertext = PollVoteCiphertext {
+            enc_payload: payload,
+            enc_iv: iv,
+        };
+        let polls = client.polls();
+        match polls
+            .decrypt_vote(ciphertext, &secret, &poll.id, &creator, &voter)
+            .await
+        {
+            Ok(hashes) => {
+                let names = creation
+                    .options
+                    .iter()
+                    .filter_map(|o| o.option_name.clone())
+                    .filter(|n| hashes.iter().any(|h| h[..] == compute_option_hash(n)[..]))
+                    .collect();
+                vote.selected_options = Some(names);
+            }
+            Err(e) => {
+                tracing::debug!(instance_id, error = %e, "a poll vote could not be decrypted");
+            }
+        }
+    }
+}

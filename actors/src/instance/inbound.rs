@@ -32,6 +32,7 @@ impl InstanceState {
         let mut msgs = msgs;
         if let Some(client) = &self.client {
             super::fill_ids(client, &mut msgs).await;
+            super::open_votes(client, self.env.sink.as_ref(), &self.id, &mut msgs).await;
         }
         self.commit(msgs).await
     }
@@ -468,6 +469,17 @@ fn read_base(m: &wa::Message) -> Described {
             });
             return done("poll", opt(&x.name), None, details);
         }
+    }
+    if let Some(x) = m.poll_update_message.as_option() {
+        details.poll_vote = Some(crate::events::PollVote {
+            poll_message_id: x
+                .poll_creation_message_key
+                .as_option()
+                .and_then(|k| k.id.clone())
+                .unwrap_or_default(),
+            selected_options: None,
+        });
+        return done("poll_vote", String::new(), None, details);
     }
     if let Some(p) = m.protocol_message.as_option() {
         if let Some(kind) = person_action(p) {
