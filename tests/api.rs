@@ -1500,6 +1500,27 @@ async fn profiles_and_blocking() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(warp::serve(route).incoming(listener).run());
 
+    // Ann's availability and typing, after subscribing to her presence.
+    let (s, v) = call(
+        "POST",
+        format!("/api/instances/{id}/presence/subscribe"),
+        Some(json!({"to": ANN})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    ann.client.presence().set_available().await.unwrap();
+    wait_event(&srv, &id, "Ann's presence", |e| {
+        e["event"] == "presence"
+            && e["data"]["from"] == format!("{ANN}@s.whatsapp.net")
+            && e["data"]["available"] == true
+    })
+    .await;
+    ann.client.chatstate().send_composing(&Jid::pn(ME)).await.unwrap();
+    wait_event(&srv, &id, "Ann typing", |e| {
+        e["event"] == "chat_presence" && e["data"]["state"] == "typing"
+    })
+    .await;
+
     // Ann's about and picture, as the instance sees them.
     ann.client
         .profile()

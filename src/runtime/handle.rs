@@ -264,6 +264,16 @@ impl InstanceHandle {
         .map_err(unavailable)?
     }
 
+    /// Subscribes to a contact's availability.
+    pub async fn subscribe_presence(&self, who: String) -> Result<(), InstanceError> {
+        call_t!(
+            self.actor,
+            |reply| InstanceMsg::SubscribePresence { who, reply },
+            SEND_MS
+        )
+        .map_err(unavailable)?
+    }
+
     /// Appears online or offline.
     pub async fn set_presence(&self, available: bool) -> Result<(), InstanceError> {
         call_t!(

@@ -138,6 +138,8 @@ pub const EVENT_NAMES: &[&str] = &[
     "message_revoked",
     "message_undecryptable",
     "group_update",
+    "presence",
+    "chat_presence",
     "QR_GENERATED",
     "PAIR_CODE",
     "QR_SUCCESS",

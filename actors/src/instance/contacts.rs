@@ -181,3 +181,67 @@ pub async fn open_votes(
         }
     }
 }
+
+/// The `presence` event of a contact's availability (after a presence subscription).
+pub fn presence_event(
+    instance_id: &str,
+    p: &whatsapp_rust::wacore::types::events::PresenceUpdate,
+) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "event": "presence",
+        "timestamp": crate::events::rfc3339(now),
+        "data": {
+            "instance_id": instance_id,
+            "from": p.from.to_non_ad().to_string(),
+            "available": !p.unavailable,
+            "last_seen": p.last_seen.map(|t| t.timestamp()),
+        },
+    })
+}
+
+/// The `chat_presence` event of a contact typing or recording in a chat.
+pub fn chat_presence_event(
+    instance_id: &str,
+    c: &whatsapp_rust::wacore::types::events::ChatPresenceUpdate,
+) -> serde_json::Value {
+    use whatsapp_rust::wacore::types::presence::{ChatPresence, ChatPresenceMedia};
+    let state = match (&c.state, &c.media) {
+        (ChatPresence::Composing, ChatPresenceMedia::Audio) => "recording",
+        (ChatPresence::Composing, _) => "typing",
+        (ChatPresence::Paused, _) => "paused",
+    };
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "event": "chat_presence",
+        "timestamp": crate::events::rfc3339(now),
+        "data": {
+            "instance_id": instance_id,
+            "from": c.source.sender.to_non_ad().to_string(),
+            "chat": c.source.chat.to_non_ad().to_string(),
+            "state": state,
+        },
+    })
+}
+
+impl InstanceState {
+    /// `SubscribePresence`: ask WhatsApp for a contact's availability (`presence`
+    /// events follow).
+    pub(super) fn subscribe_presence(
+        &mut self,
+        who: String,
+        reply: RpcReplyPort<Result<(), InstanceError>>,
+    ) {
+        self.run_op(reply, None, move |ops, _| async move {
+            let jid = super::groups::person(&who)?;
+            let presence = ops.client.presence();
+            tokio::time::timeout(ops.env.timing.request_timeout, presence.subscribe(jid))
+                .await
+                .map_err(|_| InstanceError::SendFailed)?
+                .map_err(|e| {
+                    tracing::warn!(instance_id = %ops.id, error = %e, "presence subscription failed");
+                    InstanceError::SendFailed
+                })
+        });
+    }
+}

@@ -253,6 +253,7 @@ impl InstanceActor {
                 reply,
             } => state.set_chat_state(to, s, reply),
             InstanceMsg::SetPresence { available, reply } => state.set_presence(available, reply),
+            InstanceMsg::SubscribePresence { who, reply } => state.subscribe_presence(who, reply),
             InstanceMsg::Logout(reply) => state.logout(me, reply).await,
             InstanceMsg::Subscribe(reply) => drop(reply.send(state.listeners.subscribe())),
             InstanceMsg::Shutdown(reply) => state.shutdown(me, reply).await,
@@ -364,6 +365,14 @@ impl InstanceState {
             }
             Event::Messages(batch) => self.messages(batch).await,
             Event::Receipt(r) => self.receipt(r).await,
+            Event::Presence(p) => {
+                let env = contacts::presence_event(&self.id, p);
+                self.record_event(env).await
+            }
+            Event::ChatPresence(c) => {
+                let env = contacts::chat_presence_event(&self.id, c);
+                self.record_event(env).await
+            }
             Event::GroupUpdate(u) => {
                 if let Some(env) = groups::group_event(&self.id, u) {
                     self.record_event(env).await

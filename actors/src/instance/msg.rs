@@ -378,6 +378,11 @@ pub enum InstanceMsg {
         state: ChatState,
         reply: RpcReplyPort<Result<(), InstanceError>>,
     },
+    /// Subscribe to a contact's availability (`presence` events follow).
+    SubscribePresence {
+        who: String,
+        reply: RpcReplyPort<Result<(), InstanceError>>,
+    },
     /// Appear online (`true`, the default while connected) or offline.
     SetPresence {
         available: bool,

@@ -293,6 +293,22 @@ pub(super) fn routes(api: &Shared) -> Table {
         at1,
         doc(
             "post",
+            "/api/instances/{id}/presence/subscribe",
+            "messages",
+            "Subscribe to a contact's availability (presence events follow)",
+            true,
+            Body::Json(schema::of::<SubscribeBody>()),
+            SEND_ERRORS
+        ),
+        presence_subscribe,
+        json()
+    );
+    declare!(
+        t,
+        api,
+        at1,
+        doc(
+            "post",
             "/api/instances/{id}/presence",
             "messages",
             "Appear online or offline",
@@ -410,6 +426,14 @@ struct ChatStateBody {
     /// `typing`, `recording` or `paused`.
     #[schema(value_type = String, required = true, pattern = "^(typing|recording|paused)$")]
     state: Option<String>,
+}
+
+/// Whose availability to follow.
+#[derive(Deserialize, Default, ToSchema)]
+struct SubscribeBody {
+    /// A phone number or person JID.
+    #[schema(value_type = String, required = true, pattern = "{person}")]
+    to: Option<String>,
 }
 
 /// `available` (online) or `unavailable` (offline).
@@ -815,6 +839,18 @@ async fn chat_state(id: String, p: Principal, body: Bytes, api: Shared) -> R {
     let handle = ready(&api, &row).await?;
     handle.chat_state(to.clone(), state).await?;
     Ok(ok("Chat state sent", json!({"to": to})))
+}
+
+/// `POST /api/instances/:id/presence/subscribe`.
+async fn presence_subscribe(id: String, p: Principal, body: Bytes, api: Shared) -> R {
+    guard(&p, &id)?;
+    let b: SubscribeBody = parse(&body)?;
+    let who = mention(&api, &required(&b.to, "to")?)
+        .map_err(|_| actors::instance::InstanceError::InvalidPhone)?;
+    let row = instance(&api, &p, &id).await?;
+    let handle = ready(&api, &row).await?;
+    handle.subscribe_presence(who.clone()).await?;
+    Ok(ok("Subscribed; presence events follow", json!({"to": who})))
 }
 
 /// `POST /api/instances/:id/presence`.
