@@ -215,17 +215,25 @@ async fn collect(mut c: Contact, into: Arc<Mutex<VecDeque<Value>>>) {
                     b.messages
                         .iter()
                         .map(|m| {
-                            let (kind, text, media) = actors::instance::describe(&m.message);
-                            json!({
+                            let d = actors::instance::read(&m.message);
+                            let mut v = json!({
                                 "from": m.info.source.sender.to_non_ad().to_string(),
                                 "chat": m.info.source.chat.to_non_ad().to_string(),
-                                "message": text,
+                                "message": d.text,
                                 "message_id": m.info.id.to_string(),
                                 "timestamp": m.info.timestamp.timestamp(),
-                                "type": kind,
+                                "type": d.kind,
                                 "is_group": m.info.source.is_group,
-                                "media": media,
-                            })
+                                "media": d.media,
+                            });
+                            // The kind's details (reply, location, poll, ...), as the
+                            // instance's own events carry them.
+                            if let (Some(o), Ok(Value::Object(x))) =
+                                (v.as_object_mut(), serde_json::to_value(&d.details))
+                            {
+                                o.extend(x);
+                            }
+                            v
                         })
                         .collect::<Vec<_>>(),
                 ),
@@ -268,6 +276,66 @@ struct SendBody {
     media_url: Option<String>,
     caption: Option<String>,
     media_type: Option<String>,
+    /// Phone numbers mentioned in `message`.
+    mentions: Option<Vec<String>>,
+    /// The message this one replies to.
+    quoted: Option<QuotedBody>,
+    location: Option<LocationBody>,
+    contacts: Option<Vec<CardBody>>,
+    poll: Option<PollBody>,
+    /// React to a message in this chat (an empty emoji takes the reaction back).
+    reaction: Option<TargetBody>,
+    /// Edit one of this contact's messages (`text`).
+    edit: Option<TargetBody>,
+    /// Delete one of this contact's messages for everyone (its id).
+    revoke: Option<String>,
+    /// Send as in a chat with disappearing messages on (the timer, seconds).
+    ephemeral: Option<u32>,
+    /// Send media as view-once.
+    view_once: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct QuotedBody {
+    message_id: Option<String>,
+    /// The quoted message's sender (JID); the chat's other side when absent.
+    sender: Option<String>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct LocationBody {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    name: Option<String>,
+    address: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct CardBody {
+    name: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PollBody {
+    name: Option<String>,
+    options: Option<Vec<String>>,
+    selectable_count: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TargetBody {
+    message_id: Option<String>,
+    /// Reactions: the emoji; edits: the new text.
+    emoji: Option<String>,
+    text: Option<String>,
+    /// Whether the target is this contact's own message (reactions; default false:
+    /// a message the other side sent).
+    from_me: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -464,17 +532,44 @@ async fn contact_send(
                 })?;
             actors::instance::media_message(&kind, up, mimetype, caption, Some(name))
         }
-        (Some(text), None) if !text.is_empty() => whatsapp_rust::waproto::whatsapp::Message {
-            conversation: Some(text.clone()),
-            ..Default::default()
+        _ => match other_kind(&api, &b, &to)? {
+            Some(m) => m,
+            None => match (&b.message, &b.edit, &b.revoke) {
+                (_, Some(e), _) => {
+                    let id = required(&e.message_id, "edit.messageId")?;
+                    let text = required(&e.text, "edit.text")?;
+                    let new = whatsapp_rust::waproto::whatsapp::Message {
+                        conversation: Some(text),
+                        ..Default::default()
+                    };
+                    client
+                        .edit_message(to.clone(), id.clone(), new)
+                        .await
+                        .map_err(|e| ApiError::bad_request("SEND_FAILED", e.to_string()))?;
+                    return Ok(ok("Edited as the contact", json!({"from": from, "message_id": id})));
+                }
+                (_, _, Some(id)) => {
+                    client
+                        .revoke_message(
+                            to.clone(),
+                            id.clone(),
+                            whatsapp_rust::send::RevokeType::Sender,
+                        )
+                        .await
+                        .map_err(|e| ApiError::bad_request("SEND_FAILED", e.to_string()))?;
+                    return Ok(ok("Deleted as the contact", json!({"from": from, "message_id": id})));
+                }
+                (Some(text), _, _) if !text.is_empty() => text_message(&api, text, &b)?,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "VALIDATION_ERROR",
+                        "one of message, mediaUrl, location, contacts, poll, reaction, edit, revoke is required",
+                    ))
+                }
+            },
         },
-        _ => {
-            return Err(ApiError::bad_request(
-                "VALIDATION_ERROR",
-                "message or mediaUrl is required",
-            ))
-        }
     };
+    let message = wrap(message, &b, &to)?;
     let r = client
         .send_message(to.clone(), message)
         .await
@@ -489,6 +584,142 @@ async fn contact_send(
         "Sent as the contact",
         json!({"from": from, "to": to.to_string(), "message_id": r.message_id}),
     ))
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::bad_request("VALIDATION_ERROR", message)
+}
+
+/// A text, with its mentions.
+fn text_message(
+    api: &Shared,
+    text: &str,
+    b: &SendBody,
+) -> Result<whatsapp_rust::waproto::whatsapp::Message, ApiError> {
+    let mentions = b
+        .mentions
+        .iter()
+        .flatten()
+        .map(|m| phone(api, m).map(|d| format!("{d}@s.whatsapp.net")))
+        .collect::<Result<Vec<_>, _>>()?;
+    actors::instance::build_message(actors::instance::Outgoing::Text {
+        text: text.to_string(),
+        mentions,
+    })
+    .map_err(ApiError::from)
+}
+
+/// A location, contact cards, a poll or a reaction, if the body asks for one.
+fn other_kind(
+    api: &Shared,
+    b: &SendBody,
+    to: &Jid,
+) -> Result<Option<whatsapp_rust::waproto::whatsapp::Message>, ApiError> {
+    use actors::instance::{build_message, CardOut, Outgoing};
+    let content = if let Some(l) = &b.location {
+        let (Some(latitude), Some(longitude)) = (l.latitude, l.longitude) else {
+            return Err(invalid("location needs latitude and longitude"));
+        };
+        Outgoing::Location {
+            latitude,
+            longitude,
+            name: l.name.clone(),
+            address: l.address.clone(),
+        }
+    } else if let Some(cards) = &b.contacts {
+        if cards.is_empty() {
+            return Err(invalid("contacts must list at least one card"));
+        }
+        let cards = cards
+            .iter()
+            .map(|c| {
+                Ok(CardOut {
+                    name: required(&c.name, "contacts[].name")?,
+                    phone: phone(api, &required(&c.phone, "contacts[].phone")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Outgoing::Contacts(cards)
+    } else if let Some(p) = &b.poll {
+        let options = p.options.clone().unwrap_or_default();
+        if options.len() < 2 {
+            return Err(invalid("poll needs at least two options"));
+        }
+        Outgoing::Poll {
+            name: required(&p.name, "poll.name")?,
+            selectable_count: p
+                .selectable_count
+                .unwrap_or(1)
+                .clamp(1, options.len() as u32),
+            options,
+        }
+    } else if let Some(r) = &b.reaction {
+        let key = whatsapp_rust::waproto::whatsapp::MessageKey {
+            remote_jid: Some(to.to_string()),
+            from_me: Some(r.from_me.unwrap_or(false)),
+            id: Some(required(&r.message_id, "reaction.messageId")?),
+            participant: None,
+        };
+        return Ok(Some(
+            whatsapp_rust::wacore::proto_helpers::build_reaction_message(
+                key,
+                r.emoji.clone().unwrap_or_default(),
+                chrono::Utc::now().timestamp_millis(),
+            ),
+        ));
+    } else {
+        return Ok(None);
+    };
+    build_message(content).map(Some).map_err(ApiError::from)
+}
+
+/// The reply context, then the wrappers real clients use: disappearing messages
+/// (`ephemeralMessage` with the timer in the context) and view-once.
+fn wrap(
+    mut m: whatsapp_rust::waproto::whatsapp::Message,
+    b: &SendBody,
+    to: &Jid,
+) -> Result<whatsapp_rust::waproto::whatsapp::Message, ApiError> {
+    use whatsapp_rust::wacore::proto_helpers::MessageExt as _;
+    use whatsapp_rust::waproto::whatsapp as wa;
+    if b.quoted.is_some() || b.ephemeral.is_some() {
+        let mut ctx = wa::ContextInfo::default();
+        if let Some(q) = &b.quoted {
+            ctx.stanza_id = Some(required(&q.message_id, "quoted.messageId")?);
+            ctx.participant = Some(q.sender.clone().unwrap_or_else(|| to.to_string()));
+            ctx.quoted_message = q
+                .text
+                .clone()
+                .map(|t| wa::Message {
+                    conversation: Some(t),
+                    ..Default::default()
+                })
+                .into();
+        }
+        ctx.expiration = b.ephemeral;
+        // Keep the mentions a text already carries.
+        if let Some(x) = m.extended_text_message.as_option() {
+            if let Some(own) = x.context_info.as_option() {
+                ctx.mentioned_jid = own.mentioned_jid.clone();
+            }
+        }
+        if !m.set_context_info(ctx) {
+            return Err(invalid("this kind cannot carry a reply or a timer"));
+        }
+    }
+    if b.view_once == Some(true) {
+        m = wa::Message {
+            view_once_message_v2: wa::message::FutureProofMessage { message: m.into() }.into(),
+            ..Default::default()
+        };
+    }
+    if b.ephemeral.is_some() {
+        m = wa::Message {
+            ephemeral_message: wa::message::FutureProofMessage { message: m.into() }.into(),
+            ..Default::default()
+        };
+    }
+    Ok(m)
 }
 
 async fn contact_messages(

@@ -1515,7 +1515,11 @@ async fn profiles_and_blocking() {
             && e["data"]["available"] == true
     })
     .await;
-    ann.client.chatstate().send_composing(&Jid::pn(ME)).await.unwrap();
+    ann.client
+        .chatstate()
+        .send_composing(&Jid::pn(ME))
+        .await
+        .unwrap();
     wait_event(&srv, &id, "Ann typing", |e| {
         e["event"] == "chat_presence" && e["data"]["state"] == "typing"
     })

@@ -249,11 +249,73 @@ async fn readme_tour_in_sandbox_mode() {
         x["message"] == "Halo Rina" && x["type"] == "text"
     })
     .await;
+    let v = api
+        .ok(
+            "POST",
+            "/sandbox/contacts/6281200000101/send",
+            Some(json!({"to": "6281100000101", "message": "Halo juga"})),
+        )
+        .await;
+    let halo = v["data"]["message_id"].as_str().unwrap().to_string();
+    // The contact sends every other kind, as real clients do; the instance reports each.
+    let contact_sends = [
+        json!({"to": "6281100000101", "location": {"latitude": -6.2, "longitude": 106.8, "name": "Monas"}}),
+        json!({"to": "6281100000101", "poll": {"name": "Lunch?", "options": ["Rice", "Noodles"]}}),
+        json!({"to": "6281100000101", "contacts": [{"name": "Eko", "phone": "6281200000109"}]}),
+        json!({"to": "6281100000101", "message": "gone soon", "ephemeral": 86400,
+               "quoted": {"messageId": halo, "text": "Halo juga"}, "mentions": ["6281100000101"]}),
+        json!({"to": "6281100000101", "reaction": {"messageId": halo, "emoji": "👍", "fromMe": true}}),
+        json!({"to": "6281100000101", "edit": {"messageId": halo, "text": "Halo juga!"}}),
+        json!({"to": "6281100000101", "revoke": halo}),
+    ];
+    for body in contact_sends {
+        api.ok("POST", "/sandbox/contacts/6281200000101/send", Some(body))
+            .await;
+    }
+    let seen = |e: &Value| -> bool {
+        let d = &e["data"];
+        match (e["event"].as_str(), d["type"].as_str()) {
+            (Some("incoming_message"), Some("location")) => d["location"]["name"] == "Monas",
+            (Some("incoming_message"), Some("poll")) => {
+                d["poll"]["options"] == json!(["Rice", "Noodles"])
+            }
+            (Some("incoming_message"), Some("contact")) => {
+                d["contacts"][0]["display_name"] == "Eko"
+            }
+            (Some("incoming_message"), Some("text")) => {
+                d["ephemeral"] == true && d["quoted"]["message_id"] == halo.as_str()
+            }
+            (Some("incoming_message"), Some("reaction")) => {
+                d["reaction"]["message_id"] == halo.as_str()
+            }
+            (Some("message_edited"), _) => d["message"] == "Halo juga!",
+            (Some("message_revoked"), _) => d["original_message_id"] == halo.as_str(),
+            _ => false,
+        }
+    };
+    eventually("every kind reported", async || {
+        let v = api
+            .ok(
+                "GET",
+                &format!("/api/instances/{id}/events?limit=1000"),
+                None,
+            )
+            .await;
+        v["data"]["events"]
+            .as_array()
+            .is_some_and(|list| list.iter().filter(|e| seen(e)).count() >= 7)
+    })
+    .await;
+    // What the contact received shows its kind too.
     api.ok(
         "POST",
-        "/sandbox/contacts/6281200000101/send",
-        Some(json!({"to": "6281100000101", "message": "Halo juga"})),
+        &format!("/api/instances/{id}/send/location"),
+        Some(json!({"to": "6281200000101", "latitude": 1.5, "longitude": 2.5, "name": "Here"})),
     )
+    .await;
+    api.contact_received("6281200000101", "the location arrived", |x| {
+        x["type"] == "location" && x["location"]["name"] == "Here"
+    })
     .await;
     // 10. a group
     let v = api

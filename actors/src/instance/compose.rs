@@ -193,8 +193,8 @@ fn merge_context(m: &wa::Message, mut ctx: wa::ContextInfo) -> wa::ContextInfo {
     ctx
 }
 
-/// The protobuf of a new message.
-fn build(content: Outgoing) -> Result<wa::Message, InstanceError> {
+/// The protobuf of a new message (also what the sandbox's contacts send).
+pub fn build(content: Outgoing) -> Result<wa::Message, InstanceError> {
     use wa::message as m;
     let mut msg = wa::Message::default();
     match content {

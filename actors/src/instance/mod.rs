@@ -40,6 +40,7 @@ mod profile;
 mod qr;
 mod reconnect;
 
+pub use compose::build as build_message;
 pub use contacts::{fill_ids, open_votes, LidMapping, Lookup};
 pub use env::{
     Durability, InstanceArgs, InstanceEnv, InstanceRecord, InstanceStore, InstanceTiming, WaOptions,
