@@ -517,3 +517,42 @@ async fn incoming_kinds_carry_their_details() {
         (Some(lost.as_str()), Some("try again"))
     );
 }
+
+/// A message this number sends from another of its devices (its phone, another
+/// linked device) reaches the instance as `incoming_message` with `from_me: true`,
+/// in the chat it was sent to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_from_another_device_are_from_me() {
+    const ME: &str = "6281100000043";
+    const DANA: &str = "6281200000043";
+    let net = MockNetwork::start().await.unwrap();
+    let _dana = net.add_contact(DANA, "Dana").await.unwrap();
+    let srv = TestServer::start(&net, "ws-from-me", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let mut l = listen(&srv, &id, &token).await;
+    // Another linked device of the same account (ready once its post-pairing
+    // reconnect is done: a message sent in that gap never leaves it).
+    let other = net.add_contact(ME, "Me").await.unwrap();
+    other.client.wait_for_connected(DEADLINE).await.unwrap();
+    let sent = other
+        .send_text(DANA, "sent from my other device")
+        .await
+        .unwrap();
+    let ev = next_event(&mut l, "incoming_message").await;
+    let d = &ev["data"];
+    assert_eq!(
+        (
+            d["message_id"].as_str(),
+            d["from_me"].as_bool(),
+            d["message"].as_str(),
+            d["chat"].as_str()
+        ),
+        (
+            Some(sent.as_str()),
+            Some(true),
+            Some("sent from my other device"),
+            Some(format!("{DANA}@s.whatsapp.net").as_str())
+        ),
+        "{d}"
+    );
+}
