@@ -605,6 +605,7 @@ fn text_message(
     actors::instance::build_message(actors::instance::Outgoing::Text {
         text: text.to_string(),
         mentions,
+        preview: None,
     })
     .map_err(ApiError::from)
 }

@@ -613,6 +613,43 @@ async fn outgoing_kinds_arrive_as_what_they_are() {
     );
     assert_eq!(ctx.mentioned_jid, vec![format!("{EVE}@s.whatsapp.net")]);
 
+    // A text with a link preview, read from the page through the safe fetcher.
+    use warp::Filter as _;
+    let page = warp::path!("news").map(|| {
+        warp::http::Response::builder()
+            .header("content-type", "text/html")
+            .body(r#"<html><head><title>Fallback</title><meta property="og:title" content="Big news"><meta name="description" content="All about it"></head></html>"#)
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(page).incoming(listener).run());
+    let link = format!("http://{page_addr}/news");
+    let (s, v) = post(
+        format!("/api/instances/{id}/send/text"),
+        json!({"to": DANA, "text": format!("read {link} now"), "linkPreview": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let x = dana
+        .next_message("the preview", |m| {
+            m.message
+                .extended_text_message
+                .as_option()
+                .filter(|x| x.matched_text.is_some())
+                .cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            x.matched_text.as_deref(),
+            x.title.as_deref(),
+            x.description.as_deref()
+        ),
+        (Some(link.as_str()), Some("Big news"), Some("All about it"))
+    );
+
     // A location, two contact cards, a poll.
     let (s, v) = post(
         format!("/api/instances/{id}/send/location"),

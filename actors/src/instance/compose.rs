@@ -198,20 +198,31 @@ pub fn build(content: Outgoing) -> Result<wa::Message, InstanceError> {
     use wa::message as m;
     let mut msg = wa::Message::default();
     match content {
-        Outgoing::Text { text, mentions } => {
-            if mentions.is_empty() {
+        Outgoing::Text {
+            text,
+            mentions,
+            preview,
+        } => {
+            if mentions.is_empty() && preview.is_none() {
                 msg.conversation = Some(text);
             } else {
-                msg.extended_text_message = m::ExtendedTextMessage {
+                let mut x = m::ExtendedTextMessage {
                     text: Some(text),
-                    context_info: wa::ContextInfo {
+                    ..Default::default()
+                };
+                if !mentions.is_empty() {
+                    x.context_info = wa::ContextInfo {
                         mentioned_jid: mentions,
                         ..Default::default()
                     }
-                    .into(),
-                    ..Default::default()
+                    .into();
                 }
-                .into();
+                if let Some(p) = preview {
+                    x.matched_text = Some(p.url);
+                    x.title = p.title;
+                    x.description = p.description;
+                }
+                msg.extended_text_message = x.into();
             }
         }
         Outgoing::Location {

@@ -242,10 +242,11 @@ pub struct CardOut {
 /// A new message of a kind beyond plain text and media.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// A text with mentions (JIDs).
+    /// A text with mentions (JIDs) and a link preview.
     Text {
         text: String,
         mentions: Vec<String>,
+        preview: Option<crate::events::LinkPreview>,
     },
     Location {
         latitude: f64,

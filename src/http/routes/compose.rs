@@ -344,6 +344,8 @@ struct TextBody {
     mentions: Option<Vec<String>>,
     /// The id of a logged message this one replies to.
     quoted_message_id: Option<String>,
+    /// Fetch the first URL of the text and send its title and description with it.
+    link_preview: Option<bool>,
 }
 
 /// A location.
@@ -523,7 +525,10 @@ async fn compose(
     };
     let hash = request_hash(&[d.tag, d.to.as_bytes(), &body]);
     let to = d.to.clone();
-    let (content, target) = (d.content, d.to);
+    let (mut content, target) = (d.content, d.to);
+    if let (b"text+preview", Outgoing::Text { text, preview, .. }) = (d.tag, &mut content) {
+        *preview = preview_of(&api, text).await;
+    }
     let send = move |mid| async move {
         let sent = handle.compose(target, content, quoted, mid).await?;
         Ok(sent_data(&sent))
@@ -542,7 +547,7 @@ fn quoted(q: Option<String>) -> Option<String> {
     q.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// `POST /api/instances/:id/messages/text`.
+/// `POST /api/instances/:id/send/text`.
 async fn text(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
     let b: TextBody = parse(&body)?;
     compose(id, p, body, key, api, move |api| {
@@ -558,15 +563,36 @@ async fn text(id: String, p: Principal, body: Bytes, key: Option<String>, api: S
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Draft {
             to,
-            content: Outgoing::Text { text, mentions },
+            content: Outgoing::Text {
+                text,
+                mentions,
+                preview: None,
+            },
             quoted: quoted(b.quoted_message_id),
-            tag: b"text",
+            tag: if b.link_preview == Some(true) {
+                b"text+preview"
+            } else {
+                b"text"
+            },
         })
     })
     .await
 }
 
-/// `POST /api/instances/:id/messages/location`.
+/// The link preview of a text, fetched under the media-URL rules (SSRF policy), at
+/// most [`MAX_PAGE`](crate::net::preview::MAX_PAGE) bytes within 5 s.
+async fn preview_of(api: &Shared, text: &str) -> Option<actors::events::LinkPreview> {
+    let policy = crate::net::fetch::FetchPolicy {
+        allowed_targets: api.config.webhook.allowed_targets.clone(),
+        allowed_ports: api.config.webhook.allowed_ports.clone(),
+        max_bytes: crate::net::preview::MAX_PAGE,
+        timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    crate::net::preview::link_preview(text, &policy).await
+}
+
+/// `POST /api/instances/:id/send/location`.
 async fn location(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
     let b: LocationBody = parse(&body)?;
     compose(id, p, body, key, api, move |api| {
@@ -595,7 +621,7 @@ async fn location(id: String, p: Principal, body: Bytes, key: Option<String>, ap
     .await
 }
 
-/// `POST /api/instances/:id/messages/contact`.
+/// `POST /api/instances/:id/send/contact`.
 async fn contact(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
     let b: ContactBody = parse(&body)?;
     compose(id, p, body, key, api, move |api| {
@@ -624,7 +650,7 @@ async fn contact(id: String, p: Principal, body: Bytes, key: Option<String>, api
     .await
 }
 
-/// `POST /api/instances/:id/messages/poll`.
+/// `POST /api/instances/:id/send/poll`.
 async fn poll(id: String, p: Principal, body: Bytes, key: Option<String>, api: Shared) -> R {
     let b: PollBody = parse(&body)?;
     compose(id, p, body, key, api, move |api| {
