@@ -153,6 +153,18 @@ pub async fn run_with(
 }
 
 /// Connect admission from `[whatsapp]`.
+/// The incoming-media directory of `[messages] media_dir`, if set.
+fn media_dir(config: &Config) -> Option<Arc<actors::instance::MediaDir>> {
+    let m = &config.messages;
+    (!m.media_dir.as_os_str().is_empty()).then(|| {
+        actors::instance::MediaDir::new(
+            m.media_dir.clone(),
+            m.media_dir_max_file_bytes,
+            m.media_dir_max_total_bytes,
+        )
+    })
+}
+
 fn admission(config: &Config) -> Admission {
     Admission {
         max_concurrent: config.whatsapp.connect_concurrency,
@@ -288,6 +300,7 @@ async fn start_runtime(
             listener_capacity: config.websocket.buffer,
             lifecycle_capacity: 1024,
             admission: admission(config),
+            media_dir: media_dir(config),
         },
     )
     .await

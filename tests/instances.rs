@@ -139,6 +139,7 @@ async fn runtime_admitted(
             listener_capacity: 64,
             lifecycle_capacity: 1024,
             admission,
+            media_dir: None,
         },
     )
     .await

@@ -1016,7 +1016,25 @@ async fn received_media_downloads_byte_exact() {
     const ME: &str = "6281100000048";
     let net = MockNetwork::start().await.unwrap();
     let hal = contact(&net, "6281200000048", "Hal").await;
-    let srv = TestServer::start(&net, "media-download", &[]).await;
+    // Incoming media is also saved to a directory, files over 50 000 bytes excepted.
+    let media_dir = std::env::temp_dir().join(format!(
+        "sudevwa-media-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let media_dir_s = media_dir.display().to_string();
+    let srv = TestServer::start(
+        &net,
+        "media-download",
+        &[
+            ("SUDEVWA_MESSAGES_MEDIA_DIR", media_dir_s.as_str()),
+            ("SUDEVWA_MESSAGES_MEDIA_DIR_MAX_FILE_BYTES", "50000"),
+        ],
+    )
+    .await;
     let (id, token) = srv.paired_instance(&net, ME).await;
     // Not compressible, not all the same byte: a real file's worth of entropy.
     let image: Vec<u8> = (0..70_000u32)
@@ -1093,6 +1111,25 @@ async fn received_media_downloads_byte_exact() {
         cd.contains("filename*=UTF-8''Minutes%20Q3%20%C3%BC%2Epdf"),
         "{cd}"
     );
+    // The document was saved to the media directory; the image, over the cap, was not.
+    let saved = media_dir.join(&id).join(format!("{}.pdf", ids[1]));
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !saved.exists() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} not saved",
+            saved.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(&saved).unwrap(), doc);
+    let files: Vec<_> = std::fs::read_dir(media_dir.join(&id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files.len(), 1, "only the document: {files:?}");
+    let _ = std::fs::remove_dir_all(&media_dir);
     // Expired on WhatsApp's side; and a text.
     assert!(net.expire_media(&paths[0]));
     let (s, _, _, body) = fetch(ids[0].clone()).await;

@@ -103,6 +103,16 @@ pub struct MessagesConfig {
     #[serde(rename = "idempotency_window_secs", deserialize_with = "secs")]
     #[garde(custom(within(1, 30 * 86_400)))]
     pub idempotency_window: Duration,
+    /// Save incoming media to this directory (empty: off).
+    #[serde(deserialize_with = "path")]
+    #[garde(skip)]
+    pub media_dir: PathBuf,
+    /// Largest incoming file saved there.
+    #[garde(range(min = 1))]
+    pub media_dir_max_file_bytes: u64,
+    /// Nothing more is saved once the directory holds this much.
+    #[garde(range(min = 1))]
+    pub media_dir_max_total_bytes: u64,
 }
 
 /// `[server]`

@@ -138,6 +138,8 @@ pub struct RuntimeConfig {
     pub lifecycle_capacity: usize,
     /// Limits on connects (first connects, restores and reconnects alike).
     pub admission: Admission,
+    /// Where incoming media is saved, if anywhere.
+    pub media_dir: Option<Arc<actors::instance::MediaDir>>,
 }
 
 impl InstanceRuntime {
@@ -156,6 +158,7 @@ impl InstanceRuntime {
                 cfg.admission.max_concurrent,
                 cfg.admission.per_second,
             ),
+            media_dir: cfg.media_dir,
         });
         let (supervisor_events, _) = broadcast::channel(256);
         let supervisor = InstanceSupervisor::spawn(SupervisorArgs {

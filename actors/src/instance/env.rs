@@ -101,6 +101,8 @@ pub struct InstanceEnv {
     pub listener_capacity: usize,
     /// Every connect of every instance passes this gate.
     pub admission: Arc<crate::admission::AdmissionGate>,
+    /// Where incoming media is saved, if anywhere.
+    pub media_dir: Option<Arc<super::mediadir::MediaDir>>,
 }
 
 /// How incoming messages are made durable.

@@ -17,6 +17,7 @@ use whatsapp_rust::Jid;
 impl InstanceState {
     /// A batch of decrypted messages.
     pub(super) async fn messages(&mut self, batch: &MessageBatch) {
+        self.save_media(batch);
         if batch.hook_committed {
             // The durability hook stored and broadcast them before the ack.
             return;

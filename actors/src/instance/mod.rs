@@ -23,6 +23,7 @@
 //! | `outbound.rs` | the **send path**: operations beside the actor, per-chat order, number cache, uploads, groups |
 //! | `groups.rs` | group management and `group_update` events |
 //! | `profile.rs` | contacts' about and picture; own push name, about, picture; blocking |
+//! | `mediadir.rs` | incoming media saved to a local directory (optional) |
 //! | `contacts.rs` | the LID ↔ phone mapping: lookups, filling in incoming senders |
 //! | `compose.rs` | other kinds (reply, mentions, location, contacts, poll, forward), actions on logged messages (react, edit, delete, read), chat state, own presence |
 
@@ -32,6 +33,7 @@ mod contacts;
 mod env;
 mod groups;
 mod inbound;
+mod mediadir;
 mod msg;
 mod outbound;
 mod paircode;
@@ -47,6 +49,7 @@ pub use env::{
 };
 pub use groups::{GroupOp, GroupSettings, ParticipantAction};
 pub use inbound::{describe, incoming, is_signalling, read, undecryptable, Described};
+pub use mediadir::MediaDir;
 #[cfg(feature = "test-faults")]
 pub use msg::Fault;
 pub use msg::{
