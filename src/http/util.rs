@@ -40,6 +40,18 @@ fn invalid_phone() -> ApiError {
 }
 
 /// Is `jid` a group JID (`<digits>@g.us` or `<digits>-<digits>@g.us`)?
+/// A person as the actors take them: `<digits>@lid` for a LID, else the digits of a
+/// phone number (`<digits>@s.whatsapp.net` or a number in any usual notation).
+pub fn person(raw: &str, country_code: &str) -> Result<String, ApiError> {
+    if let Some(lid) = lid_jid(raw) {
+        return Ok(lid);
+    }
+    if let Some(digits) = pn_jid_digits(raw) {
+        return Ok(digits);
+    }
+    normalize_phone(raw, country_code)
+}
+
 /// The digits of `<10-15 digits>@s.whatsapp.net` (trimmed), if `raw` is a person's
 /// phone-number JID.
 pub fn pn_jid_digits(raw: &str) -> Option<String> {

@@ -458,26 +458,18 @@ fn recipient(api: &Shared, raw: &str) -> Result<String, ApiError> {
         }
         return Ok(raw.to_string());
     }
-    if let Some(lid) = util::lid_jid(raw) {
-        return Ok(lid);
-    }
-    if let Some(digits) = util::pn_jid_digits(raw) {
-        return Ok(digits);
-    }
-    util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
+    util::person(raw, &api.config.whatsapp.default_country_code)
 }
 
 /// A mention: a phone number or a person's JID, as a JID.
 fn mention(api: &Shared, raw: &str) -> Result<String, ApiError> {
-    if let Some(lid) = util::lid_jid(raw) {
-        return Ok(lid);
-    }
-    let digits = match util::pn_jid_digits(raw) {
-        Some(d) => d,
-        None => util::normalize_phone(raw, &api.config.whatsapp.default_country_code)
-            .map_err(|_| invalid("mentions must be phone numbers or person JIDs"))?,
-    };
-    Ok(format!("{digits}@s.whatsapp.net"))
+    let who = util::person(raw, &api.config.whatsapp.default_country_code)
+        .map_err(|_| invalid("mentions must be phone numbers or person JIDs"))?;
+    Ok(if who.ends_with("@lid") {
+        who
+    } else {
+        format!("{who}@s.whatsapp.net")
+    })
 }
 
 /// A logged message of the instance, or 404 `MESSAGE_NOT_FOUND`.

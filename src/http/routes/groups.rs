@@ -242,17 +242,8 @@ fn people_of(api: &Shared, list: &[String]) -> Result<Vec<String>, ApiError> {
     if list.len() > 256 {
         return Err(invalid("at most 256 participants"));
     }
-    list.iter()
-        .map(|p| {
-            if let Some(lid) = util::lid_jid(p) {
-                return Ok(lid);
-            }
-            if let Some(d) = util::pn_jid_digits(p) {
-                return Ok(d);
-            }
-            util::normalize_phone(p, &api.config.whatsapp.default_country_code)
-        })
-        .collect()
+    let cc = &api.config.whatsapp.default_country_code;
+    list.iter().map(|p| util::person(p, cc)).collect()
 }
 
 /// Runs `op` on a ready instance.

@@ -179,13 +179,7 @@ fn invalid(message: &str) -> ApiError {
 /// A person from the path: a LID, a person JID or a phone number.
 fn person(api: &Shared, raw: &str) -> Result<String, ApiError> {
     let raw = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    if let Some(lid) = util::lid_jid(&raw) {
-        return Ok(lid);
-    }
-    if let Some(digits) = util::pn_jid_digits(&raw) {
-        return Ok(digits);
-    }
-    util::normalize_phone(&raw, &api.config.whatsapp.default_country_code)
+    util::person(&raw, &api.config.whatsapp.default_country_code)
 }
 
 async fn run(api: &Shared, p: &Principal, id: &str, op: ProfileOp, done: &str) -> R {
