@@ -8,6 +8,7 @@
 //! - [`http`]: warp routes and the one JSON error envelope.
 //! - [`net`]: SSRF-safe fetching of user-given URLs (media URLs, webhooks).
 //! - [`webhook`]: durable, signed webhook delivery (outbox table, worker, signatures).
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 //! - [`runtime`]: the instance supervisor on this database, start-up recovery with
 //!   admission control, shutdown.
 //! - [`server`]: start-up, serving, graceful shutdown.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod net;
 pub mod runtime;
 #[cfg(feature = "sandbox")]

@@ -186,7 +186,9 @@ pub async fn build_api(
     let auth = Auth::init(&config.auth, &settings, Tokens::new(db.clone()))
         .await
         .map_err(|e| StartError::Runtime(format!("loading auth settings: {e}")))?;
+    crate::metrics::install(config.metrics.per_instance_labels);
     Ok(Arc::new(Api {
+        db: db.clone(),
         config: Arc::new(config.clone()),
         instances: runtime.instances().clone(),
         runtime,
@@ -309,7 +311,10 @@ async fn start_runtime(
     let limits = admission(config);
     tokio::spawn(async move {
         match rt.restore(limits).await {
-            Ok(n) => tracing::info!(instances = n, "stored instances restored"),
+            Ok(n) => {
+                rt.mark_restored();
+                tracing::info!(instances = n, "stored instances restored")
+            }
             Err(e) => tracing::error!(error = %e, "restoring instances failed"),
         }
     });

@@ -549,7 +549,7 @@ async fn send_checks_answer_in_documented_order() {
             .await;
         assert_eq!((s, code(&v)), (400, "DOWNLOAD_FAILED"), "{target}: {v}");
     }
-    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt"), "mediaType": "sticker"}))).await;
+    let (s, v) = srv.admin("POST", &format!("/api/send/{id}/media-url"), Some(json!({"to": "6281200000003", "mediaUrl": format!("{files}/small.txt"), "mediaType": "hologram"}))).await;
     assert_eq!((s, code(&v)), (400, "VALIDATION_ERROR"));
     let (s, v) = srv
         .admin(

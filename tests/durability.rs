@@ -1014,3 +1014,53 @@ async fn retention_prunes_what_it_should_and_nothing_else() {
         .collect();
     assert_eq!(left, ["evt_old"], "undelivered events are never pruned");
 }
+
+/// `GET /ready` is 200 once the stored instances are restored and the database answers,
+/// 503 while PostgreSQL is down, and 200 again once it is back (no auth needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_follows_the_database() {
+    let pg = PrivatePg::start_new("ready");
+    let net = MockNetwork::start().await.unwrap();
+    let srv = TestServer::start(
+        &net,
+        "ready",
+        &[
+            ("DATABASE_URL", &pg.url()),
+            ("SUDEVWA_DATABASE_ACQUIRE_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let ready = || async {
+        let r = srv.http.get(srv.url("/ready")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let until_status = |want: u16| async move {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (s, v) = ready().await;
+            if s == want {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "/ready never {want}: {s} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let v = until_status(200).await;
+    assert_eq!(
+        v,
+        serde_json::json!({"ready": true, "database": true, "restored": true})
+    );
+    pg.stop("fast");
+    let v = until_status(503).await;
+    assert_eq!(
+        (&v["ready"], &v["database"]),
+        (&serde_json::json!(false), &serde_json::json!(false))
+    );
+    pg.start();
+    until_status(200).await;
+    srv.stop().await;
+}

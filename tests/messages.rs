@@ -1212,3 +1212,108 @@ async fn voice_notes_and_stickers_arrive_as_such() {
     assert_eq!(sticker.mimetype.as_deref(), Some("image/webp"));
     assert!(sticker.media_key.is_some(), "a real upload");
 }
+
+/// One series of a scrape, summed over the samples whose labels include `labels`.
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.last().map_or(0.0, |c| c.count),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+/// `GET /metrics` is Prometheus text a parser reads, admin-only, and its series move
+/// as messages come in and go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_parse_and_move_with_messages() {
+    const ME: &str = "6281100000050";
+    const JO: &str = "6281200000050";
+    let net = MockNetwork::start().await.unwrap();
+    let jo = contact(&net, JO, "Jo").await;
+    let srv = TestServer::start(&net, "metrics", &[]).await;
+    let (id, token) = srv.paired_instance(&net, ME).await;
+    let scrape = || async {
+        let r = srv
+            .http
+            .get(srv.url("/metrics"))
+            .bearer_auth(common::ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        let text = r.text().await.unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    };
+    let before = scrape().await;
+    let series = |s: &prometheus_parse::Scrape, dir: &str| {
+        metric(
+            s,
+            "sudevwa_messages_total",
+            &[("direction", dir), ("instance", id.as_str())],
+        )
+    };
+    jo.send_text(ME, "count me").await.unwrap();
+    wait_logged(&srv, &token, &id, 1).await;
+    let (s, v) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": JO, "message": "and me"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = srv
+        .call(
+            "POST",
+            &format!("/api/send/{id}"),
+            Some(&token),
+            Some(json!({"to": "6289999999999", "message": "nobody"})),
+        )
+        .await;
+    assert_eq!(s, 400, "a number not on WhatsApp");
+    let after = scrape().await;
+    assert_eq!(series(&after, "in") - series(&before, "in"), 1.0);
+    assert_eq!(series(&after, "out") - series(&before, "out"), 1.0);
+    assert!(
+        metric(&after, "sudevwa_send_duration_seconds_count", &[])
+            + metric(&after, "sudevwa_send_duration_seconds", &[])
+            > metric(&before, "sudevwa_send_duration_seconds_count", &[])
+                + metric(&before, "sudevwa_send_duration_seconds", &[]),
+        "the send was timed"
+    );
+    assert!(
+        metric(
+            &after,
+            "sudevwa_send_errors_total",
+            &[("code", "PHONE_NOT_REGISTERED")]
+        ) > metric(
+            &before,
+            "sudevwa_send_errors_total",
+            &[("code", "PHONE_NOT_REGISTERED")]
+        )
+    );
+    assert!(metric(&after, "sudevwa_instances", &[("status", "online")]) >= 1.0);
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "sudevwa_outbox_pending"));
+    // An instance token may not read them.
+    let r = srv
+        .http
+        .get(srv.url("/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}

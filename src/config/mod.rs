@@ -75,6 +75,8 @@ pub struct Config {
     #[garde(skip)]
     pub log: LogConfig,
     #[garde(skip)]
+    pub metrics: MetricsConfig,
+    #[garde(skip)]
     pub sandbox: SandboxConfig,
 }
 
@@ -364,6 +366,15 @@ pub struct WebhookConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub filter: String,
+}
+
+/// `[metrics]`: `GET /metrics` (Prometheus text format, admin auth).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label per-instance series with the instance id (switch off for very large
+    /// fleets: the series then count all instances together).
+    pub per_instance_labels: bool,
 }
 
 /// `[sandbox]`: used by sandbox builds started with `--sandbox` only.

@@ -201,6 +201,7 @@ impl From<actors::instance::InstanceError> for ApiError {
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
         tracing::error!(error = %e, "database call failed");
+        crate::metrics::db_error();
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "DATABASE_UNAVAILABLE",

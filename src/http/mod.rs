@@ -46,6 +46,8 @@ pub type SandboxRoutes = BoxedFilter<(Response,)>;
 
 /// Everything the handlers share.
 pub struct Api {
+    /// The database (readiness checks and scrape-time metrics).
+    pub db: sea_orm::DatabaseConnection,
     pub config: Arc<Config>,
     pub runtime: InstanceRuntime,
     pub instances: Instances,
@@ -109,6 +111,29 @@ pub fn health() -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clo
             "message": "WhatsApp API is running",
             "version": VERSION,
         }))
+    })
+}
+
+/// `GET /ready`: 200 once the stored instances are restored and while the database
+/// answers, else 503 (for load balancers and orchestrators; no auth).
+pub fn ready(
+    api: Shared,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("ready").and(warp::get()).then(move || {
+        let api = api.clone();
+        async move {
+            let db = tokio::time::timeout(std::time::Duration::from_secs(3), api.db.ping())
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let restored = api.runtime.is_restored();
+            let status = if db && restored {
+                warp::http::StatusCode::OK
+            } else {
+                warp::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = json!({"ready": db && restored, "database": db, "restored": restored});
+            warp::reply::with_status(warp::reply::json(&body), status).into_response()
+        }
     })
 }
 
@@ -421,6 +446,8 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     let limited = rate_limited(api.clone()).and(methods).and(everything);
     let served = health()
         .map(Reply::into_response)
+        .or(ready(api.clone()))
+        .unify()
         .or(limited)
         .unify()
         .recover(error::recover)

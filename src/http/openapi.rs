@@ -266,6 +266,11 @@ pub fn document(docs: &[RouteDoc], cc_len: usize) -> Value {
             json!({"image/png": {"schema": {"type": "string", "format": "binary"}}})
         } else if r.path == "/docs" {
             json!({"text/html": {"schema": {"type": "string"}}})
+        } else if r.path == "/metrics" {
+            json!({"text/plain": {"schema": {"type": "string"}}})
+        } else if r.path.ends_with("/{messageId}/media") {
+            // The file itself, with its own type.
+            json!({"*/*": {"schema": {"type": "string", "format": "binary"}}})
         } else {
             json!({"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}})
         };

@@ -460,7 +460,9 @@ pub async fn global(
     let cfg = api.config.websocket.clone();
     let rx = api.runtime.lifecycle();
     let reply = limited(ws, &cfg).on_upgrade(move |socket| async move {
+        crate::metrics::websocket("ws", 1.0);
         let ended = pump(socket, cfg, Source::Lifecycle { rx, principal: p }, session).await;
+        crate::metrics::websocket("ws", -1.0);
         tracing::debug!(?ended, "/ws connection ended");
     });
     Ok(with_protocol(reply, proto))
@@ -516,7 +518,9 @@ pub async fn listen(
             instance_id: id,
             api,
         };
+        crate::metrics::websocket("listen", 1.0);
         let ended = pump(socket, cfg, source, session).await;
+        crate::metrics::websocket("listen", -1.0);
         tracing::debug!(?ended, "listen connection ended");
     });
     Ok(with_protocol(reply, proto))

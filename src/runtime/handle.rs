@@ -125,6 +125,18 @@ impl InstanceHandle {
         content: Content,
         message_id: Option<String>,
     ) -> Result<Sent, InstanceError> {
+        let started = std::time::Instant::now();
+        let r = self.send_inner(to, content, message_id).await;
+        crate::metrics::send(started, &r, InstanceError::code);
+        r
+    }
+
+    async fn send_inner(
+        &self,
+        to: Recipient,
+        content: Content,
+        message_id: Option<String>,
+    ) -> Result<Sent, InstanceError> {
         let r = match (to, content) {
             (Recipient::Phone(to) | Recipient::Lid(to), Content::Text(text)) => call_t!(
                 self.actor,
@@ -173,7 +185,8 @@ impl InstanceHandle {
         quoted: Option<MessageRef>,
         message_id: Option<String>,
     ) -> Result<Sent, InstanceError> {
-        call_t!(
+        let started = std::time::Instant::now();
+        let r = call_t!(
             self.actor,
             |reply| InstanceMsg::Compose {
                 to,
@@ -184,7 +197,10 @@ impl InstanceHandle {
             },
             SEND_MS
         )
-        .map_err(unavailable)?
+        .map_err(unavailable)
+        .and_then(|r| r);
+        crate::metrics::send(started, &r, InstanceError::code);
+        r
     }
 
     /// Reacts to, edits, deletes or marks read a logged message.

@@ -91,6 +91,8 @@ pub struct InstanceRuntime {
     supervisor_events: broadcast::Sender<SupervisorEvent>,
     /// Restarts by the supervisor since this process started, per instance.
     restarts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    /// The stored instances were restored (see [`InstanceRuntime::restore`]).
+    restored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a resume did nothing.
@@ -176,6 +178,7 @@ impl InstanceRuntime {
             env,
             supervisor_events,
             restarts: Arc::default(),
+            restored: Arc::default(),
         };
         rt.watch_supervision();
         Ok(rt)
@@ -196,6 +199,7 @@ impl InstanceRuntime {
             loop {
                 match rx.recv().await {
                     Ok(SupervisorEvent::Restarted { instance_id, .. }) => {
+                        crate::metrics::instance_restart();
                         let mut r = restarts.lock().unwrap_or_else(|p| p.into_inner());
                         *r.entry(instance_id).or_default() += 1;
                     }
@@ -306,6 +310,17 @@ impl InstanceRuntime {
     /// The instance rows.
     pub fn instances(&self) -> &Instances {
         &self.instances
+    }
+
+    /// Marks the start-up restore as finished (`GET /ready` answers 200 from then on).
+    pub fn mark_restored(&self) {
+        self.restored
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the start-up restore finished.
+    pub fn is_restored(&self) -> bool {
+        self.restored.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The live actor of an instance, found by registry name.

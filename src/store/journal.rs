@@ -466,6 +466,7 @@ impl Journal {
             if inserted == 0 {
                 continue; // already stored: a replay after a lost ack
             }
+            crate::metrics::message(if m.from_me { "out" } else { "in" }, instance_id);
             let (e, q) = Self::append(
                 &txn,
                 instance_id,
@@ -515,7 +516,9 @@ impl Journal {
         .exec_without_returning(&txn)
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
-        txn.commit().await
+        txn.commit().await?;
+        crate::metrics::message("out", &s.instance_id);
+        Ok(())
     }
 
     async fn timeline<C: ConnectionTrait>(

@@ -210,6 +210,7 @@ async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: 
         let headers = delivery_headers(&secret, &row.id, chrono::Utc::now().timestamp(), &body);
         match fetch::post(&url, body, &headers, &policy).await {
             Ok(code) if (200..300).contains(&code) => {
+                crate::metrics::webhook_attempt("delivered", Some(row.created_at));
                 delivered.push((row.id.clone(), code));
                 if delivered.len() >= RECORD_BATCH {
                     record_delivered(outbox, std::mem::take(&mut delivered)).await;
@@ -286,6 +287,14 @@ async fn fail(
         _ => (DEAD, row.next_attempt_at),
     };
     tracing::info!(event_id = %row.id, instance_id = %row.instance_id, attempts, status, error, "webhook attempt failed");
+    crate::metrics::webhook_attempt(
+        if status == DEAD {
+            "dead_lettered"
+        } else {
+            "failed"
+        },
+        None,
+    );
     let r = outbox
         .record(
             &row.id,

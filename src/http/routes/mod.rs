@@ -11,6 +11,7 @@
 //! | `profile.rs` | contacts' profiles, own profile and picture, blocking |
 //! | `webhooks.rs` | webhook settings, delivery log, redelivery |
 //! | `journal.rs` | message log and event log |
+//! | `ops.rs` | `/metrics` |
 //!
 //! A handler parses, makes one call (a store call or an [`InstanceHandle`] method)
 //! and maps the answer; errors convert with `?` (`From` impls in [`super::error`]).
@@ -60,6 +61,7 @@ mod idempotent;
 mod instances;
 mod journal;
 mod media;
+mod ops;
 mod profile;
 mod qr;
 mod send;
@@ -84,6 +86,7 @@ pub(crate) fn all(api: &Shared) -> table::Table {
         send::routes(api),
         compose::routes(api),
         profile::routes(api),
+        ops::routes(api),
         groups::routes(api),
         webhooks::routes(api),
         journal::routes(api),
