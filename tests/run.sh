@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as on a developer's:
-#   1. makes sure PostgreSQL's server binaries are installed (Debian's packages),
+#   1. makes sure PostgreSQL's server binaries, Chromium and chromium-driver are
+#      installed (Debian's packages; the console's browser test drives Chromium),
 #   2. starts a throw-away PostgreSQL as a non-root user, in a temp dir, on a free
 #      loopback port (trust auth, fsync off: it is disposable),
 #   3. checks that production builds (the server alone, the whole workspace) do not
@@ -30,6 +31,16 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
   PG_BIN=$(pg_bin)
+fi
+
+# Chromium and its WebDriver for the console's browser test (Debian's packages).
+if ! command -v chromium >/dev/null 2>&1 \
+  || { [ ! -x /usr/bin/chromedriver ] && [ ! -x /usr/lib/chromium/chromedriver ]; }; then
+  log "installing Chromium and chromium-driver from Debian's packages"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 # PostgreSQL refuses to run as root: use the 'postgres' account (created by the package)

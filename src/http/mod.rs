@@ -137,6 +137,45 @@ pub fn ready(
     })
 }
 
+/// The operator console: one static page (HTML, CSS and script compiled into the
+/// binary; it talks to this server's API only, which its Content-Security-Policy
+/// enforces: the script is allowed by its hash, nothing may be loaded from elsewhere).
+pub fn console() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    const PAGE: &str = include_str!("console.html");
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    warp::path!("console").and(warp::get()).map(|| {
+        let csp = CSP.get_or_init(|| {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            let script = PAGE
+                .split_once("<script>")
+                .and_then(|(_, rest)| rest.split_once("</script>"))
+                .map_or("", |(s, _)| s);
+            let hash = base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(script.as_bytes()));
+            format!(
+                "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+                 img-src 'self' blob:; connect-src 'self'; form-action 'none'; \
+                 frame-ancestors 'none'; base-uri 'none'"
+            )
+        });
+        let mut r = warp::reply::html(PAGE).into_response();
+        let h = r.headers_mut();
+        if let Ok(v) = warp::http::HeaderValue::from_str(csp) {
+            h.insert("content-security-policy", v);
+        }
+        h.insert(
+            "x-content-type-options",
+            warp::http::HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            "referrer-policy",
+            warp::http::HeaderValue::from_static("no-referrer"),
+        );
+        r
+    })
+}
+
 pub(crate) fn with_api(
     api: Shared,
 ) -> impl Filter<Extract = (Shared,), Error = Infallible> + Clone {
@@ -447,6 +486,8 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
     let served = health()
         .map(Reply::into_response)
         .or(ready(api.clone()))
+        .unify()
+        .or(console())
         .unify()
         .or(limited)
         .unify()
