@@ -11,6 +11,8 @@
 //!   `webhook_delivery_seconds` — histogram from an event's creation to its delivery;
 //! - `websocket_clients{kind="ws"|"listen"}` — sockets open now;
 //! - `instance_restarts_total` — supervisor restarts of crashed instance actors;
+//! - `connection_losses_total{cause}` and `connect_gate_wait_seconds` — recorded by the
+//!   instance actors (`actors` crate) through the same facade;
 //! - `instances{status}`, `outbox_pending`, `outbox_oldest_pending_seconds`,
 //!   `outbox_dead_lettered`, `db_pool_connections{state}`, `db_errors_total` — read at
 //!   scrape time.

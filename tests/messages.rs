@@ -1303,6 +1303,12 @@ async fn metrics_parse_and_move_with_messages() {
         )
     );
     assert!(metric(&after, "sudevwa_instances", &[("status", "online")]) >= 1.0);
+    assert!(
+        metric(&after, "sudevwa_connect_gate_wait_seconds_count", &[])
+            + metric(&after, "sudevwa_connect_gate_wait_seconds", &[])
+            >= 1.0,
+        "the instance's connect passed the gate"
+    );
     assert!(after
         .samples
         .iter()

@@ -48,6 +48,7 @@ impl AdmissionGate {
 
     /// Runs `connect` once admitted.
     pub async fn admit<T>(&self, connect: impl std::future::Future<Output = T>) -> T {
+        let waiting_since = Instant::now();
         // The semaphore is never closed, so acquiring only waits.
         let _permit = self.slots.acquire().await;
         let at = {
@@ -58,6 +59,8 @@ impl AdmissionGate {
             at
         };
         tokio::time::sleep_until(at).await;
+        metrics::histogram!("sudevwa_connect_gate_wait_seconds")
+            .record(waiting_since.elapsed().as_secs_f64());
         self.attempts.fetch_add(1, Ordering::Relaxed);
         {
             let mut log = self.admitted_at.lock().unwrap_or_else(|p| p.into_inner());

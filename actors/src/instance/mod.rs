@@ -350,7 +350,11 @@ impl InstanceState {
             Event::PairingQrCodesExhausted(_) => self.qr_codes_exhausted(myself).await,
             Event::PairSuccess(p) => self.pair_success(p).await,
             Event::Connected(_) => self.connected(myself).await,
-            Event::Disconnected(_) => self.apply(myself, L::Disconnected).await,
+            Event::Disconnected(_) => {
+                metrics::counter!("sudevwa_connection_losses_total", "cause" => "disconnected")
+                    .increment(1);
+                self.apply(myself, L::Disconnected).await
+            }
             Event::LoggedOut(l) => {
                 let reason = format!("logged out: {:?}", l.reason);
                 self.lost(myself, reason, L::LoggedOutByPhone).await

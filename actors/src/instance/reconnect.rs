@@ -42,7 +42,21 @@ impl InstanceState {
         reason: String,
         event: LifecycleEvent,
     ) {
+        metrics::counter!("sudevwa_connection_losses_total", "cause" => cause_of(&event))
+            .increment(1);
         self.reason = Some(reason);
         self.apply(myself, event).await;
+    }
+}
+
+/// The `cause` label of a lost connection.
+fn cause_of(event: &LifecycleEvent) -> &'static str {
+    match event {
+        LifecycleEvent::Disconnected => "disconnected",
+        LifecycleEvent::LoggedOutByPhone => "logged_out",
+        LifecycleEvent::StreamReplaced => "stream_replaced",
+        LifecycleEvent::TempBanned => "temp_banned",
+        LifecycleEvent::ClientOutdated => "client_outdated",
+        _ => "other",
     }
 }
