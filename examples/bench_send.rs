@@ -98,7 +98,14 @@ async fn main() {
     let conns = args.get(2, 8.0) as usize;
     let bin = benchkit::server_binary();
     println!("machine: {}", benchkit::machine());
+    // SUDEVWA_BENCH_WEBHOOKS=on|off runs one half only (profiling); both by default.
+    let only = std::env::var("SUDEVWA_BENCH_WEBHOOKS").ok();
     for webhooks in [false, true] {
+        match only.as_deref() {
+            Some("on") if !webhooks => continue,
+            Some("off") if webhooks => continue,
+            _ => {}
+        }
         let dir = benchkit::scratch(&format!("send-{webhooks}"));
         run(&bin, Db::Sqlite(dir.clone()), webhooks, secs, rate, conns).await;
         let _ = std::fs::remove_dir_all(dir);

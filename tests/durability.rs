@@ -646,13 +646,6 @@ async fn message_status_reaches_the_webhook_in_order() {
     let mid = v["data"]["messageId"].as_str().unwrap().to_string();
     let got = contact.next_text().await.unwrap();
     assert_eq!(got.message_id, mid);
-    let chat: whatsapp_rust::Jid = "6281500000041@s.whatsapp.net".parse().unwrap();
-    contact
-        .client
-        .mark_as_read(&chat, None, &[mid.as_str()])
-        .await
-        .unwrap();
-
     let statuses = |hits: &[Hit]| -> Vec<String> {
         hits.iter()
             .map(Hit::json)
@@ -665,6 +658,22 @@ async fn message_status_reaches_the_webhook_in_order() {
             .map(|v| v["data"]["status"].as_str().unwrap_or("").to_string())
             .collect()
     };
+    // The contact's client sends its delivery receipt on its own, in a task of its
+    // own; reading before that receipt has reached us would let the two race on the
+    // wire. Wait for it (the server must report what the wire carries, in order).
+    eventually("delivered", DEADLINE, || {
+        statuses(&hook.hits())
+            .iter()
+            .any(|x| x == "delivered")
+            .then_some(())
+    })
+    .await;
+    let chat: whatsapp_rust::Jid = "6281500000041@s.whatsapp.net".parse().unwrap();
+    contact
+        .client
+        .mark_as_read(&chat, None, &[mid.as_str()])
+        .await
+        .unwrap();
     let seen = eventually("server_ack, delivered and read", DEADLINE, || {
         let s = statuses(&hook.hits());
         ["server_ack", "delivered", "read"]

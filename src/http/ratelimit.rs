@@ -15,9 +15,9 @@
 //! - [`SendGovernor`]: optional anti-ban pacing per instance (messages per second with a
 //!   burst, per minute, and first contacts per hour), off by default.
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::keyed::DashMapStateStore;
 use governor::Quota;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 const MAX_KEYS: usize = 100_000;
 
 /// `governor`'s keyed GCRA limiter, answering with the bucket's state on success.
+/// On the standard monotonic clock (not `governor`'s default TSC clock): the refill
+/// times noted for `peek` are `std::time::Instant`s, and both must read the same clock
+/// or a peek can see a token the bucket does not have yet.
 type Keyed<K> =
-    governor::RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock, StateInformationMiddleware>;
+    governor::RateLimiter<K, DashMapStateStore<K>, MonotonicClock, StateInformationMiddleware>;
 
 /// Token buckets keyed by `K` (a client address by default), on `governor`.
 ///
@@ -75,7 +78,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     fn table(quota: Option<Quota>) -> Keyed<K> {
         // Disabled limiters never consult their table; any quota does.
         let q = quota.unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-        governor::RateLimiter::keyed(q).with_middleware::<StateInformationMiddleware>()
+        governor::RateLimiter::dashmap_with_clock(q, MonotonicClock)
+            .with_middleware::<StateInformationMiddleware>()
     }
 
     /// Whether this limiter limits anything.

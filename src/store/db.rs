@@ -45,8 +45,45 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
                 .foreign_keys(true)
         });
     }
-    let db = Database::connect(opts).await.map_err(DbError::Connect)?;
+    let mut db = Database::connect(opts).await.map_err(DbError::Connect)?;
+    if std::env::var_os("SUDEVWA_SQL_STATS").is_some() {
+        sql_stats::install(&mut db);
+    }
     Ok(db)
+}
+
+/// Profiling aid (`SUDEVWA_SQL_STATS=1`): counts statements by their SQL text (its first
+/// 90 characters; parameters are never looked at, so no value reaches the output) and
+/// prints the busiest to stderr every 5 s. Off unless the variable is set.
+mod sql_stats {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Stats = HashMap<String, (u64, Duration)>;
+    static STATS: Mutex<Option<Stats>> = Mutex::new(None);
+
+    pub(super) fn install(db: &mut sea_orm::DatabaseConnection) {
+        db.set_metric_callback(|info| {
+            let sql: String = info.statement.sql.chars().take(90).collect();
+            let mut g = STATS.lock().unwrap_or_else(|p| p.into_inner());
+            let e = g.get_or_insert_with(HashMap::new).entry(sql).or_default();
+            e.0 += 1;
+            e.1 += info.elapsed;
+        });
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let taken = STATS.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(stats) = taken else { continue };
+            let mut rows: Vec<_> = stats.into_iter().collect();
+            rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+            let total: u64 = rows.iter().map(|r| r.1 .0).sum();
+            eprintln!("sql-stats: {total} statements in 5 s");
+            for (sql, (n, t)) in rows.iter().take(25) {
+                eprintln!("sql-stats: {n:>7} {:>9.1} ms  {sql}", t.as_secs_f64() * 1e3);
+            }
+        });
+    }
 }
 
 /// Creates the SQLite file (and its directory, when missing) readable by this user
