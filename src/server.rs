@@ -92,6 +92,7 @@ pub async fn run_with(
                 allowed_ports: config.webhook.allowed_ports.clone(),
                 poll_interval: std::time::Duration::from_secs(1),
                 max_in_flight: 16,
+                linger: std::time::Duration::from_millis(20),
             },
             wake,
         )

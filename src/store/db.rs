@@ -43,13 +43,47 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10))
                 .foreign_keys(true)
+                // Checkpoints run in a task of their own (see `checkpointer`), not
+                // inside whichever commit crosses the WAL's size threshold.
+                .pragma("wal_autocheckpoint", "0")
         });
     }
     let mut db = Database::connect(opts).await.map_err(DbError::Connect)?;
     if std::env::var_os("SUDEVWA_SQL_STATS").is_some() {
         sql_stats::install(&mut db);
     }
+    if cfg.kind == DbKind::Sqlite {
+        tokio::spawn(checkpointer(db.clone()));
+    }
     Ok(db)
+}
+
+/// How often the SQLite WAL is copied back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies the SQLite WAL back into the database file every [`CHECKPOINT_EVERY`], until
+/// the pool is closed. SQLite's automatic checkpoint would run inside the commit that
+/// crosses its threshold — while that writer holds the process's write turn, so every
+/// other writer waits for the copy and its fsync. A passive checkpoint in a task of its
+/// own takes no write lock: writers go on appending meanwhile, and the WAL starts over
+/// from its beginning once a checkpoint has caught up with it.
+async fn checkpointer(db: DatabaseConnection) {
+    use sea_orm::ConnectionTrait;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+            Ok(_) => {}
+            Err(sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::ConnectionClosed)) => {
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite checkpoint failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    }
 }
 
 /// Profiling aid (`SUDEVWA_SQL_STATS=1`): counts statements by their SQL text (its first
@@ -57,13 +91,33 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
 /// prints the busiest to stderr every 5 s. Off unless the variable is set.
 mod sql_stats {
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
     use std::time::Duration;
 
     type Stats = HashMap<String, (u64, Duration)>;
     static STATS: Mutex<Option<Stats>> = Mutex::new(None);
+    static ON: AtomicBool = AtomicBool::new(false);
+    /// Write turns taken, nanoseconds waited for them and held.
+    static TURNS: AtomicU64 = AtomicU64::new(0);
+    static WAIT_NS: AtomicU64 = AtomicU64::new(0);
+    static HOLD_NS: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn on() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn waited(d: Duration) {
+        TURNS.fetch_add(1, Ordering::Relaxed);
+        WAIT_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn held(d: Duration) {
+        HOLD_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
 
     pub(super) fn install(db: &mut sea_orm::DatabaseConnection) {
+        ON.store(true, Ordering::Relaxed);
         db.set_metric_callback(|info| {
             let sql: String = info.statement.sql.chars().take(90).collect();
             let mut g = STATS.lock().unwrap_or_else(|p| p.into_inner());
@@ -73,6 +127,13 @@ mod sql_stats {
         });
         std::thread::spawn(|| loop {
             std::thread::sleep(Duration::from_secs(5));
+            let turns = TURNS.swap(0, Ordering::Relaxed);
+            let wait = WAIT_NS.swap(0, Ordering::Relaxed) as f64 / 1e6;
+            let hold = HOLD_NS.swap(0, Ordering::Relaxed) as f64 / 1e6;
+            eprintln!(
+                "sql-stats: {turns} SQLite write turns in 5 s: held {hold:.0} ms ({:.0} % of the time), waited {wait:.0} ms in all",
+                hold / 50.0
+            );
             let taken = STATS.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(stats) = taken else { continue };
             let mut rows: Vec<_> = stats.into_iter().collect();
@@ -129,11 +190,42 @@ pub(crate) static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::co
 /// The process's SQLite write turn (see [`SQLITE_WRITER`]); `None` on PostgreSQL,
 /// where writers do not exclude each other. Take it before `BEGIN` and hold it until
 /// the commit (or around a single-statement write); never take it twice in one task.
-pub async fn write_turn(db: &DatabaseConnection) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+pub async fn write_turn(db: &DatabaseConnection) -> Option<WriteTurn> {
     if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
-        Some(SQLITE_WRITER.lock().await)
+        Some(sqlite_turn().await)
     } else {
         None
+    }
+}
+
+/// The SQLite write turn itself (see [`write_turn`]).
+pub async fn sqlite_turn() -> WriteTurn {
+    if !sql_stats::on() {
+        return WriteTurn {
+            _guard: SQLITE_WRITER.lock().await,
+            since: None,
+        };
+    }
+    let asked = std::time::Instant::now();
+    let guard = SQLITE_WRITER.lock().await;
+    sql_stats::waited(asked.elapsed());
+    WriteTurn {
+        _guard: guard,
+        since: Some(std::time::Instant::now()),
+    }
+}
+
+/// A held SQLite write turn; released on drop (timed under `SUDEVWA_SQL_STATS`).
+pub struct WriteTurn {
+    _guard: tokio::sync::MutexGuard<'static, ()>,
+    since: Option<std::time::Instant>,
+}
+
+impl Drop for WriteTurn {
+    fn drop(&mut self) {
+        if let Some(t) = self.since {
+            sql_stats::held(t.elapsed());
+        }
     }
 }
 

@@ -285,6 +285,13 @@ const WEBHOOK_CACHE_MAX: usize = 100_000;
 
 const STRIPES: usize = 64;
 
+/// A held journal write lock (see [`Journal::order`]); released on drop.
+#[allow(dead_code)] // the guards are held for their drop only
+enum Order<'a> {
+    Sqlite(crate::store::db::WriteTurn),
+    Stripe(tokio::sync::MutexGuard<'a, ()>),
+}
+
 impl Journal {
     pub fn new(db: DatabaseConnection, webhooks: bool, wake: Arc<Notify>) -> Self {
         Self {
@@ -313,15 +320,15 @@ impl Journal {
     }
 
     /// The write lock of `instance_id`'s journal writes (see [`Journal::single_writer`]).
-    fn stripe(&self, instance_id: &str) -> &tokio::sync::Mutex<()> {
+    async fn order(&self, instance_id: &str) -> Order<'_> {
         if self.single_writer {
             // Shared with the session store and the outbox (see `db::write_turn`).
-            return &crate::store::db::SQLITE_WRITER;
+            return Order::Sqlite(crate::store::db::sqlite_turn().await);
         }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         instance_id.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        Order::Stripe(self.stripes[(h.finish() as usize) % STRIPES].lock().await)
     }
 
     /// The webhook's URL and event filter, when the instance has a webhook and webhooks
@@ -416,7 +423,7 @@ impl Journal {
         msgs: &[IncomingMessage],
     ) -> Result<Vec<LiveEvent>, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
-        let _order = self.stripe(instance_id).lock().await;
+        let _order = self.order(instance_id).await;
         let now = now_ms();
         let txn = self.begin_write().await?;
         let mut out = Vec::new();
@@ -489,7 +496,7 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let _order = self.stripe(&s.instance_id).lock().await;
+        let _order = self.order(&s.instance_id).await;
         let txn = self.begin_write().await?;
         message::Entity::insert(message::ActiveModel {
             instance_id: Set(s.instance_id.clone()),
@@ -569,7 +576,7 @@ impl Journal {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
-        let _order = self.stripe(&first.instance_id).lock().await;
+        let _order = self.order(&first.instance_id).await;
         let now = now_ms();
         let txn = self.begin_write().await?;
         let mut out = Vec::with_capacity(statuses.len());
@@ -650,7 +657,7 @@ impl Journal {
         let webhook = self.webhook_filter(&id).await?;
         let env = n.to_envelope();
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let _order = self.stripe(&id).lock().await;
+        let _order = self.order(&id).await;
         let txn = self.begin_write().await?;
         let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
         txn.commit().await?;
@@ -665,7 +672,7 @@ impl Journal {
     pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let _order = self.stripe(instance_id).lock().await;
+        let _order = self.order(instance_id).await;
         let txn = self.begin_write().await?;
         let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
         txn.commit().await?;

@@ -15,14 +15,18 @@
 //!
 //! Crash safety: rows are claimed from the database, so a process killed hard leaves
 //! them `pending` and the next start delivers them (at-least-once; receivers drop
-//! duplicates by `webhook-id`). Isolation and fairness: each pass of the worker takes
-//! one entry per instance with due rows (the longest-waiting instances first, as many
-//! as there are free slots of `max_in_flight`), never a batch of rows one tenant's
-//! backlog can fill; each instance's batch (its oldest due rows, delivered in order over
-//! one kept-alive connection, successes recorded 64 per UPDATE) runs beside the others,
-//! so a slow or dead endpoint holds up only its own instance, and another instance's
-//! event waits at most one attempt timeout even when every slot is taken. The worker
-//! sleeps until a new event or a finished batch wakes it (or the next retry is due).
+//! duplicates by `webhook-id`). Isolation and fairness: a pass of the worker reads the
+//! oldest due rows of idle instances in one statement and starts one batch per
+//! instance (the longest-waiting first, as many as there are free slots of
+//! `max_in_flight`, at most 256 rows each); when the read was full it reads again
+//! without the instances just started, so one tenant's backlog cannot hide the others'
+//! rows. Each instance's batch (delivered in order over one kept-alive connection,
+//! successes recorded 64 per UPDATE) runs beside the others, so a slow or dead endpoint
+//! holds up only its own instance; a backlog goes on in further batches of the same
+//! task for up to a second before the slot goes back to the pass. The worker sleeps
+//! until a new event or a finished batch wakes it (or the next retry is due), then
+//! lingers 20 ms so a burst's events travel together. Webhook targets (URL, secret) are
+//! cached per instance until webhook settings change.
 //! Retention: a delivered or dead row keeps its payload for
 //! `webhook.payload_retention_secs`, then only its metadata; deleting an instance
 //! deletes its rows. Redelivery by an instance token goes only to the URL the row was

@@ -90,35 +90,24 @@ impl Outbox {
         Ok(Some(id))
     }
 
-    /// Instances with due rows, not in `busy`, the longest-waiting first: at most
-    /// `limit` of them. One entry per instance, however many rows it has queued, so a
-    /// tenant's backlog cannot crowd others out of a pass.
-    pub(super) async fn due_instances(
+    /// The oldest due rows of instances not in `busy`, at most `limit`, in due order
+    /// (one statement for a whole pass of the worker, however many instances it feeds).
+    pub(super) async fn due_rows(
         &self,
         limit: u64,
         busy: &[String],
-    ) -> Result<Vec<String>, DbErr> {
-        use sea_orm::sea_query::{Alias, Order};
+    ) -> Result<Vec<entity::Model>, DbErr> {
         let mut q = entity::Entity::find()
-            .select_only()
-            .column(entity::Column::InstanceId)
-            .expr_as(
-                sea_orm::sea_query::Func::min(Expr::col(entity::Column::NextAttemptAt)),
-                "first_due",
-            )
             .filter(entity::Column::Status.eq(PENDING))
             .filter(entity::Column::NextAttemptAt.lte(now_ms()));
         if !busy.is_empty() {
             q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
         }
-        let rows: Vec<(String, i64)> = q
-            .group_by(entity::Column::InstanceId)
-            .order_by(Expr::col(Alias::new("first_due")), Order::Asc)
+        q.order_by_asc(entity::Column::NextAttemptAt)
+            .order_by_asc(entity::Column::CreatedAt)
             .limit(limit)
-            .into_tuple()
             .all(&self.db)
-            .await?;
-        Ok(rows.into_iter().map(|(id, _)| id).collect())
+            .await
     }
 
     /// The oldest due rows of one instance, at most `limit`.

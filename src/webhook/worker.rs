@@ -31,6 +31,9 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// Attempts in flight at once (over all instances).
     pub max_in_flight: usize,
+    /// Pause after a wake-up before the next pass, so a burst's events are read and
+    /// delivered together (zero: at once).
+    pub linger: Duration,
 }
 
 /// The running worker.
@@ -70,6 +73,7 @@ impl WebhookWorker {
 
 async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: Arc<Notify>) {
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let targets: Targets = Arc::default();
     let max = settings.max_in_flight.max(1);
     let slots = Arc::new(Semaphore::new(max));
     let mut tasks = tokio::task::JoinSet::new();
@@ -83,45 +87,59 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     // Consecutive batches that ended on a database error (backoff, see below).
     let db_failures = Arc::new(AtomicU32::new(0));
     loop {
-        // One batch per idle instance with due rows, the longest-waiting instances
-        // first, as many as there are free slots.
-        let free = slots.available_permits() as u64;
-        if free > 0 {
-            match outbox.due_instances(free, &busy_now(&busy)).await {
-                Ok(ids) => {
-                    for instance_id in ids {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            break;
-                        };
-                        busy.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(instance_id.clone());
-                        let (outbox, settings, busy, wake) =
-                            (outbox.clone(), settings.clone(), busy.clone(), wake.clone());
-                        let db_failures = db_failures.clone();
-                        tasks.spawn(async move {
-                            if deliver_batch(&outbox, &settings, &instance_id).await {
-                                db_failures.store(0, Ordering::Relaxed);
-                            } else {
-                                // The database failed: the instance stays busy (so the
-                                // loop does not pick it again at once) for a backoff
-                                // that grows with consecutive failures, up to 5 s.
-                                let n = db_failures.fetch_add(1, Ordering::Relaxed).min(6);
-                                tokio::time::sleep(
-                                    Duration::from_millis(100 << n).min(DB_BACKOFF_MAX),
-                                )
-                                .await;
-                            }
-                            busy.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&instance_id);
-                            drop(permit);
-                            // A slot is free and the instance may have more due rows.
-                            wake.notify_one();
-                        });
-                    }
+        // A pass: the oldest due rows of idle instances in one read, one batch per
+        // instance (the longest-waiting first), as many as there are free slots. A
+        // full read may have left other instances' rows unread behind one backlog:
+        // read again, the instances just started being busy now.
+        while slots.available_permits() > 0 {
+            let rows = match outbox.due_rows(PASS_ROWS, &busy_now(&busy)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the webhook outbox failed");
+                    break;
                 }
-                Err(e) => tracing::error!(error = %e, "reading the webhook outbox failed"),
+            };
+            let full = rows.len() as u64 >= PASS_ROWS;
+            for (instance_id, rows) in by_instance(rows) {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                busy.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(instance_id.clone());
+                // The instance may have more due rows than this pass read.
+                let more = full || rows.len() as u64 >= BATCH;
+                let (outbox, settings, busy, wake, targets) = (
+                    outbox.clone(),
+                    settings.clone(),
+                    busy.clone(),
+                    wake.clone(),
+                    targets.clone(),
+                );
+                let db_failures = db_failures.clone();
+                tasks.spawn(async move {
+                    let ok = instance_turn(&outbox, &settings, &targets, &instance_id, rows, more)
+                        .await;
+                    if ok {
+                        db_failures.store(0, Ordering::Relaxed);
+                    } else {
+                        // The database failed: the instance stays busy (so the loop
+                        // does not pick it again at once) for a backoff that grows
+                        // with consecutive failures, up to 5 s.
+                        let n = db_failures.fetch_add(1, Ordering::Relaxed).min(6);
+                        tokio::time::sleep(Duration::from_millis(100 << n).min(DB_BACKOFF_MAX))
+                            .await;
+                    }
+                    busy.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&instance_id);
+                    drop(permit);
+                    // A slot is free and the instance may have more due rows.
+                    wake.notify_one();
+                });
+            }
+            if !full {
+                break;
             }
         }
         while tasks.try_join_next().is_some() {}
@@ -135,7 +153,11 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
             }
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                // Let the events of a burst gather, so one pass and one batch carry
+                // several of them instead of a read and an UPDATE per event.
+                tokio::time::sleep(settings.linger).await;
+            }
             _ = tokio::time::sleep(sleep) => {}
             _ = stop.notified() => {
                 while tasks.join_next().await.is_some() {}
@@ -145,8 +167,15 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
     }
 }
 
+/// Rows one pass reads, over all idle instances.
+const PASS_ROWS: u64 = 512;
+
 /// Rows one batch of an instance takes.
 const BATCH: u64 = 256;
+
+/// How long an instance's task goes on taking its own next batches (a backlog) before
+/// it gives its slot back to the pass, so backlogs drain without starving others.
+const BATCH_TURN: Duration = Duration::from_secs(1);
 
 /// Longest pause of an instance's deliveries after database errors.
 const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -154,45 +183,147 @@ const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Successful deliveries recorded per UPDATE.
 const RECORD_BATCH: usize = 64;
 
-/// Delivers due rows of one instance in order, over the pooled client's kept-alive
-/// connection: the target is loaded once, successes are recorded in batches (one
+/// Instances' cached webhook targets, with the settings generation they were read at
+/// (`instances::webhook_settings_generation`): one row read per settings change, not
+/// one per batch.
+type Targets = Arc<Mutex<std::collections::HashMap<String, (u64, Target)>>>;
+
+/// Entries kept in the target cache before it is emptied (bounded memory).
+const TARGETS_MAX: usize = 100_000;
+
+/// Where an instance's rows go.
+#[derive(Clone)]
+enum Target {
+    Url { url: String, secret: String },
+    NotConfigured,
+    Deleted,
+}
+
+async fn target(outbox: &Outbox, targets: &Targets, instance_id: &str) -> Result<Target, DbErr> {
+    let generation = crate::store::instances::webhook_settings_generation();
+    if let Some((g, t)) = targets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(instance_id)
+    {
+        if *g == generation {
+            return Ok(t.clone());
+        }
+    }
+    let t = match instance::Entity::find_by_id(instance_id.to_string())
+        .one(&outbox.db)
+        .await?
+    {
+        None => Target::Deleted,
+        Some(i) => match i.webhook_url {
+            Some(url) => Target::Url {
+                url,
+                secret: i.webhook_secret.unwrap_or_default(),
+            },
+            None => Target::NotConfigured,
+        },
+    };
+    let mut cache = targets.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= TARGETS_MAX {
+        cache.clear();
+    }
+    cache.insert(instance_id.to_string(), (generation, t.clone()));
+    Ok(t)
+}
+
+/// Due rows grouped by instance, in the order each instance first appears (its
+/// oldest due row), at most [`BATCH`] rows per instance.
+fn by_instance(rows: Vec<entity::Model>) -> Vec<(String, Vec<entity::Model>)> {
+    let mut out: Vec<(String, Vec<entity::Model>)> = Vec::new();
+    for row in rows {
+        match out.iter_mut().find(|(id, _)| *id == row.instance_id) {
+            Some((_, group)) => {
+                if (group.len() as u64) < BATCH {
+                    group.push(row);
+                }
+            }
+            None => out.push((row.instance_id.clone(), vec![row])),
+        }
+    }
+    out
+}
+
+/// How a batch ended.
+enum Batch {
+    /// Every row was delivered.
+    AllDelivered,
+    /// An attempt failed (its row is scheduled for a retry, the rest stay due) or the
+    /// instance has no target (its rows are dead-lettered).
+    Ended,
+    /// The database failed (the caller backs off).
+    DbFailed,
+}
+
+/// One instance's turn: `first` (read by the pass), then, while batches come full and
+/// the turn lasts, its next due rows. `false` when the database failed.
+async fn instance_turn(
+    outbox: &Outbox,
+    settings: &WorkerSettings,
+    targets: &Targets,
+    instance_id: &str,
+    first: Vec<entity::Model>,
+    mut more: bool,
+) -> bool {
+    let started = std::time::Instant::now();
+    let mut rows = first;
+    loop {
+        match deliver_batch(outbox, settings, targets, instance_id, rows).await {
+            Batch::DbFailed => return false,
+            Batch::Ended => return true,
+            Batch::AllDelivered => {}
+        }
+        if !more || started.elapsed() >= BATCH_TURN {
+            return true;
+        }
+        rows = match outbox.due_of(instance_id, BATCH).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading webhook rows failed");
+                return false;
+            }
+        };
+        if rows.is_empty() {
+            return true;
+        }
+        more = rows.len() as u64 >= BATCH;
+    }
+}
+
+/// Delivers `rows` of one instance in order, over the pooled client's kept-alive
+/// connection: the target comes from the cache, successes are recorded in batches (one
 /// UPDATE per batch), and the first failure ends the batch (its row is scheduled for a
 /// retry; the rest stay due for the next pass). A crash between a delivery and its
 /// record sends that row again (at-least-once, deduplicated by `webhook-id`).
-/// `false` when the database failed (the caller backs off).
-async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: &str) -> bool {
-    let rows = match outbox.due_of(instance_id, BATCH).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "re-reading webhook rows failed");
-            return false;
-        }
-    };
+async fn deliver_batch(
+    outbox: &Outbox,
+    settings: &WorkerSettings,
+    targets: &Targets,
+    instance_id: &str,
+    rows: Vec<entity::Model>,
+) -> Batch {
     if rows.is_empty() {
-        return true;
+        return Batch::AllDelivered;
     }
-    let target = instance::Entity::find_by_id(instance_id.to_string())
-        .one(&outbox.db)
-        .await;
-    let (url, secret) = match target {
-        Ok(Some(i)) => match i.webhook_url {
-            Some(u) => (u, i.webhook_secret.unwrap_or_default()),
-            None => {
-                for row in &rows {
-                    fail(outbox, settings, row, None, "webhook not configured", true).await;
-                }
-                return true;
-            }
-        },
-        Ok(None) => {
+    let (url, secret) = match target(outbox, targets, instance_id).await {
+        Ok(Target::Url { url, secret }) => (url, secret),
+        Ok(t) => {
+            let why = match t {
+                Target::Deleted => "instance deleted",
+                _ => "webhook not configured",
+            };
             for row in &rows {
-                fail(outbox, settings, row, None, "instance deleted", true).await;
+                fail(outbox, settings, row, None, why, true).await;
             }
-            return true;
+            return Batch::Ended;
         }
         Err(e) => {
             tracing::error!(error = %e, "loading the webhook target failed");
-            return false; // stays pending; retried on the next pass
+            return Batch::DbFailed; // stays pending; retried on the next pass
         }
     };
     let policy = FetchPolicy {
@@ -227,17 +358,17 @@ async fn deliver_batch(outbox: &Outbox, settings: &WorkerSettings, instance_id: 
                     false,
                 )
                 .await;
-                return true;
+                return Batch::Ended;
             }
             Err(e) => {
                 record_delivered(outbox, std::mem::take(&mut delivered)).await;
                 fail(outbox, settings, &row, None, &e.to_string(), false).await;
-                return true;
+                return Batch::Ended;
             }
         }
     }
     record_delivered(outbox, delivered).await;
-    true
+    Batch::AllDelivered
 }
 
 /// Marks rows delivered: one UPDATE per status code among them.

@@ -156,7 +156,7 @@ impl WaStore {
 
     /// This store's turn to write (see [`crate::store::db::write_turn`]): every
     /// method that writes takes it first, before `BEGIN` or its single statement.
-    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    async fn write_turn(&self) -> Option<crate::store::db::WriteTurn> {
         crate::store::db::write_turn(&self.db).await
     }
 
