@@ -1866,3 +1866,40 @@ async fn wa_tables_match_the_migration() {
     let listed: BTreeSet<String> = wa_tables().into_iter().map(String::from).collect();
     assert_eq!(created, listed);
 }
+
+/// SQLite's automatic checkpoint is off on the server's connections (it would run
+/// inside a writer's commit); the background checkpointer must copy the WAL back into
+/// the database file while the pool stays open, or the data would live in an
+/// ever-growing WAL. Written rows reach the main file without any connection closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let (conn, file) = fresh_db(Kind::Sqlite, "checkpoint").await;
+    let path = file.0.clone().expect("sqlite file");
+    let autockpt = scalar(&conn, "PRAGMA wal_autocheckpoint").await;
+    assert_eq!(autockpt, 0, "automatic checkpoints are off on pooled connections");
+    conn.execute_unprepared("CREATE TABLE ckpt_probe (id INTEGER PRIMARY KEY, v BLOB)")
+        .await
+        .expect("create");
+    let before = std::fs::metadata(&path).expect("db file").len();
+    // About 2 MiB in many small commits, as the server writes.
+    for i in 0..256 {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO ckpt_probe (id, v) VALUES ({i}, randomblob(8192))"
+        ))
+        .await
+        .expect("insert");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = std::fs::metadata(&path).expect("db file").len();
+        if now >= before + 2 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): no checkpoint ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scalar(&conn, "SELECT COUNT(*) FROM ckpt_probe").await, 256);
+}
