@@ -1097,6 +1097,9 @@ async fn deliveries_verify_with_a_standard_webhooks_verifier() {
         vec![a.clone().into()],
     )
     .await;
+    // The server caches webhook targets; a change made behind its back by SQL is
+    // announced (a legacy row without a secret is simply read at start).
+    sudevwa::store::instances::webhook_settings_changed();
     erin.send_text("6281100000151", "unsigned").await.unwrap();
     let until = Instant::now() + DEADLINE;
     let headers = loop {

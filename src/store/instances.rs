@@ -346,6 +346,13 @@ impl InstanceStore for DbInstanceStore {
 /// others read once more.
 static WEBHOOK_SETTINGS_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Announces a change of instances' webhook columns made outside this module (by SQL,
+/// as tests do): cached copies (the journal's filters, the worker's targets) are read
+/// again. The API's own changes announce themselves.
+pub fn webhook_settings_changed() {
+    bump_webhook_settings();
+}
+
 fn bump_webhook_settings() {
     WEBHOOK_SETTINGS_GEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
