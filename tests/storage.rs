@@ -1876,7 +1876,10 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     let (conn, file) = fresh_db(Kind::Sqlite, "checkpoint").await;
     let path = file.0.clone().expect("sqlite file");
     let autockpt = scalar(&conn, "PRAGMA wal_autocheckpoint").await;
-    assert_eq!(autockpt, 0, "automatic checkpoints are off on pooled connections");
+    assert_eq!(
+        autockpt, 0,
+        "automatic checkpoints are off on pooled connections"
+    );
     conn.execute_unprepared("CREATE TABLE ckpt_probe (id INTEGER PRIMARY KEY, v BLOB)")
         .await
         .expect("create");

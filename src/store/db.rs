@@ -73,9 +73,14 @@ async fn checkpointer(db: DatabaseConnection) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+        match db
+            .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+            .await
+        {
             Ok(_) => {}
-            Err(sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::ConnectionClosed)) => {
+            Err(sea_orm::DbErr::ConnectionAcquire(
+                sea_orm::error::ConnAcquireErr::ConnectionClosed,
+            )) => {
                 return;
             }
             Err(e) => {

@@ -118,8 +118,8 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 );
                 let db_failures = db_failures.clone();
                 tasks.spawn(async move {
-                    let ok = instance_turn(&outbox, &settings, &targets, &instance_id, rows, more)
-                        .await;
+                    let ok =
+                        instance_turn(&outbox, &settings, &targets, &instance_id, rows, more).await;
                     if ok {
                         db_failures.store(0, Ordering::Relaxed);
                     } else {
