@@ -357,6 +357,42 @@ fn bump_webhook_settings() {
     WEBHOOK_SETTINGS_GEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Per-instance values derived from webhook settings, each kept with the settings
+/// generation it was read at and read again after any change (see
+/// [`webhook_settings_generation`]). Bounded: emptied at 100,000 entries.
+pub struct WebhookSettingsCache<V>(std::sync::Mutex<std::collections::HashMap<String, (u64, V)>>);
+
+impl<V> Default for WebhookSettingsCache<V> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<V: Clone> WebhookSettingsCache<V> {
+    /// The cached value of `instance_id`, or `load`'s (then cached) when there is none
+    /// or the settings changed since it was read.
+    pub async fn get_or_load<F>(&self, instance_id: &str, load: F) -> Result<V, DbErr>
+    where
+        F: std::future::Future<Output = Result<V, DbErr>>,
+    {
+        const MAX: usize = 100_000;
+        let generation = webhook_settings_generation();
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, v)) = lock().get(instance_id) {
+            if *g == generation {
+                return Ok(v.clone());
+            }
+        }
+        let v = load.await?;
+        let mut cache = lock();
+        if cache.len() >= MAX {
+            cache.clear();
+        }
+        cache.insert(instance_id.to_string(), (generation, v.clone()));
+        Ok(v)
+    }
+}
+
 /// The current webhook-settings generation (read it before reading the settings).
 pub fn webhook_settings_generation() -> u64 {
     WEBHOOK_SETTINGS_GEN.load(std::sync::atomic::Ordering::SeqCst)

@@ -27,7 +27,6 @@ use sea_orm::{
     TransactionTrait,
 };
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -168,7 +167,7 @@ fn now_ms() -> i64 {
 
 /// Whether the filter (stored JSON array, `None` = default) takes `event`.
 /// Each instance's webhook, with the settings generation it was read at.
-type WebhookCache = Arc<std::sync::Mutex<HashMap<String, (u64, Option<Hook>)>>>;
+type WebhookCache = Arc<crate::store::instances::WebhookSettingsCache<Option<Hook>>>;
 
 /// An instance's webhook as the journal queues for it.
 #[derive(Debug, Clone)]
@@ -280,9 +279,6 @@ pub struct Journal {
     webhook_cache: WebhookCache,
 }
 
-/// Entries kept in the webhook-filter cache before it is emptied (bounded memory).
-const WEBHOOK_CACHE_MAX: usize = 100_000;
-
 const STRIPES: usize = 64;
 
 /// A held journal write lock (see [`Journal::order`]); released on drop.
@@ -337,30 +333,19 @@ impl Journal {
         if !self.webhooks {
             return Ok(None);
         }
-        let generation = crate::store::instances::webhook_settings_generation();
-        if let Ok(cache) = self.webhook_cache.lock() {
-            if let Some((g, v)) = cache.get(instance_id) {
-                if *g == generation {
-                    return Ok(v.clone());
-                }
-            }
-        }
-        let row = instance::Entity::find_by_id(instance_id.to_string())
-            .one(&self.db)
-            .await?;
-        let v = row.and_then(|r| {
-            r.webhook_url.map(|url| Hook {
-                url,
-                events: r.webhook_events,
+        self.webhook_cache
+            .get_or_load(instance_id, async {
+                let row = instance::Entity::find_by_id(instance_id.to_string())
+                    .one(&self.db)
+                    .await?;
+                Ok(row.and_then(|r| {
+                    r.webhook_url.map(|url| Hook {
+                        url,
+                        events: r.webhook_events,
+                    })
+                }))
             })
-        });
-        if let Ok(mut cache) = self.webhook_cache.lock() {
-            if cache.len() >= WEBHOOK_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(instance_id.to_string(), (generation, v.clone()));
-        }
-        Ok(v)
+            .await
     }
 
     /// Appends an event (and its outbox row when the webhook takes it) inside `txn`.

@@ -183,13 +183,9 @@ const DB_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Successful deliveries recorded per UPDATE.
 const RECORD_BATCH: usize = 64;
 
-/// Instances' cached webhook targets, with the settings generation they were read at
-/// (`instances::webhook_settings_generation`): one row read per settings change, not
-/// one per batch.
-type Targets = Arc<Mutex<std::collections::HashMap<String, (u64, Target)>>>;
-
-/// Entries kept in the target cache before it is emptied (bounded memory).
-const TARGETS_MAX: usize = 100_000;
+/// Instances' cached webhook targets: one row read per settings change, not one per
+/// batch.
+type Targets = Arc<crate::store::instances::WebhookSettingsCache<Target>>;
 
 /// Where an instance's rows go.
 #[derive(Clone)]
@@ -200,35 +196,23 @@ enum Target {
 }
 
 async fn target(outbox: &Outbox, targets: &Targets, instance_id: &str) -> Result<Target, DbErr> {
-    let generation = crate::store::instances::webhook_settings_generation();
-    if let Some((g, t)) = targets
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(instance_id)
-    {
-        if *g == generation {
-            return Ok(t.clone());
-        }
-    }
-    let t = match instance::Entity::find_by_id(instance_id.to_string())
-        .one(&outbox.db)
-        .await?
-    {
-        None => Target::Deleted,
-        Some(i) => match i.webhook_url {
-            Some(url) => Target::Url {
-                url,
-                secret: i.webhook_secret.unwrap_or_default(),
-            },
-            None => Target::NotConfigured,
-        },
-    };
-    let mut cache = targets.lock().unwrap_or_else(|p| p.into_inner());
-    if cache.len() >= TARGETS_MAX {
-        cache.clear();
-    }
-    cache.insert(instance_id.to_string(), (generation, t.clone()));
-    Ok(t)
+    targets
+        .get_or_load(instance_id, async {
+            let row = instance::Entity::find_by_id(instance_id.to_string())
+                .one(&outbox.db)
+                .await?;
+            Ok(match row {
+                None => Target::Deleted,
+                Some(i) => match i.webhook_url {
+                    Some(url) => Target::Url {
+                        url,
+                        secret: i.webhook_secret.unwrap_or_default(),
+                    },
+                    None => Target::NotConfigured,
+                },
+            })
+        })
+        .await
 }
 
 /// Due rows grouped by instance, in the order each instance first appears (its
