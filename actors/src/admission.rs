@@ -63,9 +63,12 @@ impl AdmissionGate {
             .record(waiting_since.elapsed().as_secs_f64());
         self.attempts.fetch_add(1, Ordering::Relaxed);
         {
+            // The scheduled start: the spacing the gate keeps. (The wake-up can come a
+            // little after it on a busy machine, so two wake-ups may sit closer than
+            // the schedule; the start is never earlier than this.)
             let mut log = self.admitted_at.lock().unwrap_or_else(|p| p.into_inner());
             if log.len() < 10_000 {
-                log.push(Instant::now());
+                log.push(at);
             }
         }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -82,12 +85,15 @@ impl AdmissionGate {
         }
     }
 
-    /// When connects were let through (oldest first).
+    /// When connects were let through (their scheduled starts, oldest first).
     pub fn admitted_at(&self) -> Vec<Instant> {
-        self.admitted_at
+        let mut at = self
+            .admitted_at
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        at.sort();
+        at
     }
 
     /// The planned spacing between connect starts (before jitter).
