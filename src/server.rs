@@ -147,6 +147,8 @@ pub async fn run_with(
         // Undelivered rows stay pending in the table for the next start.
         w.shutdown(config.server.shutdown_grace).await;
     }
+    // A group transaction still open holds a pooled connection: commit it first.
+    crate::store::db::settle().await;
     if let Err(e) = db.close().await {
         tracing::warn!(error = %e, "closing the database pool failed");
     }

@@ -1906,3 +1906,113 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
     }
     assert_eq!(scalar(&conn, "SELECT COUNT(*) FROM ckpt_probe").await, 256);
 }
+
+/// Group commit on SQLite: writers queued for the write turn share one transaction;
+/// each finds its row committed (read through another pooled connection) once
+/// `finish` returns; a writer whose statement fails gets the error while the others
+/// of its batch commit; a writer whose savepoint fails leaves nothing behind; and a
+/// writer that takes the plain turn afterwards writes through the pool unhindered.
+#[tokio::test]
+async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
+    let (conn, _file) = fresh_db(Kind::Sqlite, "group_commit").await;
+    conn.execute_unprepared("CREATE TABLE gc_probe (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .await
+        .expect("create probe table");
+    conn.execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'taken')")
+        .await
+        .expect("seed");
+    const WRITERS: i64 = 64;
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = db::group_write(&conn).await.expect("join the group write");
+            let batch = w.batch().expect("SQLite writers join a batch");
+            let res: Result<(), sea_orm::DbErr> = async {
+                match i % 8 {
+                    // A statement that fails: the key is taken.
+                    0 => {
+                        w.conn()
+                            .execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'again')")
+                            .await?;
+                    }
+                    // Two statements in a savepoint, the second failing.
+                    1 => {
+                        let txn = w.begin().await?;
+                        txn.execute_unprepared(&format!(
+                            "INSERT INTO gc_probe VALUES ({}, 'partial')",
+                            1000 + i
+                        ))
+                        .await?;
+                        let second = txn
+                            .execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'again')")
+                            .await;
+                        if second.is_err() {
+                            txn.rollback().await?;
+                        }
+                        second?;
+                    }
+                    _ => {
+                        w.conn()
+                            .execute_unprepared(&format!("INSERT INTO gc_probe VALUES ({i}, 'ok')"))
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            let res = match res {
+                Ok(()) => w.finish().await,
+                Err(e) => Err(e),
+            };
+            (i, batch, res)
+        }));
+    }
+    let mut batches = BTreeSet::new();
+    for t in tasks {
+        let (i, batch, res) = t.await.expect("writer task");
+        batches.insert(batch);
+        let mine = scalar(
+            &conn,
+            &format!("SELECT COUNT(*) FROM gc_probe WHERE k IN ({i}, {})", 1000 + i),
+        )
+        .await;
+        match i % 8 {
+            0 | 1 => {
+                assert!(res.is_err(), "writer {i}: its failed statement is its error");
+                assert_eq!(mine, 0, "writer {i}: nothing of a failed writer remains");
+            }
+            _ => {
+                res.unwrap_or_else(|e| panic!("writer {i}: {e}"));
+                assert_eq!(mine, 1, "writer {i}: committed once finish returned");
+            }
+        }
+    }
+    assert!(
+        batches.len() < WRITERS as usize,
+        "queued writers shared transactions ({} batches for {WRITERS} writers)",
+        batches.len()
+    );
+    assert_eq!(
+        scalar(&conn, "SELECT COUNT(*) FROM gc_probe").await,
+        1 + WRITERS - 2 * (WRITERS / 8),
+        "the seed row and every succeeding writer's row"
+    );
+    // The plain turn commits any batch still open before its holder writes.
+    let w = db::group_write(&conn).await.expect("join");
+    w.conn()
+        .execute_unprepared("INSERT INTO gc_probe VALUES (5000, 'last')")
+        .await
+        .expect("insert");
+    drop(w); // gone without waiting for its commit: the next turn commits it
+    {
+        let _turn = db::sqlite_turn().await;
+        conn.execute_unprepared("INSERT INTO gc_probe VALUES (5001, 'pool')")
+            .await
+            .expect("a pool write under the plain turn is not blocked by the batch");
+    }
+    assert_eq!(
+        scalar(&conn, "SELECT COUNT(*) FROM gc_probe WHERE k >= 5000").await,
+        2
+    );
+}

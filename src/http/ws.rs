@@ -236,7 +236,12 @@ enum Source {
         backlog: std::collections::VecDeque<LiveEvent>,
         /// The cursor to read the next replay page after; `None` once caught up.
         replay_after: Option<i64>,
-        /// The last cursor sent: live events at or below it were replayed already.
+        /// The highest cursor the client had or was replayed: live events at or below
+        /// it were sent already. Live events are not held to it: writers committed
+        /// together publish in any order.
+        replayed: i64,
+        /// The highest cursor sent (where a replay after a restart of the actor
+        /// starts).
         last: i64,
         instance_id: String,
         api: Shared,
@@ -269,12 +274,14 @@ impl Source {
                 rx,
                 backlog,
                 replay_after,
+                replayed,
                 last,
                 instance_id,
                 api,
             } => loop {
                 if let Some(e) = backlog.pop_front() {
-                    *last = e.cursor;
+                    *replayed = (*replayed).max(e.cursor);
+                    *last = (*last).max(e.cursor);
                     return Next::Event(e.json.to_string());
                 }
                 if let Some(after) = *replay_after {
@@ -299,7 +306,7 @@ impl Source {
                 }
                 match rx.recv().await {
                     // Already replayed from the log.
-                    Ok(e) if e.cursor != 0 && e.cursor <= *last => {}
+                    Ok(e) if e.cursor != 0 && e.cursor <= *replayed => {}
                     Ok(e) => {
                         *last = (*last).max(e.cursor);
                         return Next::Event(e.json.to_string());
@@ -514,6 +521,7 @@ pub async fn listen(
             rx,
             backlog: Default::default(),
             replay_after: after,
+            replayed: after.unwrap_or(0),
             last: after.unwrap_or(0),
             instance_id: id,
             api,

@@ -8,7 +8,7 @@
 use crate::config::{DatabaseConfig, DbKind};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, TransactionTrait};
 
 /// Why the database could not be opened or migrated (the cause, for the operator's log).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,16 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
         // Statements are logged by sqlx at debug level with their parameters; keep
         // them out of the logs entirely so no key material or body is ever printed.
         .sqlx_logging(false);
+    if cfg.kind == DbKind::Sqlite {
+        // A pooled SQLite connection is a file handle: there is nothing to ping, and
+        // a ping is a round trip to its worker thread on every checkout.
+        opts.test_before_acquire(false);
+    } else {
+        // A PostgreSQL connection can die while idle (server restart, proxy, firewall);
+        // one in use moments ago has not. Ping only those idle for a while, not on
+        // every checkout.
+        opts.test_before_acquire_if_idle_for(std::time::Duration::from_secs(30));
+    }
     if cfg.kind == DbKind::Sqlite {
         // Per-connection settings, applied to every pooled connection: WAL so readers
         // never block the writer, a busy timeout instead of immediate SQLITE_BUSY.
@@ -190,11 +200,69 @@ fn owner_only(path: &std::path::Path) -> Result<(), DbError> {
 /// journal, the webhook outbox) takes this in-process turn first: they queue in FIFO
 /// order and SQLite never sees two of them at once. One per process (several SQLite
 /// databases in one process, as in tests, only share a queue).
-pub(crate) static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+///
+/// Behind the turn sits the open **group transaction** (see [`group_write`]): writers
+/// that arrive while others wait write into one shared transaction, committed once
+/// for all of them.
+static SQLITE_WRITER: tokio::sync::Mutex<Group> = tokio::sync::Mutex::const_new(Group {
+    open: None,
+    next_id: 0,
+});
+
+/// What the SQLite write turn guards: the group transaction in progress, if any.
+pub(crate) struct Group {
+    open: Option<Batch>,
+    next_id: u64,
+}
+
+/// How a group commit ended, as every writer of the batch sees it.
+type Outcome = Option<Result<(), std::sync::Arc<str>>>;
+
+/// One group transaction: `BEGIN IMMEDIATE` on a pooled connection of one database,
+/// the writers who joined it, and the channel their commit result goes out on.
+struct Batch {
+    id: u64,
+    /// Which database (pool) the transaction belongs to.
+    pool: usize,
+    txn: sea_orm::DatabaseTransaction,
+    writers: usize,
+    opened: std::time::Instant,
+    done: tokio::sync::watch::Sender<Outcome>,
+}
+
+/// A batch takes at most this many writers, and stays open at most this long; the
+/// writer who finds it fuller or older commits it before opening the next. Bounds the
+/// extra latency a writer pays for waiting on the others' commit.
+const BATCH_WRITERS: usize = 256;
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Group {
+    /// Commits the open batch (if any) and tells its writers how it went.
+    async fn flush(&mut self) {
+        if let Some(b) = self.open.take() {
+            let res = b.txn.commit().await.map_err(|e| e.to_string().into());
+            if let Err(e) = &res {
+                tracing::error!(error = %e, writers = b.writers, "SQLite group commit failed");
+            }
+            b.done.send_replace(Some(res));
+        }
+    }
+}
+
+/// Commits the group transaction still open, if any (before the pool closes).
+pub async fn settle() {
+    SQLITE_WRITER.lock().await.flush().await;
+}
+
+/// Identifies a SQLite pool (clones of one `DatabaseConnection` share it).
+fn pool_key(db: &DatabaseConnection) -> usize {
+    std::sync::Arc::as_ptr(&db.get_sqlite_connection_pool().connect_options()) as usize
+}
 
 /// The process's SQLite write turn (see [`SQLITE_WRITER`]); `None` on PostgreSQL,
 /// where writers do not exclude each other. Take it before `BEGIN` and hold it until
 /// the commit (or around a single-statement write); never take it twice in one task.
+/// For writers that write through the pool themselves; hot paths use [`group_write`].
 pub async fn write_turn(db: &DatabaseConnection) -> Option<WriteTurn> {
     if db.get_database_backend() == sea_orm::DbBackend::Sqlite {
         Some(sqlite_turn().await)
@@ -203,26 +271,33 @@ pub async fn write_turn(db: &DatabaseConnection) -> Option<WriteTurn> {
     }
 }
 
-/// The SQLite write turn itself (see [`write_turn`]).
+/// The SQLite write turn itself (see [`write_turn`]). A group transaction still open
+/// is committed first, so the holder writes to a database no other connection holds.
 pub async fn sqlite_turn() -> WriteTurn {
+    let (mut guard, since) = lock_turn().await;
+    guard.flush().await;
+    WriteTurn {
+        _guard: guard,
+        since,
+    }
+}
+
+async fn lock_turn() -> (
+    tokio::sync::MutexGuard<'static, Group>,
+    Option<std::time::Instant>,
+) {
     if !sql_stats::on() {
-        return WriteTurn {
-            _guard: SQLITE_WRITER.lock().await,
-            since: None,
-        };
+        return (SQLITE_WRITER.lock().await, None);
     }
     let asked = std::time::Instant::now();
     let guard = SQLITE_WRITER.lock().await;
     sql_stats::waited(asked.elapsed());
-    WriteTurn {
-        _guard: guard,
-        since: Some(std::time::Instant::now()),
-    }
+    (guard, Some(std::time::Instant::now()))
 }
 
 /// A held SQLite write turn; released on drop (timed under `SUDEVWA_SQL_STATS`).
 pub struct WriteTurn {
-    _guard: tokio::sync::MutexGuard<'static, ()>,
+    _guard: tokio::sync::MutexGuard<'static, Group>,
     since: Option<std::time::Instant>,
 }
 
@@ -230,6 +305,143 @@ impl Drop for WriteTurn {
     fn drop(&mut self) {
         if let Some(t) = self.since {
             sql_stats::held(t.elapsed());
+        }
+    }
+}
+
+/// A writer's access to the database: on SQLite its place in the group transaction
+/// (holding the write turn), on PostgreSQL the pool itself.
+///
+/// Group commit: a writer takes the turn and, if no group transaction is open, opens
+/// one (`BEGIN IMMEDIATE`) and starts a committer that queues for the turn behind the
+/// writers waiting at that moment. Each of them writes its statements into the same
+/// transaction (a multi-statement writer inside a savepoint, [`Writer::begin`]) and
+/// gives the turn on; the committer commits once for all. [`Writer::finish`] returns
+/// only when the writer's statements are committed, so an acknowledgement that
+/// follows it is as durable as with a transaction of its own. Under load, one commit
+/// (and one pool checkout) serves tens of writers instead of one each.
+///
+/// A statement that fails is undone by SQLite on its own (a savepoint's failure by
+/// its rollback); the transaction and the other writers go on. A failed commit is
+/// every writer's error.
+pub struct Writer<'a> {
+    db: &'a DatabaseConnection,
+    turn: Option<GroupTurn>,
+}
+
+struct GroupTurn {
+    guard: tokio::sync::MutexGuard<'static, Group>,
+    done: tokio::sync::watch::Receiver<Outcome>,
+    since: Option<std::time::Instant>,
+}
+
+/// Joins (or opens) the group transaction on SQLite; the pool on PostgreSQL. Never
+/// take it while holding another write turn in the same task.
+pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return Ok(Writer { db, turn: None });
+    }
+    let pool = pool_key(db);
+    let (mut guard, since) = lock_turn().await;
+    let stale = guard.open.as_ref().is_some_and(|b| {
+        b.pool != pool || b.writers >= BATCH_WRITERS || b.opened.elapsed() >= BATCH_AGE
+    });
+    if stale {
+        guard.flush().await;
+    }
+    if guard.open.is_none() {
+        let txn = db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?;
+        let id = guard.next_id;
+        guard.next_id += 1;
+        guard.open = Some(Batch {
+            id,
+            pool,
+            txn,
+            writers: 0,
+            opened: std::time::Instant::now(),
+            done: tokio::sync::watch::Sender::new(None),
+        });
+        // Queues behind the writers waiting now; commits if the batch is still open.
+        tokio::spawn(async move {
+            let mut g = SQLITE_WRITER.lock().await;
+            if g.open.as_ref().is_some_and(|b| b.id == id) {
+                g.flush().await;
+            }
+        });
+    }
+    let Some(batch) = guard.open.as_mut() else {
+        unreachable!("a batch was opened above")
+    };
+    batch.writers += 1;
+    let done = batch.done.subscribe();
+    Ok(Writer {
+        db,
+        turn: Some(GroupTurn { guard, done, since }),
+    })
+}
+
+impl Writer<'_> {
+    /// The group transaction this writer joined (`None` on PostgreSQL); writers that
+    /// shared one see the same number.
+    pub fn batch(&self) -> Option<u64> {
+        self.turn
+            .as_ref()
+            .and_then(|t| t.guard.open.as_ref())
+            .map(|b| b.id)
+    }
+
+    /// Where this writer's statements go.
+    pub fn conn(&self) -> sea_orm::DatabaseExecutor<'_> {
+        match &self.turn {
+            Some(t) => match &t.guard.open {
+                Some(b) => sea_orm::DatabaseExecutor::Transaction(&b.txn),
+                // Cannot happen: the batch is only taken out by a holder of the turn,
+                // and this writer holds it. The pool is still a correct place to write.
+                None => sea_orm::DatabaseExecutor::Connection(self.db),
+            },
+            None => sea_orm::DatabaseExecutor::Connection(self.db),
+        }
+    }
+
+    /// A transaction for a writer of several statements: a savepoint inside the group
+    /// transaction on SQLite, a transaction of its own on PostgreSQL. Commit it, then
+    /// [`finish`](Self::finish).
+    pub async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        use sea_orm::TransactionTrait;
+        match &self.turn {
+            Some(t) => match &t.guard.open {
+                Some(b) => b.txn.begin().await,
+                None => self.db.begin().await,
+            },
+            None => self.db.begin().await,
+        }
+    }
+
+    /// Gives the turn on and waits until this writer's statements are committed.
+    pub async fn finish(self) -> Result<(), DbErr> {
+        let Some(t) = self.turn else { return Ok(()) };
+        let GroupTurn {
+            guard,
+            mut done,
+            since,
+        } = t;
+        drop(guard);
+        if let Some(s) = since {
+            sql_stats::held(s.elapsed());
+        }
+        let outcome = done.wait_for(|o| o.is_some()).await.map(|o| o.clone());
+        match outcome {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => Err(DbErr::Custom(format!("group commit failed: {e}"))),
+            // The batch was dropped without a commit (its committer gone at shutdown).
+            Ok(None) | Err(_) => Err(DbErr::Custom(
+                "group commit abandoned; the write is not committed".into(),
+            )),
         }
     }
 }

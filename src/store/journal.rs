@@ -281,11 +281,23 @@ pub struct Journal {
 
 const STRIPES: usize = 64;
 
-/// A held journal write lock (see [`Journal::order`]); released on drop.
-#[allow(dead_code)] // the guards are held for their drop only
-enum Order<'a> {
-    Sqlite(crate::store::db::WriteTurn),
-    Stripe(tokio::sync::MutexGuard<'a, ()>),
+/// A journal writer (see [`Journal::writer`]): where its statements go, and on
+/// PostgreSQL the instance's stripe, held until it is dropped.
+struct JournalWriter<'a> {
+    w: crate::store::db::Writer<'a>,
+    _stripe: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl JournalWriter<'_> {
+    /// The writer's transaction (a savepoint in the group transaction on SQLite).
+    async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        self.w.begin().await
+    }
+
+    /// Waits for the commit (see `db::Writer::finish`); the stripe goes with it.
+    async fn finish(self) -> Result<(), DbErr> {
+        self.w.finish().await
+    }
 }
 
 impl Journal {
@@ -315,16 +327,25 @@ impl Journal {
             .await
     }
 
-    /// The write lock of `instance_id`'s journal writes (see [`Journal::single_writer`]).
-    async fn order(&self, instance_id: &str) -> Order<'_> {
+    /// A writer for `instance_id`'s journal writes (see [`Journal::single_writer`]):
+    /// on SQLite a place in the process's group transaction (shared with the session
+    /// store and the outbox, see `db::group_write`); on PostgreSQL the pool, with the
+    /// instance's stripe held so its writes keep their order.
+    async fn writer(&self, instance_id: &str) -> Result<JournalWriter<'_>, DbErr> {
         if self.single_writer {
-            // Shared with the session store and the outbox (see `db::write_turn`).
-            return Order::Sqlite(crate::store::db::sqlite_turn().await);
+            return Ok(JournalWriter {
+                w: crate::store::db::group_write(&self.db).await?,
+                _stripe: None,
+            });
         }
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         instance_id.hash(&mut h);
-        Order::Stripe(self.stripes[(h.finish() as usize) % STRIPES].lock().await)
+        let stripe = self.stripes[(h.finish() as usize) % STRIPES].lock().await;
+        Ok(JournalWriter {
+            w: crate::store::db::group_write(&self.db).await?,
+            _stripe: Some(stripe),
+        })
     }
 
     /// The webhook's URL and event filter, when the instance has a webhook and webhooks
@@ -408,9 +429,9 @@ impl Journal {
         msgs: &[IncomingMessage],
     ) -> Result<Vec<LiveEvent>, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
-        let _order = self.order(instance_id).await;
+        let w = self.writer(instance_id).await?;
         let now = now_ms();
-        let txn = self.begin_write().await?;
+        let txn = w.begin().await?;
         let mut out = Vec::new();
         let mut queued = false;
         for m in msgs {
@@ -472,6 +493,7 @@ impl Journal {
             out.push(e);
         }
         txn.commit().await?;
+        w.finish().await?;
         if queued {
             self.wake.notify_one();
         }
@@ -481,8 +503,8 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let _order = self.order(&s.instance_id).await;
-        let txn = self.begin_write().await?;
+        let w = self.writer(&s.instance_id).await?;
+        let txn = w.begin().await?;
         message::Entity::insert(message::ActiveModel {
             instance_id: Set(s.instance_id.clone()),
             direction: Set("out".into()),
@@ -509,6 +531,7 @@ impl Journal {
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
         txn.commit().await?;
+        w.finish().await?;
         crate::metrics::message("out", &s.instance_id);
         Ok(())
     }
@@ -561,9 +584,9 @@ impl Journal {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
-        let _order = self.order(&first.instance_id).await;
+        let w = self.writer(&first.instance_id).await?;
         let now = now_ms();
-        let txn = self.begin_write().await?;
+        let txn = w.begin().await?;
         let mut out = Vec::with_capacity(statuses.len());
         let mut queued_any = false;
         for st in statuses {
@@ -572,6 +595,7 @@ impl Journal {
             out.push(e);
         }
         txn.commit().await?;
+        w.finish().await?;
         if queued_any {
             self.wake.notify_one();
         }
@@ -642,10 +666,11 @@ impl Journal {
         let webhook = self.webhook_filter(&id).await?;
         let env = n.to_envelope();
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let _order = self.order(&id).await;
-        let txn = self.begin_write().await?;
+        let w = self.writer(&id).await?;
+        let txn = w.begin().await?;
         let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
         txn.commit().await?;
+        w.finish().await?;
         if queued {
             self.wake.notify_one();
         }
@@ -657,10 +682,11 @@ impl Journal {
     pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let _order = self.order(instance_id).await;
-        let txn = self.begin_write().await?;
+        let w = self.writer(instance_id).await?;
+        let txn = w.begin().await?;
         let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
         txn.commit().await?;
+        w.finish().await?;
         if queued {
             self.wake.notify_one();
         }

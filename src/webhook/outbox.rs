@@ -141,13 +141,13 @@ impl Outbox {
     }
 
     pub(super) async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
-        let _turn = crate::store::db::write_turn(&self.db).await;
+        let w = crate::store::db::group_write(&self.db).await?;
         entity::Entity::update_many()
             .set(update)
             .filter(entity::Column::Id.eq(id))
-            .exec(&self.db)
+            .exec(&w.conn())
             .await?;
-        Ok(())
+        w.finish().await
     }
 
     /// One row.

@@ -362,8 +362,9 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
         by_code.entry(code).or_default().push(id);
     }
     for (code, ids) in by_code {
-        let _turn = crate::store::db::write_turn(&outbox.db).await;
-        let r = entity::Entity::update_many()
+        let r = async {
+            let w = crate::store::db::group_write(&outbox.db).await?;
+            entity::Entity::update_many()
             .col_expr(entity::Column::Status, Expr::value(DELIVERED))
             .col_expr(
                 entity::Column::Attempts,
@@ -376,8 +377,11 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
             )
             .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
             .filter(entity::Column::Id.is_in(ids))
-            .exec(&outbox.db)
-            .await;
+            .exec(&w.conn())
+            .await?;
+            w.finish().await
+        }
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "recording webhook deliveries failed");
         }

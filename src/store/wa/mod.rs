@@ -154,10 +154,17 @@ impl WaStore {
         Condition::all().add(Expr::tuple(key.into_iter().map(Expr::col)).in_subquery(sub))
     }
 
-    /// This store's turn to write (see [`crate::store::db::write_turn`]): every
-    /// method that writes takes it first, before `BEGIN` or its single statement.
+    /// This store's turn to write (see [`crate::store::db::write_turn`]), for the rare
+    /// writes that go through the pool: taken before `BEGIN` or the single statement.
     async fn write_turn(&self) -> Option<crate::store::db::WriteTurn> {
         crate::store::db::write_turn(&self.db).await
+    }
+
+    /// This store's place in the process's group write (see
+    /// [`crate::store::db::group_write`]): the frequent writes go through it, and
+    /// return only once committed.
+    async fn writer(&self) -> Result<crate::store::db::Writer<'_>, StoreError> {
+        crate::store::db::group_write(&self.db).await.map_err(db_err)
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up
@@ -178,20 +185,22 @@ impl WaStore {
     where
         A: ActiveModelTrait + Send + Sync,
     {
-        let _turn = self.write_turn().await;
         if rows.is_empty() {
             return Ok(());
         }
+        let w = self.writer().await?;
         if rows.len() <= ROWS_PER_STATEMENT {
-            return upsert_rows(&self.db, rows, &on_conflict)
+            upsert_rows(&w.conn(), rows, &on_conflict)
                 .await
-                .map_err(db_err);
+                .map_err(db_err)?;
+            return w.finish().await.map_err(db_err);
         }
-        let txn = self.begin_write().await?;
+        let txn = w.begin().await.map_err(db_err)?;
         upsert_rows(&txn, rows, &on_conflict)
             .await
             .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)
+        txn.commit().await.map_err(db_err)?;
+        w.finish().await.map_err(db_err)
     }
 }
 

@@ -278,24 +278,26 @@ impl ProtocolStore for WaStore {
     }
 
     async fn put_lid_mapping(&self, entry: &LidPnMappingEntry) -> Result<()> {
-        let _turn = self.write_turn().await;
-        let txn = self.begin_write().await?;
+        let w = self.writer().await?;
+        let txn = w.begin().await.map_err(db_err)?;
         self.put_lid_mapping_in(&txn, entry).await?;
-        txn.commit().await.map_err(db_err)
+        txn.commit().await.map_err(db_err)?;
+        w.finish().await.map_err(db_err)
     }
 
     async fn put_lid_mappings(&self, entries: &[LidPnMappingEntry]) -> Result<()> {
-        let _turn = self.write_turn().await;
         if entries.is_empty() {
             return Ok(());
         }
+        let w = self.writer().await?;
         // Applied in order: each entry's reverse-pointer cleanup depends on the
         // mapping the previous one left.
-        let txn = self.begin_write().await?;
+        let txn = w.begin().await.map_err(db_err)?;
         for entry in entries {
             self.put_lid_mapping_in(&txn, entry).await?;
         }
-        txn.commit().await.map_err(db_err)
+        txn.commit().await.map_err(db_err)?;
+        w.finish().await.map_err(db_err)
     }
 
     async fn get_all_lid_mappings(&self) -> Result<Vec<LidPnMappingEntry>> {
@@ -582,14 +584,15 @@ impl ProtocolStore for WaStore {
     }
 
     async fn take_sent_message(&self, chat_jid: &str, message_id: &str) -> Result<Option<Vec<u8>>> {
-        let _turn = self.write_turn().await;
+        let w = self.writer().await?;
         let mut take = self
             .scoped_delete::<sent_message::Entity>()
             .filter(sent_message::Column::ChatJid.eq(chat_jid))
             .filter(sent_message::Column::MessageId.eq(message_id))
             .into_query();
         take.returning_col(sent_message::Column::Payload);
-        let row = self.db.query_one(&take).await.map_err(db_err)?;
+        let row = w.conn().query_one(&take).await.map_err(db_err)?;
+        w.finish().await.map_err(db_err)?;
         row.map(|r| r.try_get::<Vec<u8>>("", "payload"))
             .transpose()
             .map_err(db_err)
@@ -656,7 +659,7 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
-        let _turn = self.write_turn().await;
+        let w = self.writer().await?;
         if let Some(s) = self.spool() {
             s.delete(self.instance_id(), chat, sender, id)
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
@@ -665,10 +668,10 @@ impl ProtocolStore for WaStore {
             .filter(pending_inbound::Column::Chat.eq(chat))
             .filter(pending_inbound::Column::Sender.eq(sender))
             .filter(pending_inbound::Column::StanzaId.eq(id))
-            .exec(&self.db)
+            .exec(&w.conn())
             .await
             .map_err(db_err)?;
-        Ok(())
+        w.finish().await.map_err(db_err)
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
@@ -726,10 +729,10 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_pending_inbound_batch(&self, keys: &[PendingInboundKey<'_>]) -> Result<()> {
-        let _turn = self.write_turn().await;
         if keys.is_empty() {
             return Ok(());
         }
+        let w = self.writer().await?;
         // Key order, like the batch upsert, so concurrent batches lock alike.
         let mut keys: Vec<(&str, &str, &str)> =
             keys.iter().map(|k| (k.chat, k.sender, k.id)).collect();
@@ -741,7 +744,7 @@ impl ProtocolStore for WaStore {
                     .map_err(|e| StoreError::Database(Box::new(e)))?;
             }
         }
-        let txn = self.begin_write().await?;
+        let txn = w.begin().await.map_err(db_err)?;
         for (chat, sender, id) in keys {
             self.scoped_delete::<pending_inbound::Entity>()
                 .filter(pending_inbound::Column::Chat.eq(chat))
@@ -751,6 +754,7 @@ impl ProtocolStore for WaStore {
                 .await
                 .map_err(db_err)?;
         }
-        txn.commit().await.map_err(db_err)
+        txn.commit().await.map_err(db_err)?;
+        w.finish().await.map_err(db_err)
     }
 }
