@@ -1974,12 +1974,18 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
         batches.insert(batch);
         let mine = scalar(
             &conn,
-            &format!("SELECT COUNT(*) FROM gc_probe WHERE k IN ({i}, {})", 1000 + i),
+            &format!(
+                "SELECT COUNT(*) FROM gc_probe WHERE k IN ({i}, {})",
+                1000 + i
+            ),
         )
         .await;
         match i % 8 {
             0 | 1 => {
-                assert!(res.is_err(), "writer {i}: its failed statement is its error");
+                assert!(
+                    res.is_err(),
+                    "writer {i}: its failed statement is its error"
+                );
                 assert_eq!(mine, 0, "writer {i}: nothing of a failed writer remains");
             }
             _ => {

@@ -38,12 +38,9 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
     if cfg.kind == DbKind::Sqlite {
         // A pooled SQLite connection is a file handle: there is nothing to ping, and
         // a ping is a round trip to its worker thread on every checkout.
+        // (PostgreSQL keeps the ping: after a server restart every pooled connection
+        // is dead, however recently used, and the ping replaces it before use.)
         opts.test_before_acquire(false);
-    } else {
-        // A PostgreSQL connection can die while idle (server restart, proxy, firewall);
-        // one in use moments ago has not. Ping only those idle for a while, not on
-        // every checkout.
-        opts.test_before_acquire_if_idle_for(std::time::Duration::from_secs(30));
     }
     if cfg.kind == DbKind::Sqlite {
         // Per-connection settings, applied to every pooled connection: WAL so readers
@@ -127,6 +124,15 @@ mod sql_stats {
         WAIT_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Group commits and the writers they carried.
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    static GROUPED: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn committed(writers: usize) {
+        COMMITS.fetch_add(1, Ordering::Relaxed);
+        GROUPED.fetch_add(writers as u64, Ordering::Relaxed);
+    }
+
     pub(super) fn held(d: Duration) {
         HOLD_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -148,6 +154,12 @@ mod sql_stats {
             eprintln!(
                 "sql-stats: {turns} SQLite write turns in 5 s: held {hold:.0} ms ({:.0} % of the time), waited {wait:.0} ms in all",
                 hold / 50.0
+            );
+            let commits = COMMITS.swap(0, Ordering::Relaxed);
+            let grouped = GROUPED.swap(0, Ordering::Relaxed);
+            eprintln!(
+                "sql-stats: {commits} group commits carrying {grouped} writers ({:.1} each)",
+                grouped as f64 / commits.max(1) as f64
             );
             let taken = STATS.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(stats) = taken else { continue };
@@ -240,6 +252,7 @@ impl Group {
     /// Commits the open batch (if any) and tells its writers how it went.
     async fn flush(&mut self) {
         if let Some(b) = self.open.take() {
+            sql_stats::committed(b.writers);
             let res = b.txn.commit().await.map_err(|e| e.to_string().into());
             if let Err(e) = &res {
                 tracing::error!(error = %e, writers = b.writers, "SQLite group commit failed");

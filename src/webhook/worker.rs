@@ -365,20 +365,20 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
         let r = async {
             let w = crate::store::db::group_write(&outbox.db).await?;
             entity::Entity::update_many()
-            .col_expr(entity::Column::Status, Expr::value(DELIVERED))
-            .col_expr(
-                entity::Column::Attempts,
-                sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
-            )
-            .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
-            .col_expr(
-                entity::Column::LastError,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
-            .filter(entity::Column::Id.is_in(ids))
-            .exec(&w.conn())
-            .await?;
+                .col_expr(entity::Column::Status, Expr::value(DELIVERED))
+                .col_expr(
+                    entity::Column::Attempts,
+                    sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
+                )
+                .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
+                .col_expr(
+                    entity::Column::LastError,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
+                .filter(entity::Column::Id.is_in(ids))
+                .exec(&w.conn())
+                .await?;
             w.finish().await
         }
         .await;

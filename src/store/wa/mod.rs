@@ -164,7 +164,9 @@ impl WaStore {
     /// [`crate::store::db::group_write`]): the frequent writes go through it, and
     /// return only once committed.
     async fn writer(&self) -> Result<crate::store::db::Writer<'_>, StoreError> {
-        crate::store::db::group_write(&self.db).await.map_err(db_err)
+        crate::store::db::group_write(&self.db)
+            .await
+            .map_err(db_err)
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up
