@@ -1909,9 +1909,10 @@ async fn sqlite_wal_is_checkpointed_in_the_background() {
 
 /// Group commit on SQLite: writers queued for the write turn share one transaction;
 /// each finds its row committed (read through another pooled connection) once
-/// `finish` returns; a writer whose statement fails gets the error while the others
-/// of its batch commit; a writer whose savepoint fails leaves nothing behind; and a
-/// writer that takes the plain turn afterwards writes through the pool unhindered.
+/// `finish` returns; a writer whose single statement fails gets the error while the
+/// others of its batch commit; an atomic writer that fails halfway rolls back its
+/// whole batch, and every writer of that batch is told; and a writer that takes the
+/// plain turn afterwards writes through the pool unhindered.
 #[tokio::test]
 async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
     let (conn, _file) = fresh_db(Kind::Sqlite, "group_commit").await;
@@ -1921,6 +1922,8 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
     conn.execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'taken')")
         .await
         .expect("seed");
+
+    // Round 1: single statements, every eighth failing on a taken key.
     const WRITERS: i64 = 64;
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
@@ -1928,41 +1931,13 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
         tasks.push(tokio::spawn(async move {
             let w = db::group_write(&conn).await.expect("join the group write");
             let batch = w.batch().expect("SQLite writers join a batch");
-            let res: Result<(), sea_orm::DbErr> = async {
-                match i % 8 {
-                    // A statement that fails: the key is taken.
-                    0 => {
-                        w.conn()
-                            .execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'again')")
-                            .await?;
-                    }
-                    // Two statements in a savepoint, the second failing.
-                    1 => {
-                        let txn = w.begin().await?;
-                        txn.execute_unprepared(&format!(
-                            "INSERT INTO gc_probe VALUES ({}, 'partial')",
-                            1000 + i
-                        ))
-                        .await?;
-                        let second = txn
-                            .execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'again')")
-                            .await;
-                        if second.is_err() {
-                            txn.rollback().await?;
-                        }
-                        second?;
-                    }
-                    _ => {
-                        w.conn()
-                            .execute_unprepared(&format!("INSERT INTO gc_probe VALUES ({i}, 'ok')"))
-                            .await?;
-                    }
-                }
-                Ok(())
-            }
-            .await;
+            let key = if i % 8 == 0 { -1 } else { i };
+            let res = w
+                .conn()
+                .execute_unprepared(&format!("INSERT INTO gc_probe VALUES ({key}, 'x')"))
+                .await;
             let res = match res {
-                Ok(()) => w.finish().await,
+                Ok(_) => w.finish().await,
                 Err(e) => Err(e),
             };
             (i, batch, res)
@@ -1974,24 +1949,18 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
         batches.insert(batch);
         let mine = scalar(
             &conn,
-            &format!(
-                "SELECT COUNT(*) FROM gc_probe WHERE k IN ({i}, {})",
-                1000 + i
-            ),
+            &format!("SELECT COUNT(*) FROM gc_probe WHERE k = {i}"),
         )
         .await;
-        match i % 8 {
-            0 | 1 => {
-                assert!(
-                    res.is_err(),
-                    "writer {i}: its failed statement is its error"
-                );
-                assert_eq!(mine, 0, "writer {i}: nothing of a failed writer remains");
-            }
-            _ => {
-                res.unwrap_or_else(|e| panic!("writer {i}: {e}"));
-                assert_eq!(mine, 1, "writer {i}: committed once finish returned");
-            }
+        if i % 8 == 0 {
+            assert!(
+                res.is_err(),
+                "writer {i}: its failed statement is its error"
+            );
+            assert_eq!(mine, 0, "writer {i}: nothing stored");
+        } else {
+            res.unwrap_or_else(|e| panic!("writer {i}: {e}"));
+            assert_eq!(mine, 1, "writer {i}: committed once finish returned");
         }
     }
     assert!(
@@ -2001,16 +1970,81 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
     );
     assert_eq!(
         scalar(&conn, "SELECT COUNT(*) FROM gc_probe").await,
-        1 + WRITERS - 2 * (WRITERS / 8),
+        1 + WRITERS - WRITERS / 8,
         "the seed row and every succeeding writer's row"
     );
+
+    // Round 2: writer 0 is atomic and fails after its first statement.
+    let mut tasks = Vec::new();
+    for i in 0..16i64 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = db::group_write(&conn).await.expect("join the group write");
+            let batch = w.batch().expect("SQLite writers join a batch");
+            let res: Result<(), sea_orm::DbErr> = async {
+                if i == 0 {
+                    w.atomic().await?;
+                    w.conn()
+                        .execute_unprepared("INSERT INTO gc_probe VALUES (1000, 'half')")
+                        .await?;
+                    w.conn()
+                        .execute_unprepared("INSERT INTO gc_probe VALUES (-1, 'again')")
+                        .await?;
+                } else {
+                    w.conn()
+                        .execute_unprepared(&format!(
+                            "INSERT INTO gc_probe VALUES ({}, 'x')",
+                            1000 + i
+                        ))
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            let res = match res {
+                Ok(()) => w.finish().await,
+                Err(e) => Err(e), // `w` is dropped unfinished here
+            };
+            (i, batch, res)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("writer task"));
+    }
+    let failed_batch = results[0].1;
+    assert!(results[0].2.is_err(), "the atomic writer gets its error");
+    let mut shared = 0;
+    for (i, batch, res) in &results {
+        let stored = scalar(
+            &conn,
+            &format!("SELECT COUNT(*) FROM gc_probe WHERE k = {}", 1000 + i),
+        )
+        .await;
+        if *batch == failed_batch {
+            assert!(
+                res.is_err(),
+                "writer {i} shared the rolled-back batch: told so"
+            );
+            assert_eq!(
+                stored, 0,
+                "writer {i}: nothing of the rolled-back batch stored"
+            );
+            shared += 1;
+        } else {
+            assert!(res.is_ok(), "writer {i} in another batch: {res:?}");
+            assert_eq!(stored, 1, "writer {i}: stored");
+        }
+    }
+    assert!(shared > 1, "the atomic writer shared its batch with others");
+
     // The plain turn commits any batch still open before its holder writes.
     let w = db::group_write(&conn).await.expect("join");
     w.conn()
         .execute_unprepared("INSERT INTO gc_probe VALUES (5000, 'last')")
         .await
         .expect("insert");
-    drop(w); // gone without waiting for its commit: the next turn commits it
+    drop(w); // gone without waiting for its commit (not atomic): the batch still commits
     {
         let _turn = db::sqlite_turn().await;
         conn.execute_unprepared("INSERT INTO gc_probe VALUES (5001, 'pool')")

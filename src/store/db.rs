@@ -238,6 +238,8 @@ struct Batch {
     pool: usize,
     txn: sea_orm::DatabaseTransaction,
     writers: usize,
+    /// An atomic writer ended halfway: the batch is rolled back, not committed.
+    poisoned: bool,
     opened: std::time::Instant,
     done: tokio::sync::watch::Sender<Outcome>,
 }
@@ -253,7 +255,12 @@ impl Group {
     async fn flush(&mut self) {
         if let Some(b) = self.open.take() {
             sql_stats::committed(b.writers);
-            let res = b.txn.commit().await.map_err(|e| e.to_string().into());
+            let res = if b.poisoned {
+                let _ = b.txn.rollback().await;
+                Err("a writer of the group transaction failed halfway; it was rolled back".into())
+            } else {
+                b.txn.commit().await.map_err(|e| e.to_string().into())
+            };
             if let Err(e) = &res {
                 tracing::error!(error = %e, writers = b.writers, "SQLite group commit failed");
             }
@@ -323,23 +330,33 @@ impl Drop for WriteTurn {
 }
 
 /// A writer's access to the database: on SQLite its place in the group transaction
-/// (holding the write turn), on PostgreSQL the pool itself.
+/// (holding the write turn), on PostgreSQL the pool (or a transaction of its own).
 ///
 /// Group commit: a writer takes the turn and, if no group transaction is open, opens
 /// one (`BEGIN IMMEDIATE`) and starts a committer that queues for the turn behind the
 /// writers waiting at that moment. Each of them writes its statements into the same
-/// transaction (a multi-statement writer inside a savepoint, [`Writer::begin`]) and
-/// gives the turn on; the committer commits once for all. [`Writer::finish`] returns
-/// only when the writer's statements are committed, so an acknowledgement that
-/// follows it is as durable as with a transaction of its own. Under load, one commit
-/// (and one pool checkout) serves tens of writers instead of one each.
+/// transaction and gives the turn on; the committer commits once for all.
+/// [`Writer::finish`] returns only when the writer's statements are committed, so an
+/// acknowledgement that follows it is as durable as with a transaction of its own.
+/// Under load, one commit (and one pool checkout) serves tens of writers instead of one
+/// each.
 ///
-/// A statement that fails is undone by SQLite on its own (a savepoint's failure by
-/// its rollback); the transaction and the other writers go on. A failed commit is
-/// every writer's error.
+/// Failures: a single statement that fails is undone by SQLite on its own; the
+/// transaction and the other writers go on. A writer of several statements that must
+/// land together calls [`Writer::atomic`] first; if it then ends without
+/// [`finish`](Writer::finish) (an error, or its task cancelled), the whole group
+/// transaction is rolled back and every writer in it gets an error — nothing is
+/// committed half-written, and nobody is told "stored" for a rolled-back write. (A
+/// savepoint per writer would isolate it, at two more statements per writer; such
+/// failures come from the disk or the database, not from ordinary input, so they are
+/// rare enough to share.) A failed commit is every writer's error.
 pub struct Writer<'a> {
     db: &'a DatabaseConnection,
     turn: Option<GroupTurn>,
+    /// PostgreSQL: the writer's own transaction once [`Writer::atomic`] began it.
+    own: Option<sea_orm::DatabaseTransaction>,
+    /// SQLite: the writer declared its statements atomic (see [`Writer::atomic`]).
+    atomic: bool,
 }
 
 struct GroupTurn {
@@ -352,7 +369,12 @@ struct GroupTurn {
 /// take it while holding another write turn in the same task.
 pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
     if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
-        return Ok(Writer { db, turn: None });
+        return Ok(Writer {
+            db,
+            turn: None,
+            own: None,
+            atomic: false,
+        });
     }
     let pool = pool_key(db);
     let (mut guard, since) = lock_turn().await;
@@ -376,6 +398,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
             pool,
             txn,
             writers: 0,
+            poisoned: false,
             opened: std::time::Instant::now(),
             done: tokio::sync::watch::Sender::new(None),
         });
@@ -395,6 +418,8 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
     Ok(Writer {
         db,
         turn: Some(GroupTurn { guard, done, since }),
+        own: None,
+        atomic: false,
     })
 }
 
@@ -408,36 +433,38 @@ impl Writer<'_> {
             .map(|b| b.id)
     }
 
+    /// Declares that this writer's statements land together or not at all: on
+    /// PostgreSQL a transaction of its own begins; on SQLite the writer's failure
+    /// (ending without [`finish`](Self::finish)) rolls back its group transaction.
+    pub async fn atomic(&mut self) -> Result<(), DbErr> {
+        if self.turn.is_some() {
+            self.atomic = true;
+        } else if self.own.is_none() {
+            self.own = Some(self.db.begin().await?);
+        }
+        Ok(())
+    }
+
     /// Where this writer's statements go.
     pub fn conn(&self) -> sea_orm::DatabaseExecutor<'_> {
-        match &self.turn {
-            Some(t) => match &t.guard.open {
-                Some(b) => sea_orm::DatabaseExecutor::Transaction(&b.txn),
-                // Cannot happen: the batch is only taken out by a holder of the turn,
-                // and this writer holds it. The pool is still a correct place to write.
-                None => sea_orm::DatabaseExecutor::Connection(self.db),
-            },
+        if let Some(b) = self.turn.as_ref().and_then(|t| t.guard.open.as_ref()) {
+            return sea_orm::DatabaseExecutor::Transaction(&b.txn);
+        }
+        // (A held turn always has its batch: only a holder of the turn takes it out.)
+        match &self.own {
+            Some(txn) => sea_orm::DatabaseExecutor::Transaction(txn),
             None => sea_orm::DatabaseExecutor::Connection(self.db),
         }
     }
 
-    /// A transaction for a writer of several statements: a savepoint inside the group
-    /// transaction on SQLite, a transaction of its own on PostgreSQL. Commit it, then
-    /// [`finish`](Self::finish).
-    pub async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-        use sea_orm::TransactionTrait;
-        match &self.turn {
-            Some(t) => match &t.guard.open {
-                Some(b) => b.txn.begin().await,
-                None => self.db.begin().await,
-            },
-            None => self.db.begin().await,
-        }
-    }
-
     /// Gives the turn on and waits until this writer's statements are committed.
-    pub async fn finish(self) -> Result<(), DbErr> {
-        let Some(t) = self.turn else { return Ok(()) };
+    pub async fn finish(mut self) -> Result<(), DbErr> {
+        if let Some(txn) = self.own.take() {
+            return txn.commit().await;
+        }
+        let Some(t) = self.turn.take() else {
+            return Ok(());
+        };
         let GroupTurn {
             guard,
             mut done,
@@ -455,6 +482,19 @@ impl Writer<'_> {
             Ok(None) | Err(_) => Err(DbErr::Custom(
                 "group commit abandoned; the write is not committed".into(),
             )),
+        }
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // Still holding the turn: `finish` was not reached.
+        if let Some(t) = self.turn.as_mut() {
+            if self.atomic {
+                if let Some(b) = t.guard.open.as_mut() {
+                    b.poisoned = true;
+                }
+            }
         }
     }
 }

@@ -289,9 +289,14 @@ struct JournalWriter<'a> {
 }
 
 impl JournalWriter<'_> {
-    /// The writer's transaction (a savepoint in the group transaction on SQLite).
-    async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-        self.w.begin().await
+    /// Makes the writer's statements all-or-nothing (see `db::Writer::atomic`).
+    async fn atomic(&mut self) -> Result<(), DbErr> {
+        self.w.atomic().await
+    }
+
+    /// Where the writer's statements go.
+    fn conn(&self) -> sea_orm::DatabaseExecutor<'_> {
+        self.w.conn()
     }
 
     /// Waits for the commit (see `db::Writer::finish`); the stripe goes with it.
@@ -429,9 +434,10 @@ impl Journal {
         msgs: &[IncomingMessage],
     ) -> Result<Vec<LiveEvent>, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
-        let w = self.writer(instance_id).await?;
+        let mut w = self.writer(instance_id).await?;
         let now = now_ms();
-        let txn = w.begin().await?;
+        w.atomic().await?;
+        let txn = w.conn();
         let mut out = Vec::new();
         let mut queued = false;
         for m in msgs {
@@ -492,7 +498,7 @@ impl Journal {
             queued |= q;
             out.push(e);
         }
-        txn.commit().await?;
+        drop(txn);
         w.finish().await?;
         if queued {
             self.wake.notify_one();
@@ -503,8 +509,9 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let w = self.writer(&s.instance_id).await?;
-        let txn = w.begin().await?;
+        let mut w = self.writer(&s.instance_id).await?;
+        w.atomic().await?;
+        let txn = w.conn();
         message::Entity::insert(message::ActiveModel {
             instance_id: Set(s.instance_id.clone()),
             direction: Set("out".into()),
@@ -530,7 +537,7 @@ impl Journal {
         .exec_without_returning(&txn)
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
-        txn.commit().await?;
+        drop(txn);
         w.finish().await?;
         crate::metrics::message("out", &s.instance_id);
         Ok(())
@@ -584,9 +591,10 @@ impl Journal {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
-        let w = self.writer(&first.instance_id).await?;
+        let mut w = self.writer(&first.instance_id).await?;
         let now = now_ms();
-        let txn = w.begin().await?;
+        w.atomic().await?;
+        let txn = w.conn();
         let mut out = Vec::with_capacity(statuses.len());
         let mut queued_any = false;
         for st in statuses {
@@ -594,7 +602,7 @@ impl Journal {
             queued_any |= queued;
             out.push(e);
         }
-        txn.commit().await?;
+        drop(txn);
         w.finish().await?;
         if queued_any {
             self.wake.notify_one();
@@ -604,8 +612,8 @@ impl Journal {
 
     /// One status inside `txn`: the timeline, the message's status (it only moves
     /// forward), the event log and the outbox.
-    async fn status_in(
-        txn: &sea_orm::DatabaseTransaction,
+    async fn status_in<C: ConnectionTrait>(
+        txn: &C,
         st: &MessageStatus,
         webhook: &Option<Hook>,
         now: i64,
@@ -666,10 +674,11 @@ impl Journal {
         let webhook = self.webhook_filter(&id).await?;
         let env = n.to_envelope();
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let w = self.writer(&id).await?;
-        let txn = w.begin().await?;
+        let mut w = self.writer(&id).await?;
+        w.atomic().await?;
+        let txn = w.conn();
         let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
-        txn.commit().await?;
+        drop(txn);
         w.finish().await?;
         if queued {
             self.wake.notify_one();
@@ -682,10 +691,11 @@ impl Journal {
     pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let w = self.writer(instance_id).await?;
-        let txn = w.begin().await?;
+        let mut w = self.writer(instance_id).await?;
+        w.atomic().await?;
+        let txn = w.conn();
         let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
-        txn.commit().await?;
+        drop(txn);
         w.finish().await?;
         if queued {
             self.wake.notify_one();

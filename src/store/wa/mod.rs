@@ -190,18 +190,14 @@ impl WaStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let w = self.writer().await?;
-        if rows.len() <= ROWS_PER_STATEMENT {
-            upsert_rows(&w.conn(), rows, &on_conflict)
-                .await
-                .map_err(db_err)?;
-            return w.finish().await.map_err(db_err);
+        let mut w = self.writer().await?;
+        if rows.len() > ROWS_PER_STATEMENT {
+            // Several statements: all or nothing.
+            w.atomic().await.map_err(db_err)?;
         }
-        let txn = w.begin().await.map_err(db_err)?;
-        upsert_rows(&txn, rows, &on_conflict)
+        upsert_rows(&w.conn(), rows, &on_conflict)
             .await
             .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
         w.finish().await.map_err(db_err)
     }
 }

@@ -278,10 +278,11 @@ impl ProtocolStore for WaStore {
     }
 
     async fn put_lid_mapping(&self, entry: &LidPnMappingEntry) -> Result<()> {
-        let w = self.writer().await?;
-        let txn = w.begin().await.map_err(db_err)?;
+        let mut w = self.writer().await?;
+        w.atomic().await.map_err(db_err)?;
+        let txn = w.conn();
         self.put_lid_mapping_in(&txn, entry).await?;
-        txn.commit().await.map_err(db_err)?;
+        drop(txn);
         w.finish().await.map_err(db_err)
     }
 
@@ -289,14 +290,15 @@ impl ProtocolStore for WaStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let w = self.writer().await?;
+        let mut w = self.writer().await?;
         // Applied in order: each entry's reverse-pointer cleanup depends on the
         // mapping the previous one left.
-        let txn = w.begin().await.map_err(db_err)?;
+        w.atomic().await.map_err(db_err)?;
+        let txn = w.conn();
         for entry in entries {
             self.put_lid_mapping_in(&txn, entry).await?;
         }
-        txn.commit().await.map_err(db_err)?;
+        drop(txn);
         w.finish().await.map_err(db_err)
     }
 
@@ -732,7 +734,7 @@ impl ProtocolStore for WaStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let w = self.writer().await?;
+        let mut w = self.writer().await?;
         // Key order, like the batch upsert, so concurrent batches lock alike.
         let mut keys: Vec<(&str, &str, &str)> =
             keys.iter().map(|k| (k.chat, k.sender, k.id)).collect();
@@ -744,7 +746,8 @@ impl ProtocolStore for WaStore {
                     .map_err(|e| StoreError::Database(Box::new(e)))?;
             }
         }
-        let txn = w.begin().await.map_err(db_err)?;
+        w.atomic().await.map_err(db_err)?;
+        let txn = w.conn();
         for (chat, sender, id) in keys {
             self.scoped_delete::<pending_inbound::Entity>()
                 .filter(pending_inbound::Column::Chat.eq(chat))
@@ -754,7 +757,7 @@ impl ProtocolStore for WaStore {
                 .await
                 .map_err(db_err)?;
         }
-        txn.commit().await.map_err(db_err)?;
+        drop(txn);
         w.finish().await.map_err(db_err)
     }
 }
