@@ -41,8 +41,6 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
         // (PostgreSQL keeps the ping: after a server restart every pooled connection
         // is dead, however recently used, and the ping replaces it before use.)
         opts.test_before_acquire(false);
-    }
-    if cfg.kind == DbKind::Sqlite {
         // Per-connection settings, applied to every pooled connection: WAL so readers
         // never block the writer, a busy timeout instead of immediate SQLITE_BUSY.
         opts.map_sqlx_sqlite_opts(|o| {
@@ -269,6 +267,21 @@ impl Group {
     }
 }
 
+/// A write transaction that holds SQLite's write lock from the start (`BEGIN
+/// IMMEDIATE`, waiting on the busy timeout; a plain `BEGIN` on PostgreSQL). A deferred
+/// transaction that reads first and then writes fails at once with SQLITE_BUSY when
+/// another connection writes meanwhile: SQLite cannot wait there without risking a
+/// stale read.
+pub async fn begin_immediate(
+    db: &DatabaseConnection,
+) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// Commits the group transaction still open, if any (before the pool closes).
 pub async fn settle() {
     SQLITE_WRITER.lock().await.flush().await;
@@ -385,12 +398,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
         guard.flush().await;
     }
     if guard.open.is_none() {
-        let txn = db
-            .begin_with_options(sea_orm::TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
+        let txn = begin_immediate(db).await?;
         let id = guard.next_id;
         guard.next_id += 1;
         guard.open = Some(Batch {

@@ -22,10 +22,7 @@ use actors::events::{
 use async_trait::async_trait;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect,
-    TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -267,11 +264,12 @@ pub struct Journal {
     /// Rings the webhook worker.
     wake: Arc<Notify>,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
-    /// SQLite: one writer at a time. All journal writes take the process's SQLite
-    /// write turn (`db::write_turn`, shared with the session store), so they queue
-    /// in the process (fair, no waiting) instead of colliding in SQLite, where a
-    /// second writer either sleeps in the busy handler (milliseconds at a time) or, in
-    /// a transaction that read first, fails at once with a stale snapshot.
+    /// SQLite: one writer at a time. All journal writes join the process's group
+    /// write (`db::group_write`, behind the SQLite write turn shared with the session
+    /// store), so they queue in the process (fair, no waiting) instead of colliding
+    /// in SQLite, where a second writer either sleeps in the busy handler
+    /// (milliseconds at a time) or, in a transaction that read first, fails at once
+    /// with a stale snapshot.
     single_writer: bool,
     /// Each instance's webhook filter as last read, with the settings generation it was
     /// read at (see `instances::webhook_settings_generation`): one row read per change,
@@ -281,29 +279,8 @@ pub struct Journal {
 
 const STRIPES: usize = 64;
 
-/// A journal writer (see [`Journal::writer`]): where its statements go, and on
-/// PostgreSQL the instance's stripe, held until it is dropped.
-struct JournalWriter<'a> {
-    w: crate::store::db::Writer<'a>,
-    _stripe: Option<tokio::sync::MutexGuard<'a, ()>>,
-}
-
-impl JournalWriter<'_> {
-    /// Makes the writer's statements all-or-nothing (see `db::Writer::atomic`).
-    async fn atomic(&mut self) -> Result<(), DbErr> {
-        self.w.atomic().await
-    }
-
-    /// Where the writer's statements go.
-    fn conn(&self) -> sea_orm::DatabaseExecutor<'_> {
-        self.w.conn()
-    }
-
-    /// Waits for the commit (see `db::Writer::finish`); the stripe goes with it.
-    async fn finish(self) -> Result<(), DbErr> {
-        self.w.finish().await
-    }
-}
+/// The instance's stripe a PostgreSQL journal writer holds (see [`Journal::writer`]).
+type Stripe<'a> = Option<tokio::sync::MutexGuard<'a, ()>>;
 
 impl Journal {
     pub fn new(db: DatabaseConnection, webhooks: bool, wake: Arc<Notify>) -> Self {
@@ -317,40 +294,24 @@ impl Journal {
         }
     }
 
-    /// A write transaction that holds SQLite's write lock from the start
-    /// (`BEGIN IMMEDIATE`; a plain `BEGIN` on PostgreSQL). A deferred transaction that
-    /// reads first and then writes fails at once with SQLITE_BUSY when another
-    /// connection (the session store, the webhook worker) writes meanwhile: SQLite
-    /// cannot wait there without risking a stale read. Taking the lock first lets the
-    /// busy timeout wait instead.
-    async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-        self.db
-            .begin_with_options(sea_orm::TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await
-    }
-
     /// A writer for `instance_id`'s journal writes (see [`Journal::single_writer`]):
     /// on SQLite a place in the process's group transaction (shared with the session
     /// store and the outbox, see `db::group_write`); on PostgreSQL the pool, with the
-    /// instance's stripe held so its writes keep their order.
-    async fn writer(&self, instance_id: &str) -> Result<JournalWriter<'_>, DbErr> {
-        if self.single_writer {
-            return Ok(JournalWriter {
-                w: crate::store::db::group_write(&self.db).await?,
-                _stripe: None,
-            });
-        }
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        instance_id.hash(&mut h);
-        let stripe = self.stripes[(h.finish() as usize) % STRIPES].lock().await;
-        Ok(JournalWriter {
-            w: crate::store::db::group_write(&self.db).await?,
-            _stripe: Some(stripe),
-        })
+    /// instance's stripe held (until the second value is dropped) so its writes keep
+    /// their order.
+    async fn writer(
+        &self,
+        instance_id: &str,
+    ) -> Result<(crate::store::db::Writer<'_>, Stripe<'_>), DbErr> {
+        let stripe = if self.single_writer {
+            None
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            instance_id.hash(&mut h);
+            Some(self.stripes[(h.finish() as usize) % STRIPES].lock().await)
+        };
+        Ok((crate::store::db::group_write(&self.db).await?, stripe))
     }
 
     /// The webhook's URL and event filter, when the instance has a webhook and webhooks
@@ -434,7 +395,7 @@ impl Journal {
         msgs: &[IncomingMessage],
     ) -> Result<Vec<LiveEvent>, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
-        let mut w = self.writer(instance_id).await?;
+        let (mut w, _stripe) = self.writer(instance_id).await?;
         let now = now_ms();
         w.atomic().await?;
         let txn = w.conn();
@@ -509,7 +470,7 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let mut w = self.writer(&s.instance_id).await?;
+        let (mut w, _stripe) = self.writer(&s.instance_id).await?;
         w.atomic().await?;
         let txn = w.conn();
         message::Entity::insert(message::ActiveModel {
@@ -591,7 +552,7 @@ impl Journal {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
-        let mut w = self.writer(&first.instance_id).await?;
+        let (mut w, _stripe) = self.writer(&first.instance_id).await?;
         let now = now_ms();
         w.atomic().await?;
         let txn = w.conn();
@@ -674,7 +635,7 @@ impl Journal {
         let webhook = self.webhook_filter(&id).await?;
         let env = n.to_envelope();
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let mut w = self.writer(&id).await?;
+        let (mut w, _stripe) = self.writer(&id).await?;
         w.atomic().await?;
         let txn = w.conn();
         let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
@@ -691,7 +652,7 @@ impl Journal {
     pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let mut w = self.writer(instance_id).await?;
+        let (mut w, _stripe) = self.writer(instance_id).await?;
         w.atomic().await?;
         let txn = w.conn();
         let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
@@ -938,7 +899,7 @@ impl Journal {
 
     /// Whether the database takes writes: one tiny write transaction.
     pub async fn probe_writable(&self) -> Result<(), DbErr> {
-        let txn = self.begin_write().await?;
+        let txn = crate::store::db::begin_immediate(&self.db).await?;
         event::Entity::delete_many()
             .filter(event::Column::Seq.lt(0))
             .exec(&txn)

@@ -41,8 +41,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbErr, DeleteMany, EntityName, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Select, SqliteTransactionMode, TransactionOptions, TransactionTrait,
-    UpdateMany,
+    QuerySelect, QueryTrait, Select, UpdateMany,
 };
 use wacore::store::error::StoreError;
 
@@ -172,11 +171,7 @@ impl WaStore {
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite (takes the write lock up
     /// front, waiting on the busy timeout), a plain `BEGIN` on PostgreSQL.
     async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
-        self.db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
+        crate::store::db::begin_immediate(&self.db)
             .await
             .map_err(db_err)
     }
