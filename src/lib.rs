@@ -12,9 +12,11 @@
 //! - [`runtime`]: the instance supervisor on this database, start-up recovery with
 //!   admission control, shutdown.
 //! - [`server`]: start-up, serving, graceful shutdown.
+//! - [`cluster`]: several nodes on one PostgreSQL (leases, fencing, forwarding).
 //!
 //! The instance actors live in the `actors` crate; the migrations in `migration`.
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod media;

@@ -100,6 +100,16 @@ pub fn instance_restart() {
     metrics::counter!("sudevwa_instance_restarts_total").increment(1);
 }
 
+/// A write refused by the cluster's fence (this node lost the instance's lease).
+pub fn fenced_write() {
+    metrics::counter!("sudevwa_cluster_fenced_writes_total").increment(1);
+}
+
+/// A request forwarded to the node owning its instance.
+pub fn forwarded_request() {
+    metrics::counter!("sudevwa_cluster_forwarded_requests_total").increment(1);
+}
+
 /// A database call failed.
 pub fn db_error() {
     metrics::counter!("sudevwa_db_errors_total").increment(1);

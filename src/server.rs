@@ -68,9 +68,20 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = db::open(&config.database).await?;
+    let cluster = match config.cluster.enabled() {
+        true => Some(
+            crate::cluster::Cluster::join(db.clone(), &config.cluster)
+                .await
+                .map_err(|e| StartError::Runtime(format!("joining the cluster: {e}")))?,
+        ),
+        false => None,
+    };
     // Everything an instance observes is committed to the journal (message log, event
     // log, webhook outbox) before anything else; the worker delivers the outbox.
-    let outbox = Outbox::new(db.clone());
+    let outbox = match &config.cluster {
+        c if c.enabled() => Outbox::for_node(db.clone(), &c.node_id),
+        _ => Outbox::new(db.clone()),
+    };
     let wake = Arc::new(tokio::sync::Notify::new());
     let journal = Journal::new(db.clone(), config.features.enable_webhook, wake.clone());
     journal.clone().spawn_pruner(
@@ -103,9 +114,10 @@ pub async fn run_with(
         Arc::new(journal.clone()),
         overrides.wa,
         overrides.timing,
+        cluster.clone(),
     )
     .await?;
-    let api = build_api(
+    let mut api = build_api(
         &config,
         db.clone(),
         runtime.clone(),
@@ -113,6 +125,11 @@ pub async fn run_with(
         journal,
     )
     .await?;
+    if let Some(c) = &cluster {
+        if let Some(a) = Arc::get_mut(&mut api) {
+            a.cluster = Some(c.clone());
+        }
+    }
     let listener = TcpListener::bind(config.server.addr())
         .await
         .map_err(|source| StartError::Bind {
@@ -141,6 +158,10 @@ pub async fn run_with(
     .await;
 
     tracing::info!("shutting down");
+    if let Some(c) = &cluster {
+        // Other nodes take this node's instances on their next round.
+        c.shutdown().await;
+    }
     // Every actor disconnects its client (flushing its session) before the pool closes.
     runtime.shutdown().await;
     if let Some(w) = worker {
@@ -216,6 +237,7 @@ pub async fn build_api(
         webhooks,
         journal,
         idempotency: idempotency_keys(config, &db),
+        cluster: None,
     }))
 }
 
@@ -268,12 +290,16 @@ async fn start_runtime(
     sink: Arc<dyn actors::events::EventSink>,
     wa: Option<WaOptions>,
     timing: Option<InstanceTiming>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Result<InstanceRuntime, StartError> {
     let instances = Instances::new(db).with_spool(Some(Arc::new(Spool::new(
         config.messages.spool_dir.clone(),
     ))));
-    if let Err(e) = instances.mark_restoring().await {
-        tracing::warn!(error = %e, "marking stored instances as restoring failed");
+    // (A cluster node leaves the rows alone: other nodes' instances are online.)
+    if cluster.is_none() {
+        if let Err(e) = instances.mark_restoring().await {
+            tracing::warn!(error = %e, "marking stored instances as restoring failed");
+        }
     }
     let options = wa;
     let wa = &config.whatsapp;
@@ -306,10 +332,18 @@ async fn start_runtime(
             lifecycle_capacity: 1024,
             admission: admission(config),
             media_dir: media_dir(config),
+            cluster: cluster.clone(),
         },
     )
     .await
     .map_err(|e| StartError::Runtime(e.to_string()))?;
+    if let Some(c) = cluster {
+        // Instances come from leases: this node's own first, then a fair share of
+        // the free ones, every round.
+        c.attach(runtime.clone());
+        c.spawn();
+        return Ok(runtime);
+    }
     let rt = runtime.clone();
     let limits = admission(config);
     tokio::spawn(async move {

@@ -140,6 +140,7 @@ async fn runtime_admitted(
             lifecycle_capacity: 1024,
             admission,
             media_dir: None,
+            cluster: None,
         },
     )
     .await

@@ -131,6 +131,7 @@ async fn fresh_db(kind: Kind, name: &str) -> (DatabaseConnection, DbFile) {
                 sqlite_path: Some(path),
                 max_connections: 16,
                 acquire_timeout: Duration::from_secs(30),
+                fence_node: None,
             }
         }
         Kind::Postgres => {
@@ -165,6 +166,7 @@ async fn fresh_db(kind: Kind, name: &str) -> (DatabaseConnection, DbFile) {
                 sqlite_path: None,
                 max_connections: 16,
                 acquire_timeout: Duration::from_secs(30),
+                fence_node: None,
             }
         }
     };

@@ -106,6 +106,16 @@ impl AdmissionGate {
 pub struct AdmittedTransport<F> {
     pub inner: F,
     pub gate: Arc<AdmissionGate>,
+    /// Asked first, with the instance's id: a refusal fails the connect.
+    pub permit: Option<(Arc<dyn ConnectPermit>, String)>,
+}
+
+/// Whether an instance may open a socket now (a cluster node: whether it holds the
+/// instance's lease). Asked before every connect, first or again.
+#[async_trait]
+pub trait ConnectPermit: Send + Sync + 'static {
+    /// `Err(why)` refuses the connect.
+    async fn may_connect(&self, instance_id: &str) -> Result<(), String>;
 }
 
 #[async_trait]
@@ -113,6 +123,12 @@ impl<F: TransportFactory + Send + Sync> TransportFactory for AdmittedTransport<F
     async fn create_transport(
         &self,
     ) -> Result<(Arc<dyn Transport>, async_channel::Receiver<TransportEvent>), anyhow::Error> {
+        if let Some((permit, id)) = &self.permit {
+            permit
+                .may_connect(id)
+                .await
+                .map_err(|why| anyhow::anyhow!("connect refused: {why}"))?;
+        }
         self.gate.admit(self.inner.create_transport()).await
     }
 }

@@ -73,6 +73,7 @@ async fn actor(
         sink: Arc::new(NoSink),
         durability: Default::default(),
         listener_capacity: 8,
+        connect_permit: None,
         media_dir: None,
         admission: actors::admission::AdmissionGate::new(4, 100),
     });

@@ -9,7 +9,9 @@
 //! - the durable message path (`m20261203_000003_message_log`): message log,
 //!   status timeline, event log (cursors), idempotency keys, webhook event filter;
 //! - the URL each webhook outbox row was queued for (`m20261204_000004_outbox_target`);
-//! - the message protobuf beside each message-log row (`m20261205_000005_message_raw`).
+//! - the message protobuf beside each message-log row (`m20261205_000005_message_raw`);
+//! - cluster nodes, instance leases and webhook delivery claims, PostgreSQL only
+//!   (`m20261205_000006_cluster`).
 //!
 //! Migrations run at server start and through `sudevwa migrate`.
 
@@ -20,6 +22,7 @@ mod m20261123_000002_whatsapp_store;
 mod m20261203_000003_message_log;
 mod m20261204_000004_outbox_target;
 mod m20261205_000005_message_raw;
+mod m20261205_000006_cluster;
 
 /// The ordered list of every migration.
 pub struct Migrator;
@@ -33,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_message_log::Migration),
             Box::new(m20261204_000004_outbox_target::Migration),
             Box::new(m20261205_000005_message_raw::Migration),
+            Box::new(m20261205_000006_cluster::Migration),
         ]
     }
 }

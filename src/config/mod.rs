@@ -78,6 +78,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[garde(skip)]
     pub sandbox: SandboxConfig,
+    #[garde(skip)]
+    pub cluster: ClusterConfig,
 }
 
 /// `[messages]`: the durable message path.
@@ -184,6 +186,11 @@ pub struct DatabaseConfig {
     #[serde(rename = "acquire_timeout_secs", deserialize_with = "secs")]
     #[garde(custom(within(1, 600)))]
     pub acquire_timeout: Duration,
+    /// A cluster node's id, set on every PostgreSQL connection (`sudevwa.node`) so the
+    /// write fence knows who writes. Copied from `cluster.node_id` by [`Config::finish`].
+    #[serde(skip)]
+    #[garde(skip)]
+    pub fence_node: Option<String>,
 }
 
 /// `[auth]`. Secrets are never printed by `Debug`, nor echoed in errors.
@@ -387,6 +394,47 @@ pub struct SandboxConfig {
     pub mock_url: Option<String>,
 }
 
+/// `[cluster]`: several nodes on one PostgreSQL database (see `docs/cluster.md`).
+/// Inactive while `node_id` is empty.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster; empty: single node.
+    #[serde(deserialize_with = "trimmed")]
+    pub node_id: String,
+    /// Where the other nodes reach this one (`http://10.0.0.5:8080`).
+    #[serde(deserialize_with = "trimmed")]
+    pub internal_url: String,
+    /// Shared by every node: authenticates forwarded requests between nodes.
+    #[serde(deserialize_with = "blank_none")]
+    pub secret: Option<String>,
+    /// How long an instance's lease lasts without renewal (the failover delay).
+    #[serde(rename = "lease_ttl_secs", deserialize_with = "secs")]
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and free instances looked for.
+    #[serde(rename = "renew_interval_ms", deserialize_with = "millis")]
+    pub renew_interval: Duration,
+}
+
+impl ClusterConfig {
+    /// Whether this process is a cluster node.
+    pub fn enabled(&self) -> bool {
+        !self.node_id.is_empty()
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("internal_url", &self.internal_url)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("lease_ttl", &self.lease_ttl)
+            .field("renew_interval", &self.renew_interval)
+            .finish()
+    }
+}
+
 impl Config {
     /// Loads and validates the configuration from `sources`.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
@@ -430,6 +478,50 @@ impl Config {
                 ),
             ));
         }
+
+        let c = &self.cluster;
+        if c.enabled() {
+            if self.database.kind != DbKind::Postgres {
+                return Err((
+                    "cluster.node_id",
+                    "a cluster needs PostgreSQL (database.url = postgres://...)".into(),
+                ));
+            }
+            if c.node_id.len() > 64
+                || !c
+                    .node_id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err((
+                    "cluster.node_id",
+                    "up to 64 letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            if !(c.internal_url.starts_with("http://") || c.internal_url.starts_with("https://")) {
+                return Err((
+                    "cluster.internal_url",
+                    "the URL other nodes reach this one at (http://HOST:PORT)".into(),
+                ));
+            }
+            if c.secret.as_ref().is_none_or(|s| s.len() < 32) {
+                return Err((
+                    "cluster.secret",
+                    "at least 32 bytes, the same on every node".into(),
+                ));
+            }
+            if c.lease_ttl < Duration::from_secs(3) || c.lease_ttl > Duration::from_secs(600) {
+                return Err(("cluster.lease_ttl_secs", "between 3 and 600".into()));
+            }
+            if c.renew_interval < Duration::from_millis(100) || c.renew_interval * 3 > c.lease_ttl {
+                return Err((
+                    "cluster.renew_interval_ms",
+                    "at least 100 and at most a third of the lease".into(),
+                ));
+            }
+        }
+
+        self.database.fence_node = c.enabled().then(|| c.node_id.clone());
 
         if self.messages.spool_dir.as_os_str().is_empty() {
             self.messages.spool_dir =

@@ -63,6 +63,14 @@ pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         .map_err(|_| D::Error::custom(format!("{n} is negative")))
 }
 
+/// A whole number of milliseconds (`*_ms` keys).
+pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let n = i64::deserialize(d)?;
+    u64::try_from(n)
+        .map(Duration::from_millis)
+        .map_err(|_| D::Error::custom(format!("{n} is negative")))
+}
+
 /// `retry_schedule`: a list of durations.
 pub fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     Vec::<String>::deserialize(d)?

@@ -70,6 +70,8 @@ pub struct Api {
     pub journal: crate::store::journal::Journal,
     /// `Idempotency-Key`s of sends.
     pub idempotency: crate::store::idempotency::IdempotencyKeys,
+    /// This node's part in a cluster (`[cluster]`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub use crate::webhook::{DeliveryLog, RedeliverRule, Redelivery};
@@ -248,13 +250,31 @@ pub(crate) fn client_addr(
 ) -> impl Filter<Extract = (std::net::IpAddr,), Error = Rejection> + Clone {
     warp::ext::optional::<conn::PeerAddr>()
         .and(warp::header::optional::<String>("x-forwarded-for"))
-        .map(move |peer: Option<conn::PeerAddr>, xff: Option<String>| {
-            conn::client_key(conn::client_ip(
-                peer.map(|p| p.0),
-                xff.as_deref(),
-                &api.config.server.trusted_proxies,
-            ))
-        })
+        .and(warp::header::headers_cloned())
+        .map(
+            move |peer: Option<conn::PeerAddr>,
+                  xff: Option<String>,
+                  headers: warp::http::HeaderMap| {
+                // A request another node of the cluster forwarded: the caller's address
+                // is the one that node saw.
+                if let Some(c) = &api.cluster {
+                    if crate::cluster::forward::from_peer(c, &headers) {
+                        if let Some(ip) = headers
+                            .get(crate::cluster::forward::CLIENT_IP)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                        {
+                            return conn::client_key(ip);
+                        }
+                    }
+                }
+                conn::client_key(conn::client_ip(
+                    peer.map(|p| p.0),
+                    xff.as_deref(),
+                    &api.config.server.trusted_proxies,
+                ))
+            },
+        )
 }
 
 /// 429 for an IP over its failed-authentication budget.
@@ -482,6 +502,11 @@ pub fn routes(api: Shared, sandbox: Option<SandboxRoutes>) -> BoxedFilter<(Respo
             }
         })
         .untuple_one();
+    // A cluster node first passes requests for instances held elsewhere to their node.
+    let everything = crate::cluster::forward::filter(api.clone())
+        .or(everything)
+        .unify()
+        .boxed();
     let limited = rate_limited(api.clone()).and(methods).and(everything);
     let served = health()
         .map(Reply::into_response)

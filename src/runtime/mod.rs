@@ -93,6 +93,8 @@ pub struct InstanceRuntime {
     restarts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
     /// The stored instances were restored (see [`InstanceRuntime::restore`]).
     restored: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's part in a cluster, if any.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why a resume did nothing.
@@ -142,6 +144,8 @@ pub struct RuntimeConfig {
     pub admission: Admission,
     /// Where incoming media is saved, if anywhere.
     pub media_dir: Option<Arc<actors::instance::MediaDir>>,
+    /// This node's part in a cluster: instances run here only under its lease.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl InstanceRuntime {
@@ -161,6 +165,10 @@ impl InstanceRuntime {
                 cfg.admission.per_second,
             ),
             media_dir: cfg.media_dir,
+            connect_permit: cfg
+                .cluster
+                .clone()
+                .map(|c| c as Arc<dyn actors::admission::ConnectPermit>),
         });
         let (supervisor_events, _) = broadcast::channel(256);
         let supervisor = InstanceSupervisor::spawn(SupervisorArgs {
@@ -179,6 +187,7 @@ impl InstanceRuntime {
             supervisor_events,
             restarts: Arc::default(),
             restored: Arc::default(),
+            cluster: cfg.cluster,
         };
         rt.watch_supervision();
         Ok(rt)
@@ -348,6 +357,10 @@ impl InstanceRuntime {
     pub async fn create(&self, device_name: &str) -> Result<String, RuntimeError> {
         let id = new_instance_id();
         self.instances.create(&id, device_name).await?;
+        if let Some(c) = &self.cluster {
+            // A new instance belongs to the node that created it.
+            c.claim_new(&id).await?;
+        }
         self.ensure_handle(&id).await?;
         Ok(id)
     }
@@ -393,6 +406,11 @@ impl InstanceRuntime {
     pub async fn ensure_started(&self, instance_id: &str) -> Result<ActorRef<InstanceMsg>, String> {
         if let Some(a) = self.actor(instance_id) {
             return Ok(a);
+        }
+        if let Some(c) = &self.cluster {
+            if !c.holds(instance_id) {
+                return Err("the instance is held by another node of the cluster".into());
+            }
         }
         let id = instance_id.to_string();
         call_t!(

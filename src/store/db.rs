@@ -53,6 +53,11 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
                 .pragma("wal_autocheckpoint", "0")
         });
     }
+    if let Some(node) = cfg.fence_node.clone() {
+        // Every connection of a cluster node says which node it is: the write fence
+        // (crate::cluster) refuses its writes to instances whose lease it lost.
+        opts.map_sqlx_postgres_opts(move |o| o.options([("sudevwa.node", node.as_str())]));
+    }
     let mut db = Database::connect(opts).await.map_err(DbError::Connect)?;
     if std::env::var_os("SUDEVWA_SQL_STATS").is_some() {
         sql_stats::install(&mut db);
@@ -517,4 +522,39 @@ pub async fn open(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
     let db = connect(cfg).await?;
     migrate(&db).await?;
     Ok(db)
+}
+
+/// The marker of a write the cluster's fence refused (see `crate::cluster`).
+pub const FENCED: &str = "sudevwa fenced:";
+
+type FencedHook = Box<dyn Fn(&str) + Send + Sync>;
+
+static ON_FENCED: std::sync::OnceLock<FencedHook> = std::sync::OnceLock::new();
+
+/// Called with the instance id whenever a write was refused by the fence (a cluster
+/// node stops that instance's client at once). Set once per process.
+pub fn on_fenced(hook: impl Fn(&str) + Send + Sync + 'static) {
+    let _ = ON_FENCED.set(Box::new(hook));
+}
+
+/// If `e` is a write the fence refused: logs it, tells the hook, and returns the
+/// instance it was for.
+pub fn note_fenced(e: &sea_orm::DbErr) -> Option<String> {
+    let text = e.to_string();
+    let rest = &text[text.find(FENCED)? + FENCED.len()..];
+    // "… instance <id>" (the trigger's message).
+    let id = rest
+        .rsplit_once("instance ")
+        .map(|(_, id)| {
+            id.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+        })
+        .unwrap_or_default()
+        .to_string();
+    tracing::warn!(instance_id = %id, "fenced write refused: this node no longer holds the instance's lease");
+    crate::metrics::fenced_write();
+    if let Some(hook) = ON_FENCED.get() {
+        hook(&id);
+    }
+    Some(id)
 }

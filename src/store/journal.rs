@@ -948,6 +948,13 @@ pub fn message_json(r: &message::Model) -> Value {
     })
 }
 
+/// A journal error as the sink reports it; a write the cluster's fence refused is
+/// noted (logged, the instance's client stopped).
+fn sink_err(e: DbErr) -> String {
+    crate::store::db::note_fenced(&e);
+    e.to_string()
+}
+
 #[async_trait]
 impl EventSink for Journal {
     async fn commit_incoming(
@@ -957,19 +964,15 @@ impl EventSink for Journal {
     ) -> Result<Vec<LiveEvent>, String> {
         Journal::commit_incoming(self, instance_id, msgs)
             .await
-            .map_err(|e| format!("committing incoming messages failed: {e}"))
+            .map_err(|e| format!("committing incoming messages failed: {}", sink_err(e)))
     }
 
     async fn record_sent(&self, sent: &SentRecord) -> Result<(), String> {
-        Journal::record_sent(self, sent)
-            .await
-            .map_err(|e| e.to_string())
+        Journal::record_sent(self, sent).await.map_err(sink_err)
     }
 
     async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
-        Journal::record_status(self, status)
-            .await
-            .map_err(|e| e.to_string())
+        Journal::record_status(self, status).await.map_err(sink_err)
     }
 
     async fn record_statuses(
@@ -978,13 +981,13 @@ impl EventSink for Journal {
     ) -> Result<Vec<Option<LiveEvent>>, String> {
         Journal::record_statuses(self, statuses)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(sink_err)
     }
 
     async fn record_lifecycle(&self, notice: &LifecycleNotice) -> Result<(), String> {
         Journal::record_lifecycle(self, notice)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(sink_err)
     }
 
     async fn message_ref(
@@ -994,18 +997,16 @@ impl EventSink for Journal {
     ) -> Result<Option<actors::instance::MessageRef>, String> {
         Journal::message_ref(self, instance_id, message_id)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(sink_err)
     }
 
     async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, String> {
         Journal::record_event(self, instance_id, env)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(sink_err)
     }
 
     async fn probe_writable(&self) -> Result<(), String> {
-        Journal::probe_writable(self)
-            .await
-            .map_err(|e| e.to_string())
+        Journal::probe_writable(self).await.map_err(sink_err)
     }
 }

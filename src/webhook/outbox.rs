@@ -5,8 +5,10 @@ use crate::store::instances::entity as instance;
 use actors::events::IncomingMessage;
 use async_trait::async_trait;
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder, QuerySelect};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect};
 use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The `webhook_outbox` row.
 pub mod entity {
@@ -51,11 +53,66 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug)]
 pub struct Outbox {
     pub(super) db: DatabaseConnection,
+    /// A cluster node's id: an instance's rows are delivered by one node at a time,
+    /// the one holding its claim (see [`Outbox::claim`]). `None`: a single node.
+    node: Option<Arc<str>>,
 }
 
 impl Outbox {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, node: None }
+    }
+
+    /// The outbox of cluster node `node` (PostgreSQL; `webhook_claims`).
+    pub fn for_node(db: DatabaseConnection, node: &str) -> Self {
+        Self {
+            db,
+            node: Some(node.into()),
+        }
+    }
+
+    /// Whether this node may deliver `instance_id`'s rows now: on a single node
+    /// always; in a cluster only while it holds the instance's delivery claim, taken
+    /// here for `hold` (free, expired, or already ours). Two nodes racing for the same
+    /// rows: one gets the claim, the other skips them; a node dying mid-delivery
+    /// leaves the rows pending and its claim expires.
+    pub(super) async fn claim(&self, instance_id: &str, hold: Duration) -> Result<bool, DbErr> {
+        let Some(node) = &self.node else {
+            return Ok(true);
+        };
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "INSERT INTO webhook_claims (instance_id, node_id, until) \
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond') \
+                 ON CONFLICT (instance_id) DO UPDATE SET node_id = EXCLUDED.node_id, \
+                 until = EXCLUDED.until \
+                 WHERE webhook_claims.until < now() OR webhook_claims.node_id = EXCLUDED.node_id \
+                 RETURNING 1",
+                vec![
+                    instance_id.into(),
+                    node.to_string().into(),
+                    (hold.as_millis() as i64).into(),
+                ],
+            ))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives `instance_id`'s delivery claim back (a cluster node, after its turn).
+    pub(super) async fn release(&self, instance_id: &str) -> Result<(), DbErr> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        self.db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "DELETE FROM webhook_claims WHERE instance_id = $1 AND node_id = $2",
+                vec![instance_id.into(), node.to_string().into()],
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Writes `msg` for delivery if its instance has a webhook; returns the event id.

@@ -104,6 +104,23 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
+                // A cluster: another node may be delivering this instance's rows.
+                let hold = settings.timeout * 2 + CLAIM_MARGIN;
+                match outbox.claim(&instance_id, hold).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => {
+                        // Skipped for a while (kept among the busy ones meanwhile).
+                        busy.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(instance_id.clone());
+                        let (busy, id) = (busy.clone(), instance_id.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        });
+                        continue;
+                    }
+                }
                 busy.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(instance_id.clone());
@@ -120,6 +137,9 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 tasks.spawn(async move {
                     let ok =
                         instance_turn(&outbox, &settings, &targets, &instance_id, rows, more).await;
+                    if let Err(e) = outbox.release(&instance_id).await {
+                        tracing::warn!(error = %e, "releasing a delivery claim failed (it expires)");
+                    }
                     if ok {
                         db_failures.store(0, Ordering::Relaxed);
                     } else {
@@ -166,6 +186,10 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
         }
     }
 }
+
+/// A cluster node's delivery claim on an instance lasts two attempt deadlines and
+/// this (a turn is at most [`BATCH_TURN`] plus one attempt).
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
 /// Rows one pass reads, over all idle instances.
 const PASS_ROWS: u64 = 512;

@@ -29,6 +29,11 @@ impl InstanceState {
             .with_transport_factory(crate::admission::AdmittedTransport {
                 inner: transport,
                 gate: self.env.admission.clone(),
+                permit: self
+                    .env
+                    .connect_permit
+                    .clone()
+                    .map(|p| (p, self.id.clone())),
             })
             .with_push_name(opts.push_name.clone())
             .with_device_props(

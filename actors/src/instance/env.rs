@@ -103,6 +103,10 @@ pub struct InstanceEnv {
     pub admission: Arc<crate::admission::AdmissionGate>,
     /// Where incoming media is saved, if anywhere.
     pub media_dir: Option<Arc<super::mediadir::MediaDir>>,
+    /// Asked before every connect (first or again) of every instance; `None`: always
+    /// allowed. A cluster node answers from the instance's lease, so a node that lost
+    /// an instance never opens a socket for it again.
+    pub connect_permit: Option<Arc<dyn crate::admission::ConnectPermit>>,
 }
 
 /// How incoming messages are made durable.

@@ -55,6 +55,7 @@ macro_rules! declare {
     }};
 }
 
+mod cluster;
 mod compose;
 mod groups;
 mod idempotent;
@@ -90,6 +91,7 @@ pub(crate) fn all(api: &Shared) -> table::Table {
         groups::routes(api),
         webhooks::routes(api),
         journal::routes(api),
+        cluster::routes(api),
     ] {
         t.extend(part);
     }

@@ -243,7 +243,10 @@ fn pk_columns<E: EntityTrait>() -> Vec<E::Column> {
 fn db_err(e: DbErr) -> StoreError {
     match e {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Connection(Box::new(e)),
-        other => StoreError::Database(Box::new(other)),
+        other => {
+            crate::store::db::note_fenced(&other);
+            StoreError::Database(Box::new(other))
+        }
     }
 }
 
