@@ -338,6 +338,9 @@ async fn start_runtime(
     .await
     .map_err(|e| StartError::Runtime(e.to_string()))?;
     if let Some(c) = cluster {
+        c.start_relay(config.websocket.buffer)
+            .await
+            .map_err(|e| StartError::Runtime(format!("reading the event log: {e}")))?;
         // Instances come from leases: this node's own first, then a fair share of
         // the free ones, every round.
         c.attach(runtime.clone());

@@ -26,6 +26,7 @@
 //!   nobody owns is adopted by the node the request reached.
 
 pub mod forward;
+pub mod relay;
 
 use crate::config::ClusterConfig;
 use crate::runtime::InstanceRuntime;
@@ -54,6 +55,8 @@ pub struct Cluster {
     stop: tokio::sync::Notify,
     /// For forwarded requests.
     pub(crate) http: reqwest::Client,
+    /// Other nodes' events, for this node's sockets.
+    relay: OnceLock<Arc<relay::Relay>>,
 }
 
 /// Where a request for an instance is served.
@@ -121,6 +124,7 @@ impl Cluster {
                 .connect_timeout(Duration::from_secs(3))
                 .build()
                 .map_err(|e| DbErr::Custom(format!("building the cluster HTTP client: {e}")))?,
+            relay: OnceLock::new(),
         });
         c.install_fence().await?;
         c.db.execute_raw(stmt(
@@ -185,6 +189,19 @@ impl Cluster {
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
         txn.execute_unprepared(&sql).await?;
         txn.commit().await
+    }
+
+    /// Starts tailing the event log for other nodes' events (`capacity`: each listen
+    /// socket's buffer).
+    pub async fn start_relay(self: &Arc<Self>, capacity: usize) -> Result<(), DbErr> {
+        let r = relay::Relay::start(self.db.clone(), self.clone(), capacity).await?;
+        let _ = self.relay.set(r);
+        Ok(())
+    }
+
+    /// Other nodes' events, once [`Cluster::start_relay`] ran.
+    pub fn relay(&self) -> Option<&Arc<relay::Relay>> {
+        self.relay.get()
     }
 
     /// Gives the cluster the runtime it starts and stops instances on.
@@ -313,6 +330,8 @@ impl Cluster {
             }
             if let Some(token) = self.claim(instance_id).await? {
                 self.owned_lock().insert(instance_id.to_string(), token);
+                self.taken(instance_id).await;
+                self.start_all(vec![instance_id.to_string()]);
                 return Ok(Place::Local);
             }
             // Taken by another node meanwhile: look again.
@@ -497,6 +516,7 @@ impl Cluster {
         for id in free {
             if let Some(token) = self.claim(&id).await? {
                 self.owned_lock().insert(id.clone(), token);
+                self.taken(&id).await;
                 taken.push(id);
             }
         }
@@ -505,6 +525,21 @@ impl Cluster {
         }
         self.start_all(taken);
         Ok(())
+    }
+
+    /// A just-taken instance's stored status says what its previous node last saw
+    /// ("online" after a crash): until its actor here connects it, it reconnects.
+    async fn taken(&self, instance_id: &str) {
+        if let Err(e) = self
+            .db
+            .execute_raw(stmt(
+                "UPDATE instances SET status = 'reconnecting' WHERE id = $1 AND status = 'online'",
+                vec![instance_id.into()],
+            ))
+            .await
+        {
+            tracing::warn!(instance_id, error = %e, "marking a taken instance as reconnecting failed");
+        }
     }
 
     /// Starts the actors of held instances (their connects pass the connect gate).
@@ -557,6 +592,18 @@ impl Cluster {
         {
             tracing::warn!(instance_id, error = %e, "releasing a lease failed (it expires by itself)");
         }
+    }
+
+    /// Drops the lease of a deleted instance.
+    pub async fn forget(&self, instance_id: &str) -> Result<(), DbErr> {
+        self.owned_lock().remove(instance_id);
+        self.db
+            .execute_raw(stmt(
+                "DELETE FROM instance_leases WHERE instance_id = $1",
+                vec![instance_id.into()],
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Moves `instance_id` (held here) to `node`: stops it here and gives the lease

@@ -228,6 +228,8 @@ async fn session_ended(s: &mut Option<Session>) -> Gone {
 enum Source {
     Lifecycle {
         rx: broadcast::Receiver<LifecycleNotice>,
+        /// A cluster node: other nodes' instances' events (from the event log).
+        remote: Option<broadcast::Receiver<crate::cluster::relay::RemoteNotice>>,
         principal: Principal,
     },
     Listen {
@@ -260,14 +262,32 @@ enum Next {
 impl Source {
     async fn next(&mut self) -> Next {
         match self {
-            Source::Lifecycle { rx, principal } => loop {
-                match rx.recv().await {
-                    Ok(n) if principal.may_access(n.instance_id()) => {
-                        return Next::Event(n.to_envelope().to_string())
+            Source::Lifecycle {
+                rx,
+                remote,
+                principal,
+            } => loop {
+                let remote_next = async {
+                    match remote {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
                     }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => return Next::Slow,
-                    Err(RecvError::Closed) => return Next::End,
+                };
+                tokio::select! {
+                    n = rx.recv() => match n {
+                        Ok(n) if principal.may_access(n.instance_id()) => {
+                            return Next::Event(n.to_envelope().to_string())
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => return Next::Slow,
+                        Err(RecvError::Closed) => return Next::End,
+                    },
+                    n = remote_next => match n {
+                        Ok(n) if principal.may_access(&n.instance_id) => return Next::Event(n.json),
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => return Next::Slow,
+                        Err(RecvError::Closed) => *remote = None,
+                    },
                 }
             },
             Source::Listen {
@@ -344,6 +364,10 @@ async fn subscribe(
 async fn resubscribe(api: &Shared, id: &str) -> Option<broadcast::Receiver<LiveEvent>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
+        // A cluster node whose instance moved to another node follows it there.
+        if let Some(rx) = remote_listen(api, id) {
+            return Some(rx);
+        }
         if let Some(a) = api.runtime.actor(id) {
             if let Ok(pair) = subscribe(&a).await {
                 return Some(pair);
@@ -352,6 +376,15 @@ async fn resubscribe(api: &Shared, id: &str) -> Option<broadcast::Receiver<LiveE
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     None
+}
+
+/// The instance's events from the event log, if it is held by another node.
+fn remote_listen(api: &Shared, id: &str) -> Option<broadcast::Receiver<LiveEvent>> {
+    let c = api.cluster.as_ref()?;
+    if c.holds(id) {
+        return None;
+    }
+    c.relay().map(|r| r.listen(id))
 }
 
 /// Why a socket's pump ended.
@@ -466,9 +499,19 @@ pub async fn global(
     let session = Session::open(&api, &p, token, ip, None)?;
     let cfg = api.config.websocket.clone();
     let rx = api.runtime.lifecycle();
+    let remote = api
+        .cluster
+        .as_ref()
+        .and_then(|c| c.relay())
+        .map(|r| r.lifecycle());
     let reply = limited(ws, &cfg).on_upgrade(move |socket| async move {
         crate::metrics::websocket("ws", 1.0);
-        let ended = pump(socket, cfg, Source::Lifecycle { rx, principal: p }, session).await;
+        let source = Source::Lifecycle {
+            rx,
+            remote,
+            principal: p,
+        };
+        let ended = pump(socket, cfg, source, session).await;
         crate::metrics::websocket("ws", -1.0);
         tracing::debug!(?ended, "/ws connection ended");
     });
@@ -509,12 +552,17 @@ pub async fn listen(
     let after = after_cursor(&query)?;
     let instance = routes::instance(&api, &p, &id).await?.id;
     let session = Session::open(&api, &p, token, ip, Some(instance.clone()))?;
-    let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
-        tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
-        ApiError::internal()
-    })?;
     // Subscribed before the log is read: nothing committed in between is missed.
-    let rx = subscribe(&actor).await?;
+    let rx = match remote_listen(&api, &instance) {
+        Some(rx) => rx,
+        None => {
+            let actor = api.runtime.ensure_started(&instance).await.map_err(|e| {
+                tracing::warn!(instance_id = %id, error = %e, "instance actor could not start");
+                ApiError::internal()
+            })?;
+            subscribe(&actor).await?
+        }
+    };
     let cfg = api.config.websocket.clone();
     let reply = limited(ws, &cfg).on_upgrade(move |socket| async move {
         let source = Source::Listen {
@@ -594,6 +642,7 @@ mod tests {
             silent,
             cfg(),
             Source::Lifecycle {
+                remote: None,
                 rx,
                 principal: admin(),
             },
@@ -626,6 +675,7 @@ mod tests {
         });
         let pongs = Box::pin(pongs);
         let source = Source::Lifecycle {
+            remote: None,
             rx,
             principal: admin(),
         };
@@ -655,6 +705,7 @@ mod tests {
             stream::pending(),
             cfg(),
             Source::Lifecycle {
+                remote: None,
                 rx,
                 principal: admin(),
             },
@@ -686,6 +737,7 @@ mod tests {
             stream::pending(),
             cfg(),
             Source::Lifecycle {
+                remote: None,
                 rx,
                 principal: admin(),
             },
@@ -713,7 +765,7 @@ mod tests {
             sink,
             stream::pending(),
             cfg(),
-            Source::Lifecycle { rx, principal: p },
+            Source::Lifecycle { rx, remote: None, principal: p },
             None,
         )
         .await;

@@ -356,11 +356,12 @@ impl InstanceRuntime {
     /// Creates an instance (row, then its actor, waiting for a QR); returns its id.
     pub async fn create(&self, device_name: &str) -> Result<String, RuntimeError> {
         let id = new_instance_id();
-        self.instances.create(&id, device_name).await?;
         if let Some(c) = &self.cluster {
-            // A new instance belongs to the node that created it.
+            // A new instance belongs to the node that creates it: leased before its
+            // row exists, so no other node takes it as a free one meanwhile.
             c.claim_new(&id).await?;
         }
+        self.instances.create(&id, device_name).await?;
         self.ensure_handle(&id).await?;
         Ok(id)
     }
@@ -379,6 +380,9 @@ impl InstanceRuntime {
             InstanceError::Unavailable
         })?;
         self.instances.delete(instance_id).await?;
+        if let Some(c) = &self.cluster {
+            c.forget(instance_id).await?;
+        }
         Ok(())
     }
 

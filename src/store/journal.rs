@@ -203,7 +203,7 @@ fn media_text(m: Option<&actors::events::MediaInfo>) -> Option<String> {
 }
 
 /// The JSON text an event is sent with.
-fn event_json(payload: &str, seq: i64) -> Arc<str> {
+pub(crate) fn event_json(payload: &str, seq: i64) -> Arc<str> {
     let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
     with_cursor(v, seq).to_string().into()
 }

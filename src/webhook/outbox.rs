@@ -71,6 +71,11 @@ impl Outbox {
         }
     }
 
+    /// Whether rows are delivered under per-instance claims (a cluster node).
+    pub(super) fn is_clustered(&self) -> bool {
+        self.node.is_some()
+    }
+
     /// Whether this node may deliver `instance_id`'s rows now: on a single node
     /// always; in a cluster only while it holds the instance's delivery claim, taken
     /// here for `hold` (free, expired, or already ours). Two nodes racing for the same

@@ -135,8 +135,22 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 );
                 let db_failures = db_failures.clone();
                 tasks.spawn(async move {
-                    let ok =
-                        instance_turn(&outbox, &settings, &targets, &instance_id, rows, more).await;
+                    // In a cluster the rows read before the claim may have been
+                    // delivered since by the node that held it: read them again.
+                    let rows = match outbox.is_clustered() {
+                        false => Ok(rows),
+                        true => outbox.due_of(&instance_id, BATCH).await,
+                    };
+                    let ok = match rows {
+                        Ok(rows) => {
+                            instance_turn(&outbox, &settings, &targets, &instance_id, rows, more)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "re-reading webhook rows failed");
+                            false
+                        }
+                    };
                     if let Err(e) = outbox.release(&instance_id).await {
                         tracing::warn!(error = %e, "releasing a delivery claim failed (it expires)");
                     }
