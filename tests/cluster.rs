@@ -98,7 +98,7 @@ impl Node {
             )
             .env("SUDEVWA_CLUSTER_SECRET", SECRET)
             .env("SUDEVWA_CLUSTER_LEASE_TTL_SECS", LEASE_SECS.to_string())
-            .env("SUDEVWA_CLUSTER_RENEW_INTERVAL_MS", "1000")
+            .env("SUDEVWA_CLUSTER_RENEW_INTERVAL_MS", "2000")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -530,6 +530,54 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
     let m = contact.send_text("6281780000001", "after the pause").await.unwrap();
     eventually("delivered through B", DEADLINE, async || {
         (hook.count(&m) >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        !a.logged("fenced write refused"),
+        "A stopped its clients before writing anything"
+    );
+
+    // The fence also catches a node that has not noticed yet: the second instance's
+    // lease is taken from B behind its back (right after B renewed it, so B will not
+    // notice for a renew interval) and a message arrives for it at once. B's commit
+    // is refused, B says so and stops the instance; the message, never acknowledged,
+    // arrives once a node holds the instance again.
+    let (s, v) = b
+        .call(
+            "POST",
+            &format!("/api/instances/{}/webhook-setconfig", ids[1]),
+            Some(json!({"url": hook.url, "secret": HOOK_SECRET})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let expiry = async || -> String {
+        db.query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT expires_at::text FROM instance_leases WHERE instance_id = $1",
+            vec![ids[1].clone().into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap()
+    };
+    let before = expiry().await;
+    eventually("B renews", DEADLINE, async || (expiry().await != before).then_some(())).await;
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE instance_leases SET node_id = 'elsewhere', token = token + 1 WHERE instance_id = $1",
+        vec![ids[1].clone().into()],
+    ))
+    .await
+    .unwrap();
+    let m2 = contact.send_text("6281780000002", "while fenced").await.unwrap();
+    eventually("B's write refused and logged", DEADLINE, async || {
+        b.logged("fenced write refused").then_some(())
+    })
+    .await;
+    eventually("the fenced message delivered later", DEADLINE, async || {
+        (hook.count(&m2) >= 1).then_some(())
     })
     .await;
     drop(b);

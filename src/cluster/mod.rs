@@ -57,6 +57,9 @@ pub struct Cluster {
     pub(crate) http: reqwest::Client,
     /// Other nodes' events, for this node's sockets.
     relay: OnceLock<Arc<relay::Relay>>,
+    /// The newest change of any instance row seen (settings changed on other nodes
+    /// make this node's cached webhook settings stale).
+    rows_changed: Mutex<Option<i64>>,
 }
 
 /// Where a request for an instance is served.
@@ -125,6 +128,7 @@ impl Cluster {
                 .build()
                 .map_err(|e| DbErr::Custom(format!("building the cluster HTTP client: {e}")))?,
             relay: OnceLock::new(),
+            rows_changed: Mutex::new(None),
         });
         c.install_fence().await?;
         c.db.execute_raw(stmt(
@@ -421,6 +425,7 @@ impl Cluster {
                 false
             }
         };
+        self.watch_settings().await?;
         if draining && !self.draining.swap(true, Ordering::SeqCst) {
             tracing::info!(node = %self.node, "draining: handing every instance over");
             self.hand_over_all().await;
@@ -527,9 +532,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Webhook settings may change on any node: when any instance row changed since
+    /// the last round, this node's cached copies are read again.
+    async fn watch_settings(&self) -> Result<(), DbErr> {
+        let row = self
+            .db
+            .query_one_raw(stmt("SELECT MAX(updated_at) FROM instances", vec![]))
+            .await?;
+        let newest: Option<i64> = row.and_then(|r| r.try_get_by_index(0).ok());
+        let mut seen = self.rows_changed.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen != newest {
+            *seen = newest;
+            crate::store::instances::webhook_settings_changed();
+        }
+        Ok(())
+    }
+
     /// A just-taken instance's stored status says what its previous node last saw
     /// ("online" after a crash): until its actor here connects it, it reconnects.
     async fn taken(&self, instance_id: &str) {
+        // Its settings may have changed while another node held it.
+        crate::store::instances::webhook_settings_changed();
         if let Err(e) = self
             .db
             .execute_raw(stmt(

@@ -542,13 +542,11 @@ pub fn on_fenced(hook: impl Fn(&str) + Send + Sync + 'static) {
 pub fn note_fenced(e: &sea_orm::DbErr) -> Option<String> {
     let text = e.to_string();
     let rest = &text[text.find(FENCED)? + FENCED.len()..];
-    // "… instance <id>" (the trigger's message).
+    // "… instance <id>" (the trigger's message; PostgreSQL may append context).
     let id = rest
-        .rsplit_once("instance ")
-        .map(|(_, id)| {
-            id.trim()
-                .trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
-        })
+        .split_once(" instance ")
+        .and_then(|(_, tail)| tail.split_whitespace().next())
+        .map(|id| id.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
         .unwrap_or_default()
         .to_string();
     tracing::warn!(instance_id = %id, "fenced write refused: this node no longer holds the instance's lease");
