@@ -44,10 +44,10 @@ fn routes(doc: &Value, a: &str) -> Vec<(String, String, Scope)> {
             if public {
                 continue;
             }
-            let scope = if templ.contains("{id}") {
-                Scope::Instance
-            } else if op["x-admin-only"] == true {
+            let scope = if op["x-admin-only"] == true {
                 Scope::AdminOnly
+            } else if templ.contains("{id}") {
+                Scope::Instance
             } else {
                 Scope::Any
             };
@@ -55,7 +55,8 @@ fn routes(doc: &Value, a: &str) -> Vec<(String, String, Scope)> {
                 .replace("{id}", a)
                 .replace("{phone}", "6281100000001")
                 .replace("{delivery}", "d1")
-                .replace("{messageId}", "M1");
+                .replace("{messageId}", "M1")
+                .replace("{node}", "node-x");
             out.push((method.to_uppercase(), path, scope));
         }
     }

@@ -27,7 +27,9 @@ async fn fresh_database(name: &str) -> String {
         "SUDEVWA_TEST_POSTGRES_URL must point at a PostgreSQL server: run the suite with tests/run.sh",
     );
     let db = format!("sudevwa_cluster_{name}_{}", std::process::id());
-    let admin = Database::connect(&admin_url).await.expect("connect to PostgreSQL");
+    let admin = Database::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db}"))
         .await
@@ -75,7 +77,8 @@ fn free_port() -> u16 {
 impl Node {
     fn start(name: &str, db_url: &str, mock_url: &str) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sudevwa-cluster-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sudevwa-cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sudevwa"))
@@ -126,7 +129,6 @@ impl Node {
             }
         };
         Node {
-
             child: Some(child),
             base,
             log,
@@ -197,14 +199,16 @@ impl Hook {
         use warp::Filter;
         let hook = Hook::default();
         let seen = hook.incoming.clone();
-        let route = warp::post().and(warp::body::bytes()).map(move |body: bytes::Bytes| {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if v["event"] == "incoming_message" {
-                let id = v["data"]["message_id"].as_str().unwrap_or("").to_string();
-                *seen.lock().unwrap().entry(id).or_insert(0) += 1;
-            }
-            warp::reply()
-        });
+        let route = warp::post()
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if v["event"] == "incoming_message" {
+                    let id = v["data"]["message_id"].as_str().unwrap_or("").to_string();
+                    *seen.lock().unwrap().entry(id).or_insert(0) += 1;
+                }
+                warp::reply()
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -283,7 +287,9 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
             "authorization",
             format!("Bearer {ADMIN_KEY}").parse().unwrap(),
         );
-        tokio_tungstenite::connect_async(req).await.expect("/ws on node A")
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("/ws on node A")
     };
     let ws_seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     {
@@ -307,10 +313,12 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     for chunk in phones.chunks(6).enumerate() {
         let (k, chunk) = chunk;
         let node = nodes[k % 3];
-        let made = futures_util::future::join_all(chunk.iter().map(|p| paired(node, &net, p))).await;
+        let made =
+            futures_util::future::join_all(chunk.iter().map(|p| paired(node, &net, p))).await;
         ids.extend(made);
     }
-    let by_phone: HashMap<String, String> = ids.iter().cloned().zip(phones.iter().cloned()).collect();
+    let by_phone: HashMap<String, String> =
+        ids.iter().cloned().zip(phones.iter().cloned()).collect();
 
     // Placement: every node holds some, none holds most.
     let held = owners(&db).await;
@@ -321,7 +329,10 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     }
     eprintln!("placement: {per_node:?}");
     assert_eq!(per_node.len(), 3, "{per_node:?}");
-    assert!(per_node.values().all(|&n| n >= 5 && n <= 15), "{per_node:?}");
+    assert!(
+        per_node.values().all(|&n| n >= 5 && n <= 15),
+        "{per_node:?}"
+    );
 
     // Any node answers for any instance: a send through A of an instance held by B.
     let mut contact = net.add_contact("6281799990000", "Kiki").await.unwrap();
@@ -392,7 +403,12 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     c.child = None;
     let mut during = Vec::new();
     for id in &on_c {
-        during.push(contact.send_text(&by_phone[id], "during failover").await.unwrap());
+        during.push(
+            contact
+                .send_text(&by_phone[id], "during failover")
+                .await
+                .unwrap(),
+        );
     }
     let qr_before = ws_seen
         .lock()
@@ -401,7 +417,12 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
         .filter(|e| e["event"] == "QR_GENERATED")
         .count();
     for id in &on_c {
-        wait_online(&a, id, Duration::from_secs(30).saturating_sub(killed_at.elapsed())).await;
+        wait_online(
+            &a,
+            id,
+            Duration::from_secs(30).saturating_sub(killed_at.elapsed()),
+        )
+        .await;
     }
     let failover = killed_at.elapsed();
     eprintln!("failover of {} instances: {failover:?}", on_c.len());
@@ -421,9 +442,11 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
         .filter(|e| e["event"] == "QR_GENERATED")
         .count();
     assert_eq!(qr_before, qr_after, "a QR was generated during failover");
-    eventually("messages sent during failover delivered", DEADLINE, async || {
-        during.iter().all(|m| hook.count(m) >= 1).then_some(())
-    })
+    eventually(
+        "messages sent during failover delivered",
+        DEADLINE,
+        async || during.iter().all(|m| hook.count(m) >= 1).then_some(()),
+    )
     .await;
 
     // Clean shutdown of node B: its instances move to A, each within 5 s.
@@ -443,13 +466,19 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     let handover = stopped_at.elapsed();
     let status = b.child.as_mut().unwrap().wait().unwrap();
     b.child = None;
-    eprintln!("hand-over of {} instances: {handover:?} (node B exited {status})", on_b_now.len());
+    eprintln!(
+        "hand-over of {} instances: {handover:?} (node B exited {status})",
+        on_b_now.len()
+    );
     assert!(status.success(), "node B exits cleanly");
     assert!(
         handover < Duration::from_secs(5) * on_b_now.len() as u32,
         "{handover:?}"
     );
-    assert!(b.logged("handed every instance over"), "node B says it handed over");
+    assert!(
+        b.logged("handed every instance over"),
+        "node B says it handed over"
+    );
     let last = owners(&db).await;
     assert!(last.values().all(|n| n == "node-a"), "{last:?}");
     assert_eq!(last.len(), N);
@@ -527,7 +556,10 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let m = contact.send_text("6281780000001", "after the pause").await.unwrap();
+    let m = contact
+        .send_text("6281780000001", "after the pause")
+        .await
+        .unwrap();
     eventually("delivered through B", DEADLINE, async || {
         (hook.count(&m) >= 1).then_some(())
     })
@@ -563,7 +595,10 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
         .unwrap()
     };
     let before = expiry().await;
-    eventually("B renews", DEADLINE, async || (expiry().await != before).then_some(())).await;
+    eventually("B renews", DEADLINE, async || {
+        (expiry().await != before).then_some(())
+    })
+    .await;
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "UPDATE instance_leases SET node_id = 'elsewhere', token = token + 1 WHERE instance_id = $1",
@@ -571,7 +606,10 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
     ))
     .await
     .unwrap();
-    let m2 = contact.send_text("6281780000002", "while fenced").await.unwrap();
+    let m2 = contact
+        .send_text("6281780000002", "while fenced")
+        .await
+        .unwrap();
     eventually("B's write refused and logged", DEADLINE, async || {
         b.logged("fenced write refused").then_some(())
     })

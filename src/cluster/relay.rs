@@ -78,7 +78,12 @@ impl Relay {
             .subscribe()
     }
 
-    async fn tail(self: Arc<Self>, db: DatabaseConnection, cluster: Arc<super::Cluster>, start: i64) {
+    async fn tail(
+        self: Arc<Self>,
+        db: DatabaseConnection,
+        cluster: Arc<super::Cluster>,
+        start: i64,
+    ) {
         // Everything at or below `low` was read; `seen` holds what was read above it.
         let mut low = start;
         let mut seen = BTreeSet::new();

@@ -139,7 +139,7 @@ pub fn methods_for(docs: &[RouteDoc], path: &str) -> Vec<&'static str> {
 fn status_of(code: &str) -> u16 {
     match code {
         "SESSION_NOT_FOUND" | "NO_QR_SESSION" | "NO_ACTIVE_INSTANCE" | "DELIVERY_NOT_FOUND"
-        | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" | "MAPPING_NOT_FOUND" => 404,
+        | "MESSAGE_NOT_FOUND" | "MEDIA_UNAVAILABLE" | "MAPPING_NOT_FOUND" | "NODE_NOT_FOUND" => 404,
         "MEDIA_EXPIRED" => 410,
         "MEDIA_DOWNLOAD_FAILED" | "PAIR_CODE_FAILED" | "GROUP_REQUEST_FAILED" => 502,
         "FORBIDDEN" | "WEBSOCKET_DISABLED" => 403,
@@ -147,10 +147,11 @@ fn status_of(code: &str) -> u16 {
         | "ALREADY_CONNECTED"
         | "IDEMPOTENCY_KEY_REUSED"
         | "IDEMPOTENCY_KEY_IN_PROGRESS"
-        | "INSTANCE_NOT_CRASHED" => 409,
+        | "INSTANCE_NOT_CRASHED"
+        | "CLUSTER_DISABLED" => 409,
         "VERIFICATION_FAILED" | "SEND_FAILED" | "UPLOAD_FAILED" => 500,
         "INVALID_CREDENTIALS" => 401,
-        "INSTANCE_BUSY" | "SERVER_BUSY" => 503,
+        "INSTANCE_BUSY" | "SERVER_BUSY" | "SERVICE_UNAVAILABLE" => 503,
         "PAYLOAD_EXPIRED" => 410,
         "RATE_LIMITED" => 429,
         _ => 400,

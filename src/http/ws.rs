@@ -765,7 +765,11 @@ mod tests {
             sink,
             stream::pending(),
             cfg(),
-            Source::Lifecycle { rx, remote: None, principal: p },
+            Source::Lifecycle {
+                rx,
+                remote: None,
+                principal: p,
+            },
             None,
         )
         .await;
