@@ -378,6 +378,33 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
             .await;
         assert_eq!(s, 200, "{v}");
     }
+    // A listen socket on node A for an instance held by B.
+    let listened: Arc<Mutex<Vec<Value>>> = Arc::default();
+    {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{}/api/listen/{on_b}", a.base.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+        );
+        let (mut sock, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("listen on node A for B's instance");
+        let seen = listened.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = sock.next().await {
+                if let Ok(t) = m.into_text() {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        seen.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+    }
+
     // One message to each: three nodes' workers race for the outbox; each event is
     // delivered once.
     let mut first = Vec::new();
@@ -387,6 +414,22 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     eventually("the first round delivered", DEADLINE, async || {
         first.iter().all(|m| hook.count(m) >= 1).then_some(())
     })
+    .await;
+    let to_b = first[ids.iter().position(|i| *i == on_b).unwrap()].clone();
+    eventually(
+        "B's incoming message on A's listen socket",
+        DEADLINE,
+        async || {
+            listened
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["event"] == "incoming_message" && e["data"]["message_id"] == to_b.as_str()
+                })
+                .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await; // a late duplicate would show now
     for m in &first {

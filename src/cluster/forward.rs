@@ -138,8 +138,22 @@ pub fn filter(api: Shared) -> BoxedFilter<(Response,)> {
                 let Some(cluster) = api.cluster.clone() else {
                     return Err(warp::reject::not_found());
                 };
-                if from_peer(&cluster, &headers) {
+                if from_peer(&cluster, &headers) || subject(&method, path.as_str()).is_none() {
                     return Err(warp::reject::not_found());
+                }
+                // Only authenticated callers make this node look up (or adopt) an
+                // instance; anyone else gets the route's own 401 here (counted once
+                // by the brute-force limit). The owner checks the credentials again.
+                let token = crate::http::bearer(
+                    headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                    None,
+                );
+                match token {
+                    Some(t) if api.auth.authenticate(&t).await.is_ok() => {}
+                    _ => return Err(warp::reject::not_found()),
                 }
                 match destination(&cluster, &api, &method, path.as_str()).await {
                     Some(url) => Ok((url, cluster)),

@@ -3,8 +3,9 @@
 //!
 //! Every event is in the durable event log (`events`, cursor = `seq`) before anyone
 //! sees it, so this node tails the log instead of a second channel: one query every
-//! [`POLL`] for rows after the last it has, published to the sockets of instances this
-//! node does not hold (it publishes its own instances' events directly). Cursors are
+//! [`POLL`] for rows after the last it has: lifecycle events of instances this node
+//! does not hold go to `/ws` (its own come from its actors), message events to the
+//! listen sockets that follow an instance through the log. Cursors are
 //! taken at insert and committed in any order, so a row can appear behind a higher
 //! one: the tail keeps the cursors it has seen above the point where the log is known
 //! complete, and passes a hole only after [`HOLE_WAIT`] (a rolled-back insert leaves
@@ -117,10 +118,8 @@ impl Relay {
                 if !seen.insert(seq) {
                     continue;
                 }
-                if cluster.holds(&id) {
-                    continue; // published here directly
-                }
-                self.publish(seq, id, event, &payload);
+                let held = cluster.holds(&id);
+                self.publish(seq, id, event, &payload, held);
             }
             // Move `low` over what is contiguous, and over a hole that stayed open.
             loop {
@@ -144,7 +143,10 @@ impl Relay {
         }
     }
 
-    fn publish(&self, seq: i64, instance_id: String, event: String, payload: &str) {
+    /// `held`: the instance is held here, so `/ws` has its lifecycle events from the
+    /// actor already. Listen sockets that follow it through the log (it was elsewhere
+    /// when they opened) keep getting its message events from here.
+    fn publish(&self, seq: i64, instance_id: String, event: String, payload: &str, held: bool) {
         if MESSAGE_EVENTS.contains(&event.as_str()) {
             let tx = {
                 let l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,7 +159,7 @@ impl Relay {
                     event,
                 });
             }
-        } else if event.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        } else if !held && event.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
             let _ = self.lifecycle.send(RemoteNotice {
                 instance_id,
                 json: payload.to_string(),

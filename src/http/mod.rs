@@ -186,7 +186,7 @@ pub(crate) fn with_api(
 
 /// The bearer token of a request: `Authorization: Bearer ...`, or for WebSockets
 /// (browsers cannot set headers there) the `Sec-WebSocket-Protocol` value.
-fn bearer(authorization: Option<String>, protocol: Option<String>) -> Option<String> {
+pub(crate) fn bearer(authorization: Option<String>, protocol: Option<String>) -> Option<String> {
     if let Some(h) = authorization {
         let (scheme, token) = h.trim().split_once(' ')?;
         return scheme

@@ -514,7 +514,21 @@ impl Drop for Writer<'_> {
 
 /// Applies every pending migration.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
-    Migrator::up(db, None).await.map_err(DbError::Migrate)
+    // Nodes of a cluster starting together migrate the same PostgreSQL database at
+    // once: the loser of a race fails on what the winner just created, and finds it
+    // all applied when it tries again.
+    let mut attempt = 0;
+    loop {
+        match Migrator::up(db, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) if db.get_database_backend() == sea_orm::DbBackend::Postgres && attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "migrating failed (another node migrating?); trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => return Err(DbError::Migrate(e)),
+        }
+    }
 }
 
 /// Connects and migrates: what the server does at start.
