@@ -492,6 +492,35 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
     )
     .await;
 
+    // An operator moves one of A's instances to B (asked on B: forwarded to A).
+    let moved = owners(&db)
+        .await
+        .into_iter()
+        .find(|(_, n)| n == "node-a")
+        .unwrap()
+        .0;
+    let (s, v) = b
+        .call(
+            "POST",
+            &format!("/api/instances/{moved}/move"),
+            Some(json!({"node": "node-b"})),
+        )
+        .await;
+    assert_eq!(s, 200, "move: {v}");
+    eventually("the moved instance on B", DEADLINE, async || {
+        (owners(&db).await.get(&moved).map(String::as_str) == Some("node-b")).then_some(())
+    })
+    .await;
+    wait_online(&b, &moved, DEADLINE).await;
+    let (s, v) = b
+        .call(
+            "POST",
+            &format!("/api/instances/{moved}/move"),
+            Some(json!({"node": "node-z"})),
+        )
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("NODE_NOT_FOUND")), "{v}");
+
     // Clean shutdown of node B: its instances move to A, each within 5 s.
     let on_b_now: Vec<String> = owners(&db)
         .await

@@ -632,6 +632,17 @@ impl Cluster {
     /// Moves `instance_id` (held here) to `node`: stops it here and gives the lease
     /// to that node, which starts it on its next round.
     pub async fn move_to(&self, instance_id: &str, node: &str) -> Result<bool, DbErr> {
+        let live = self
+            .db
+            .query_one_raw(stmt(
+                "SELECT 1 FROM cluster_nodes WHERE node_id = $1 AND NOT draining \
+                 AND heartbeat_at > now() - $2 * interval '1 millisecond'",
+                vec![node.into(), ms(self.ttl)],
+            ))
+            .await?;
+        if live.is_none() {
+            return Ok(false);
+        }
         if let Some(rt) = self.runtime() {
             if let Some(a) = rt.actor(instance_id) {
                 let _ = ractor::call_t!(a, actors::instance::InstanceMsg::Shutdown, 15_000);
