@@ -519,7 +519,11 @@ async fn three_nodes_place_forward_fail_over_and_hand_over() {
             Some(json!({"node": "node-z"})),
         )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("NODE_NOT_FOUND")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("NODE_NOT_FOUND")),
+        "{v}"
+    );
 
     // Clean shutdown of node B: its instances move to A, each within 5 s.
     let on_b_now: Vec<String> = owners(&db)

@@ -47,6 +47,9 @@ pub struct Cluster {
     every: Duration,
     /// Instances this node holds, with the token of its lease.
     owned: Mutex<HashMap<String, i64>>,
+    /// When each instance was last taken or let go here: a renewal that started
+    /// before that does not undo it (a create or hand-over racing the renewal).
+    changed: Mutex<HashMap<String, Instant>>,
     /// When the last successful renewal started (this process's clock).
     renewed: Mutex<Option<Instant>>,
     runtime: OnceLock<InstanceRuntime>,
@@ -118,6 +121,7 @@ impl Cluster {
             ttl: cfg.lease_ttl,
             every: cfg.renew_interval,
             owned: Mutex::default(),
+            changed: Mutex::default(),
             renewed: Mutex::new(None),
             runtime: OnceLock::new(),
             draining: AtomicBool::new(false),
@@ -222,6 +226,22 @@ impl Cluster {
         self.fresh() && self.owned_lock().contains_key(instance_id)
     }
 
+    fn hold(&self, instance_id: impl Into<String>, token: i64) {
+        let id = instance_id.into();
+        self.changed_lock().insert(id.clone(), Instant::now());
+        self.owned_lock().insert(id, token);
+    }
+
+    fn unhold(&self, instance_id: &str) {
+        self.changed_lock()
+            .insert(instance_id.to_string(), Instant::now());
+        self.owned_lock().remove(instance_id);
+    }
+
+    fn changed_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn owned_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -242,7 +262,7 @@ impl Cluster {
         if instance_id.is_empty() {
             return;
         }
-        self.owned_lock().remove(instance_id);
+        self.unhold(instance_id);
         let me = self.clone();
         let id = instance_id.to_string();
         tokio::spawn(async move {
@@ -278,7 +298,7 @@ impl Cluster {
     pub async fn claim_new(&self, instance_id: &str) -> Result<(), DbErr> {
         match self.claim(instance_id).await? {
             Some(token) => {
-                self.owned_lock().insert(instance_id.to_string(), token);
+                self.hold(instance_id.to_string(), token);
                 Ok(())
             }
             None => Err(DbErr::Custom("the new instance is leased elsewhere".into())),
@@ -333,7 +353,7 @@ impl Cluster {
                 return Ok(Place::Local);
             }
             if let Some(token) = self.claim(instance_id).await? {
-                self.owned_lock().insert(instance_id.to_string(), token);
+                self.hold(instance_id.to_string(), token);
                 self.taken(instance_id).await;
                 self.start_all(vec![instance_id.to_string()]);
                 return Ok(Place::Local);
@@ -396,7 +416,10 @@ impl Cluster {
             // Not renewed for a whole lease (paused, cut off from the database): other
             // nodes may own these instances by now. Stop every client before anything
             // else; the renewal below gives back what is still ours.
-            let ids: Vec<String> = self.owned_lock().drain().map(|(k, _)| k).collect();
+            let ids: Vec<String> = self.owned_lock().keys().cloned().collect();
+            for id in &ids {
+                self.unhold(id);
+            }
             tracing::warn!(node = %self.node, instances = ids.len(), "leases not renewed in time: stopping every instance here");
             if let Some(rt) = self.runtime() {
                 for id in ids {
@@ -453,18 +476,30 @@ impl Cluster {
             .collect();
         *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         let (lost, gained): (Vec<String>, Vec<String>) = {
+            let mut changed = self.changed_lock();
             let mut owned = self.owned_lock();
+            // Taken or let go here after this renewal started: the renewal's answer
+            // is older than that, so it decides nothing about them.
+            let recent = |k: &str| changed.get(k).is_some_and(|t| *t >= started);
             let lost: Vec<String> = owned
                 .keys()
-                .filter(|k| !renewed.contains_key(*k))
+                .filter(|k| !renewed.contains_key(*k) && !recent(k))
                 .cloned()
                 .collect();
             let gained: Vec<String> = renewed
                 .keys()
-                .filter(|k| !owned.contains_key(*k))
+                .filter(|k| !owned.contains_key(*k) && !recent(k))
                 .cloned()
                 .collect();
-            *owned = renewed;
+            for k in &lost {
+                owned.remove(k);
+            }
+            for (k, token) in renewed {
+                if owned.contains_key(&k) || gained.contains(&k) {
+                    owned.insert(k, token);
+                }
+            }
+            changed.retain(|_, t| *t >= started);
             (lost, gained)
         };
         for id in lost {
@@ -520,7 +555,7 @@ impl Cluster {
         let mut taken = Vec::new();
         for id in free {
             if let Some(token) = self.claim(&id).await? {
-                self.owned_lock().insert(id.clone(), token);
+                self.hold(id.clone(), token);
                 self.taken(&id).await;
                 taken.push(id);
             }
@@ -603,7 +638,7 @@ impl Cluster {
             }
             let _ = rt.stop(instance_id).await;
         }
-        self.owned_lock().remove(instance_id);
+        self.unhold(instance_id);
         if let Err(e) = self
             .db
             .execute_raw(stmt(
@@ -619,7 +654,7 @@ impl Cluster {
 
     /// Drops the lease of a deleted instance.
     pub async fn forget(&self, instance_id: &str) -> Result<(), DbErr> {
-        self.owned_lock().remove(instance_id);
+        self.unhold(instance_id);
         self.db
             .execute_raw(stmt(
                 "DELETE FROM instance_leases WHERE instance_id = $1",
@@ -649,7 +684,7 @@ impl Cluster {
             }
             let _ = rt.stop(instance_id).await;
         }
-        self.owned_lock().remove(instance_id);
+        self.unhold(instance_id);
         let r = self
             .db
             .execute_raw(stmt(
