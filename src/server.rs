@@ -70,9 +70,17 @@ pub async fn run_with(
     let db = db::open(&config.database).await?;
     let cluster = match config.cluster.enabled() {
         true => Some(
-            crate::cluster::Cluster::join(db.clone(), &config.cluster)
-                .await
-                .map_err(|e| StartError::Runtime(format!("joining the cluster: {e}")))?,
+            crate::cluster::Cluster::join(
+                db.clone(),
+                db::connect(&crate::config::DatabaseConfig {
+                    max_connections: 2,
+                    ..config.database.clone()
+                })
+                .await?,
+                &config.cluster,
+            )
+            .await
+            .map_err(|e| StartError::Runtime(format!("joining the cluster: {e}")))?,
         ),
         false => None,
     };

@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 /// This node's part in the cluster.
 pub struct Cluster {
     db: DatabaseConnection,
+    /// A small pool of its own for heartbeats, renewals and claims, so they never
+    /// queue behind the workload's connections (a late renewal stops every client).
+    lease_db: DatabaseConnection,
     node: String,
     url: String,
     secret: String,
@@ -112,9 +115,14 @@ fn ms(d: Duration) -> Value {
 impl Cluster {
     /// Joins the cluster: installs the fence (once per database) and registers this
     /// node. Takes no instance yet ([`Cluster::spawn`]).
-    pub async fn join(db: DatabaseConnection, cfg: &ClusterConfig) -> Result<Arc<Self>, DbErr> {
+    pub async fn join(
+        db: DatabaseConnection,
+        lease_db: DatabaseConnection,
+        cfg: &ClusterConfig,
+    ) -> Result<Arc<Self>, DbErr> {
         let c = Arc::new(Self {
             db,
+            lease_db,
             node: cfg.node_id.clone(),
             url: cfg.internal_url.trim_end_matches('/').to_string(),
             secret: cfg.secret.clone().unwrap_or_default(),
@@ -279,7 +287,7 @@ impl Cluster {
     /// returns its new token.
     async fn claim(&self, instance_id: &str) -> Result<Option<i64>, DbErr> {
         let row = self
-            .db
+            .lease_db
             .query_one_raw(stmt(
                 "INSERT INTO instance_leases (instance_id, node_id, expires_at, token) \
                  VALUES ($1, $2, now() + $3 * interval '1 millisecond', 1) \
@@ -428,7 +436,7 @@ impl Cluster {
             }
         }
         let row = self
-            .db
+            .lease_db
             .query_one_raw(stmt(
                 "UPDATE cluster_nodes SET heartbeat_at = now(), internal_url = $2 \
                  WHERE node_id = $1 RETURNING draining",
@@ -438,7 +446,7 @@ impl Cluster {
         let draining = match row {
             Some(r) => r.try_get_by_index::<bool>(0).unwrap_or(false),
             None => {
-                self.db
+                self.lease_db
                     .execute_raw(stmt(
                         "INSERT INTO cluster_nodes (node_id, internal_url, heartbeat_at, started_at) \
                          VALUES ($1, $2, now(), now()) ON CONFLICT (node_id) DO NOTHING",
@@ -459,7 +467,7 @@ impl Cluster {
             return Ok(());
         }
         let renewed: HashMap<String, i64> = self
-            .db
+            .lease_db
             .query_all_raw(stmt(
                 "UPDATE instance_leases SET expires_at = now() + $2 * interval '1 millisecond' \
                  WHERE node_id = $1 RETURNING instance_id, token",
@@ -519,7 +527,7 @@ impl Cluster {
     /// Takes free instances up to this node's fair share.
     async fn take_share(self: &Arc<Self>) -> Result<(), DbErr> {
         let row = self
-            .db
+            .lease_db
             .query_one_raw(stmt(
                 "SELECT (SELECT count(*) FROM cluster_nodes \
                    WHERE heartbeat_at > now() - $1 * interval '1 millisecond' AND NOT draining), \
@@ -541,7 +549,7 @@ impl Cluster {
             return Ok(());
         }
         let free: Vec<String> = self
-            .db
+            .lease_db
             .query_all_raw(stmt(
                 "SELECT i.id FROM instances i LEFT JOIN instance_leases l ON l.instance_id = i.id \
                  WHERE i.status <> 'crashed' AND (l.instance_id IS NULL OR l.expires_at < now()) \
@@ -571,7 +579,7 @@ impl Cluster {
     /// the last round, this node's cached copies are read again.
     async fn watch_settings(&self) -> Result<(), DbErr> {
         let row = self
-            .db
+            .lease_db
             .query_one_raw(stmt("SELECT MAX(updated_at) FROM instances", vec![]))
             .await?;
         let newest: Option<i64> = row.and_then(|r| r.try_get_by_index(0).ok());
