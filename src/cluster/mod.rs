@@ -254,10 +254,13 @@ impl Cluster {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the last renewal is younger than the lease (minus a margin for clocks).
+    /// Whether the last renewal is younger than the lease, less a tenth. The lease
+    /// in the database runs from PostgreSQL's `now()` at the renewal, which is after
+    /// the renewal started here, so this side's count ends first; the tenth covers
+    /// clocks running at slightly different rates.
     fn fresh(&self) -> bool {
         let r = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-        r.is_some_and(|t| t.elapsed() + self.every < self.ttl)
+        r.is_some_and(|t| t.elapsed() < self.ttl - self.ttl / 10)
     }
 
     /// Instances held now.
@@ -402,6 +405,9 @@ impl Cluster {
                 if let Err(e) = me.round(first).await {
                     tracing::warn!(error = %e, node = %me.node, "cluster round failed");
                 }
+                if started.elapsed() > me.every {
+                    tracing::warn!(node = %me.node, took_ms = started.elapsed().as_millis() as u64, "a cluster round took longer than the renew interval");
+                }
                 if first {
                     if let Some(rt) = me.runtime() {
                         rt.mark_restored();
@@ -466,12 +472,25 @@ impl Cluster {
         if draining {
             return Ok(());
         }
+        // A lease row is share-locked by every write of its instance in progress (the
+        // fence): renewing it would wait for them, and every later write behind the
+        // renewal. Rows busy now are skipped — renewed next round, well before they
+        // expire — so a renewal never waits. What this node holds is then read as it
+        // stands.
+        self.lease_db
+            .execute_raw(stmt(
+                "UPDATE instance_leases SET expires_at = now() + $2 * interval '1 millisecond' \
+                 WHERE instance_id IN (SELECT instance_id FROM instance_leases \
+                   WHERE node_id = $1 FOR NO KEY UPDATE SKIP LOCKED)",
+                vec![self.node.clone().into(), ms(self.ttl)],
+            ))
+            .await?;
         let renewed: HashMap<String, i64> = self
             .lease_db
             .query_all_raw(stmt(
-                "UPDATE instance_leases SET expires_at = now() + $2 * interval '1 millisecond' \
-                 WHERE node_id = $1 RETURNING instance_id, token",
-                vec![self.node.clone().into(), ms(self.ttl)],
+                "SELECT instance_id, token FROM instance_leases \
+                 WHERE node_id = $1 AND expires_at > now()",
+                vec![self.node.clone().into()],
             ))
             .await?
             .into_iter()
