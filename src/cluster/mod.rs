@@ -657,8 +657,8 @@ impl Cluster {
         futures_util::future::join_all(handovers).await;
     }
 
-    /// Stops `instance_id` here and releases its lease.
-    pub async fn hand_over(&self, instance_id: &str) {
+    /// Stops `instance_id` here cleanly (its client flushes the session) and lets it go.
+    async fn stop_here(&self, instance_id: &str) {
         if let Some(rt) = self.runtime() {
             if let Some(a) = rt.actor(instance_id) {
                 let _ = ractor::call_t!(a, actors::instance::InstanceMsg::Shutdown, 15_000);
@@ -666,6 +666,11 @@ impl Cluster {
             let _ = rt.stop(instance_id).await;
         }
         self.unhold(instance_id);
+    }
+
+    /// Stops `instance_id` here and releases its lease.
+    pub async fn hand_over(&self, instance_id: &str) {
+        self.stop_here(instance_id).await;
         if let Err(e) = self
             .db
             .execute_raw(stmt(
@@ -705,13 +710,7 @@ impl Cluster {
         if live.is_none() {
             return Ok(false);
         }
-        if let Some(rt) = self.runtime() {
-            if let Some(a) = rt.actor(instance_id) {
-                let _ = ractor::call_t!(a, actors::instance::InstanceMsg::Shutdown, 15_000);
-            }
-            let _ = rt.stop(instance_id).await;
-        }
-        self.unhold(instance_id);
+        self.stop_here(instance_id).await;
         let r = self
             .db
             .execute_raw(stmt(
@@ -778,13 +777,7 @@ impl Cluster {
     pub async fn shutdown(self: &Arc<Self>) {
         self.draining.store(true, Ordering::SeqCst);
         self.stop.notify_one();
-        let _ = self
-            .db
-            .execute_raw(stmt(
-                "UPDATE cluster_nodes SET draining = TRUE WHERE node_id = $1",
-                vec![self.node.clone().into()],
-            ))
-            .await;
+        let _ = self.drain(&self.node, true).await;
         let started = Instant::now();
         let n = self.owned_count();
         self.hand_over_all().await;
