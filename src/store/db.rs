@@ -233,18 +233,186 @@ pub(crate) struct Group {
 /// How a group commit ended, as every writer of the batch sees it.
 type Outcome = Option<Result<(), std::sync::Arc<str>>>;
 
-/// One group transaction: `BEGIN IMMEDIATE` on a pooled connection of one database,
+/// One group transaction: `BEGIN IMMEDIATE` on one database's writer connection (see [`BatchTxn`]),
 /// the writers who joined it, and the channel their commit result goes out on.
 struct Batch {
     id: u64,
     /// Which database (pool) the transaction belongs to.
     pool: usize,
-    txn: sea_orm::DatabaseTransaction,
+    txn: BatchTxn,
     writers: usize,
     /// An atomic writer ended halfway: the batch is rolled back, not committed.
     poisoned: bool,
     opened: std::time::Instant,
     done: tokio::sync::watch::Sender<Outcome>,
+}
+
+/// Where a group transaction's statements run: the database's synchronous writer
+/// connection (see [`super::sync_sqlite`]), or a pooled connection for a database
+/// that has none (in memory).
+enum BatchTxn {
+    Sync(std::sync::Arc<super::sync_sqlite::SyncSqlite>),
+    Pool(sea_orm::DatabaseTransaction),
+}
+
+impl BatchTxn {
+    async fn begin(db: &DatabaseConnection) -> Result<Self, DbErr> {
+        match super::sync_sqlite::for_pool(db) {
+            Some(s) => {
+                s.run("BEGIN IMMEDIATE")?;
+                Ok(Self::Sync(s))
+            }
+            None => Ok(Self::Pool(begin_immediate(db).await?)),
+        }
+    }
+
+    async fn commit(self) -> Result<(), DbErr> {
+        match self {
+            Self::Sync(s) => s.run("COMMIT").or_else(|e| {
+                // A failed COMMIT can leave the transaction open: end it, so the next
+                // batch begins on a clean connection.
+                let _ = s.run("ROLLBACK");
+                Err(e)
+            }),
+            Self::Pool(t) => t.commit().await,
+        }
+    }
+
+    async fn rollback(self) -> Result<(), DbErr> {
+        match self {
+            Self::Sync(s) => s.run("ROLLBACK"),
+            Self::Pool(t) => t.rollback().await,
+        }
+    }
+
+    fn executor(&self) -> WriteConn<'_> {
+        match self {
+            Self::Sync(s) => WriteConn(Via::Sync(s)),
+            Self::Pool(t) => WriteConn::from(t),
+        }
+    }
+}
+
+/// Where a writer's statements go (see [`Writer::conn`]): the SQLite group
+/// transaction's own connection, run synchronously, or sea-orm (PostgreSQL, a writer's
+/// own transaction, an in-memory SQLite database). Statements are built with sea-orm's
+/// query builders either way.
+pub struct WriteConn<'a>(Via<'a>);
+
+enum Via<'a> {
+    Sea(sea_orm::DatabaseExecutor<'a>),
+    Sync(&'a super::sync_sqlite::SyncSqlite),
+}
+
+impl<'a> From<&'a sea_orm::DatabaseTransaction> for WriteConn<'a> {
+    fn from(t: &'a sea_orm::DatabaseTransaction) -> Self {
+        Self(Via::Sea(sea_orm::DatabaseExecutor::Transaction(t)))
+    }
+}
+
+impl<'a> From<&'a DatabaseConnection> for WriteConn<'a> {
+    fn from(c: &'a DatabaseConnection) -> Self {
+        Self(Via::Sea(sea_orm::DatabaseExecutor::Connection(c)))
+    }
+}
+
+impl WriteConn<'_> {
+    pub fn backend(&self) -> sea_orm::DbBackend {
+        use sea_orm::ConnectionTrait;
+        match &self.0 {
+            Via::Sea(c) => c.get_database_backend(),
+            Via::Sync(_) => sea_orm::DbBackend::Sqlite,
+        }
+    }
+
+    /// Runs an insert, update or delete; the number of rows it changed.
+    pub async fn run<Q: sea_orm::QueryTrait>(&self, q: &Q) -> Result<u64, DbErr> {
+        self.run_stmt(q.build(self.backend())).await
+    }
+
+    /// Runs a built statement; the number of rows it changed.
+    pub async fn run_stmt(&self, st: sea_orm::Statement) -> Result<u64, DbErr> {
+        use sea_orm::ConnectionTrait;
+        match &self.0 {
+            Via::Sea(c) => Ok(c.execute_raw(st).await?.rows_affected()),
+            Via::Sync(s) => s.execute(st),
+        }
+    }
+
+    /// Runs SQL text without parameters; the number of rows it changed.
+    pub async fn execute_unprepared(&self, sql: &str) -> Result<u64, DbErr> {
+        use sea_orm::ConnectionTrait;
+        match &self.0 {
+            Via::Sea(c) => Ok(c.execute_unprepared(sql).await?.rows_affected()),
+            Via::Sync(s) => s.execute(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                sql,
+            )),
+        }
+    }
+
+    /// Runs a query (a select, or a statement with `RETURNING`); its rows.
+    pub async fn rows<S: sea_orm::StatementBuilder>(
+        &self,
+        q: &S,
+    ) -> Result<Vec<Row>, DbErr> {
+        use sea_orm::ConnectionTrait;
+        let st = self.backend().build(q);
+        match &self.0 {
+            Via::Sea(c) => Ok(c.query_all_raw(st).await?.into_iter().map(|r| Row(Got::Sea(r))).collect()),
+            Via::Sync(s) => Ok(s.query(st)?.into_iter().map(|r| Row(Got::Sync(r))).collect()),
+        }
+    }
+}
+
+/// A row a writer read (see [`WriteConn::rows`]); columns by name.
+pub struct Row(Got);
+
+enum Got {
+    Sea(sea_orm::QueryResult),
+    Sync(super::sync_sqlite::SyncRow),
+}
+
+impl Row {
+    fn sync_col(
+        r: &super::sync_sqlite::SyncRow,
+        col: &str,
+    ) -> Result<rusqlite::types::Value, DbErr> {
+        r.iter()
+            .find(|(n, _)| n == col)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| DbErr::Type(format!("no column {col} in the row")))
+    }
+
+    pub fn i64(&self, col: &str) -> Result<i64, DbErr> {
+        match &self.0 {
+            Got::Sea(r) => r.try_get("", col),
+            Got::Sync(r) => match Self::sync_col(r, col)? {
+                rusqlite::types::Value::Integer(i) => Ok(i),
+                v => Err(DbErr::Type(format!("column {col}: an integer expected, got {:?}", v.data_type()))),
+            },
+        }
+    }
+
+    pub fn string(&self, col: &str) -> Result<String, DbErr> {
+        match &self.0 {
+            Got::Sea(r) => r.try_get("", col),
+            Got::Sync(r) => match Self::sync_col(r, col)? {
+                rusqlite::types::Value::Text(t) => Ok(t),
+                v => Err(DbErr::Type(format!("column {col}: text expected, got {:?}", v.data_type()))),
+            },
+        }
+    }
+
+    pub fn bytes(&self, col: &str) -> Result<Vec<u8>, DbErr> {
+        match &self.0 {
+            Got::Sea(r) => r.try_get("", col),
+            Got::Sync(r) => match Self::sync_col(r, col)? {
+                rusqlite::types::Value::Blob(b) => Ok(b),
+                v => Err(DbErr::Type(format!("column {col}: bytes expected, got {:?}", v.data_type()))),
+            },
+        }
+    }
 }
 
 /// A batch takes at most this many writers, and stays open at most this long; the
@@ -356,8 +524,10 @@ impl Drop for WriteTurn {
 /// transaction and gives the turn on; the committer commits once for all.
 /// [`Writer::finish`] returns only when the writer's statements are committed, so an
 /// acknowledgement that follows it is as durable as with a transaction of its own.
-/// Under load, one commit (and one pool checkout) serves tens of writers instead of one
-/// each.
+/// Under load, one commit serves tens of writers instead of one each. On a SQLite file
+/// the statements run synchronously on the database's writer connection
+/// ([`super::sync_sqlite`]), so the turn is held for microseconds per statement rather
+/// than a round trip to a connection thread each.
 ///
 /// Failures: a single statement that fails is undone by SQLite on its own; the
 /// transaction and the other writers go on. A writer of several statements that must
@@ -403,7 +573,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
         guard.flush().await;
     }
     if guard.open.is_none() {
-        let txn = begin_immediate(db).await?;
+        let txn = BatchTxn::begin(db).await?;
         let id = guard.next_id;
         guard.next_id += 1;
         guard.open = Some(Batch {
@@ -459,14 +629,14 @@ impl Writer<'_> {
     }
 
     /// Where this writer's statements go.
-    pub fn conn(&self) -> sea_orm::DatabaseExecutor<'_> {
+    pub fn conn(&self) -> WriteConn<'_> {
         if let Some(b) = self.turn.as_ref().and_then(|t| t.guard.open.as_ref()) {
-            return sea_orm::DatabaseExecutor::Transaction(&b.txn);
+            return b.txn.executor();
         }
         // (A held turn always has its batch: only a holder of the turn takes it out.)
         match &self.own {
-            Some(txn) => sea_orm::DatabaseExecutor::Transaction(txn),
-            None => sea_orm::DatabaseExecutor::Connection(self.db),
+            Some(txn) => WriteConn::from(txn),
+            None => WriteConn::from(self.db),
         }
     }
 

@@ -22,7 +22,8 @@ use actors::events::{
 use async_trait::async_trait;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect};
+use crate::store::db::WriteConn;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder, QuerySelect, QueryTrait};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -336,8 +337,8 @@ impl Journal {
     }
 
     /// Appends an event (and its outbox row when the webhook takes it) inside `txn`.
-    async fn append<C: ConnectionTrait>(
-        txn: &C,
+    async fn append(
+        txn: &WriteConn<'_>,
         instance_id: &str,
         event: &str,
         envelope: &Value,
@@ -345,21 +346,24 @@ impl Journal {
         now: i64,
     ) -> Result<(LiveEvent, bool), DbErr> {
         let payload = envelope.to_string();
-        let res = event::Entity::insert(event::ActiveModel {
+        let mut insert = event::Entity::insert(event::ActiveModel {
             instance_id: Set(instance_id.to_string()),
             event: Set(event.to_string()),
             payload: Set(payload.clone()),
             created_at: Set(now),
             ..Default::default()
         })
-        .exec(txn)
-        .await?;
-        let seq = res.last_insert_id;
+        .into_query();
+        insert.returning_col(event::Column::Seq);
+        let seq = match txn.rows(&insert).await?.first() {
+            Some(r) => r.i64("seq")?,
+            None => return Err(DbErr::RecordNotInserted),
+        };
         let json = event_json(&payload, seq);
         let mut queued = false;
         if let Some(hook) = webhook {
             if filter_takes(hook.events.as_deref(), event) {
-                outbox::Entity::insert(outbox::ActiveModel {
+                txn.run(&outbox::Entity::insert(outbox::ActiveModel {
                     id: Set(format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()))),
                     instance_id: Set(instance_id.to_string()),
                     event: Set(event.to_string()),
@@ -372,8 +376,7 @@ impl Journal {
                     created_at: Set(now),
                     delivered_at: Set(None),
                     target: Set(Some(hook.url.clone())),
-                })
-                .exec_without_returning(txn)
+                }))
                 .await?;
                 queued = true;
             }
@@ -439,9 +442,8 @@ impl Journal {
                 raw: Set(m.raw.clone()),
                 ..Default::default()
             };
-            let inserted = message::Entity::insert(row)
-                .on_conflict(message_key_conflict())
-                .exec_without_returning(&txn)
+            let inserted = txn
+                .run(&message::Entity::insert(row).on_conflict(message_key_conflict()))
                 .await?;
             if inserted == 0 {
                 continue; // already stored: a replay after a lost ack
@@ -473,7 +475,7 @@ impl Journal {
         let (mut w, _stripe) = self.writer(&s.instance_id).await?;
         w.atomic().await?;
         let txn = w.conn();
-        message::Entity::insert(message::ActiveModel {
+        txn.run(&message::Entity::insert(message::ActiveModel {
             instance_id: Set(s.instance_id.clone()),
             direction: Set("out".into()),
             message_id: Set(s.message_id.clone()),
@@ -494,8 +496,7 @@ impl Journal {
             raw: Set(s.raw.clone()),
             ..Default::default()
         })
-        .on_conflict(message_key_conflict())
-        .exec_without_returning(&txn)
+        .on_conflict(message_key_conflict()))
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
         drop(txn);
@@ -504,15 +505,15 @@ impl Journal {
         Ok(())
     }
 
-    async fn timeline<C: ConnectionTrait>(
-        txn: &C,
+    async fn timeline(
+        txn: &WriteConn<'_>,
         instance_id: &str,
         message_id: &str,
         recipient: &str,
         st: &str,
         at: i64,
     ) -> Result<u64, DbErr> {
-        status::Entity::insert(status::ActiveModel {
+        txn.run(&status::Entity::insert(status::ActiveModel {
             instance_id: Set(instance_id.to_string()),
             message_id: Set(message_id.to_string()),
             recipient: Set(recipient.to_string()),
@@ -529,8 +530,7 @@ impl Journal {
             ])
             .do_nothing()
             .to_owned(),
-        )
-        .exec_without_returning(txn)
+        ))
         .await
     }
 
@@ -573,8 +573,8 @@ impl Journal {
 
     /// One status inside `txn`: the timeline, the message's status (it only moves
     /// forward), the event log and the outbox.
-    async fn status_in<C: ConnectionTrait>(
-        txn: &C,
+    async fn status_in(
+        txn: &WriteConn<'_>,
         st: &MessageStatus,
         webhook: &Option<Hook>,
         now: i64,
@@ -586,11 +586,17 @@ impl Journal {
         };
         let mut known = false;
         for id in &st.message_ids {
-            let rows = message::Entity::find()
-                .filter(message::Column::InstanceId.eq(st.instance_id.as_str()))
-                .filter(message::Column::MessageId.eq(id.as_str()))
-                .filter(message::Column::Direction.eq("out"))
-                .all(txn)
+            let rows = txn
+                .rows(
+                    &message::Entity::find()
+                        .select_only()
+                        .column(message::Column::Seq)
+                        .column(message::Column::Status)
+                        .filter(message::Column::InstanceId.eq(st.instance_id.as_str()))
+                        .filter(message::Column::MessageId.eq(id.as_str()))
+                        .filter(message::Column::Direction.eq("out"))
+                        .into_query(),
+                )
                 .await?;
             known |= !rows.is_empty();
             if rows.is_empty() && st.status == "server_ack" {
@@ -599,18 +605,20 @@ impl Journal {
             let recipient = st.recipient.clone().unwrap_or_default();
             Self::timeline(txn, &st.instance_id, id, &recipient, &st.status, at).await?;
             for r in rows {
+                let (seq, old) = (r.i64("seq")?, r.string("status")?);
                 let new = if st.status == "error" {
                     "failed"
                 } else {
                     st.status.as_str()
                 };
-                if rank(new) > rank(&r.status) || (new == "failed" && rank(&r.status) < 3) {
-                    message::Entity::update_many()
-                        .col_expr(message::Column::Status, Expr::value(new))
-                        .col_expr(message::Column::UpdatedAt, Expr::value(now))
-                        .filter(message::Column::Seq.eq(r.seq))
-                        .exec(txn)
-                        .await?;
+                if rank(new) > rank(&old) || (new == "failed" && rank(&old) < 3) {
+                    txn.run(
+                        &message::Entity::update_many()
+                            .col_expr(message::Column::Status, Expr::value(new))
+                            .col_expr(message::Column::UpdatedAt, Expr::value(now))
+                            .filter(message::Column::Seq.eq(seq)),
+                    )
+                    .await?;
                 }
             }
         }

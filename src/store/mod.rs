@@ -6,4 +6,5 @@ pub mod idempotency;
 pub mod instances;
 pub mod journal;
 pub mod settings;
+mod sync_sqlite;
 pub mod wa;

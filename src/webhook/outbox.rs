@@ -204,10 +204,12 @@ impl Outbox {
 
     pub(super) async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
         let w = crate::store::db::group_write(&self.db).await?;
-        entity::Entity::update_many()
-            .set(update)
-            .filter(entity::Column::Id.eq(id))
-            .exec(&w.conn())
+        w.conn()
+            .run(
+                &entity::Entity::update_many()
+                    .set(update)
+                    .filter(entity::Column::Id.eq(id)),
+            )
             .await?;
         w.finish().await
     }

@@ -402,7 +402,7 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
     for (code, ids) in by_code {
         let r = async {
             let w = crate::store::db::group_write(&outbox.db).await?;
-            entity::Entity::update_many()
+            let q = entity::Entity::update_many()
                 .col_expr(entity::Column::Status, Expr::value(DELIVERED))
                 .col_expr(
                     entity::Column::Attempts,
@@ -414,9 +414,8 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
                     Expr::value(Option::<String>::None),
                 )
                 .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
-                .filter(entity::Column::Id.is_in(ids))
-                .exec(&w.conn())
-                .await?;
+                .filter(entity::Column::Id.is_in(ids));
+            w.conn().run(&q).await?;
             w.finish().await
         }
         .await;

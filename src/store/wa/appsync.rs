@@ -108,7 +108,7 @@ impl AppSyncStore for WaStore {
         .into();
         let txn = self.begin_write().await?;
         upsert_rows(
-            &txn,
+            &(&txn).into(),
             vec![key_row],
             &overwrite(
                 [sync_key::Column::InstanceId, sync_key::Column::KeyId],
@@ -122,7 +122,7 @@ impl AppSyncStore for WaStore {
         .await
         .map_err(db_err)?;
         upsert_rows(
-            &txn,
+            &(&txn).into(),
             vec![latest_row],
             &overwrite(
                 [latest_sync_key::Column::InstanceId],

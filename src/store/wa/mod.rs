@@ -39,7 +39,7 @@ use std::sync::Arc;
 use entities::InstanceScoped;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection,
     DatabaseTransaction, DbErr, DeleteMany, EntityName, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, Select, UpdateMany,
 };
@@ -206,17 +206,18 @@ pub fn wa_tables() -> Vec<&'static str> {
 }
 
 /// Inserts `rows` with `on_conflict`, [`ROWS_PER_STATEMENT`] rows per statement.
-async fn upsert_rows<A, C>(conn: &C, rows: Vec<A>, on_conflict: &OnConflict) -> Result<(), DbErr>
+async fn upsert_rows<A>(
+    conn: &crate::store::db::WriteConn<'_>,
+    rows: Vec<A>,
+    on_conflict: &OnConflict,
+) -> Result<(), DbErr>
 where
     A: ActiveModelTrait + Send + Sync,
-    C: ConnectionTrait,
 {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<A> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        A::Entity::insert_many(chunk)
-            .on_conflict(on_conflict.clone())
-            .exec_without_returning(conn)
+        conn.run(&A::Entity::insert_many(chunk).on_conflict(on_conflict.clone()))
             .await?;
     }
     Ok(())

@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, QueryFilter, QueryTrait};
+use sea_orm::{ColumnTrait, Condition, QueryFilter, QuerySelect, QueryTrait};
 use wacore::store::error::{Result, StoreError};
 use wacore::store::traits::{
     DeviceInfo, DeviceListRecord, LidPnMappingEntry, PendingInboundKey, PendingInboundRow,
@@ -78,25 +78,37 @@ impl WaStore {
     /// One `put_lid_mapping` on `conn` (a write transaction): clear the reverse
     /// pointer of the phone this LID leaves, then upsert the mapping and point its
     /// phone at it.
-    async fn put_lid_mapping_in<C: ConnectionTrait>(
+    async fn put_lid_mapping_in(
         &self,
-        conn: &C,
+        conn: &crate::store::db::WriteConn<'_>,
         entry: &LidPnMappingEntry,
     ) -> Result<()> {
-        let previous = self
-            .scoped_find::<lid_mapping::Entity>()
-            .filter(lid_mapping::Column::Lid.eq(&entry.lid))
-            .one(conn)
+        let previous = conn
+            .rows(
+                &self
+                    .scoped_find::<lid_mapping::Entity>()
+                    .select_only()
+                    .column(lid_mapping::Column::PhoneNumber)
+                    .filter(lid_mapping::Column::Lid.eq(&entry.lid))
+                    .limit(1)
+                    .into_query(),
+            )
             .await
             .map_err(db_err)?;
-        if let Some(old) = previous.filter(|old| old.phone_number != entry.phone_number) {
+        let previous = match previous.first() {
+            Some(r) => Some(r.string("phone_number").map_err(db_err)?),
+            None => None,
+        };
+        if let Some(old) = previous.filter(|old| *old != entry.phone_number) {
             // Unconditional, as the reference: the pointer goes even if another LID
             // had claimed that phone since.
-            self.scoped_delete::<pn_lid_index::Entity>()
-                .filter(pn_lid_index::Column::PhoneNumber.eq(old.phone_number))
-                .exec(conn)
-                .await
-                .map_err(db_err)?;
+            conn.run(
+                &self
+                    .scoped_delete::<pn_lid_index::Entity>()
+                    .filter(pn_lid_index::Column::PhoneNumber.eq(old)),
+            )
+            .await
+            .map_err(db_err)?;
         }
         let mapping: lid_mapping::ActiveModel = lid_mapping::Model {
             instance_id: self.owner(),
@@ -593,9 +605,9 @@ impl ProtocolStore for WaStore {
             .filter(sent_message::Column::MessageId.eq(message_id))
             .into_query();
         take.returning_col(sent_message::Column::Payload);
-        let row = w.conn().query_one(&take).await.map_err(db_err)?;
+        let row = w.conn().rows(&take).await.map_err(db_err)?.into_iter().next();
         w.finish().await.map_err(db_err)?;
-        row.map(|r| r.try_get::<Vec<u8>>("", "payload"))
+        row.map(|r| r.bytes("payload"))
             .transpose()
             .map_err(db_err)
     }
@@ -666,11 +678,14 @@ impl ProtocolStore for WaStore {
             s.delete(self.instance_id(), chat, sender, id)
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
         }
-        self.scoped_delete::<pending_inbound::Entity>()
-            .filter(pending_inbound::Column::Chat.eq(chat))
-            .filter(pending_inbound::Column::Sender.eq(sender))
-            .filter(pending_inbound::Column::StanzaId.eq(id))
-            .exec(&w.conn())
+        w.conn()
+            .run(
+                &self
+                    .scoped_delete::<pending_inbound::Entity>()
+                    .filter(pending_inbound::Column::Chat.eq(chat))
+                    .filter(pending_inbound::Column::Sender.eq(sender))
+                    .filter(pending_inbound::Column::StanzaId.eq(id)),
+            )
             .await
             .map_err(db_err)?;
         w.finish().await.map_err(db_err)
@@ -749,13 +764,15 @@ impl ProtocolStore for WaStore {
         w.atomic().await.map_err(db_err)?;
         let txn = w.conn();
         for (chat, sender, id) in keys {
-            self.scoped_delete::<pending_inbound::Entity>()
-                .filter(pending_inbound::Column::Chat.eq(chat))
-                .filter(pending_inbound::Column::Sender.eq(sender))
-                .filter(pending_inbound::Column::StanzaId.eq(id))
-                .exec(&txn)
-                .await
-                .map_err(db_err)?;
+            txn.run(
+                &self
+                    .scoped_delete::<pending_inbound::Entity>()
+                    .filter(pending_inbound::Column::Chat.eq(chat))
+                    .filter(pending_inbound::Column::Sender.eq(sender))
+                    .filter(pending_inbound::Column::StanzaId.eq(id)),
+            )
+            .await
+            .map_err(db_err)?;
         }
         drop(txn);
         w.finish().await.map_err(db_err)
