@@ -268,11 +268,11 @@ impl BatchTxn {
 
     async fn commit(self) -> Result<(), DbErr> {
         match self {
-            Self::Sync(s) => s.run("COMMIT").or_else(|e| {
+            Self::Sync(s) => s.run("COMMIT").map_err(|e| {
                 // A failed COMMIT can leave the transaction open: end it, so the next
                 // batch begins on a clean connection.
                 let _ = s.run("ROLLBACK");
-                Err(e)
+                e
             }),
             Self::Pool(t) => t.commit().await,
         }
