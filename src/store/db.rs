@@ -268,11 +268,10 @@ impl BatchTxn {
 
     async fn commit(self) -> Result<(), DbErr> {
         match self {
-            Self::Sync(s) => s.run("COMMIT").map_err(|e| {
+            Self::Sync(s) => s.run("COMMIT").inspect_err(|_| {
                 // A failed COMMIT can leave the transaction open: end it, so the next
                 // batch begins on a clean connection.
                 let _ = s.run("ROLLBACK");
-                e
             }),
             Self::Pool(t) => t.commit().await,
         }
@@ -374,43 +373,49 @@ enum Got {
 }
 
 impl Row {
-    fn sync_col(
+    /// A column of a row read on the writer connection, as `want` takes it.
+    fn sync_get<T>(
         r: &super::sync_sqlite::SyncRow,
         col: &str,
-    ) -> Result<rusqlite::types::Value, DbErr> {
-        r.iter()
+        kind: &str,
+        want: impl FnOnce(rusqlite::types::Value) -> Option<T>,
+    ) -> Result<T, DbErr> {
+        let v = r
+            .iter()
             .find(|(n, _)| n == col)
             .map(|(_, v)| v.clone())
-            .ok_or_else(|| DbErr::Type(format!("no column {col} in the row")))
+            .ok_or_else(|| DbErr::Type(format!("no column {col} in the row")))?;
+        let found = v.data_type();
+        want(v).ok_or_else(|| DbErr::Type(format!("column {col}: {kind} expected, got {found:?}")))
     }
 
     pub fn i64(&self, col: &str) -> Result<i64, DbErr> {
         match &self.0 {
             Got::Sea(r) => r.try_get("", col),
-            Got::Sync(r) => match Self::sync_col(r, col)? {
-                rusqlite::types::Value::Integer(i) => Ok(i),
-                v => Err(DbErr::Type(format!("column {col}: an integer expected, got {:?}", v.data_type()))),
-            },
+            Got::Sync(r) => Self::sync_get(r, col, "an integer", |v| match v {
+                rusqlite::types::Value::Integer(i) => Some(i),
+                _ => None,
+            }),
         }
     }
 
     pub fn string(&self, col: &str) -> Result<String, DbErr> {
         match &self.0 {
             Got::Sea(r) => r.try_get("", col),
-            Got::Sync(r) => match Self::sync_col(r, col)? {
-                rusqlite::types::Value::Text(t) => Ok(t),
-                v => Err(DbErr::Type(format!("column {col}: text expected, got {:?}", v.data_type()))),
-            },
+            Got::Sync(r) => Self::sync_get(r, col, "text", |v| match v {
+                rusqlite::types::Value::Text(t) => Some(t),
+                _ => None,
+            }),
         }
     }
 
     pub fn bytes(&self, col: &str) -> Result<Vec<u8>, DbErr> {
         match &self.0 {
             Got::Sea(r) => r.try_get("", col),
-            Got::Sync(r) => match Self::sync_col(r, col)? {
-                rusqlite::types::Value::Blob(b) => Ok(b),
-                v => Err(DbErr::Type(format!("column {col}: bytes expected, got {:?}", v.data_type()))),
-            },
+            Got::Sync(r) => Self::sync_get(r, col, "bytes", |v| match v {
+                rusqlite::types::Value::Blob(b) => Some(b),
+                _ => None,
+            }),
         }
     }
 }

@@ -44,6 +44,19 @@ const TC_RECEIVED_NEWER: &str = r#"length("wa_tc_tokens"."token") = 0
     OR excluded.token_timestamp >= "wa_tc_tokens"."token_timestamp""#;
 
 impl WaStore {
+    /// Deletes this instance's pending-inbound row for (chat, sender, stanza id).
+    fn pending_row_delete(
+        &self,
+        chat: &str,
+        sender: &str,
+        id: &str,
+    ) -> sea_orm::DeleteMany<pending_inbound::Entity> {
+        self.scoped_delete::<pending_inbound::Entity>()
+            .filter(pending_inbound::Column::Chat.eq(chat))
+            .filter(pending_inbound::Column::Sender.eq(sender))
+            .filter(pending_inbound::Column::StanzaId.eq(id))
+    }
+
     fn device_list_row(&self, record: &DeviceListRecord) -> Result<device_list::ActiveModel> {
         Ok(device_list::Model {
             instance_id: self.owner(),
@@ -679,13 +692,7 @@ impl ProtocolStore for WaStore {
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
         }
         w.conn()
-            .run(
-                &self
-                    .scoped_delete::<pending_inbound::Entity>()
-                    .filter(pending_inbound::Column::Chat.eq(chat))
-                    .filter(pending_inbound::Column::Sender.eq(sender))
-                    .filter(pending_inbound::Column::StanzaId.eq(id)),
-            )
+            .run(&self.pending_row_delete(chat, sender, id))
             .await
             .map_err(db_err)?;
         w.finish().await.map_err(db_err)
@@ -764,15 +771,9 @@ impl ProtocolStore for WaStore {
         w.atomic().await.map_err(db_err)?;
         let txn = w.conn();
         for (chat, sender, id) in keys {
-            txn.run(
-                &self
-                    .scoped_delete::<pending_inbound::Entity>()
-                    .filter(pending_inbound::Column::Chat.eq(chat))
-                    .filter(pending_inbound::Column::Sender.eq(sender))
-                    .filter(pending_inbound::Column::StanzaId.eq(id)),
-            )
-            .await
-            .map_err(db_err)?;
+            txn.run(&self.pending_row_delete(chat, sender, id))
+                .await
+                .map_err(db_err)?;
         }
         drop(txn);
         w.finish().await.map_err(db_err)
