@@ -351,15 +351,21 @@ impl WriteConn<'_> {
     }
 
     /// Runs a query (a select, or a statement with `RETURNING`); its rows.
-    pub async fn rows<S: sea_orm::StatementBuilder>(
-        &self,
-        q: &S,
-    ) -> Result<Vec<Row>, DbErr> {
+    pub async fn rows<S: sea_orm::StatementBuilder>(&self, q: &S) -> Result<Vec<Row>, DbErr> {
         use sea_orm::ConnectionTrait;
         let st = self.backend().build(q);
         match &self.0 {
-            Via::Sea(c) => Ok(c.query_all_raw(st).await?.into_iter().map(|r| Row(Got::Sea(r))).collect()),
-            Via::Sync(s) => Ok(s.query(st)?.into_iter().map(|r| Row(Got::Sync(r))).collect()),
+            Via::Sea(c) => Ok(c
+                .query_all_raw(st)
+                .await?
+                .into_iter()
+                .map(|r| Row(Got::Sea(r)))
+                .collect()),
+            Via::Sync(s) => Ok(s
+                .query(st)?
+                .into_iter()
+                .map(|r| Row(Got::Sync(r)))
+                .collect()),
         }
     }
 }

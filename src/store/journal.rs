@@ -14,6 +14,7 @@
 //! - The JSON an event is sent with (listen socket, webhook, catch-up) is built the same
 //!   way everywhere — the stored envelope plus its cursor — so the bytes are identical.
 
+use crate::store::db::WriteConn;
 use crate::store::instances::entity as instance;
 use crate::webhook::entity as outbox;
 use actors::events::{
@@ -22,7 +23,6 @@ use actors::events::{
 use async_trait::async_trait;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use crate::store::db::WriteConn;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, QueryOrder, QuerySelect, QueryTrait};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -475,28 +475,30 @@ impl Journal {
         let (mut w, _stripe) = self.writer(&s.instance_id).await?;
         w.atomic().await?;
         let txn = w.conn();
-        txn.run(&message::Entity::insert(message::ActiveModel {
-            instance_id: Set(s.instance_id.clone()),
-            direction: Set("out".into()),
-            message_id: Set(s.message_id.clone()),
-            chat: Set(s.chat.clone()),
-            sender: Set(String::new()),
-            sender_phone: Set(None),
-            sender_lid: Set(None),
-            push_name: Set(None),
-            from_me: Set(true),
-            is_group: Set(s.is_group),
-            kind: Set(s.kind.clone()),
-            body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
-            media: Set(media_text(s.media.as_ref())),
-            status: Set("sent".into()),
-            timestamp: Set(s.timestamp * 1000),
-            created_at: Set(now),
-            updated_at: Set(now),
-            raw: Set(s.raw.clone()),
-            ..Default::default()
-        })
-        .on_conflict(message_key_conflict()))
+        txn.run(
+            &message::Entity::insert(message::ActiveModel {
+                instance_id: Set(s.instance_id.clone()),
+                direction: Set("out".into()),
+                message_id: Set(s.message_id.clone()),
+                chat: Set(s.chat.clone()),
+                sender: Set(String::new()),
+                sender_phone: Set(None),
+                sender_lid: Set(None),
+                push_name: Set(None),
+                from_me: Set(true),
+                is_group: Set(s.is_group),
+                kind: Set(s.kind.clone()),
+                body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
+                media: Set(media_text(s.media.as_ref())),
+                status: Set("sent".into()),
+                timestamp: Set(s.timestamp * 1000),
+                created_at: Set(now),
+                updated_at: Set(now),
+                raw: Set(s.raw.clone()),
+                ..Default::default()
+            })
+            .on_conflict(message_key_conflict()),
+        )
         .await?;
         Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
         drop(txn);
@@ -513,24 +515,26 @@ impl Journal {
         st: &str,
         at: i64,
     ) -> Result<u64, DbErr> {
-        txn.run(&status::Entity::insert(status::ActiveModel {
-            instance_id: Set(instance_id.to_string()),
-            message_id: Set(message_id.to_string()),
-            recipient: Set(recipient.to_string()),
-            status: Set(st.to_string()),
-            at: Set(at),
-            ..Default::default()
-        })
-        .on_conflict(
-            OnConflict::columns([
-                status::Column::InstanceId,
-                status::Column::MessageId,
-                status::Column::Recipient,
-                status::Column::Status,
-            ])
-            .do_nothing()
-            .to_owned(),
-        ))
+        txn.run(
+            &status::Entity::insert(status::ActiveModel {
+                instance_id: Set(instance_id.to_string()),
+                message_id: Set(message_id.to_string()),
+                recipient: Set(recipient.to_string()),
+                status: Set(st.to_string()),
+                at: Set(at),
+                ..Default::default()
+            })
+            .on_conflict(
+                OnConflict::columns([
+                    status::Column::InstanceId,
+                    status::Column::MessageId,
+                    status::Column::Recipient,
+                    status::Column::Status,
+                ])
+                .do_nothing()
+                .to_owned(),
+            ),
+        )
         .await
     }
 

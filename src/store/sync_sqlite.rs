@@ -71,9 +71,11 @@ impl rusqlite::ToSql for Param<'_> {
             Value::Unsigned(x) => int(x.map(i64::from)),
             Value::BigUnsigned(x) => match x {
                 None => O::Owned(S::Null),
-                Some(x) => O::Owned(S::Integer(i64::try_from(*x).map_err(|e| {
-                    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
-                })?)),
+                Some(x) => {
+                    O::Owned(S::Integer(i64::try_from(*x).map_err(|e| {
+                        rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+                    })?))
+                }
             },
             Value::Float(x) => x.map_or(O::Owned(S::Null), |x| O::Owned(S::Real(x.into()))),
             Value::Double(x) => x.map_or(O::Owned(S::Null), |x| O::Owned(S::Real(x))),

@@ -39,9 +39,9 @@ use std::sync::Arc;
 use entities::InstanceScoped;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection,
-    DatabaseTransaction, DbErr, DeleteMany, EntityName, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Select, UpdateMany,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
+    DeleteMany, EntityName, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    UpdateMany,
 };
 use wacore::store::error::StoreError;
 

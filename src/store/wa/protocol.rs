@@ -618,11 +618,15 @@ impl ProtocolStore for WaStore {
             .filter(sent_message::Column::MessageId.eq(message_id))
             .into_query();
         take.returning_col(sent_message::Column::Payload);
-        let row = w.conn().rows(&take).await.map_err(db_err)?.into_iter().next();
+        let row = w
+            .conn()
+            .rows(&take)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .next();
         w.finish().await.map_err(db_err)?;
-        row.map(|r| r.bytes("payload"))
-            .transpose()
-            .map_err(db_err)
+        row.map(|r| r.bytes("payload")).transpose().map_err(db_err)
     }
 
     async fn delete_expired_sent_messages(&self, cutoff_timestamp: i64) -> Result<u32> {
