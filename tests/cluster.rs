@@ -174,6 +174,17 @@ async fn eventually<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() 
 }
 
 /// The node holding each instance (live leases).
+/// Waits until `node` holds a live lease on every one of `ids`.
+async fn wait_held(db: &DatabaseConnection, ids: &[String], node: &str) {
+    eventually(&format!("{node} holds {ids:?}"), DEADLINE, async || {
+        let o = owners(db).await;
+        ids.iter()
+            .all(|i| o.get(i).map(String::as_str) == Some(node))
+            .then_some(())
+    })
+    .await;
+}
+
 async fn owners(db: &DatabaseConnection) -> HashMap<String, String> {
     db.query_all_raw(Statement::from_string(
         DbBackend::Postgres,
@@ -571,13 +582,7 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
     for id in &ids {
         wait_online(&b, id, DEADLINE).await;
     }
-    eventually("B holds both", DEADLINE, async || {
-        let o = owners(&db).await;
-        ids.iter()
-            .all(|i| o.get(i).map(String::as_str) == Some("fence-b"))
-            .then_some(())
-    })
-    .await;
+    wait_held(&db, &ids, "fence-b").await;
 
     // A write as node A (a connection carrying its id) is refused by the fence.
     let as_a = Database::connect(format!("{url}?options=-c%20sudevwa.node%3Dfence-a"))
@@ -671,13 +676,7 @@ async fn a_paused_node_is_fenced_and_never_reconnects() {
         .call("POST", "/api/cluster/nodes/fence-b/drain", None)
         .await;
     assert_eq!(s, 200, "drain: {v}");
-    eventually("A holds both", DEADLINE, async || {
-        let o = owners(&db).await;
-        ids.iter()
-            .all(|i| o.get(i).map(String::as_str) == Some("fence-a"))
-            .then_some(())
-    })
-    .await;
+    wait_held(&db, &ids, "fence-a").await;
     for id in &ids {
         wait_online(&a, id, DEADLINE).await;
     }

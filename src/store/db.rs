@@ -103,7 +103,10 @@ async fn checkpointer(db: DatabaseConnection) {
 
 /// Profiling aid (`SUDEVWA_SQL_STATS=1`): counts statements by their SQL text (its first
 /// 90 characters; parameters are never looked at, so no value reaches the output) and
-/// prints the busiest to stderr every 5 s. Off unless the variable is set.
+/// prints the busiest to stderr every 5 s. Off unless the variable is set. Statements
+/// of the SQLite group transaction run on its own connection (`sync_sqlite`), outside
+/// sea-orm's metric callback: the table counts the pool's (readers, rare writers); the
+/// write turn and group commits are counted for all.
 mod sql_stats {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -233,8 +236,9 @@ pub(crate) struct Group {
 /// How a group commit ended, as every writer of the batch sees it.
 type Outcome = Option<Result<(), std::sync::Arc<str>>>;
 
-/// One group transaction: `BEGIN IMMEDIATE` on one database's writer connection (see [`BatchTxn`]),
-/// the writers who joined it, and the channel their commit result goes out on.
+/// One group transaction: `BEGIN IMMEDIATE` on one database's writer connection (see
+/// [`BatchTxn`]), the writers who joined it, and the channel their commit result goes
+/// out on.
 struct Batch {
     id: u64,
     /// Which database (pool) the transaction belongs to.
@@ -330,7 +334,7 @@ impl WriteConn<'_> {
     }
 
     /// Runs a built statement; the number of rows it changed.
-    pub async fn run_stmt(&self, st: sea_orm::Statement) -> Result<u64, DbErr> {
+    async fn run_stmt(&self, st: sea_orm::Statement) -> Result<u64, DbErr> {
         use sea_orm::ConnectionTrait;
         match &self.0 {
             Via::Sea(c) => Ok(c.execute_raw(st).await?.rows_affected()),
