@@ -2058,3 +2058,82 @@ async fn sqlite_group_commit_shares_one_transaction_and_isolates_failures() {
         2
     );
 }
+
+/// The checkpointer makes the WAL start over under steady writes. A passive checkpoint
+/// alone never finds the WAL entirely copied back while commits keep coming, so the WAL
+/// grew without bound under load (gigabytes in a benchmark's minute). Each time the WAL
+/// starts over, SQLite bumps the checkpoint sequence number in its header: with a writer
+/// committing without pause, it must advance several times, and the file must stay
+/// bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_starts_over_under_steady_writes() {
+    let (conn, file) = fresh_db(Kind::Sqlite, "wal_restart").await;
+    let mut wal = file.0.clone().expect("sqlite file").into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    conn.execute_unprepared("CREATE TABLE wal_probe (id INTEGER PRIMARY KEY, v BLOB)")
+        .await
+        .expect("create");
+    // The WAL header's checkpoint sequence number (bytes 12..16, big-endian).
+    let seq = || -> Option<u32> {
+        let bytes = std::fs::read(&wal).ok()?;
+        Some(u32::from_be_bytes(bytes.get(12..16)?.try_into().ok()?))
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (conn, stop) = (conn.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // 64 KiB a commit, one after the other, as the server under load.
+                let w = db::group_write(&conn).await.expect("join the group write");
+                w.conn()
+                    .execute_unprepared("INSERT INTO wal_probe (v) VALUES (randomblob(65536))")
+                    .await
+                    .expect("insert");
+                w.finish().await.expect("commit");
+                n += 1;
+                if n % 256 == 0 {
+                    // Keeps the database file small; the WAL sees the same churn.
+                    let w = db::group_write(&conn).await.expect("join the group write");
+                    w.conn()
+                        .execute_unprepared("DELETE FROM wal_probe")
+                        .await
+                        .expect("delete");
+                    w.finish().await.expect("commit");
+                }
+            }
+            n
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        if let Some(s) = seq() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no WAL appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut largest = 0;
+    loop {
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        if seq().is_some_and(|s| s >= first + 3) {
+            break;
+        }
+        // 16 MiB between restarts plus what a checkpoint interval adds: far below a WAL
+        // that never starts over (it holds every commit, 64 KiB each).
+        if largest >= 256 * 1024 * 1024 {
+            stop.store(true, Ordering::Relaxed);
+            panic!("the WAL grew to {largest} bytes: it does not start over under steady writes");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL never started over three times under steady writes (sequence {first} → {:?}, {largest} bytes)",
+            seq()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let commits = writer.await.expect("writer");
+    assert!(commits > 0);
+}

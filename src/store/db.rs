@@ -51,6 +51,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
                 // Checkpoints run in a task of their own (see `checkpointer`), not
                 // inside whichever commit crosses the WAL's size threshold.
                 .pragma("wal_autocheckpoint", "0")
+                .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
         });
     }
     if let Some(node) = cfg.fence_node.clone() {
@@ -71,22 +72,41 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
 /// How often the SQLite WAL is copied back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// WAL length (in frames, a page each) from which the checkpointer makes the WAL start
+/// over from its beginning (see [`checkpointer`]): 4,096 frames, 16 MiB of 4 KiB pages.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// The WAL file is cut back to this size when it starts over (SQLite's
+/// `journal_size_limit`), so a burst does not leave a large file behind. Larger than
+/// the WAL grows between restarts, so steady load reuses the file's blocks.
+pub(super) const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Copies the SQLite WAL back into the database file every [`CHECKPOINT_EVERY`], until
 /// the pool is closed. SQLite's automatic checkpoint would run inside the commit that
 /// crosses its threshold — while that writer holds the process's write turn, so every
 /// other writer waits for the copy and its fsync. A passive checkpoint in a task of its
-/// own takes no write lock: writers go on appending meanwhile, and the WAL starts over
-/// from its beginning once a checkpoint has caught up with it.
+/// own takes no write lock: writers go on appending meanwhile.
+///
+/// But the WAL only starts over from its beginning when a writer finds it entirely
+/// copied back, and under steady load there is always a commit newer than the last
+/// checkpoint: the WAL grew without bound (5 GB in 40 s of the send benchmark), every
+/// commit extended the file (block allocation and zeroing in the kernel) and the
+/// WAL's index grew with it. So when a passive checkpoint leaves the WAL longer than
+/// [`WAL_RESTART_FRAMES`], the checkpointer takes the write turn (which commits the
+/// open group transaction) and runs a `RESTART` checkpoint on the writer connection:
+/// it copies the few frames written since the passive one and waits for readers still
+/// reading the old WAL, so the next commit writes from the WAL's beginning again.
 async fn checkpointer(db: DatabaseConnection) {
-    use sea_orm::ConnectionTrait;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match db
-            .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-            .await
-        {
+        match passive_checkpoint(&db).await {
+            Ok(frames) if frames >= WAL_RESTART_FRAMES => {
+                if let Err(e) = restart_wal(&db).await {
+                    tracing::warn!(error = %e, "SQLite WAL restart failed; retrying");
+                }
+            }
             Ok(_) => {}
             Err(sea_orm::DbErr::ConnectionAcquire(
                 sea_orm::error::ConnAcquireErr::ConnectionClosed,
@@ -101,13 +121,37 @@ async fn checkpointer(db: DatabaseConnection) {
     }
 }
 
+/// A passive checkpoint; answers the WAL's length in frames.
+async fn passive_checkpoint(db: &DatabaseConnection) -> Result<i64, DbErr> {
+    use sea_orm::ConnectionTrait;
+    let st = sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Sqlite,
+        "PRAGMA wal_checkpoint(PASSIVE)",
+    );
+    let row = db.query_one_raw(st).await?;
+    // (busy, frames in the WAL, frames copied back); -1 when not in WAL mode.
+    Ok(row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(1))?)
+}
+
+/// Makes the WAL start over (see [`checkpointer`]): under the write turn, a `RESTART`
+/// checkpoint on the writer connection, in a blocking thread (it writes and syncs the
+/// database file). Nothing to do for a database without a writer connection.
+pub(crate) async fn restart_wal(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let Some(conn) = super::sync_sqlite::for_pool(db) else {
+        return Ok(());
+    };
+    let _turn = sqlite_turn().await;
+    tokio::task::spawn_blocking(move || conn.restart_wal())
+        .await
+        .map_err(|e| DbErr::Custom(format!("WAL restart task: {e}")))?
+}
+
 /// Profiling aid (`SUDEVWA_SQL_STATS=1`): counts statements by their SQL text (its first
 /// 90 characters; parameters are never looked at, so no value reaches the output) and
 /// prints the busiest to stderr every 5 s. Off unless the variable is set. Statements
 /// of the SQLite group transaction run on its own connection (`sync_sqlite`), outside
-/// sea-orm's metric callback: the table counts the pool's (readers, rare writers); the
-/// write turn and group commits are counted for all.
-mod sql_stats {
+/// sea-orm's metric callback: that connection counts its own into the same table.
+pub(super) mod sql_stats {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
@@ -121,7 +165,7 @@ mod sql_stats {
     static WAIT_NS: AtomicU64 = AtomicU64::new(0);
     static HOLD_NS: AtomicU64 = AtomicU64::new(0);
 
-    pub(super) fn on() -> bool {
+    pub(in crate::store) fn on() -> bool {
         ON.load(Ordering::Relaxed)
     }
 
@@ -143,15 +187,18 @@ mod sql_stats {
         HOLD_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Counts one statement (by its first 90 characters) and its time.
+    pub(in crate::store) fn statement(sql: &str, elapsed: Duration) {
+        let sql: String = sql.chars().take(90).collect();
+        let mut g = STATS.lock().unwrap_or_else(|p| p.into_inner());
+        let e = g.get_or_insert_with(HashMap::new).entry(sql).or_default();
+        e.0 += 1;
+        e.1 += elapsed;
+    }
+
     pub(super) fn install(db: &mut sea_orm::DatabaseConnection) {
         ON.store(true, Ordering::Relaxed);
-        db.set_metric_callback(|info| {
-            let sql: String = info.statement.sql.chars().take(90).collect();
-            let mut g = STATS.lock().unwrap_or_else(|p| p.into_inner());
-            let e = g.get_or_insert_with(HashMap::new).entry(sql).or_default();
-            e.0 += 1;
-            e.1 += info.elapsed;
-        });
+        db.set_metric_callback(|info| statement(&info.statement.sql, info.elapsed));
         std::thread::spawn(|| loop {
             std::thread::sleep(Duration::from_secs(5));
             let turns = TURNS.swap(0, Ordering::Relaxed);

@@ -38,6 +38,22 @@ impl SyncSqlite {
         c.execute_batch(sql).map_err(exec_err)
     }
 
+    /// A `RESTART` checkpoint: copies the whole WAL back and waits (busy timeout) for
+    /// readers of it, so the next commit writes from the WAL's beginning. Call it
+    /// holding the write turn, off the async threads (it syncs the database file).
+    pub(crate) fn restart_wal(&self) -> Result<(), DbErr> {
+        let c = self.lock();
+        let busy: i64 = c
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get(0))
+            .map_err(query_err)?;
+        if busy != 0 {
+            return Err(DbErr::Custom(
+                "the WAL could not start over: a reader still needs it".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         // A panic while holding it leaves a connection that is still usable: SQLite
         // keeps no half-done state across calls.
@@ -97,6 +113,23 @@ impl rusqlite::ToSql for Param<'_> {
     }
 }
 
+/// Times a statement for the SQL-stats profiling aid (`SUDEVWA_SQL_STATS`), when on.
+struct Timed<'a>(Option<(&'a str, std::time::Instant)>);
+
+impl<'a> Timed<'a> {
+    fn start(sql: &'a str) -> Self {
+        Self(super::db::sql_stats::on().then(|| (sql, std::time::Instant::now())))
+    }
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        if let Some((sql, t)) = self.0 {
+            super::db::sql_stats::statement(sql, t.elapsed());
+        }
+    }
+}
+
 fn params(stmt: &Statement) -> Vec<Param<'_>> {
     stmt.values
         .as_ref()
@@ -107,6 +140,7 @@ fn params(stmt: &Statement) -> Vec<Param<'_>> {
 impl SyncSqlite {
     /// Runs a query; its rows.
     pub(crate) fn query(&self, statement: Statement) -> Result<Vec<SyncRow>, DbErr> {
+        let _timed = Timed::start(&statement.sql);
         let args = params(&statement);
         let c = self.lock();
         let mut st = c.prepare_cached(&statement.sql).map_err(query_err)?;
@@ -127,6 +161,7 @@ impl SyncSqlite {
 
     /// Runs a statement; the number of rows it changed.
     pub(crate) fn execute(&self, statement: Statement) -> Result<u64, DbErr> {
+        let _timed = Timed::start(&statement.sql);
         let args = params(&statement);
         let c = self.lock();
         let mut st = c.prepare_cached(&statement.sql).map_err(exec_err)?;
@@ -152,10 +187,12 @@ fn open(opts: &sea_orm::sqlx::sqlite::SqliteConnectOptions) -> Option<SyncSqlite
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // The pool's settings (see `db::connect`): WAL, synchronous NORMAL, the busy
-        // timeout, foreign keys, checkpoints left to the checkpointer task.
-        c.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
-        )?;
+        // timeout, foreign keys, checkpoints left to the checkpointer task, the WAL cut
+        // back to its limit when it starts over (this connection is the one writing then).
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+            super::db::WAL_SIZE_LIMIT
+        ))?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.set_prepared_statement_cache_capacity(256);
         Ok::<_, rusqlite::Error>(c)
