@@ -130,7 +130,7 @@ async fn passive_checkpoint(db: &DatabaseConnection) -> Result<i64, DbErr> {
     );
     let row = db.query_one_raw(st).await?;
     // (busy, frames in the WAL, frames copied back); -1 when not in WAL mode.
-    Ok(row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(1))?)
+    row.map_or(Ok(0), |r| r.try_get_by_index::<i64>(1))
 }
 
 /// Makes the WAL start over (see [`checkpointer`]): under the write turn, a `RESTART`
@@ -217,7 +217,7 @@ pub(super) mod sql_stats {
             let taken = STATS.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(stats) = taken else { continue };
             let mut rows: Vec<_> = stats.into_iter().collect();
-            rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+            rows.sort_by_key(|b| std::cmp::Reverse(b.1 .0));
             let total: u64 = rows.iter().map(|r| r.1 .0).sum();
             eprintln!("sql-stats: {total} statements in 5 s");
             for (sql, (n, t)) in rows.iter().take(25) {
