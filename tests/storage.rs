@@ -2083,24 +2083,23 @@ async fn sqlite_wal_starts_over_under_steady_writes() {
     let writer = {
         let (conn, stop) = (conn.clone(), stop.clone());
         tokio::spawn(async move {
+            // One statement through the group write, returning once committed.
+            let commit = |sql: &'static str| {
+                let conn = conn.clone();
+                async move {
+                    let w = db::group_write(&conn).await.expect("join the group write");
+                    w.conn().execute_unprepared(sql).await.expect(sql);
+                    w.finish().await.expect("commit");
+                }
+            };
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // 64 KiB a commit, one after the other, as the server under load.
-                let w = db::group_write(&conn).await.expect("join the group write");
-                w.conn()
-                    .execute_unprepared("INSERT INTO wal_probe (v) VALUES (randomblob(65536))")
-                    .await
-                    .expect("insert");
-                w.finish().await.expect("commit");
+                commit("INSERT INTO wal_probe (v) VALUES (randomblob(65536))").await;
                 n += 1;
                 if n % 256 == 0 {
                     // Keeps the database file small; the WAL sees the same churn.
-                    let w = db::group_write(&conn).await.expect("join the group write");
-                    w.conn()
-                        .execute_unprepared("DELETE FROM wal_probe")
-                        .await
-                        .expect("delete");
-                    w.finish().await.expect("commit");
+                    commit("DELETE FROM wal_probe").await;
                 }
             }
             n
