@@ -2097,7 +2097,7 @@ async fn sqlite_wal_starts_over_under_steady_writes() {
                 // 64 KiB a commit, one after the other, as the server under load.
                 commit("INSERT INTO wal_probe (v) VALUES (randomblob(65536))").await;
                 n += 1;
-                if n % 256 == 0 {
+                if n.is_multiple_of(256) {
                     // Keeps the database file small; the WAL sees the same churn.
                     commit("DELETE FROM wal_probe").await;
                 }
