@@ -136,7 +136,7 @@ async fn passive_checkpoint(db: &DatabaseConnection) -> Result<i64, DbErr> {
 /// Makes the WAL start over (see [`checkpointer`]): under the write turn, a `RESTART`
 /// checkpoint on the writer connection, in a blocking thread (it writes and syncs the
 /// database file). Nothing to do for a database without a writer connection.
-pub(crate) async fn restart_wal(db: &DatabaseConnection) -> Result<(), DbErr> {
+async fn restart_wal(db: &DatabaseConnection) -> Result<(), DbErr> {
     let Some(conn) = super::sync_sqlite::for_pool(db) else {
         return Ok(());
     };
