@@ -26,6 +26,9 @@ pub enum DbError {
 
 /// Connects to the configured database (creating a SQLite file if needed). Does not migrate.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
+    if cfg.kind == DbKind::Sqlite {
+        no_sqlite_memstatus();
+    }
     if let Some(path) = &cfg.sqlite_path {
         owner_only(path)?;
     }
@@ -52,6 +55,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
                 // inside whichever commit crosses the WAL's size threshold.
                 .pragma("wal_autocheckpoint", "0")
                 .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+                .pragma("mmap_size", MMAP_SIZE.to_string())
         });
     }
     if let Some(node) = cfg.fence_node.clone() {
@@ -68,6 +72,38 @@ pub async fn connect(cfg: &DatabaseConfig) -> Result<DatabaseConnection, DbError
     }
     Ok(db)
 }
+
+/// Turns SQLite's memory statistics off, before the first connection opens. They are
+/// on by default and take one process-wide mutex around every allocation SQLite makes
+/// (page cache, B-tree balancing, statements): the writer connection and the pool's
+/// reader threads queued on it under load. Nothing here reads the statistics.
+fn no_sqlite_memstatus() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `sqlite3_config` is only allowed before SQLite initialises (it then
+        // answers SQLITE_MISUSE and changes nothing); the option takes one int.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                std::ffi::c_int::from(0u8),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(
+                rc,
+                "SQLite was initialised already; its memory statistics stay on"
+            );
+        }
+    });
+}
+
+/// How much of the SQLite file each connection maps into memory: pages are then read
+/// straight from the kernel's page cache instead of with one `pread` each (under the
+/// send benchmark the writer connection spent most of its time in those system calls:
+/// the indexes it writes have random keys, so their pages rarely stay in SQLite's own
+/// small cache). Address space, not memory: the kernel shares the pages between
+/// connections and drops them as it needs.
+pub(super) const MMAP_SIZE: i64 = 1024 * 1024 * 1024;
 
 /// How often the SQLite WAL is copied back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -183,7 +219,7 @@ pub(super) mod sql_stats {
         GROUPED.fetch_add(writers as u64, Ordering::Relaxed);
     }
 
-    pub(super) fn held(d: Duration) {
+    pub(in crate::store) fn held(d: Duration) {
         HOLD_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
@@ -366,6 +402,13 @@ impl<'a> From<&'a DatabaseConnection> for WriteConn<'a> {
     }
 }
 
+impl<'a> WriteConn<'a> {
+    /// The writer connection itself (the writer thread's jobs, [`super::queue`]).
+    pub(super) fn sync(s: &'a super::sync_sqlite::SyncSqlite) -> Self {
+        Self(Via::Sync(s))
+    }
+}
+
 impl WriteConn<'_> {
     pub fn backend(&self) -> sea_orm::DbBackend {
         use sea_orm::ConnectionTrait;
@@ -381,7 +424,7 @@ impl WriteConn<'_> {
     }
 
     /// Runs a built statement; the number of rows it changed.
-    async fn run_stmt(&self, st: sea_orm::Statement) -> Result<u64, DbErr> {
+    pub async fn run_stmt(&self, st: sea_orm::Statement) -> Result<u64, DbErr> {
         use sea_orm::ConnectionTrait;
         match &self.0 {
             Via::Sea(c) => Ok(c.execute_raw(st).await?.rows_affected()),
@@ -484,9 +527,87 @@ const BATCH_WRITERS: usize = 256;
 const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Group {
+    /// For the writer thread ([`super::queue`]): whether a job for pool `pool` cannot
+    /// join the open group transaction (it is for another pool, or full, or old), so
+    /// that one must be committed first.
+    pub(super) fn stale_for(&self, pool: usize) -> bool {
+        self.open.as_ref().is_some_and(|b| {
+            b.pool != pool || b.writers >= BATCH_WRITERS || b.opened.elapsed() >= BATCH_AGE
+        })
+    }
+
+    /// For the writer thread: whether the open group transaction belongs to a database
+    /// without a writer connection (in memory, in tests). Its commit is an async round
+    /// trip the thread cannot make: the thread gives the turn back to its committer.
+    pub(super) fn foreign_open(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|b| matches!(b.txn, BatchTxn::Pool(_)))
+    }
+
+    /// For the writer thread: joins the open group transaction, or begins one on
+    /// `conn` (the writer connection of pool `pool`). Check [`Group::foreign_open`]
+    /// and [`Group::stale_for`] first.
+    pub(super) fn join_sync(
+        &mut self,
+        pool: usize,
+        conn: &std::sync::Arc<super::sync_sqlite::SyncSqlite>,
+    ) -> Result<(), DbErr> {
+        if self.open.is_none() {
+            conn.run("BEGIN IMMEDIATE")?;
+            let id = self.next_id;
+            self.next_id += 1;
+            self.open = Some(Batch {
+                id,
+                pool,
+                txn: BatchTxn::Sync(conn.clone()),
+                writers: 0,
+                poisoned: false,
+                opened: std::time::Instant::now(),
+                done: tokio::sync::watch::Sender::new(None),
+            });
+        }
+        if let Some(b) = self.open.as_mut() {
+            b.writers += 1;
+        }
+        Ok(())
+    }
+
+    /// For the writer thread: the open group transaction is rolled back, not committed
+    /// (a job ended halfway).
+    pub(super) fn poison(&mut self) {
+        if let Some(b) = self.open.as_mut() {
+            b.poisoned = true;
+        }
+    }
+
+    /// For the writer thread: commits the open group transaction if it is on a writer
+    /// connection (see [`Group::join_sync`]) and answers how it went.
+    pub(super) fn commit_sync(&mut self) -> Result<(), std::sync::Arc<str>> {
+        use std::future::Future;
+        if self.foreign_open() {
+            return Ok(());
+        }
+        let mut flush = std::pin::pin!(self.flush());
+        // A writer connection's commit runs synchronously inside `flush`: it is ready
+        // on its first poll.
+        match flush
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                Err("the group commit did not complete synchronously".into())
+            }
+        }
+    }
+
     /// Commits the open batch (if any) and tells its writers how it went.
-    async fn flush(&mut self) {
-        if let Some(b) = self.open.take() {
+    async fn flush(&mut self) -> Result<(), std::sync::Arc<str>> {
+        let Some(b) = self.open.take() else {
+            return Ok(());
+        };
+        {
             sql_stats::committed(b.writers);
             let res = if b.poisoned {
                 let _ = b.txn.rollback().await;
@@ -497,7 +618,8 @@ impl Group {
             if let Err(e) = &res {
                 tracing::error!(error = %e, writers = b.writers, "SQLite group commit failed");
             }
-            b.done.send_replace(Some(res));
+            b.done.send_replace(Some(res.clone()));
+            res
         }
     }
 }
@@ -519,11 +641,11 @@ pub async fn begin_immediate(
 
 /// Commits the group transaction still open, if any (before the pool closes).
 pub async fn settle() {
-    SQLITE_WRITER.lock().await.flush().await;
+    let _ = SQLITE_WRITER.lock().await.flush().await;
 }
 
 /// Identifies a SQLite pool (clones of one `DatabaseConnection` share it).
-fn pool_key(db: &DatabaseConnection) -> usize {
+pub(super) fn pool_key(db: &DatabaseConnection) -> usize {
     std::sync::Arc::as_ptr(&db.get_sqlite_connection_pool().connect_options()) as usize
 }
 
@@ -543,7 +665,7 @@ pub async fn write_turn(db: &DatabaseConnection) -> Option<WriteTurn> {
 /// is committed first, so the holder writes to a database no other connection holds.
 pub async fn sqlite_turn() -> WriteTurn {
     let (mut guard, since) = lock_turn().await;
-    guard.flush().await;
+    let _ = guard.flush().await;
     WriteTurn {
         _guard: guard,
         since,
@@ -559,6 +681,22 @@ async fn lock_turn() -> (
     }
     let asked = std::time::Instant::now();
     let guard = SQLITE_WRITER.lock().await;
+    sql_stats::waited(asked.elapsed());
+    (guard, Some(std::time::Instant::now()))
+}
+
+/// The SQLite write turn for the writer thread ([`super::queue`]), which is not an
+/// async task: it blocks until the turn is free. Returns when it was asked for
+/// (under `SUDEVWA_SQL_STATS`, to time it).
+pub(super) fn blocking_turn() -> (
+    tokio::sync::MutexGuard<'static, Group>,
+    Option<std::time::Instant>,
+) {
+    if !sql_stats::on() {
+        return (SQLITE_WRITER.blocking_lock(), None);
+    }
+    let asked = std::time::Instant::now();
+    let guard = SQLITE_WRITER.blocking_lock();
     sql_stats::waited(asked.elapsed());
     (guard, Some(std::time::Instant::now()))
 }
@@ -632,7 +770,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
         b.pool != pool || b.writers >= BATCH_WRITERS || b.opened.elapsed() >= BATCH_AGE
     });
     if stale {
-        guard.flush().await;
+        let _ = guard.flush().await;
     }
     if guard.open.is_none() {
         let txn = BatchTxn::begin(db).await?;
@@ -651,7 +789,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
         tokio::spawn(async move {
             let mut g = SQLITE_WRITER.lock().await;
             if g.open.as_ref().is_some_and(|b| b.id == id) {
-                g.flush().await;
+                let _ = g.flush().await;
             }
         });
     }

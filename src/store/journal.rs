@@ -16,6 +16,7 @@
 
 use crate::store::db::WriteConn;
 use crate::store::instances::entity as instance;
+use crate::store::queue;
 use crate::webhook::entity as outbox;
 use actors::events::{
     with_cursor, EventSink, IncomingMessage, LifecycleNotice, LiveEvent, MessageStatus, SentRecord,
@@ -199,6 +200,31 @@ fn message_key_conflict() -> OnConflict {
     .to_owned()
 }
 
+/// The message-log row of an incoming message (or one of ours seen from another device).
+fn incoming_row(instance_id: &str, m: &IncomingMessage, now: i64) -> message::ActiveModel {
+    message::ActiveModel {
+        instance_id: Set(instance_id.to_string()),
+        direction: Set(if m.from_me { "out" } else { "in" }.into()),
+        message_id: Set(m.message_id.clone()),
+        chat: Set(m.chat.clone()),
+        sender: Set(m.from.clone()),
+        sender_phone: Set(m.from_phone.clone()),
+        sender_lid: Set(m.from_lid.clone()),
+        push_name: Set(Some(m.push_name.clone()).filter(|p| !p.is_empty())),
+        from_me: Set(m.from_me),
+        is_group: Set(m.is_group),
+        kind: Set(m.kind.clone()),
+        body: Set(Some(m.message.clone()).filter(|b| !b.is_empty())),
+        media: Set(media_text(m.media.as_ref())),
+        status: Set(if m.from_me { "sent" } else { "received" }.into()),
+        timestamp: Set(m.timestamp * 1000),
+        created_at: Set(now),
+        updated_at: Set(now),
+        raw: Set(m.raw.clone()),
+        ..Default::default()
+    }
+}
+
 fn media_text(m: Option<&actors::events::MediaInfo>) -> Option<String> {
     m.map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())
 }
@@ -295,24 +321,17 @@ impl Journal {
         }
     }
 
-    /// A writer for `instance_id`'s journal writes (see [`Journal::single_writer`]):
-    /// on SQLite a place in the process's group transaction (shared with the session
-    /// store and the outbox, see `db::group_write`); on PostgreSQL the pool, with the
-    /// instance's stripe held (until the second value is dropped) so its writes keep
-    /// their order.
-    async fn writer(
-        &self,
-        instance_id: &str,
-    ) -> Result<(crate::store::db::Writer<'_>, Stripe<'_>), DbErr> {
-        let stripe = if self.single_writer {
-            None
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            instance_id.hash(&mut h);
-            Some(self.stripes[(h.finish() as usize) % STRIPES].lock().await)
-        };
-        Ok((crate::store::db::group_write(&self.db).await?, stripe))
+    /// The instance's stripe a journal writer holds on PostgreSQL (until dropped) so
+    /// its writes keep their order; none on SQLite, whose writes run one at a time in
+    /// the order they were handed to the writer thread (see `queue::write`).
+    async fn stripe(&self, instance_id: &str) -> Stripe<'_> {
+        if self.single_writer {
+            return None;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        instance_id.hash(&mut h);
+        Some(self.stripes[(h.finish() as usize) % STRIPES].lock().await)
     }
 
     /// The webhook's URL and event filter, when the instance has a webhook and webhooks
@@ -337,19 +356,19 @@ impl Journal {
     }
 
     /// Appends an event (and its outbox row when the webhook takes it) inside `txn`.
+    /// `payload`: the event's envelope, serialized.
     async fn append(
         txn: &WriteConn<'_>,
         instance_id: &str,
         event: &str,
-        envelope: &Value,
+        payload: &str,
         webhook: &Option<Hook>,
         now: i64,
     ) -> Result<(LiveEvent, bool), DbErr> {
-        let payload = envelope.to_string();
         let mut insert = event::Entity::insert(event::ActiveModel {
             instance_id: Set(instance_id.to_string()),
             event: Set(event.to_string()),
-            payload: Set(payload.clone()),
+            payload: Set(payload.to_string()),
             created_at: Set(now),
             ..Default::default()
         })
@@ -359,7 +378,7 @@ impl Journal {
             Some(r) => r.i64("seq")?,
             None => return Err(DbErr::RecordNotInserted),
         };
-        let json = event_json(&payload, seq);
+        let json = event_json(payload, seq);
         let mut queued = false;
         if let Some(hook) = webhook {
             if filter_takes(hook.events.as_deref(), event) {
@@ -398,71 +417,43 @@ impl Journal {
         msgs: &[IncomingMessage],
     ) -> Result<Vec<LiveEvent>, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
-        let (mut w, _stripe) = self.writer(instance_id).await?;
+        let _stripe = self.stripe(instance_id).await;
         let now = now_ms();
-        w.atomic().await?;
-        let txn = w.conn();
-        let mut out = Vec::new();
-        let mut queued = false;
-        for m in msgs {
-            if m.kind == actors::events::KIND_UNDECRYPTABLE {
-                // Not a message yet (its id arrives again if the sender's resend
-                // decrypts): an event only.
-                let (e, q) = Self::append(
-                    &txn,
-                    instance_id,
-                    m.event(),
-                    &m.to_envelope(),
-                    &webhook,
-                    now,
-                )
-                .await?;
-                queued |= q;
-                out.push(e);
-                continue;
-            }
-            let row = message::ActiveModel {
-                instance_id: Set(instance_id.to_string()),
-                direction: Set(if m.from_me { "out" } else { "in" }.into()),
-                message_id: Set(m.message_id.clone()),
-                chat: Set(m.chat.clone()),
-                sender: Set(m.from.clone()),
-                sender_phone: Set(m.from_phone.clone()),
-                sender_lid: Set(m.from_lid.clone()),
-                push_name: Set(Some(m.push_name.clone()).filter(|p| !p.is_empty())),
-                from_me: Set(m.from_me),
-                is_group: Set(m.is_group),
-                kind: Set(m.kind.clone()),
-                body: Set(Some(m.message.clone()).filter(|b| !b.is_empty())),
-                media: Set(media_text(m.media.as_ref())),
-                status: Set(if m.from_me { "sent" } else { "received" }.into()),
-                timestamp: Set(m.timestamp * 1000),
-                created_at: Set(now),
-                updated_at: Set(now),
-                raw: Set(m.raw.clone()),
-                ..Default::default()
-            };
-            let inserted = txn
-                .run(&message::Entity::insert(row).on_conflict(message_key_conflict()))
-                .await?;
-            if inserted == 0 {
-                continue; // already stored: a replay after a lost ack
-            }
-            crate::metrics::message(if m.from_me { "out" } else { "in" }, instance_id);
-            let (e, q) = Self::append(
-                &txn,
-                instance_id,
-                m.event(),
-                &m.to_envelope(),
-                &webhook,
-                now,
-            )
-            .await?;
-            queued |= q;
-            out.push(e);
-        }
-        drop(txn);
-        w.finish().await?;
+        let id = instance_id.to_string();
+        // Rows and event payloads are built here, in the caller's task; the write
+        // itself only runs the statements.
+        let items: Vec<_> = msgs
+            .iter()
+            .map(|m| {
+                // An undecryptable message is not a message yet (its id arrives again
+                // if the sender's resend decrypts): an event only.
+                let row = (m.kind != actors::events::KIND_UNDECRYPTABLE)
+                    .then(|| (incoming_row(instance_id, m, now), m.from_me));
+                (row, m.event().to_string(), m.to_envelope().to_string())
+            })
+            .collect();
+        let (out, queued) = queue::write(&self.db, true, move |txn| {
+            Box::pin(async move {
+                let mut out = Vec::new();
+                let mut queued = false;
+                for (row, event, payload) in items {
+                    if let Some((row, from_me)) = row {
+                        let inserted = txn
+                            .run(&message::Entity::insert(row).on_conflict(message_key_conflict()))
+                            .await?;
+                        if inserted == 0 {
+                            continue; // already stored: a replay after a lost ack
+                        }
+                        crate::metrics::message(if from_me { "out" } else { "in" }, &id);
+                    }
+                    let (e, q) = Self::append(&txn, &id, &event, &payload, &webhook, now).await?;
+                    queued |= q;
+                    out.push(e);
+                }
+                Ok((out, queued))
+            })
+        })
+        .await?;
         if queued {
             self.wake.notify_one();
         }
@@ -472,37 +463,37 @@ impl Journal {
     /// Logs a message this instance sent, with `sent` as its first status.
     pub async fn record_sent(&self, s: &SentRecord) -> Result<(), DbErr> {
         let now = now_ms();
-        let (mut w, _stripe) = self.writer(&s.instance_id).await?;
-        w.atomic().await?;
-        let txn = w.conn();
-        txn.run(
-            &message::Entity::insert(message::ActiveModel {
-                instance_id: Set(s.instance_id.clone()),
-                direction: Set("out".into()),
-                message_id: Set(s.message_id.clone()),
-                chat: Set(s.chat.clone()),
-                sender: Set(String::new()),
-                sender_phone: Set(None),
-                sender_lid: Set(None),
-                push_name: Set(None),
-                from_me: Set(true),
-                is_group: Set(s.is_group),
-                kind: Set(s.kind.clone()),
-                body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
-                media: Set(media_text(s.media.as_ref())),
-                status: Set("sent".into()),
-                timestamp: Set(s.timestamp * 1000),
-                created_at: Set(now),
-                updated_at: Set(now),
-                raw: Set(s.raw.clone()),
-                ..Default::default()
+        let _stripe = self.stripe(&s.instance_id).await;
+        let insert = message::Entity::insert(message::ActiveModel {
+            instance_id: Set(s.instance_id.clone()),
+            direction: Set("out".into()),
+            message_id: Set(s.message_id.clone()),
+            chat: Set(s.chat.clone()),
+            sender: Set(String::new()),
+            sender_phone: Set(None),
+            sender_lid: Set(None),
+            push_name: Set(None),
+            from_me: Set(true),
+            is_group: Set(s.is_group),
+            kind: Set(s.kind.clone()),
+            body: Set(Some(s.body.clone()).filter(|b| !b.is_empty())),
+            media: Set(media_text(s.media.as_ref())),
+            status: Set("sent".into()),
+            timestamp: Set(s.timestamp * 1000),
+            created_at: Set(now),
+            updated_at: Set(now),
+            raw: Set(s.raw.clone()),
+            ..Default::default()
+        })
+        .on_conflict(message_key_conflict());
+        let (id, msg) = (s.instance_id.clone(), s.message_id.clone());
+        queue::write(&self.db, true, move |txn| {
+            Box::pin(async move {
+                txn.run(&insert).await?;
+                Self::timeline(&txn, &id, &msg, "", "sent", now).await
             })
-            .on_conflict(message_key_conflict()),
-        )
+        })
         .await?;
-        Self::timeline(&txn, &s.instance_id, &s.message_id, "", "sent", now).await?;
-        drop(txn);
-        w.finish().await?;
         crate::metrics::message("out", &s.instance_id);
         Ok(())
     }
@@ -556,19 +547,25 @@ impl Journal {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
-        let (mut w, _stripe) = self.writer(&first.instance_id).await?;
+        let _stripe = self.stripe(&first.instance_id).await;
         let now = now_ms();
-        w.atomic().await?;
-        let txn = w.conn();
-        let mut out = Vec::with_capacity(statuses.len());
-        let mut queued_any = false;
-        for st in statuses {
-            let (e, queued) = Self::status_in(&txn, st, &webhook, now).await?;
-            queued_any |= queued;
-            out.push(e);
-        }
-        drop(txn);
-        w.finish().await?;
+        let items: Vec<_> = statuses
+            .iter()
+            .map(|st| (st.clone(), st.to_envelope().to_string()))
+            .collect();
+        let (out, queued_any) = queue::write(&self.db, true, move |txn| {
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(items.len());
+                let mut queued_any = false;
+                for (st, payload) in &items {
+                    let (e, queued) = Self::status_in(&txn, st, payload, &webhook, now).await?;
+                    queued_any |= queued;
+                    out.push(e);
+                }
+                Ok((out, queued_any))
+            })
+        })
+        .await?;
         if queued_any {
             self.wake.notify_one();
         }
@@ -580,6 +577,7 @@ impl Journal {
     async fn status_in(
         txn: &WriteConn<'_>,
         st: &MessageStatus,
+        payload: &str,
         webhook: &Option<Hook>,
         now: i64,
     ) -> Result<(Option<LiveEvent>, bool), DbErr> {
@@ -633,7 +631,7 @@ impl Journal {
             txn,
             &st.instance_id,
             "message_status",
-            &st.to_envelope(),
+            payload,
             webhook,
             now,
         )
@@ -643,20 +641,9 @@ impl Journal {
 
     /// Appends a lifecycle notice to the event log (and the outbox if subscribed).
     pub async fn record_lifecycle(&self, n: &LifecycleNotice) -> Result<(), DbErr> {
-        let id = n.instance_id().to_string();
-        let webhook = self.webhook_filter(&id).await?;
-        let env = n.to_envelope();
-        let name = env["event"].as_str().unwrap_or_default().to_string();
-        let (mut w, _stripe) = self.writer(&id).await?;
-        w.atomic().await?;
-        let txn = w.conn();
-        let (_, queued) = Self::append(&txn, &id, &name, &env, &webhook, now_ms()).await?;
-        drop(txn);
-        w.finish().await?;
-        if queued {
-            self.wake.notify_one();
-        }
-        Ok(())
+        self.record_event(n.instance_id(), &n.to_envelope())
+            .await
+            .map(|_| ())
     }
 
     /// Records an instance event (envelope `{event, timestamp, data}`) in the event log
@@ -664,12 +651,12 @@ impl Journal {
     pub async fn record_event(&self, instance_id: &str, env: &Value) -> Result<LiveEvent, DbErr> {
         let webhook = self.webhook_filter(instance_id).await?;
         let name = env["event"].as_str().unwrap_or_default().to_string();
-        let (mut w, _stripe) = self.writer(instance_id).await?;
-        w.atomic().await?;
-        let txn = w.conn();
-        let (e, queued) = Self::append(&txn, instance_id, &name, env, &webhook, now_ms()).await?;
-        drop(txn);
-        w.finish().await?;
+        let _stripe = self.stripe(instance_id).await;
+        let (id, payload, now) = (instance_id.to_string(), env.to_string(), now_ms());
+        let (e, queued) = queue::write(&self.db, true, move |txn| {
+            Box::pin(async move { Self::append(&txn, &id, &name, &payload, &webhook, now).await })
+        })
+        .await?;
         if queued {
             self.wake.notify_one();
         }

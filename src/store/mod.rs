@@ -5,6 +5,7 @@ pub mod db;
 pub mod idempotency;
 pub mod instances;
 pub mod journal;
+pub mod queue;
 pub mod settings;
 mod sync_sqlite;
 pub mod wa;

@@ -34,6 +34,7 @@ pub(crate) struct SyncSqlite {
 impl SyncSqlite {
     /// Runs a statement without parameters (`BEGIN IMMEDIATE`, `COMMIT`, `ROLLBACK`).
     pub(crate) fn run(&self, sql: &str) -> Result<(), DbErr> {
+        let _timed = Timed::start(sql);
         let c = self.lock();
         c.execute_batch(sql).map_err(exec_err)
     }
@@ -189,9 +190,14 @@ fn open(opts: &sea_orm::sqlx::sqlite::SqliteConnectOptions) -> Option<SyncSqlite
         // The pool's settings (see `db::connect`): WAL, synchronous NORMAL, the busy
         // timeout, foreign keys, checkpoints left to the checkpointer task, the WAL cut
         // back to its limit when it starts over (this connection is the one writing then).
+        // Its own: temporary files — the savepoints' sub-journals — in memory. (A
+        // larger page cache was tried: SQLite walks all of it at every transaction's
+        // end, which cost more than the page reads it saved.) The file mapped into
+        // memory like the pool's (see `db::MMAP_SIZE`).
         c.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
-            super::db::WAL_SIZE_LIMIT
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {}; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = {};",
+            super::db::WAL_SIZE_LIMIT,
+            super::db::MMAP_SIZE
         ))?;
         c.busy_timeout(std::time::Duration::from_secs(10))?;
         c.set_prepared_statement_cache_capacity(256);

@@ -5,7 +5,9 @@ use crate::store::instances::entity as instance;
 use actors::events::IncomingMessage;
 use async_trait::async_trait;
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, QueryOrder, QuerySelect, QueryTrait,
+};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,15 +205,13 @@ impl Outbox {
     }
 
     pub(super) async fn record(&self, id: &str, update: entity::ActiveModel) -> Result<(), DbErr> {
-        let w = crate::store::db::group_write(&self.db).await?;
-        w.conn()
-            .run(
-                &entity::Entity::update_many()
-                    .set(update)
-                    .filter(entity::Column::Id.eq(id)),
-            )
-            .await?;
-        w.finish().await
+        let st = entity::Entity::update_many()
+            .set(update)
+            .filter(entity::Column::Id.eq(id))
+            .build(self.db.get_database_backend());
+        crate::store::queue::write_statements(&self.db, false, vec![st])
+            .await
+            .map(|_| ())
     }
 
     /// One row.

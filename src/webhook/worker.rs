@@ -8,6 +8,7 @@ use crate::net::fetch::{self, FetchPolicy};
 use crate::store::instances::entity as instance;
 use sea_orm::entity::prelude::*;
 use sea_orm::ActiveValue::Set;
+use sea_orm::QueryTrait;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -400,25 +401,21 @@ async fn record_delivered(outbox: &Outbox, rows: Vec<(String, u16)>) {
         by_code.entry(code).or_default().push(id);
     }
     for (code, ids) in by_code {
-        let r = async {
-            let w = crate::store::db::group_write(&outbox.db).await?;
-            let q = entity::Entity::update_many()
-                .col_expr(entity::Column::Status, Expr::value(DELIVERED))
-                .col_expr(
-                    entity::Column::Attempts,
-                    sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
-                )
-                .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
-                .col_expr(
-                    entity::Column::LastError,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
-                .filter(entity::Column::Id.is_in(ids));
-            w.conn().run(&q).await?;
-            w.finish().await
-        }
-        .await;
+        let q = entity::Entity::update_many()
+            .col_expr(entity::Column::Status, Expr::value(DELIVERED))
+            .col_expr(
+                entity::Column::Attempts,
+                sea_orm::sea_query::ExprTrait::add(Expr::col(entity::Column::Attempts), 1),
+            )
+            .col_expr(entity::Column::LastStatusCode, Expr::value(i32::from(code)))
+            .col_expr(
+                entity::Column::LastError,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(entity::Column::DeliveredAt, Expr::value(now_ms()))
+            .filter(entity::Column::Id.is_in(ids))
+            .build(outbox.db.get_database_backend());
+        let r = crate::store::queue::write_statements(&outbox.db, false, vec![q]).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "recording webhook deliveries failed");
         }

@@ -185,15 +185,23 @@ impl WaStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut w = self.writer().await?;
-        if rows.len() > ROWS_PER_STATEMENT {
-            // Several statements: all or nothing.
-            w.atomic().await.map_err(db_err)?;
+        // Several statements: all or nothing.
+        let atomic = rows.len() > ROWS_PER_STATEMENT;
+        let backend = self.db.get_database_backend();
+        let mut rows = rows.into_iter().peekable();
+        let mut statements = Vec::new();
+        while rows.peek().is_some() {
+            let chunk: Vec<A> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+            statements.push(
+                A::Entity::insert_many(chunk)
+                    .on_conflict(on_conflict.clone())
+                    .build(backend),
+            );
         }
-        upsert_rows(&w.conn(), rows, &on_conflict)
+        crate::store::queue::write_statements(&self.db, atomic, statements)
             .await
-            .map_err(db_err)?;
-        w.finish().await.map_err(db_err)
+            .map(|_| ())
+            .map_err(db_err)
     }
 }
 

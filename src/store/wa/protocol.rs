@@ -611,22 +611,20 @@ impl ProtocolStore for WaStore {
     }
 
     async fn take_sent_message(&self, chat_jid: &str, message_id: &str) -> Result<Option<Vec<u8>>> {
-        let w = self.writer().await?;
         let mut take = self
             .scoped_delete::<sent_message::Entity>()
             .filter(sent_message::Column::ChatJid.eq(chat_jid))
             .filter(sent_message::Column::MessageId.eq(message_id))
             .into_query();
         take.returning_col(sent_message::Column::Payload);
-        let row = w
-            .conn()
-            .rows(&take)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .next();
-        w.finish().await.map_err(db_err)?;
-        row.map(|r| r.bytes("payload")).transpose().map_err(db_err)
+        crate::store::queue::write(&self.db, false, move |txn| {
+            Box::pin(async move {
+                let row = txn.rows(&take).await?.into_iter().next();
+                row.map(|r| r.bytes("payload")).transpose()
+            })
+        })
+        .await
+        .map_err(db_err)
     }
 
     async fn delete_expired_sent_messages(&self, cutoff_timestamp: i64) -> Result<u32> {
@@ -690,16 +688,17 @@ impl ProtocolStore for WaStore {
     }
 
     async fn delete_pending_inbound(&self, chat: &str, sender: &str, id: &str) -> Result<()> {
-        let w = self.writer().await?;
         if let Some(s) = self.spool() {
             s.delete(self.instance_id(), chat, sender, id)
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
         }
-        w.conn()
-            .run(&self.pending_row_delete(chat, sender, id))
+        let delete = self
+            .pending_row_delete(chat, sender, id)
+            .build(self.db.get_database_backend());
+        crate::store::queue::write_statements(&self.db, false, vec![delete])
             .await
-            .map_err(db_err)?;
-        w.finish().await.map_err(db_err)
+            .map(|_| ())
+            .map_err(db_err)
     }
 
     async fn delete_expired_pending_inbound(&self, cutoff_timestamp: i64) -> Result<u32> {
@@ -760,7 +759,6 @@ impl ProtocolStore for WaStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut w = self.writer().await?;
         // Key order, like the batch upsert, so concurrent batches lock alike.
         let mut keys: Vec<(&str, &str, &str)> =
             keys.iter().map(|k| (k.chat, k.sender, k.id)).collect();
@@ -772,14 +770,14 @@ impl ProtocolStore for WaStore {
                     .map_err(|e| StoreError::Database(Box::new(e)))?;
             }
         }
-        w.atomic().await.map_err(db_err)?;
-        let txn = w.conn();
-        for (chat, sender, id) in keys {
-            txn.run(&self.pending_row_delete(chat, sender, id))
-                .await
-                .map_err(db_err)?;
-        }
-        drop(txn);
-        w.finish().await.map_err(db_err)
+        let backend = self.db.get_database_backend();
+        let deletes = keys
+            .into_iter()
+            .map(|(chat, sender, id)| self.pending_row_delete(chat, sender, id).build(backend))
+            .collect();
+        crate::store::queue::write_statements(&self.db, true, deletes)
+            .await
+            .map(|_| ())
+            .map_err(db_err)
     }
 }
