@@ -5,13 +5,6 @@
 // Release builds nest the server's warp filter chain deeper than the default limit of 128.
 #![recursion_limit = "256"]
 
-/// mimalloc rather than glibc's allocator: memory allocated on one thread is freed on
-/// another all the time here (the SQLite writer thread frees what the async workers
-/// built for it), and glibc then takes the owning arena's lock — the writer thread,
-/// which every write waits for, was blocked there hundreds of times a second.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use sudevwa::config::{Config, Sources};

@@ -383,7 +383,7 @@ impl Journal {
         if let Some(hook) = webhook {
             if filter_takes(hook.events.as_deref(), event) {
                 txn.run(&outbox::Entity::insert(outbox::ActiveModel {
-                    id: Set(format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()))),
+                    id: Set(crate::webhook::outbox::event_id(now)),
                     instance_id: Set(instance_id.to_string()),
                     event: Set(event.to_string()),
                     payload: Set(json.to_string()),

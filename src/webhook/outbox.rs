@@ -133,8 +133,8 @@ impl Outbox {
         if row.webhook_url.is_none() {
             return Ok(None);
         }
-        let id = format!("evt_{}", hex::encode(rand::random::<[u8; 16]>()));
         let now = now_ms();
+        let id = event_id(now);
         entity::Entity::insert(entity::ActiveModel {
             id: Set(id.clone()),
             instance_id: Set(msg.instance_id.clone()),
@@ -274,6 +274,15 @@ impl Outbox {
     }
 }
 
+/// A new outbox row's id: `evt_` and 32 hex digits, the first 12 the time in
+/// milliseconds and the other 20 random (80 bits). Time first, so new rows go to the end
+/// of the table's primary-key index, not to a random page of it: under load a group
+/// commit touches one or two of its pages instead of one per row.
+pub fn event_id(now_ms: i64) -> String {
+    let ms = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
+    format!("evt_{ms:012x}{}", hex::encode(rand::random::<[u8; 10]>()))
+}
+
 fn ms_to_rfc3339(ms: Option<i64>) -> Value {
     json!(ms
         .and_then(chrono::DateTime::from_timestamp_millis)
@@ -313,5 +322,27 @@ impl super::DeliveryLog for Outbox {
         rule: &super::RedeliverRule,
     ) -> Result<super::Redelivery, DbErr> {
         self.redeliver_checked(instance_id, id, rule).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_id;
+
+    #[test]
+    fn event_ids_sort_by_time_and_differ() {
+        let a = event_id(1_733_450_000_000);
+        let b = event_id(1_733_450_000_001);
+        let c = event_id(1_733_450_000_001);
+        for id in [&a, &b, &c] {
+            let hex = id.strip_prefix("evt_").expect("evt_ prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        }
+        assert!(a < b, "a later row sorts after an earlier one: {a} {b}");
+        assert_ne!(b, c, "same millisecond, different ids");
+        assert!(b[4..16] == c[4..16] && a[4..16] != b[4..16]);
     }
 }
