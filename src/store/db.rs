@@ -527,9 +527,9 @@ const BATCH_WRITERS: usize = 256;
 const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Group {
-    /// For the writer thread ([`super::queue`]): whether a job for pool `pool` cannot
-    /// join the open group transaction (it is for another pool, or full, or old), so
-    /// that one must be committed first.
+    /// Whether a writer for pool `pool` (a task's, or a job of the writer thread, see
+    /// [`super::queue`]) cannot join the open group transaction (it is for another
+    /// pool, or full, or old), so that one must be committed first.
     pub(super) fn stale_for(&self, pool: usize) -> bool {
         self.open.as_ref().is_some_and(|b| {
             b.pool != pool || b.writers >= BATCH_WRITERS || b.opened.elapsed() >= BATCH_AGE
@@ -766,10 +766,7 @@ pub async fn group_write(db: &DatabaseConnection) -> Result<Writer<'_>, DbErr> {
     }
     let pool = pool_key(db);
     let (mut guard, since) = lock_turn().await;
-    let stale = guard.open.as_ref().is_some_and(|b| {
-        b.pool != pool || b.writers >= BATCH_WRITERS || b.opened.elapsed() >= BATCH_AGE
-    });
-    if stale {
+    if guard.stale_for(pool) {
         let _ = guard.flush().await;
     }
     if guard.open.is_none() {
