@@ -22,7 +22,15 @@ use mock_whatsapp::MockNetwork;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-const SENDERS: usize = 4;
+/// Sender and recipient instances each (4, as the figures; `SUDEVWA_BENCH_SENDERS`
+/// changes it for diagnosis).
+fn fleet_size() -> usize {
+    std::env::var("SUDEVWA_BENCH_SENDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4)
+}
 
 async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64, conns: usize) {
     let net = MockNetwork::start().await.expect("mock starts");
@@ -39,8 +47,8 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
             FAST_GATE[1],
         ],
     );
-    let (senders, _) = srv.pair_fleet(&net, "62811", SENDERS, 8).await;
-    let (recipients, _) = srv.pair_fleet(&net, "62812", SENDERS, 8).await;
+    let (senders, _) = srv.pair_fleet(&net, "62811", fleet_size(), 8).await;
+    let (recipients, _) = srv.pair_fleet(&net, "62812", fleet_size(), 8).await;
     let receiver = Receiver::start(200).await;
     if webhooks {
         for (id, _, _) in senders.iter().chain(recipients.iter()) {

@@ -644,6 +644,17 @@ pub async fn settle() {
     let _ = SQLITE_WRITER.lock().await.flush().await;
 }
 
+/// Identifies a database of either backend (clones of one `DatabaseConnection` share
+/// it), for caches keyed per database.
+pub(super) fn database_key(db: &DatabaseConnection) -> usize {
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            std::sync::Arc::as_ptr(&db.get_postgres_connection_pool().connect_options()) as usize
+        }
+        _ => pool_key(db),
+    }
+}
+
 /// Identifies a SQLite pool (clones of one `DatabaseConnection` share it).
 pub(super) fn pool_key(db: &DatabaseConnection) -> usize {
     std::sync::Arc::as_ptr(&db.get_sqlite_connection_pool().connect_options()) as usize

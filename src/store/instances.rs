@@ -321,7 +321,9 @@ impl DbInstanceStore {
 #[async_trait]
 impl InstanceStore for DbInstanceStore {
     fn backend(&self, instance_id: &str) -> Arc<dyn whatsapp_rust::wacore::store::traits::Backend> {
-        Arc::new(self.instances.wa_store(instance_id))
+        let store = self.instances.wa_store(instance_id);
+        store.forget_cached();
+        Arc::new(store)
     }
 
     async fn wipe_session(&self, instance_id: &str) -> Result<(), String> {

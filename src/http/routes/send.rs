@@ -320,9 +320,9 @@ async fn send(
     let limit_key = to.as_str().to_string();
     let send = move |id| deliver(handle, to, content, id);
     let out = idempotent(&api, &idem, &limit_key, hash, send).await?;
-    let out = match r.by {
-        By::Id => out,
-        By::Number => out.map(|v| with_from(v, &row)),
+    let out = match &row {
+        Some(row) if r.by == By::Number => out.map(|v| with_from(v, row)),
+        _ => out,
     };
     let message = if r.kind == Kind::Text {
         "Message sent"
@@ -332,25 +332,37 @@ async fn send(
     Ok(out.reply(message))
 }
 
-/// The sending instance and its checked `Idempotency-Key`.
+/// The sending instance (its row when sent by number, whose answer names it), its
+/// handle and its checked `Idempotency-Key`.
 async fn resolve(
     api: &Shared,
     p: &Principal,
     by: By,
     sender: &str,
     key: Option<String>,
-) -> Result<(Instance, InstanceHandle, Idem), ApiError> {
+) -> Result<(Option<Instance>, InstanceHandle, Idem), ApiError> {
     match by {
         By::Id => {
+            guard(p, sender)?;
+            // A ready actor's instance row exists (an instance is deleted only when
+            // not connected, and its actor is stopped before its row goes), so a send
+            // to a ready instance skips reading the row; otherwise the row decides
+            // between 404 and the not-ready errors, as before.
+            if let Some(handle) = api.runtime.handle(sender) {
+                if handle.ready().await.is_ok() {
+                    let idem = Idem::new(sender, key)?;
+                    return Ok((None, handle, idem));
+                }
+            }
             let row = instance(api, p, sender).await?;
             let idem = Idem::new(&row.id, key)?;
             let handle = ready(api, &row).await?;
-            Ok((row, handle, idem))
+            Ok((None, handle, idem))
         }
         By::Number => {
             let (row, handle) = by_number(api, p, sender).await?;
             let idem = Idem::new(&row.id, key)?;
-            Ok((row, handle, idem))
+            Ok((Some(row), handle, idem))
         }
     }
 }

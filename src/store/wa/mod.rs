@@ -33,6 +33,7 @@ mod msg_secret;
 mod protocol;
 mod signal;
 pub mod spool;
+mod tc_cache;
 
 use std::sync::Arc;
 
@@ -92,6 +93,23 @@ impl WaStore {
         &self.instance_id
     }
 
+    /// Drops whatever this process cached of the instance's rows: at the start of its
+    /// client, so nothing read during an earlier run (before another node of a
+    /// cluster ran it, or from another database at the same address) is trusted.
+    pub fn forget_cached(&self) {
+        tc_cache::cache()
+            .forget_instance(crate::store::db::database_key(&self.db), self.instance_id());
+    }
+
+    /// This instance's key of `jid` in the tc-token cache ([`tc_cache`]).
+    fn tc_key(&self, jid: &str) -> tc_cache::Key {
+        (
+            crate::store::db::database_key(&self.db),
+            self.owner(),
+            jid.to_owned(),
+        )
+    }
+
     /// The owned instance id, for building rows.
     fn owner(&self) -> String {
         self.instance_id.to_string()
@@ -114,7 +132,9 @@ impl WaStore {
             };
         }
         entities::with_wa_tables!(wipe);
-        txn.commit().await.map_err(db_err)?;
+        let committed = txn.commit().await.map_err(db_err);
+        self.forget_cached();
+        committed?;
         if let Some(s) = self.spool() {
             s.wipe(self.instance_id())
                 .map_err(|e| StoreError::Database(Box::new(e)))?;

@@ -30,7 +30,8 @@ use super::entities::{
     sender_key_device, sent_message, tc_token,
 };
 use super::{
-    count, db_err, last_wins, overwrite, ser_err, upsert_rows, WaStore, ROWS_PER_STATEMENT,
+    count, db_err, last_wins, overwrite, ser_err, tc_cache, upsert_rows, WaStore,
+    ROWS_PER_STATEMENT,
 };
 
 /// `sender_timestamp` only moves forward; a NULL one takes the incoming value.
@@ -469,17 +470,24 @@ impl ProtocolStore for WaStore {
     // --- tc-tokens ---
 
     async fn get_tc_token(&self, jid: &str) -> Result<Option<TcTokenEntry>> {
+        let key = self.tc_key(jid);
+        let generation = match tc_cache::cache().get(&key) {
+            Ok(hit) => return Ok(hit),
+            Err(generation) => generation,
+        };
         let row = self
             .scoped_find::<tc_token::Entity>()
             .filter(tc_token::Column::Jid.eq(jid))
             .one(&self.db)
             .await
             .map_err(db_err)?;
-        Ok(row.map(|r| TcTokenEntry {
+        let entry = row.map(|r| TcTokenEntry {
             token: r.token,
             token_timestamp: r.token_timestamp,
             sender_timestamp: r.sender_timestamp,
-        }))
+        });
+        tc_cache::cache().fill(key, generation, entry.clone());
+        Ok(entry)
     }
 
     async fn put_tc_token(&self, jid: &str, entry: &TcTokenEntry) -> Result<()> {
@@ -499,10 +507,12 @@ impl ProtocolStore for WaStore {
                 tc_token::Column::SenderTimestamp,
             ],
         );
+        let _forget = tc_cache::Forget(self.tc_key(jid));
         self.upsert_batch(vec![row], on_conflict).await
     }
 
     async fn delete_tc_token(&self, jid: &str) -> Result<()> {
+        let _forget = tc_cache::Forget(self.tc_key(jid));
         let _turn = self.write_turn().await;
         self.scoped_delete::<tc_token::Entity>()
             .filter(tc_token::Column::Jid.eq(jid))
@@ -533,9 +543,9 @@ impl ProtocolStore for WaStore {
             .scoped_delete::<tc_token::Entity>()
             .filter(self.in_key_order::<tc_token::Entity>(cond))
             .exec(&self.db)
-            .await
-            .map_err(db_err)?;
-        Ok(count(res.rows_affected))
+            .await;
+        self.forget_cached();
+        Ok(count(res.map_err(db_err)?.rows_affected))
     }
 
     async fn touch_tc_token_sender_timestamp(
@@ -555,6 +565,7 @@ impl ProtocolStore for WaStore {
             OnConflict::columns([tc_token::Column::InstanceId, tc_token::Column::Jid])
                 .value(tc_token::Column::SenderTimestamp, Expr::cust(TC_SENDER_MAX))
                 .to_owned();
+        let _forget = tc_cache::Forget(self.tc_key(jid));
         self.upsert_batch(vec![placeholder], on_conflict).await
     }
 
@@ -577,6 +588,7 @@ impl ProtocolStore for WaStore {
                 .update_columns([tc_token::Column::Token, tc_token::Column::TokenTimestamp])
                 .action_and_where(Expr::cust(TC_RECEIVED_NEWER))
                 .to_owned();
+        let _forget = tc_cache::Forget(self.tc_key(jid));
         self.upsert_batch(vec![row], on_conflict).await
     }
 
