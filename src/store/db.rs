@@ -219,6 +219,17 @@ pub(super) mod sql_stats {
         GROUPED.fetch_add(writers as u64, Ordering::Relaxed);
     }
 
+    /// Time spent per phase of the writer thread's rounds (and the turn's other holders).
+    static PHASES: Mutex<Vec<(&'static str, Duration)>> = Mutex::new(Vec::new());
+
+    pub(in crate::store) fn phase(name: &'static str, d: Duration) {
+        let mut g = PHASES.lock().unwrap_or_else(|p| p.into_inner());
+        match g.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += d,
+            None => g.push((name, d)),
+        }
+    }
+
     pub(in crate::store) fn held(d: Duration) {
         HOLD_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -250,6 +261,10 @@ pub(super) mod sql_stats {
                 "sql-stats: {commits} group commits carrying {grouped} writers ({:.1} each)",
                 grouped as f64 / commits.max(1) as f64
             );
+            let phases = std::mem::take(&mut *PHASES.lock().unwrap_or_else(|p| p.into_inner()));
+            for (name, t) in phases {
+                eprintln!("sql-stats: {name}: {:.0} ms", t.as_secs_f64() * 1e3);
+            }
             let taken = STATS.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(stats) = taken else { continue };
             let mut rows: Vec<_> = stats.into_iter().collect();
@@ -722,6 +737,10 @@ impl Drop for WriteTurn {
     fn drop(&mut self) {
         if let Some(t) = self.since {
             sql_stats::held(t.elapsed());
+            sql_stats::phase(
+                "the turn held by writers outside the writer thread",
+                t.elapsed(),
+            );
         }
     }
 }

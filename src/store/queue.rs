@@ -204,7 +204,11 @@ fn writer(rx: mpsc::Receiver<Job>) {
                 Err(_) => return,
             },
         };
+        let t0 = std::time::Instant::now();
         let (mut turn, since) = db::blocking_turn();
+        if since.is_some() {
+            db::sql_stats::phase("writer thread: waiting for the turn", t0.elapsed());
+        }
         let mut delivers: Vec<Deliver> = Vec::new();
         let mut foreign = false;
         let mut job = Some(first);
@@ -226,6 +230,7 @@ fn writer(rx: mpsc::Receiver<Job>) {
                 }
             }
             let Job { pool, conn, run } = j;
+            let t0 = std::time::Instant::now();
             match turn.join_sync(pool, &conn) {
                 Ok(()) => {
                     let ran =
@@ -241,18 +246,27 @@ fn writer(rx: mpsc::Receiver<Job>) {
                     let _ = run(Err(e));
                 }
             }
+            if since.is_some() {
+                db::sql_stats::phase("writer thread: running jobs", t0.elapsed());
+            }
             if delivers.len() >= ROUND_JOBS {
                 break;
             }
             job = rx.try_recv().ok();
         }
+        let t0 = std::time::Instant::now();
         let outcome = turn.commit_sync();
         drop(turn);
         if let Some(t) = since {
+            db::sql_stats::phase("writer thread: committing", t0.elapsed());
             db::sql_stats::held(t.elapsed());
         }
+        let t0 = std::time::Instant::now();
         for d in delivers {
             d(outcome.clone());
+        }
+        if since.is_some() {
+            db::sql_stats::phase("writer thread: delivering answers", t0.elapsed());
         }
         if foreign {
             std::thread::sleep(std::time::Duration::from_millis(1));
