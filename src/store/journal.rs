@@ -229,10 +229,27 @@ fn media_text(m: Option<&actors::events::MediaInfo>) -> Option<String> {
     m.map(|x| serde_json::to_value(x).unwrap_or(Value::Null).to_string())
 }
 
-/// The JSON text an event is sent with.
+/// The JSON text an event is sent with: its envelope with the `cursor` added.
+///
+/// Envelopes are stored as `serde_json::Value` writes them: compact, keys sorted. When
+/// the first key sorts after `"cursor"` (every envelope's do: `data`, `event`,
+/// `timestamp`), the cursor goes in front as text, which is exactly what parsing,
+/// inserting and writing again would give — without doing so, on the SQLite writer
+/// thread where this runs. Anything else takes the long way.
 pub(crate) fn event_json(payload: &str, seq: i64) -> Arc<str> {
-    let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-    with_cursor(v, seq).to_string().into()
+    let first_key = payload
+        .strip_prefix("{\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(key, _)| key);
+    match first_key {
+        Some(key) if key > "cursor" && !key.contains('\\') => {
+            format!("{{\"cursor\":\"{seq}\",{}", &payload[1..]).into()
+        }
+        _ => {
+            let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+            with_cursor(v, seq).to_string().into()
+        }
+    }
 }
 
 /// Filters of [`Journal::list_messages`].
@@ -1007,5 +1024,31 @@ impl EventSink for Journal {
 
     async fn probe_writable(&self) -> Result<(), String> {
         Journal::probe_writable(self).await.map_err(sink_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The short way gives exactly what parsing, adding the cursor and writing again
+    /// gives, for envelopes and for what takes the long way.
+    #[test]
+    fn event_json_matches_the_parsed_envelope_with_its_cursor() {
+        let envelopes = [
+            json!({"event": "message", "timestamp": 1, "data": {"text": "a \"quoted\" \\ line\nnext ✓", "id": "X"}}),
+            json!({"event": "message_status", "timestamp": 1_733_000_000_000_i64, "data": {"status": "read", "ids": ["a", "b"]}}),
+            json!({"data": null, "event": "x", "timestamp": 0}),
+            json!({"at": 1, "event": "x"}),
+            json!({"cursor": "7", "event": "x"}),
+            json!({}),
+            json!([1, 2]),
+        ];
+        for env in envelopes {
+            let payload = env.to_string();
+            let want = with_cursor(env.clone(), 42).to_string();
+            assert_eq!(&*event_json(&payload, 42), want.as_str(), "for {payload}");
+        }
     }
 }
