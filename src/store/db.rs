@@ -666,7 +666,9 @@ pub(super) fn database_key(db: &DatabaseConnection) -> usize {
         sea_orm::DbBackend::Postgres => {
             std::sync::Arc::as_ptr(&db.get_postgres_connection_pool().connect_options()) as usize
         }
-        _ => pool_key(db),
+        sea_orm::DbBackend::Sqlite => pool_key(db),
+        // No other backend is built in; one key for all keeps this total.
+        _ => 0,
     }
 }
 
