@@ -204,11 +204,16 @@ fn writer(rx: mpsc::Receiver<Job>) {
                 Err(_) => return,
             },
         };
-        let t0 = std::time::Instant::now();
+        let asked = std::time::Instant::now();
         let (mut turn, since) = db::blocking_turn();
-        if since.is_some() {
-            db::sql_stats::phase("writer thread: waiting for the turn", t0.elapsed());
-        }
+        // Phase times for the SQL-stats aid only: no clock read when it is off.
+        let clock = || since.map(|_| std::time::Instant::now());
+        let phase = |name, t0: Option<std::time::Instant>| {
+            if let Some(t0) = t0 {
+                db::sql_stats::phase(name, t0.elapsed());
+            }
+        };
+        phase("writer thread: waiting for the turn", since.map(|_| asked));
         let mut delivers: Vec<Deliver> = Vec::new();
         let mut foreign = false;
         let mut job = Some(first);
@@ -230,7 +235,7 @@ fn writer(rx: mpsc::Receiver<Job>) {
                 }
             }
             let Job { pool, conn, run } = j;
-            let t0 = std::time::Instant::now();
+            let t0 = clock();
             match turn.join_sync(pool, &conn) {
                 Ok(()) => {
                     let ran =
@@ -246,28 +251,24 @@ fn writer(rx: mpsc::Receiver<Job>) {
                     let _ = run(Err(e));
                 }
             }
-            if since.is_some() {
-                db::sql_stats::phase("writer thread: running jobs", t0.elapsed());
-            }
+            phase("writer thread: running jobs", t0);
             if delivers.len() >= ROUND_JOBS {
                 break;
             }
             job = rx.try_recv().ok();
         }
-        let t0 = std::time::Instant::now();
+        let t0 = clock();
         let outcome = turn.commit_sync();
         drop(turn);
+        phase("writer thread: committing", t0);
         if let Some(t) = since {
-            db::sql_stats::phase("writer thread: committing", t0.elapsed());
             db::sql_stats::held(t.elapsed());
         }
-        let t0 = std::time::Instant::now();
+        let t0 = clock();
         for d in delivers {
             d(outcome.clone());
         }
-        if since.is_some() {
-            db::sql_stats::phase("writer thread: delivering answers", t0.elapsed());
-        }
+        phase("writer thread: delivering answers", t0);
         if foreign {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }

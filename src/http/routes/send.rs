@@ -320,9 +320,10 @@ async fn send(
     let limit_key = to.as_str().to_string();
     let send = move |id| deliver(handle, to, content, id);
     let out = idempotent(&api, &idem, &limit_key, hash, send).await?;
+    // Only a send by number has the row: its answer names the sender.
     let out = match &row {
-        Some(row) if r.by == By::Number => out.map(|v| with_from(v, row)),
-        _ => out,
+        Some(row) => out.map(|v| with_from(v, row)),
+        None => out,
     };
     let message = if r.kind == Kind::Text {
         "Message sent"
@@ -333,7 +334,8 @@ async fn send(
 }
 
 /// The sending instance (its row when sent by number, whose answer names it), its
-/// handle and its checked `Idempotency-Key`.
+/// handle and its checked `Idempotency-Key`. By id, the token's scope was checked
+/// already ([`send`] does it before reading the body).
 async fn resolve(
     api: &Shared,
     p: &Principal,
@@ -343,7 +345,6 @@ async fn resolve(
 ) -> Result<(Option<Instance>, InstanceHandle, Idem), ApiError> {
     match by {
         By::Id => {
-            guard(p, sender)?;
             // A ready actor's instance row exists (an instance is deleted only when
             // not connected, and its actor is stopped before its row goes), so a send
             // to a ready instance skips reading the row; otherwise the row decides
