@@ -16,6 +16,7 @@
 //!
 //! The instance actors live in the `actors` crate; the migrations in `migration`.
 
+pub mod alloc;
 pub mod cluster;
 pub mod config;
 pub mod http;

@@ -5,6 +5,10 @@
 // Release builds nest the server's warp filter chain deeper than the default limit of 128.
 #![recursion_limit = "256"]
 
+/// Small blocks to mimalloc, large ones to the system allocator (see `sudevwa::alloc`).
+#[global_allocator]
+static GLOBAL: sudevwa::alloc::SplitAlloc = sudevwa::alloc::SplitAlloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use sudevwa::config::{Config, Sources};
