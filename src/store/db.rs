@@ -177,9 +177,14 @@ async fn restart_wal(db: &DatabaseConnection) -> Result<(), DbErr> {
         return Ok(());
     };
     let _turn = sqlite_turn().await;
-    tokio::task::spawn_blocking(move || conn.restart_wal())
+    let t0 = sql_stats::on().then(std::time::Instant::now);
+    let res = tokio::task::spawn_blocking(move || conn.restart_wal())
         .await
-        .map_err(|e| DbErr::Custom(format!("WAL restart task: {e}")))?
+        .map_err(|e| DbErr::Custom(format!("WAL restart task: {e}")))?;
+    if let Some(t0) = t0 {
+        sql_stats::phase("WAL restarts (holding the turn)", t0.elapsed());
+    }
+    res
 }
 
 /// Profiling aid (`SUDEVWA_SQL_STATS=1`): counts statements by their SQL text (its first
