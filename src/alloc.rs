@@ -30,6 +30,15 @@ fn large(size: usize) -> bool {
     size >= LARGE
 }
 
+/// The allocator that owns blocks of `size` bytes.
+fn owner(size: usize) -> &'static dyn GlobalAlloc {
+    if large(size) {
+        &System
+    } else {
+        &mimalloc::MiMalloc
+    }
+}
+
 // SAFETY: each method forwards to exactly one of two allocators that implement
 // `GlobalAlloc` soundly, chosen by a pure function of the block's size; a block is
 // always freed or resized by the allocator that made it, because Rust passes the
@@ -37,36 +46,18 @@ fn large(size: usize) -> bool {
 unsafe impl GlobalAlloc for SplitAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract (non-zero size) is passed on unchanged.
-        unsafe {
-            if large(layout.size()) {
-                System.alloc(layout)
-            } else {
-                mimalloc::MiMalloc.alloc(layout)
-            }
-        }
+        unsafe { owner(layout.size()).alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
-        unsafe {
-            if large(layout.size()) {
-                System.alloc_zeroed(layout)
-            } else {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
-            }
-        }
+        unsafe { owner(layout.size()).alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `layout` is the block's current layout, so its size picks the
         // allocator that made it.
-        unsafe {
-            if large(layout.size()) {
-                System.dealloc(ptr, layout)
-            } else {
-                mimalloc::MiMalloc.dealloc(ptr, layout)
-            }
-        }
+        unsafe { owner(layout.size()).dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -75,19 +66,16 @@ unsafe impl GlobalAlloc for SplitAlloc {
         // the caller's contract makes valid), the smaller of the two sizes copied
         // (the blocks are distinct), then the old block freed by its owner.
         unsafe {
-            match (large(layout.size()), large(new_size)) {
-                (true, true) => System.realloc(ptr, layout, new_size),
-                (false, false) => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
-                _ => {
-                    let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-                    let new = self.alloc(new_layout);
-                    if !new.is_null() {
-                        std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                    new
-                }
+            if large(layout.size()) == large(new_size) {
+                return owner(new_size).realloc(ptr, layout, new_size);
             }
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            let new = self.alloc(new_layout);
+            if !new.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            new
         }
     }
 }

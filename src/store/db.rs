@@ -177,13 +177,11 @@ async fn restart_wal(db: &DatabaseConnection) -> Result<(), DbErr> {
         return Ok(());
     };
     let _turn = sqlite_turn().await;
-    let t0 = sql_stats::on().then(std::time::Instant::now);
+    let t0 = sql_stats::clock();
     let res = tokio::task::spawn_blocking(move || conn.restart_wal())
         .await
         .map_err(|e| DbErr::Custom(format!("WAL restart task: {e}")))?;
-    if let Some(t0) = t0 {
-        sql_stats::phase("WAL restarts (holding the turn)", t0.elapsed());
-    }
+    sql_stats::phase_since("WAL restarts (holding the turn)", t0);
     res
 }
 
@@ -232,6 +230,18 @@ pub(super) mod sql_stats {
         match g.iter_mut().find(|(n, _)| *n == name) {
             Some((_, t)) => *t += d,
             None => g.push((name, d)),
+        }
+    }
+
+    /// The time now when the stats are on (no clock read when they are off).
+    pub(in crate::store) fn clock() -> Option<std::time::Instant> {
+        on().then(std::time::Instant::now)
+    }
+
+    /// Adds the time since `t0` (from [`clock`]) to phase `name`.
+    pub(in crate::store) fn phase_since(name: &'static str, t0: Option<std::time::Instant>) {
+        if let Some(t0) = t0 {
+            phase(name, t0.elapsed());
         }
     }
 

@@ -204,16 +204,11 @@ fn writer(rx: mpsc::Receiver<Job>) {
                 Err(_) => return,
             },
         };
-        let asked = std::time::Instant::now();
-        let (mut turn, since) = db::blocking_turn();
         // Phase times for the SQL-stats aid only: no clock read when it is off.
-        let clock = || since.map(|_| std::time::Instant::now());
-        let phase = |name, t0: Option<std::time::Instant>| {
-            if let Some(t0) = t0 {
-                db::sql_stats::phase(name, t0.elapsed());
-            }
-        };
-        phase("writer thread: waiting for the turn", since.map(|_| asked));
+        use db::sql_stats::{clock, phase_since as phase};
+        let asked = clock();
+        let (mut turn, since) = db::blocking_turn();
+        phase("writer thread: waiting for the turn", asked);
         let mut delivers: Vec<Deliver> = Vec::new();
         let mut foreign = false;
         let mut job = Some(first);
