@@ -68,6 +68,7 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
     for offered in [None, Some(rate)] {
         let base_arrivals = arrived();
         let base_hooks = receiver.ok.load(Ordering::Relaxed);
+        let base_cpu = srv.cpu_secs();
         let mut r = load(
             &srv,
             conns,
@@ -76,6 +77,10 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
             make.clone(),
         )
         .await;
+        // The server's CPU time per accepted send while the load ran (arrivals and
+        // deliveries still under way when it ends are not in it): steadier from run to
+        // run than the rate on a machine whose speed drifts.
+        let cpu_ms = (srv.cpu_secs() - base_cpu) * 1000.0 / r.ok.max(1) as f64;
         let got = wait_count(arrived, base_arrivals + r.ok, Duration::from_secs(60)).await;
         let hooks = receiver.ok.load(Ordering::Relaxed) - base_hooks;
         let mode = match offered {
@@ -83,7 +88,7 @@ async fn run(bin: &std::path::Path, db: Db, webhooks: bool, secs: u64, rate: f64
             Some(x) => format!("open loop at {x:.0} msg/s offered, {conns} connections"),
         };
         println!(
-            "B2 {label}, {mode}: {} | arrived {}/{} | webhook deliveries {hooks}{}",
+            "B2 {label}, {mode}: {} | server CPU {cpu_ms:.2} ms/send | arrived {}/{} | webhook deliveries {hooks}{}",
             r.summary(),
             got - base_arrivals,
             r.ok,

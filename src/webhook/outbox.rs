@@ -43,6 +43,13 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// A due row as a worker's pass reads it.
+#[derive(Clone, Debug, sea_orm::FromQueryResult)]
+pub(super) struct DueRow {
+    pub id: String,
+    pub instance_id: String,
+}
+
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
 pub const DEAD: &str = "dead";
@@ -156,12 +163,14 @@ impl Outbox {
 
     /// The oldest due rows of instances not in `busy`, at most `limit`, in due order
     /// (one statement for a whole pass of the worker, however many instances it feeds).
-    pub(super) async fn due_rows(
-        &self,
-        limit: u64,
-        busy: &[String],
-    ) -> Result<Vec<entity::Model>, DbErr> {
+    /// Only their ids and instances: a pass may read rows of instances it then cannot
+    /// start (no free slot, more than a batch), so payloads are read per started batch
+    /// ([`Outbox::pending_rows`]).
+    pub(super) async fn due_rows(&self, limit: u64, busy: &[String]) -> Result<Vec<DueRow>, DbErr> {
         let mut q = entity::Entity::find()
+            .select_only()
+            .column(entity::Column::Id)
+            .column(entity::Column::InstanceId)
             .filter(entity::Column::Status.eq(PENDING))
             .filter(entity::Column::NextAttemptAt.lte(now_ms()));
         if !busy.is_empty() {
@@ -170,8 +179,27 @@ impl Outbox {
         q.order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
             .limit(limit)
+            .into_model::<DueRow>()
             .all(&self.db)
             .await
+    }
+
+    /// The rows among `ids` still pending, in the order of `ids`.
+    pub(super) async fn pending_rows(&self, ids: &[String]) -> Result<Vec<entity::Model>, DbErr> {
+        // The status is checked here, not in the query: with it there SQLite would
+        // walk the due index's pending entries instead of looking the ids up.
+        let mut rows = entity::Entity::find()
+            .filter(entity::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.db)
+            .await?;
+        rows.retain(|r| r.status == PENDING);
+        let at: std::collections::HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        rows.sort_by_key(|r| at.get(r.id.as_str()).copied().unwrap_or(usize::MAX));
+        Ok(rows)
     }
 
     /// The oldest due rows of one instance, at most `limit`.

@@ -1,7 +1,7 @@
 //! The delivery worker: fair batches per instance, retries on the configured schedule,
 //! dead-letter after the last (see the module above for the rules).
 
-use super::outbox::{entity, Outbox, DEAD, DELIVERED, PENDING};
+use super::outbox::{entity, DueRow, Outbox, DEAD, DELIVERED, PENDING};
 use super::signature::delivery_headers;
 use crate::config::Cidr;
 use crate::net::fetch::{self, FetchPolicy};
@@ -101,7 +101,7 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 }
             };
             let full = rows.len() as u64 >= PASS_ROWS;
-            for (instance_id, rows) in by_instance(rows) {
+            for (instance_id, ids) in by_instance(rows) {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
@@ -126,7 +126,7 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(instance_id.clone());
                 // The instance may have more due rows than this pass read.
-                let more = full || rows.len() as u64 >= BATCH;
+                let more = full || ids.len() as u64 >= BATCH;
                 let (outbox, settings, busy, wake, targets) = (
                     outbox.clone(),
                     settings.clone(),
@@ -136,10 +136,10 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                 );
                 let db_failures = db_failures.clone();
                 tasks.spawn(async move {
-                    // In a cluster the rows read before the claim may have been
-                    // delivered since by the node that held it: read them again.
+                    // In a cluster the rows seen before the claim may have been
+                    // delivered since by the node that held it: read the due ones again.
                     let rows = match outbox.is_clustered() {
-                        false => Ok(rows),
+                        false => outbox.pending_rows(&ids).await,
                         true => outbox.due_of(&instance_id, BATCH).await,
                     };
                     let ok = match rows {
@@ -254,18 +254,18 @@ async fn target(outbox: &Outbox, targets: &Targets, instance_id: &str) -> Result
         .await
 }
 
-/// Due rows grouped by instance, in the order each instance first appears (its
-/// oldest due row), at most [`BATCH`] rows per instance.
-fn by_instance(rows: Vec<entity::Model>) -> Vec<(String, Vec<entity::Model>)> {
-    let mut out: Vec<(String, Vec<entity::Model>)> = Vec::new();
+/// Due rows' ids grouped by instance, in the order each instance first appears (its
+/// oldest due row), at most [`BATCH`] ids per instance.
+fn by_instance(rows: Vec<DueRow>) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for row in rows {
         match out.iter_mut().find(|(id, _)| *id == row.instance_id) {
             Some((_, group)) => {
                 if (group.len() as u64) < BATCH {
-                    group.push(row);
+                    group.push(row.id);
                 }
             }
-            None => out.push((row.instance_id.clone(), vec![row])),
+            None => out.push((row.instance_id, vec![row.id])),
         }
     }
     out
