@@ -352,10 +352,9 @@ impl Ops {
         let raw = crate::events::raw_of(&message);
         let (kind, is_group) = (kind.to_string(), to.is_group());
         let chat_user = to.user.to_string();
-        let mut options = whatsapp_rust::send::SendOptions::default();
-        if let Some(id) = message_id {
-            options = options.with_message_id(id);
-        }
+        // Without an id from the caller (an idempotency key's), one that sorts by time.
+        let id = message_id.unwrap_or_else(|| time_ordered_id(Utc::now().timestamp_millis()));
+        let options = whatsapp_rust::send::SendOptions::default().with_message_id(id);
         let r = tokio::time::timeout(
             self.env.timing.request_timeout,
             client.send_message_with_options(to, message, options),
@@ -528,6 +527,20 @@ impl Ops {
 }
 
 /// A media message for an uploaded file (also used by the sandbox's contacts).
+/// A new outgoing message's id: `3EB0` (as WhatsApp Web's), then the time in
+/// milliseconds (its low 40 bits, 10 upper-case hex digits) and 40 random bits (10
+/// more). The library's own ids are a hash, so every send put its rows — the message
+/// log's keys, its statuses, its secret, the copy kept for retries — on a random page
+/// of each of those indexes; ids that grow with time put them at the end, where the
+/// previous sends' rows already are: a group commit writes a few pages of each index
+/// instead of one per row. Ids stay unique per sender: two sends in the same
+/// millisecond differ in their random part (a 2^-40 chance of a clash).
+pub fn time_ordered_id(now_ms: i64) -> String {
+    let ms = u64::try_from(now_ms).unwrap_or(0) & 0xff_ffff_ffff;
+    let random = rand::random::<u64>() & 0xff_ffff_ffff;
+    format!("3EB0{ms:010X}{random:010X}")
+}
+
 pub fn media_message(
     kind: &MediaKind,
     up: whatsapp_rust::upload::UploadResponse,
@@ -619,4 +632,26 @@ pub(super) fn group_jid_of(s: &str) -> Result<Jid, InstanceError> {
         return Err(InstanceError::InvalidGroupJid);
     }
     s.parse().map_err(|_| InstanceError::InvalidGroupJid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time_ordered_id;
+
+    #[test]
+    fn message_ids_sort_by_time_and_differ_within_a_millisecond() {
+        let a = time_ordered_id(1_765_000_000_000);
+        let b = time_ordered_id(1_765_000_000_001);
+        let c = time_ordered_id(1_765_000_000_001);
+        for id in [&a, &b, &c] {
+            assert_eq!(id.len(), 24, "{id}");
+            assert!(id.starts_with("3EB0"), "{id}");
+            assert!(id[4..]
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)));
+        }
+        assert!(a < b, "a later send sorts after an earlier one: {a} {b}");
+        assert_eq!(b[..14], c[..14], "same millisecond, same time part");
+        assert_ne!(b, c, "same millisecond, different ids");
+    }
 }
