@@ -11,6 +11,7 @@
 use futures_util::StreamExt;
 use mock_whatsapp::MockNetwork;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -487,6 +488,8 @@ pub struct Receiver {
     pub addr: std::net::SocketAddr,
     pub ok: Arc<AtomicU64>,
     pub status: Arc<AtomicU16>,
+    /// 2xx answers per URL tag (see [`Receiver::url_for`]) and when the last was given.
+    pub by_tag: Arc<std::sync::Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 impl Receiver {
@@ -498,9 +501,10 @@ impl Receiver {
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let (ok2, st2) = (ok.clone(), st.clone());
-        let route = warp::any().then(move || {
-            let (ok, st) = (ok2.clone(), st2.clone());
+        let by_tag = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (ok2, st2, tags2) = (ok.clone(), st.clone(), by_tag.clone());
+        let route = warp::path::full().then(move |path: warp::path::FullPath| {
+            let (ok, st, tags) = (ok2.clone(), st2.clone(), tags2.clone());
             async move {
                 let mut s = st.load(Ordering::Relaxed);
                 if s == 0 {
@@ -513,6 +517,11 @@ impl Receiver {
                 }
                 if (200..300).contains(&s) {
                     ok.fetch_add(1, Ordering::Relaxed);
+                    if let Some(tag) = path.as_str().strip_prefix("/hook/") {
+                        let mut tags = tags.lock().unwrap_or_else(|p| p.into_inner());
+                        let e = tags.entry(tag.to_string()).or_insert((0, Instant::now()));
+                        *e = (e.0 + 1, Instant::now());
+                    }
                 }
                 warp::reply::with_status(
                     "",
@@ -525,11 +534,27 @@ impl Receiver {
             addr,
             ok,
             status: st,
+            by_tag,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// A URL whose deliveries are also counted under `tag` (in [`Receiver::by_tag`]).
+    pub fn url_for(&self, tag: &str) -> String {
+        format!("http://{}/hook/{tag}", self.addr)
+    }
+
+    /// Deliveries counted under `tags` so far, and the time of the last of them.
+    pub fn tagged(&self, tags: &[String]) -> (u64, Option<Instant>) {
+        let map = self.by_tag.lock().unwrap_or_else(|p| p.into_inner());
+        tags.iter()
+            .filter_map(|t| map.get(t))
+            .fold((0, None), |(n, last), (c, at)| {
+                (n + c, Some(last.map_or(*at, |l: Instant| l.max(*at))))
+            })
     }
 }
 
