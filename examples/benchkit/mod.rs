@@ -550,11 +550,11 @@ impl Receiver {
     /// Deliveries counted under `tags` so far, and the time of the last of them.
     pub fn tagged(&self, tags: &[String]) -> (u64, Option<Instant>) {
         let map = self.by_tag.lock().unwrap_or_else(|p| p.into_inner());
-        tags.iter()
-            .filter_map(|t| map.get(t))
-            .fold((0, None), |(n, last), (c, at)| {
-                (n + c, Some(last.map_or(*at, |l: Instant| l.max(*at))))
-            })
+        let counted = tags.iter().filter_map(|t| map.get(t));
+        (
+            counted.clone().map(|(n, _)| n).sum(),
+            counted.map(|(_, at)| *at).max(),
+        )
     }
 }
 

@@ -526,7 +526,6 @@ impl Ops {
     }
 }
 
-/// A media message for an uploaded file (also used by the sandbox's contacts).
 /// A new outgoing message's id: `3EB0` (as WhatsApp Web's), then the time in
 /// milliseconds (its low 40 bits, 10 upper-case hex digits) and 40 random bits (10
 /// more). The library's own ids are a hash, so every send put its rows — the message
@@ -541,6 +540,7 @@ pub fn time_ordered_id(now_ms: i64) -> String {
     format!("3EB0{ms:010X}{random:010X}")
 }
 
+/// A media message for an uploaded file (also used by the sandbox's contacts).
 pub fn media_message(
     kind: &MediaKind,
     up: whatsapp_rust::upload::UploadResponse,
