@@ -35,7 +35,7 @@ impl EventSink for RecordingSink {
     async fn record_sent(&self, _sent: &SentRecord) -> Result<(), String> {
         Ok(())
     }
-    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
+    async fn record_status(&self, status: &MessageStatus) -> Result<Vec<LiveEvent>, String> {
         NoSink.record_status(status).await
     }
     async fn record_lifecycle(&self, _notice: &LifecycleNotice) -> Result<(), String> {

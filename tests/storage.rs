@@ -2136,3 +2136,125 @@ async fn sqlite_wal_starts_over_under_steady_writes() {
     let commits = writer.await.expect("writer");
     assert!(commits > 0);
 }
+
+/// A receipt can reach the client before the server's ack of the same message (they
+/// travel separately). The journal then records and reports the ack first, and the
+/// late real ack adds nothing, so the event log, the sockets and the webhook see
+/// `server_ack`, `delivered`, `read` in that order. Rows written in one transaction
+/// share their times; their outbox ids keep the order they were written in.
+async fn receipts_before_acks(kind: Kind) {
+    use actors::events::{MessageStatus, SentRecord};
+    use sudevwa::store::instances::Instances;
+    use sudevwa::store::journal::Journal;
+    use sudevwa::webhook::Outbox;
+
+    let (conn, _file) = fresh_db(kind, "receipt_order").await;
+    let instances = Instances::new(conn.clone());
+    instances.create("inst-a", "test").await.expect("create");
+    instances
+        .set_webhook("inst-a", Some("http://127.0.0.1:9/hook"), Some("s"))
+        .await
+        .expect("webhook");
+    let journal = Journal::new(conn.clone(), true, Arc::new(tokio::sync::Notify::new()));
+    journal
+        .record_sent(&SentRecord {
+            instance_id: "inst-a".into(),
+            message_id: "3EB0AA".into(),
+            chat: "6281500000042@s.whatsapp.net".into(),
+            is_group: false,
+            kind: "text".into(),
+            body: "hello".into(),
+            media: None,
+            timestamp: 1_765_000_000,
+            raw: None,
+        })
+        .await
+        .expect("sent");
+    let status = |s: &str| MessageStatus {
+        instance_id: "inst-a".into(),
+        message_ids: vec!["3EB0AA".into()],
+        status: s.into(),
+        chat: "6281500000042@s.whatsapp.net".into(),
+        from: "6281500000042@s.whatsapp.net".into(),
+        recipient: Some("6281500000042@s.whatsapp.net".into()),
+        // None given: the time of recording (after `sent`'s), for the timeline's order.
+        timestamp: 0,
+    };
+    let names = |events: &[actors::events::LiveEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+                v["data"]["status"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    // The receipt first: the ack is reported before it, in the same call.
+    let first = journal
+        .record_statuses(&[status("delivered")])
+        .await
+        .expect("delivered");
+    assert_eq!(names(&first), ["server_ack", "delivered"]);
+    // The real ack and the read receipt, stored together: the ack adds nothing.
+    let second = journal
+        .record_statuses(&[
+            MessageStatus {
+                from: String::new(),
+                recipient: None,
+                ..status("server_ack")
+            },
+            status("read"),
+        ])
+        .await
+        .expect("ack and read");
+    assert_eq!(names(&second), ["read"]);
+    // A server ack of a message the log does not know is ignored.
+    let unknown = journal
+        .record_status(&MessageStatus {
+            message_ids: vec!["3EB0ZZ".into()],
+            ..status("server_ack")
+        })
+        .await
+        .expect("unknown ack");
+    assert!(unknown.is_empty(), "{}", names(&unknown).join(","));
+
+    let m = journal
+        .get_message("inst-a", "3EB0AA")
+        .await
+        .expect("read back")
+        .expect("logged");
+    assert_eq!(m["status"], "read");
+    let timeline: Vec<&str> = m["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|s| s["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(timeline, ["sent", "server_ack", "delivered", "read"]);
+    // The outbox, oldest first as the worker takes it: the order written, although
+    // the ack and `delivered` rows were written in one transaction (same times).
+    let mut rows = Outbox::new(conn.clone())
+        .list("inst-a", 10)
+        .await
+        .expect("outbox");
+    rows.reverse();
+    let queued: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).expect("payload");
+            v["data"]["status"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(queued, ["server_ack", "delivered", "read"]);
+    assert_eq!(rows[0].created_at, rows[1].created_at, "one transaction");
+}
+
+#[tokio::test]
+async fn sqlite_receipt_before_its_ack_reports_the_ack_first() {
+    receipts_before_acks(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_receipt_before_its_ack_reports_the_ack_first() {
+    receipts_before_acks(Kind::Postgres).await;
+}

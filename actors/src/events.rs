@@ -392,17 +392,16 @@ pub trait EventSink: Send + Sync + 'static {
     ) -> Result<Vec<LiveEvent>, String>;
     /// A message the instance sent (status `sent`).
     async fn record_sent(&self, sent: &SentRecord) -> Result<(), String>;
-    /// A status of sent messages (server ack, delivered, read, played, error).
-    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String>;
-    /// Several statuses of one instance, in order; one answer per status. Sinks that
+    /// A status of sent messages (server ack, delivered, read, played, error); the
+    /// events it gave, in order (none, one, or a sink's own additions such as an ack
+    /// a receipt overtook).
+    async fn record_status(&self, status: &MessageStatus) -> Result<Vec<LiveEvent>, String>;
+    /// Several statuses of one instance, in order; their events, in order. Sinks that
     /// can store them together (one transaction) override this.
-    async fn record_statuses(
-        &self,
-        statuses: &[MessageStatus],
-    ) -> Result<Vec<Option<LiveEvent>>, String> {
+    async fn record_statuses(&self, statuses: &[MessageStatus]) -> Result<Vec<LiveEvent>, String> {
         let mut out = Vec::with_capacity(statuses.len());
         for st in statuses {
-            out.push(self.record_status(st).await?);
+            out.extend(self.record_status(st).await?);
         }
         Ok(out)
     }
@@ -457,12 +456,12 @@ impl EventSink for NoSink {
     async fn record_sent(&self, _sent: &SentRecord) -> Result<(), String> {
         Ok(())
     }
-    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
-        Ok(Some(LiveEvent {
+    async fn record_status(&self, status: &MessageStatus) -> Result<Vec<LiveEvent>, String> {
+        Ok(vec![LiveEvent {
             cursor: 0,
             event: "message_status".into(),
             json: status.to_envelope().to_string().into(),
-        }))
+        }])
     }
     async fn record_lifecycle(&self, _notice: &LifecycleNotice) -> Result<(), String> {
         Ok(())

@@ -66,7 +66,7 @@ async fn run(
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match sink.record_statuses(&batch).await {
             Ok(events) => {
-                for e in events.into_iter().flatten() {
+                for e in events {
                     let _ = listeners.send(e);
                 }
             }

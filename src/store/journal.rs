@@ -547,25 +547,28 @@ impl Journal {
     }
 
     /// Records a status of sent messages: timeline rows, the messages' furthest
-    /// status, a `message_status` event (and outbox row). A server ack for a message
-    /// the log does not know is ignored (acks cover every stanza we send).
-    pub async fn record_status(&self, st: &MessageStatus) -> Result<Option<LiveEvent>, DbErr> {
-        let mut out = self.record_statuses(std::slice::from_ref(st)).await?;
-        Ok(out.pop().flatten())
+    /// status, `message_status` events (and outbox rows); returns the events stored.
+    /// A server ack for a message the log does not know is ignored (acks cover every
+    /// stanza we send).
+    pub async fn record_status(&self, st: &MessageStatus) -> Result<Vec<LiveEvent>, DbErr> {
+        self.record_statuses(std::slice::from_ref(st)).await
     }
 
-    /// Statuses of one instance, in order, in one transaction; one answer per status
-    /// (`None` for a server ack of a message not in the log).
+    /// Statuses of one instance, in order, in one transaction; the events stored, in
+    /// order. A status may store none (a server ack of a message not in the log, or
+    /// one already reported) or two: a receipt that overtook its message's server ack
+    /// reports the ack first (see [`Journal::status_in`]).
     pub async fn record_statuses(
         &self,
         statuses: &[MessageStatus],
-    ) -> Result<Vec<Option<LiveEvent>>, DbErr> {
+    ) -> Result<Vec<LiveEvent>, DbErr> {
         let Some(first) = statuses.first() else {
             return Ok(Vec::new());
         };
         let webhook = self.webhook_filter(&first.instance_id).await?;
         let _stripe = self.stripe(&first.instance_id).await;
         let now = now_ms();
+        // Serialized here, outside the write turn.
         let items: Vec<_> = statuses
             .iter()
             .map(|st| (st.clone(), st.to_envelope().to_string()))
@@ -575,9 +578,8 @@ impl Journal {
                 let mut out = Vec::with_capacity(items.len());
                 let mut queued_any = false;
                 for (st, payload) in &items {
-                    let (e, queued) = Self::status_in(&txn, st, payload, &webhook, now).await?;
-                    queued_any |= queued;
-                    out.push(e);
+                    queued_any |=
+                        Self::status_in(&txn, st, payload, &webhook, now, &mut out).await?;
                 }
                 Ok((out, queued_any))
             })
@@ -589,21 +591,32 @@ impl Journal {
         Ok(out)
     }
 
-    /// One status inside `txn`: the timeline, the message's status (it only moves
-    /// forward), the event log and the outbox.
+    /// One status inside `txn` (`payload`: its envelope): the timeline, the message's
+    /// status (it only moves forward), the event log and the outbox; pushes the events
+    /// it stored to `out` and says whether any went to the outbox.
+    ///
+    /// The server's ack and a recipient's receipt reach the client separately, and a
+    /// receipt can come first. It implies the server took the message, so a receipt
+    /// for a logged message without an ack in its timeline records and reports the
+    /// ack first; the real ack, when it comes, finds it there and reports nothing.
+    /// Every stream of a message's statuses (event log, sockets, webhook) then runs
+    /// `server_ack`, `delivered`, `read` in that order.
     async fn status_in(
         txn: &WriteConn<'_>,
         st: &MessageStatus,
         payload: &str,
         webhook: &Option<Hook>,
         now: i64,
-    ) -> Result<(Option<LiveEvent>, bool), DbErr> {
+        out: &mut Vec<LiveEvent>,
+    ) -> Result<bool, DbErr> {
         let at = if st.timestamp > 0 {
             st.timestamp * 1000
         } else {
             now
         };
-        let mut known = false;
+        let is_ack = st.status == "server_ack";
+        // Ids this status reports; ids whose ack it reports first.
+        let (mut reported, mut unacked) = (Vec::new(), Vec::new());
         for id in &st.message_ids {
             let rows = txn
                 .rows(
@@ -617,12 +630,22 @@ impl Journal {
                         .into_query(),
                 )
                 .await?;
-            known |= !rows.is_empty();
-            if rows.is_empty() && st.status == "server_ack" {
+            if rows.is_empty() && is_ack {
                 continue;
             }
+            if !rows.is_empty() && rank(&st.status) > rank("server_ack") {
+                let added = Self::timeline(txn, &st.instance_id, id, "", "server_ack", at).await?;
+                if added > 0 {
+                    unacked.push(id.clone());
+                }
+            }
             let recipient = st.recipient.clone().unwrap_or_default();
-            Self::timeline(txn, &st.instance_id, id, &recipient, &st.status, at).await?;
+            let added =
+                Self::timeline(txn, &st.instance_id, id, &recipient, &st.status, at).await?;
+            if is_ack && added == 0 {
+                continue;
+            }
+            reported.push(id.clone());
             for r in rows {
                 let (seq, old) = (r.i64("seq")?, r.string("status")?);
                 let new = if st.status == "error" {
@@ -641,19 +664,50 @@ impl Journal {
                 }
             }
         }
-        if !known && st.status == "server_ack" {
-            return Ok((None, false));
+        if is_ack && reported.is_empty() {
+            return Ok(false);
         }
-        let (e, queued) = Self::append(
+        let mut queued = false;
+        if !unacked.is_empty() {
+            let ack = MessageStatus {
+                message_ids: unacked,
+                status: "server_ack".into(),
+                from: String::new(),
+                recipient: None,
+                ..st.clone()
+            };
+            let (e, q) = Self::append(
+                txn,
+                &st.instance_id,
+                "message_status",
+                &ack.to_envelope().to_string(),
+                webhook,
+                now,
+            )
+            .await?;
+            out.push(e);
+            queued |= q;
+        }
+        // An ack lists only the ids it reports (acks carry one id).
+        let partial = (reported.len() < st.message_ids.len()).then(|| {
+            MessageStatus {
+                message_ids: reported,
+                ..st.clone()
+            }
+            .to_envelope()
+            .to_string()
+        });
+        let (e, q) = Self::append(
             txn,
             &st.instance_id,
             "message_status",
-            payload,
+            partial.as_deref().unwrap_or(payload),
             webhook,
             now,
         )
         .await?;
-        Ok((Some(e), queued))
+        out.push(e);
+        Ok(queued | q)
     }
 
     /// Appends a lifecycle notice to the event log (and the outbox if subscribed).
@@ -987,14 +1041,11 @@ impl EventSink for Journal {
         Journal::record_sent(self, sent).await.map_err(sink_err)
     }
 
-    async fn record_status(&self, status: &MessageStatus) -> Result<Option<LiveEvent>, String> {
+    async fn record_status(&self, status: &MessageStatus) -> Result<Vec<LiveEvent>, String> {
         Journal::record_status(self, status).await.map_err(sink_err)
     }
 
-    async fn record_statuses(
-        &self,
-        statuses: &[MessageStatus],
-    ) -> Result<Vec<Option<LiveEvent>>, String> {
+    async fn record_statuses(&self, statuses: &[MessageStatus]) -> Result<Vec<LiveEvent>, String> {
         Journal::record_statuses(self, statuses)
             .await
             .map_err(sink_err)

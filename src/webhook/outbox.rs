@@ -178,6 +178,7 @@ impl Outbox {
         }
         q.order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
+            .order_by_asc(entity::Column::Id)
             .limit(limit)
             .into_model::<DueRow>()
             .all(&self.db)
@@ -214,6 +215,7 @@ impl Outbox {
             .filter(entity::Column::NextAttemptAt.lte(now_ms()))
             .order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
+            .order_by_asc(entity::Column::Id)
             .limit(limit)
             .all(&self.db)
             .await
@@ -306,9 +308,27 @@ impl Outbox {
 /// milliseconds and the other 20 random (80 bits). Time first, so new rows go to the end
 /// of the table's primary-key index, not to a random page of it: under load a group
 /// commit touches one or two of its pages instead of one per row.
+///
+/// Ids from one process only grow: within a millisecond (or if the clock steps back)
+/// the next id is the previous one plus one. Rows written in one transaction share
+/// their times, so the id is what orders them for delivery (see
+/// [`Outbox::due_rows`]): an instance's events reach its webhook in the order they
+/// were written.
 pub fn event_id(now_ms: i64) -> String {
-    let ms = u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff;
-    format!("evt_{ms:012x}{}", hex::encode(rand::random::<[u8; 10]>()))
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    let ms = u128::from(u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff);
+    let mut random = [0u8; 16];
+    random[6..].copy_from_slice(&rand::random::<[u8; 10]>());
+    let fresh = ms << 80 | u128::from_be_bytes(random);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    // 48 bits of time and 80 of randomness fill the u128; the time stays below 2^48
+    // for millennia, so the sum cannot saturate in practice.
+    *last = if fresh > *last {
+        fresh
+    } else {
+        last.saturating_add(1)
+    };
+    format!("evt_{:032x}", *last)
 }
 
 fn ms_to_rfc3339(ms: Option<i64>) -> Value {
@@ -370,7 +390,7 @@ mod tests {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         }
         assert!(a < b, "a later row sorts after an earlier one: {a} {b}");
-        assert_ne!(b, c, "same millisecond, different ids");
+        assert!(b < c, "same millisecond: the later id sorts after: {b} {c}");
         assert!(b[4..16] == c[4..16] && a[4..16] != b[4..16]);
     }
 }

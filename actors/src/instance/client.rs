@@ -12,6 +12,22 @@ use std::time::Duration;
 use whatsapp_rust::bot::Bot;
 use whatsapp_rust::Client;
 
+/// Hands the client's events to the instance actor on the dispatch path itself, so
+/// they reach its mailbox in the order the client dispatched them (closure handlers
+/// each run on a task of their own: a delivery receipt could overtake the server ack
+/// before it). A cast only queues, so nothing waits here.
+struct ToActor {
+    me: ActorRef<InstanceMsg>,
+    generation: u64,
+}
+
+impl whatsapp_rust::wacore::types::events::EventHandler for ToActor {
+    fn handle_event(&self, event: Arc<whatsapp_rust::wacore::types::events::Event>) {
+        // The actor may be gone (stopping); then the event has no one to inform.
+        let _ = self.me.cast(InstanceMsg::Wa(self.generation, event));
+    }
+}
+
 impl InstanceState {
     /// Starts a fresh client (stopping any previous one); its events carry a new generation.
     pub(super) async fn start_client(&mut self, myself: &ActorRef<InstanceMsg>) {
@@ -53,13 +69,7 @@ impl InstanceState {
         } else {
             builder
         };
-        let builder = builder.on_event(move |event, _client| {
-            let me = me.clone();
-            async move {
-                // The actor may be gone (stopping); then the event has no one to inform.
-                let _ = me.cast(InstanceMsg::Wa(generation, event));
-            }
-        });
+        let builder = builder.with_event_handler(ToActor { me, generation });
         let builder = match opts.version {
             Some(v) => builder.with_version(v),
             None => builder,
