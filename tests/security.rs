@@ -315,16 +315,32 @@ async fn half_sent_requests_are_cut_off_and_connection_caps_hold() {
 struct Hook {
     url: String,
     bodies: Arc<Mutex<Vec<String>>>,
+    /// Answers wait while this is false.
+    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Hook {
     async fn start(hang: bool) -> Self {
+        Self::serve(hang, true).await
+    }
+
+    /// A hook that takes requests but holds every answer until [`Hook::release`].
+    async fn holding() -> Self {
+        Self::serve(false, false).await
+    }
+
+    fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    async fn serve(hang: bool, open: bool) -> Self {
         let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
-        let b = bodies.clone();
+        let open = Arc::new(tokio::sync::watch::channel(open).0);
+        let (b, o) = (bodies.clone(), open.clone());
         let route = warp::post()
             .and(warp::body::bytes())
             .then(move |body: bytes::Bytes| {
-                let b = b.clone();
+                let (b, mut open) = (b.clone(), o.subscribe());
                 async move {
                     b.lock()
                         .unwrap()
@@ -332,6 +348,8 @@ impl Hook {
                     if hang {
                         std::future::pending::<()>().await;
                     }
+                    // The sender lives as long as the hook's server; if it went, answer.
+                    let _ = open.wait_for(|o| *o).await;
                     warp::reply()
                 }
             });
@@ -341,6 +359,7 @@ impl Hook {
         Self {
             url: format!("http://{addr}/hook"),
             bodies,
+            open,
         }
     }
 
@@ -434,6 +453,73 @@ async fn a_hung_endpoint_with_500_queued_events_delays_others_by_one_timeout_at_
     assert!(
         waited <= Duration::from_secs(TIMEOUT_SECS) + Duration::from_secs(2),
         "B waited {waited:?} behind A's backlog"
+    );
+    srv.stop().await;
+}
+
+/// One instance's backlog longer than a worker batch (256) goes out complete and in
+/// the order it was written, across the worker's passes and an instance's continued
+/// turn (which looks up its next rows from where the last batch ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_longer_than_a_batch_arrives_complete_and_in_order() {
+    const N: usize = 600;
+    let net = MockNetwork::start().await.unwrap();
+    let erin = net.add_contact("6281200000131", "Erin").await.unwrap();
+    let srv = TestServer::start(
+        &net,
+        "sec-order",
+        &[
+            ("SUDEVWA_ENABLE_WEBHOOK", "true"),
+            ("SUDEVWA_WEBHOOK_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
+    let (a, ta) = srv.paired_instance(&net, "6281100000131").await;
+    let hook = Hook::holding().await;
+    assert_eq!(set_hook(&srv, &a, &ta, &hook.url).await.0, 200);
+    for i in 0..N {
+        erin.send_text("6281100000131", &format!("queued {i}"))
+            .await
+            .unwrap();
+    }
+    let until = Instant::now() + DEADLINE * 2;
+    while pending_rows(&srv, &a).await < N as i64 {
+        assert!(Instant::now() < until, "the backlog never built up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hook.release();
+    let texts = |bodies: &[String]| -> Vec<String> {
+        bodies
+            .iter()
+            .filter_map(|b| {
+                let v: Value = serde_json::from_str(b).ok()?;
+                let t = v["data"]["message"].as_str()?;
+                t.starts_with("queued ").then(|| t.to_string())
+            })
+            .collect()
+    };
+    hook.wait_for("every queued event", |b| texts(b).len() >= N)
+        .await;
+    let bodies = hook.bodies.lock().unwrap().clone();
+    let want: Vec<String> = (0..N).map(|i| format!("queued {i}")).collect();
+    let got = texts(&bodies);
+    let first_off = got.iter().zip(&want).position(|(g, w)| g != w);
+    assert!(
+        got.len() == want.len() && first_off.is_none(),
+        "each once, in the order written: {} delivered, first out of place at {first_off:?}: {:?}",
+        got.len(),
+        first_off.map(|i| &got[i..(i + 3).min(got.len())])
+    );
+    let cursors: Vec<i64> = bodies
+        .iter()
+        .map(|b| {
+            let v: Value = serde_json::from_str(b).unwrap();
+            v["cursor"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "deliveries in cursor order"
     );
     srv.stop().await;
 }

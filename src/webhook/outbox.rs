@@ -203,17 +203,26 @@ impl Outbox {
         Ok(rows)
     }
 
-    /// The oldest due rows of one instance, at most `limit`.
+    /// The oldest due rows of one instance, at most `limit`; with `from`, only those
+    /// due at or after it. The due index orders every instance's rows together, so
+    /// without a bound the lookup walks all rows due before this instance's first,
+    /// such as a hung endpoint's backlog; a turn passes the due time of the last row
+    /// it delivered (no pending row of the instance can be due before it: new and
+    /// retried rows are due from their writing on).
     pub(super) async fn due_of(
         &self,
         instance_id: &str,
         limit: u64,
+        from: Option<i64>,
     ) -> Result<Vec<entity::Model>, DbErr> {
-        entity::Entity::find()
+        let mut q = entity::Entity::find()
             .filter(entity::Column::InstanceId.eq(instance_id))
             .filter(entity::Column::Status.eq(PENDING))
-            .filter(entity::Column::NextAttemptAt.lte(now_ms()))
-            .order_by_asc(entity::Column::NextAttemptAt)
+            .filter(entity::Column::NextAttemptAt.lte(now_ms()));
+        if let Some(from) = from {
+            q = q.filter(entity::Column::NextAttemptAt.gte(from));
+        }
+        q.order_by_asc(entity::Column::NextAttemptAt)
             .order_by_asc(entity::Column::CreatedAt)
             .order_by_asc(entity::Column::Id)
             .limit(limit)

@@ -140,7 +140,7 @@ async fn run(outbox: Outbox, settings: WorkerSettings, wake: Arc<Notify>, stop: 
                     // delivered since by the node that held it: read the due ones again.
                     let rows = match outbox.is_clustered() {
                         false => outbox.pending_rows(&ids).await,
-                        true => outbox.due_of(&instance_id, BATCH).await,
+                        true => outbox.due_of(&instance_id, BATCH, None).await,
                     };
                     let ok = match rows {
                         Ok(rows) => {
@@ -295,6 +295,8 @@ async fn instance_turn(
     let started = std::time::Instant::now();
     let mut rows = first;
     loop {
+        // The next batch starts where this one ends in due order (see `Outbox::due_of`).
+        let from = rows.iter().map(|r| r.next_attempt_at).max();
         match deliver_batch(outbox, settings, targets, instance_id, rows).await {
             Batch::DbFailed => return false,
             Batch::Ended => return true,
@@ -303,7 +305,7 @@ async fn instance_turn(
         if !more || started.elapsed() >= BATCH_TURN {
             return true;
         }
-        rows = match outbox.due_of(instance_id, BATCH).await {
+        rows = match outbox.due_of(instance_id, BATCH, from).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "re-reading webhook rows failed");
