@@ -667,28 +667,19 @@ impl Journal {
         if is_ack && reported.is_empty() {
             return Ok(false);
         }
-        let mut queued = false;
-        if !unacked.is_empty() {
-            let ack = MessageStatus {
+        // The ack a receipt implies, first; then this status (an ack lists only the
+        // ids it reports: acks carry one id).
+        let implied = (!unacked.is_empty()).then(|| {
+            MessageStatus {
                 message_ids: unacked,
                 status: "server_ack".into(),
                 from: String::new(),
                 recipient: None,
                 ..st.clone()
-            };
-            let (e, q) = Self::append(
-                txn,
-                &st.instance_id,
-                "message_status",
-                &ack.to_envelope().to_string(),
-                webhook,
-                now,
-            )
-            .await?;
-            out.push(e);
-            queued |= q;
-        }
-        // An ack lists only the ids it reports (acks carry one id).
+            }
+            .to_envelope()
+            .to_string()
+        });
         let partial = (reported.len() < st.message_ids.len()).then(|| {
             MessageStatus {
                 message_ids: reported,
@@ -697,17 +688,20 @@ impl Journal {
             .to_envelope()
             .to_string()
         });
-        let (e, q) = Self::append(
-            txn,
-            &st.instance_id,
-            "message_status",
-            partial.as_deref().unwrap_or(payload),
-            webhook,
-            now,
-        )
-        .await?;
-        out.push(e);
-        Ok(queued | q)
+        let mut queued = false;
+        for body in [
+            implied.as_deref(),
+            Some(partial.as_deref().unwrap_or(payload)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (e, q) =
+                Self::append(txn, &st.instance_id, "message_status", body, webhook, now).await?;
+            out.push(e);
+            queued |= q;
+        }
+        Ok(queued)
     }
 
     /// Appends a lifecycle notice to the event log (and the outbox if subscribed).

@@ -176,9 +176,7 @@ impl Outbox {
         if !busy.is_empty() {
             q = q.filter(entity::Column::InstanceId.is_not_in(busy.iter().cloned()));
         }
-        q.order_by_asc(entity::Column::NextAttemptAt)
-            .order_by_asc(entity::Column::CreatedAt)
-            .order_by_asc(entity::Column::Id)
+        in_due_order(q)
             .limit(limit)
             .into_model::<DueRow>()
             .all(&self.db)
@@ -222,12 +220,7 @@ impl Outbox {
         if let Some(from) = from {
             q = q.filter(entity::Column::NextAttemptAt.gte(from));
         }
-        q.order_by_asc(entity::Column::NextAttemptAt)
-            .order_by_asc(entity::Column::CreatedAt)
-            .order_by_asc(entity::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
+        in_due_order(q).limit(limit).all(&self.db).await
     }
 
     /// The earliest time a pending row of an instance not in `busy` becomes due, if
@@ -313,6 +306,14 @@ impl Outbox {
     }
 }
 
+/// Rows in the order the worker delivers them: due time, then creation time, then id
+/// (rows written in one transaction share their times; see [`event_id`]).
+fn in_due_order(q: sea_orm::Select<entity::Entity>) -> sea_orm::Select<entity::Entity> {
+    q.order_by_asc(entity::Column::NextAttemptAt)
+        .order_by_asc(entity::Column::CreatedAt)
+        .order_by_asc(entity::Column::Id)
+}
+
 /// A new outbox row's id: `evt_` and 32 hex digits, the first 12 the time in
 /// milliseconds and the other 20 random (80 bits). Time first, so new rows go to the end
 /// of the table's primary-key index, not to a random page of it: under load a group
@@ -321,14 +322,12 @@ impl Outbox {
 /// Ids from one process only grow: within a millisecond (or if the clock steps back)
 /// the next id is the previous one plus one. Rows written in one transaction share
 /// their times, so the id is what orders them for delivery (see
-/// [`Outbox::due_rows`]): an instance's events reach its webhook in the order they
-/// were written.
+/// [`in_due_order`]): an instance's events reach its webhook in the order they were
+/// written.
 pub fn event_id(now_ms: i64) -> String {
     static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let ms = u128::from(u64::try_from(now_ms).unwrap_or(0) & 0xffff_ffff_ffff);
-    let mut random = [0u8; 16];
-    random[6..].copy_from_slice(&rand::random::<[u8; 10]>());
-    let fresh = ms << 80 | u128::from_be_bytes(random);
+    let fresh = ms << 80 | rand::random::<u128>() >> 48;
     let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
     // 48 bits of time and 80 of randomness fill the u128; the time stays below 2^48
     // for millennia, so the sum cannot saturate in practice.
